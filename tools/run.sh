@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One entry point for newcomers and CI: installs what is missing (Debian 12),
+# builds, and runs.
+#   tools/run.sh demo    build the flamingo command and run the few-shot demo
+#   tools/run.sh test    build and run the test suite twice: optimised, then
+#                        under AddressSanitizer + UndefinedBehaviorSanitizer
+#   tools/run.sh bench   build and run the benchmarks
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-demo}
+jobs=$(nproc)
+
+packages="cmake make g++ libeigen3-dev libxsimd-dev libstb-dev doctest-dev nlohmann-json3-dev"
+[ "$what" = bench ] && packages="$packages libbenchmark-dev"
+missing=""
+for p in $packages; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  echo "installing:$missing"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
+fi
+
+build() {  # build DIR [cmake options...]
+  local dir=$1; shift
+  cmake -S . -B "$dir" "$@" >/dev/null
+  cmake --build "$dir" -j"$jobs"
+}
+
+case "$what" in
+  demo)
+    build build -DFLAMINGO_BUILD_TESTS=OFF
+    ./build/examples/tensor_demo
+    ;;
+  test)
+    build build -DFLAMINGO_BUILD_TESTS=ON
+    (cd build && ctest --output-on-failure -j"$jobs")
+    build build-sanitize -DFLAMINGO_BUILD_TESTS=ON -DFLAMINGO_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    (cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j"$jobs")
+    ;;
+  bench)
+    build build -DFLAMINGO_BUILD_BENCH=ON
+    ./build/bench/bench_kernels
+    ;;
+  *)
+    echo "usage: tools/run.sh demo|test|bench" >&2
+    exit 2
+    ;;
+esac
