@@ -43,7 +43,7 @@ case "$what" in
     ;;
   bench)
     build build -DFLAMINGO_BUILD_BENCH=ON
-    ./build/bench/bench_kernels
+    for b in build/bench/bench_*; do "$b"; done
     ;;
   *)
     echo "usage: tools/run.sh demo|test|bench" >&2
