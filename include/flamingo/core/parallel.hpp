@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "error.hpp"
@@ -125,7 +126,7 @@ void parallel_for(std::size_t n, F&& f, std::size_t align = 1) {
     }
     nt = int(std::min<std::size_t>(std::size_t(nt), units));
     struct Ctx {
-        F* f;
+        std::remove_reference_t<F>* f;
         std::size_t n, units, align;
         int nt;
     } ctx{&f, n, units, align, nt};
