@@ -8,6 +8,8 @@ the same in float32). See tests/data/model/README.md for the file list.
 
 Run from the repository root with Debian's python3-torch:
     /usr/bin/python3 tools/make_model_fixtures.py [case ...]
+    /usr/bin/python3 tools/make_model_fixtures.py --check [case ...]
+(--check recomputes the committed fixtures with the reference and compares.)
 The output is deterministic (fixed seeds, no threading-dependent reductions
 that matter at these sizes); rerunning rewrites identical numbers up to the
 last float bit at most.
@@ -408,9 +410,67 @@ def run_case(name, spec, seed):
           f"min-gap={result['greedy'][0].get('min_top2_logit_gap')}")
 
 
+def check_fixtures(names):
+    """Recompute every committed case from its model directory with the
+    reference and compare with expected/ (keeps fixtures and reference in
+    step). Returns the number of mismatches."""
+    bad = 0
+    for name in names:
+        d = os.path.join(ROOT, name)
+        exp = os.path.join(d, "expected")
+        model = fr.load_model_dir(d, torch.float64)
+        with open(os.path.join(exp, "prompt.json")) as f:
+            prompt = json.load(f)
+        tok = json.load(open(os.path.join(d, "tokenizer.json"), encoding="utf-8"))
+        ids = prompt["input_ids"]
+        problems = []
+        if tt.encode(tok, prompt["text"]) != ids:
+            problems.append("input_ids != tokenizer(text)")
+        pixels = np.load(os.path.join(exp, "pixels.npy"))
+        imgs = [np.asarray(Image.open(os.path.join(exp, p)).convert("RGB")) for p in prompt["images"]]
+        vc = model.config["vision_config"]
+        if np.abs(pixels_from(imgs, vc["image_mean"], vc["image_std"]).astype(np.float32)
+                  - pixels.reshape(-1, *pixels.shape[2:])).max() > 0:
+            problems.append("pixels.npy != preprocessed PNGs")
+        vision_x = torch.from_numpy(pixels.astype(np.float64))[None]
+        with torch.no_grad():
+            pooled, tokens = model.vision_features(vision_x)
+            media = model.perceiver(tokens)
+            logits = model.forward_media(media, torch.tensor([ids]))[0]
+        for fname, got in (("vision_tokens", tokens[0]), ("embed", pooled[0].reshape(-1, pooled.shape[-1])),
+                           ("perceiver", media[0]), ("logits", logits)):
+            want = np.load(os.path.join(exp, fname + ".npy"))
+            if got.shape != want.shape or np.abs(got.numpy() - want).max() > 1e-5 * max(1.0, np.abs(want).max()):
+                problems.append(fname)
+        with open(os.path.join(exp, "generate.json")) as f:
+            gen = json.load(f)
+        for r in gen["greedy"]:
+            if fr.greedy_generate(model, None, ids, r["max_new_tokens"], r["no_repeat_ngram_size"],
+                                  media=media) != r["tokens"]:
+                problems.append(f"greedy {r['no_repeat_ngram_size']}")
+        for b in gen["beam"]:
+            out, score = fr.beam_generate(model, None, ids, b["max_new_tokens"], b["num_beams"], b["length_penalty"],
+                                          b["early_stopping"], b["no_repeat_ngram_size"], media=media)
+            if out != b["tokens"] or abs(score - b["score"]) > 1e-6 * max(1.0, abs(b["score"])):
+                problems.append(f"beam {b['length_penalty']}")
+        with open(os.path.join(exp, "score.json")) as f:
+            sc = json.load(f)
+        for c, (s, m) in zip(sc["candidates"], fr.score_candidates(model, None, ids, [c["tokens"] for c in
+                                                                                     sc["candidates"]],
+                                                                   media=media)):
+            if tt.encode(tok, c["candidate"], add_special_tokens=False) != c["tokens"] or \
+                    abs(s - c["logprob"]) > 1e-6 or abs(m - c["mean_logprob"]) > 1e-6:
+                problems.append(f"score {c['candidate']!r}")
+        print(f"{name}: {'ok' if not problems else 'MISMATCH ' + ', '.join(problems)}")
+        bad += len(problems)
+    return bad
+
+
 def main(argv):
     torch.set_num_threads(1)  # reductions in a fixed order
     specs = case_specs()
+    if argv and argv[0] == "--check":
+        return 1 if check_fixtures(argv[1:] or list(specs)) else 0
     names = argv or list(specs)
     seeds = {n: 1000 + i for i, n in enumerate(specs)}
     for name in names:
@@ -419,4 +479,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
