@@ -69,7 +69,10 @@ private:
 
     void start(int nworkers) {
         quit_.store(false);
-        for (int i = 0; i < nworkers; ++i) workers_.emplace_back([this, i] { loop(i + 1); });
+        // The generation is read here, not in the new thread: a thread that starts
+        // late would otherwise miss a task (or the stop) published before it ran.
+        const unsigned seen = generation_.load(std::memory_order_acquire);
+        for (int i = 0; i < nworkers; ++i) workers_.emplace_back([this, i, seen] { loop(i + 1, seen); });
     }
 
     void stop() {
@@ -81,9 +84,8 @@ private:
         workers_.clear();
     }
 
-    void loop(int index) {
+    void loop(int index, unsigned seen) {
         in_worker() = true;
-        unsigned seen = generation_.load(std::memory_order_acquire);
         for (;;) {
             unsigned g;
             int spins = 0;
