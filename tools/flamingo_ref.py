@@ -125,14 +125,15 @@ class VisionTransformer(nn.Module):
         self.grid = image_size // patch_size
         self.tokens_ln_post = tokens_ln_post
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
-        self.class_embedding = nn.Parameter(torch.zeros(width))
-        self.positional_embedding = nn.Parameter(torch.zeros(self.grid * self.grid + 1, width))
+        scale = width ** -0.5  # open_clip's initialisation
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid * self.grid + 1, width))
         self.ln_pre = nn.LayerNorm(width)
         self.transformer = nn.Module()
         self.transformer.resblocks = nn.ModuleList(
             [ResidualAttentionBlock(width, width // head_width, mlp_ratio, quick_gelu) for _ in range(layers)])
         self.ln_post = nn.LayerNorm(width)
-        self.proj = nn.Parameter(torch.zeros(width, output_dim))
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     def forward(self, x):
         """x: [N, 3, S, S] -> (pooled [N, output_dim], tokens [N, grid*grid, width])."""
@@ -934,6 +935,8 @@ def beam_generate(model, vision_x, prompt_ids, max_new_tokens, num_beams, length
     (new token ids of the best hypothesis, stop token appended when it ended
     on it; its beam score = sum of log-probs / len(prompt+new)**length_penalty).
     `trace`, if a list, receives per-step diagnostics."""
+    if num_beams < 2:
+        raise ValueError("beam search needs num_beams >= 2 (generate() uses greedy search for 1)")
     eos = model.eoc_token_id if eos_token_id is None else eos_token_id
     media = model.encode_vision_x(vision_x) if media is None else media
     P = len(prompt_ids)
@@ -1016,7 +1019,7 @@ def model_state_dict(model):
     return {k: v.detach() for k, v in model.named_parameters()}
 
 
-def save_model_dir(model, path, tokenizer_json, dtype="f32", embed_dim=None):
+def save_model_dir(model, path, tokenizer_json, dtype="f32"):
     """Write config.json, tokenizer.json (a dict or a JSON string) and
     model.safetensors. dtype: f32, bf16 or f16."""
     os.makedirs(path, exist_ok=True)
