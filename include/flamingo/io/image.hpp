@@ -1,0 +1,390 @@
+#pragma once
+// Image files in, 8-bit RGB out, as Pillow's Image.open(f).convert("RGB") gives
+// them (what open_clip's preprocessing sees):
+//  - JPEG, PNG, BMP and TGA are decoded by stb_image; GIF (every frame,
+//    composited as Pillow does, see image_gif.hpp) and binary PNM (P4/P5/P6,
+//    with Pillow's maxval scaling) are decoded here.
+//  - Alpha is dropped, not composited; grey becomes R = G = B; palettes are
+//    looked up. 16-bit PNG: grey is clipped to 255 (Pillow loads it as mode "I"),
+//    colour and grey+alpha keep the high byte (Pillow's rawmodes "RGB;16B" etc.).
+//  - EXIF orientation is not applied (neither Pillow's open nor open_clip do).
+//  - The size is read and checked against ImageLimits before any pixel is decoded.
+//  - A file that ends before its image does (a JPEG cut mid-scan or missing its
+//    end marker, a PNG without IEND, a short BMP) is an error: the decoder's reads
+//    go through callbacks that notice any attempt to read past the end.
+// Known differences from Pillow (measured by tests/image): stb_image's JPEG
+// decoder is not libjpeg, so JPEG pixels differ by a few levels; 16-bit BMP
+// channels are widened by bit replication instead of Pillow's v * 255 / 31;
+// 4-channel JPEGs without an Adobe marker are read as YCbCr rather than CMYK.
+//
+// stb_image is compiled into this header with static linkage (STB_IMAGE_STATIC),
+// so every translation unit that includes it has a private copy and there is no
+// symbol to collide with another copy of stb_image elsewhere in the program.
+// Include this header before any other inclusion of <stb_image.h> in a TU.
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <span>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "flamingo/core/error.hpp"
+#include "flamingo/io/image_gif.hpp"
+#include "flamingo/io/image_preprocess.hpp"
+
+#ifdef STBI_INCLUDE_STB_IMAGE_H
+#error "flamingo/io/image.hpp compiles its own static stb_image: include it before <stb_image.h>"
+#endif
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#if !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wstringop-overflow"
+#endif
+#endif
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_PNG
+#define STBI_ONLY_BMP
+#define STBI_ONLY_TGA
+#define STBI_NO_STDIO
+#include <stb_image.h>
+#undef STB_IMAGE_IMPLEMENTATION
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
+namespace flamingo {
+
+struct ImageLimits {
+    int max_width = 8192, max_height = 8192;
+    std::uint64_t max_file_bytes = std::uint64_t{1} << 30;   // largest file load_* will read
+    std::uint64_t max_total_bytes = std::uint64_t{1} << 30;  // decoded pixels of all frames returned at once
+};
+
+namespace detail {
+
+inline void check_size(int w, int h, const std::string& name, const ImageLimits& lim) {
+    check(w > 0 && h > 0, "image '", name, "': ", w, "x", h, " image has no pixels");
+    check(w <= lim.max_width && h <= lim.max_height, "image '", name, "': ", w, "x", h, " exceeds the size limit ",
+          lim.max_width, "x", lim.max_height);
+}
+
+inline Image blank_image(int w, int h) {
+    Image im;
+    im.width = w;
+    im.height = h;
+    im.rgb.resize(static_cast<std::size_t>(w) * h * 3);
+    return im;
+}
+
+// ---- stb_image through callbacks that record a read past the end ----
+
+// stb_image reads through `read` in two ways: refilling its own small buffer
+// (the first read of a context goes there), where a short read near the end is
+// normal, and copying a block straight into an image (stbi__getn), where a short
+// read means missing data, yet its TGA reader ignores the result. So: any read
+// at the end, and any short read into a buffer other than stb's own, is an overrun.
+struct StbSource {
+    std::span<const std::uint8_t> data;
+    std::size_t pos = 0;
+    bool overrun = false;
+    const char* refill_buffer = nullptr;
+
+    static int read(void* user, char* out, int n) {
+        auto& s = *static_cast<StbSource*>(user);
+        const std::size_t left = s.data.size() - s.pos;
+        if (n <= 0) return 0;
+        if (!s.refill_buffer) s.refill_buffer = out;
+        if (left == 0 || (left < static_cast<std::size_t>(n) && out != s.refill_buffer)) s.overrun = true;
+        if (left == 0) return 0;
+        const std::size_t k = std::min(left, static_cast<std::size_t>(n));
+        std::memcpy(out, s.data.data() + s.pos, k);
+        s.pos += k;
+        return static_cast<int>(k);
+    }
+    static void skip(void* user, int n) {
+        auto& s = *static_cast<StbSource*>(user);
+        if (n <= 0) return;
+        if (static_cast<std::size_t>(n) > s.data.size() - s.pos) {
+            s.overrun = true;
+            s.pos = s.data.size();
+        } else {
+            s.pos += static_cast<std::size_t>(n);
+        }
+    }
+    static int eof(void* user) {
+        auto& s = *static_cast<StbSource*>(user);
+        return s.pos >= s.data.size();
+    }
+    static constexpr stbi_io_callbacks callbacks{&StbSource::read, &StbSource::skip, &StbSource::eof};
+};
+
+struct StbFree {
+    void operator()(void* p) const { stbi_image_free(p); }
+};
+
+inline Image decode_stb(std::span<const std::uint8_t> bytes, const std::string& name, const ImageLimits& lim) {
+    int w = 0, h = 0, comp = 0;
+    StbSource info{bytes};
+    if (!stbi_info_from_callbacks(&StbSource::callbacks, &info, &w, &h, &comp))
+        fail("image '", name, "': not a readable image (", stbi_failure_reason(), ")");
+    check_size(w, h, name, lim);
+    StbSource probe{bytes};
+    const bool wide = stbi_is_16_bit_from_callbacks(&StbSource::callbacks, &probe);
+
+    StbSource src{bytes};
+    int dw = 0, dh = 0, n = 0;
+    std::unique_ptr<void, StbFree> pixels(
+        wide ? static_cast<void*>(stbi_load_16_from_callbacks(&StbSource::callbacks, &src, &dw, &dh, &n, 0))
+             : static_cast<void*>(stbi_load_from_callbacks(&StbSource::callbacks, &src, &dw, &dh, &n, 0)));
+    if (src.overrun) fail("image '", name, "': truncated (the file ends before the image data does)");
+    if (!pixels) fail("image '", name, "': corrupt image (", stbi_failure_reason(), ")");
+    check(dw == w && dh == h && n >= 1 && n <= 4, "image '", name, "': inconsistent image header");
+
+    Image im = blank_image(w, h);
+    const std::size_t count = static_cast<std::size_t>(w) * h;
+    if (wide) {
+        // Pillow: 16-bit grey loads as mode "I" and converts by clipping; other 16-bit modes keep the high byte.
+        const auto* p = static_cast<const std::uint16_t*>(pixels.get());
+        for (std::size_t i = 0; i < count; ++i, p += n) {
+            if (n <= 2) {
+                const std::uint8_t g = n == 1 ? static_cast<std::uint8_t>(std::min<int>(p[0], 255))
+                                              : static_cast<std::uint8_t>(p[0] >> 8);
+                im.rgb[3 * i] = im.rgb[3 * i + 1] = im.rgb[3 * i + 2] = g;
+            } else {
+                for (int c = 0; c < 3; ++c) im.rgb[3 * i + c] = static_cast<std::uint8_t>(p[c] >> 8);
+            }
+        }
+    } else {
+        const auto* p = static_cast<const std::uint8_t*>(pixels.get());
+        for (std::size_t i = 0; i < count; ++i, p += n) {
+            if (n <= 2) im.rgb[3 * i] = im.rgb[3 * i + 1] = im.rgb[3 * i + 2] = p[0];
+            else std::memcpy(&im.rgb[3 * i], p, 3);
+        }
+    }
+    return im;
+}
+
+// ---- binary PNM (P4, P5, P6) as Pillow 9.4 reads it ----
+
+inline Image decode_pnm(std::span<const std::uint8_t> b, const std::string& name, const ImageLimits& lim) {
+    const char kind = static_cast<char>(b[1]);
+    std::size_t pos = 2;
+    auto space = [](std::uint8_t c) { return c == ' ' || (c >= 9 && c <= 13); };
+    // Header tokens as Pillow reads them: whitespace and '#' comments between, at most 10 characters each.
+    auto token = [&](const char* what) -> long {
+        std::string t;
+        while (pos < b.size() && t.size() <= 10) {
+            const std::uint8_t c = b[pos++];
+            if (space(c)) {
+                if (t.empty()) continue;
+                break;
+            }
+            if (c == '#') {
+                while (pos < b.size() && b[pos] != '\r' && b[pos] != '\n') ++pos;
+                if (pos < b.size()) ++pos;
+                continue;
+            }
+            check(c >= '0' && c <= '9', "image '", name, "': bad PNM header (", what, ")");
+            t += static_cast<char>(c);
+        }
+        check(!t.empty(), "image '", name, "': truncated PNM header");
+        check(t.size() <= 10, "image '", name, "': bad PNM header (", what, " too long)");
+        return std::stol(t);
+    };
+    const long w = token("width"), h = token("height");
+    check_size(static_cast<int>(std::min<long>(w, std::numeric_limits<int>::max())),
+               static_cast<int>(std::min<long>(h, std::numeric_limits<int>::max())), name, lim);
+    const long maxval = kind == '4' ? 1 : token("maxval");
+    check(maxval > 0 && maxval < 65536, "image '", name, "': PNM maxval ", maxval, " is not in 1..65535");
+
+    Image im = blank_image(static_cast<int>(w), static_cast<int>(h));
+    const std::size_t count = static_cast<std::size_t>(w) * h;
+    const std::size_t bands = kind == '6' ? 3 : 1, sample = maxval < 256 ? 1 : 2;
+    const std::size_t row_bytes = kind == '4' ? (static_cast<std::size_t>(w) + 7) / 8 : w * bands * sample;
+    check(b.size() - pos >= row_bytes * h, "image '", name, "': truncated PNM data");
+    const std::uint8_t* d = b.data() + pos;
+    if (kind == '4') {  // 1 bit per pixel, 1 = black
+        for (long y = 0; y < h; ++y)
+            for (long x = 0; x < w; ++x) {
+                const bool black = (d[y * row_bytes + x / 8] >> (7 - x % 8)) & 1;
+                std::memset(&im.rgb[(y * w + x) * 3], black ? 0 : 255, 3);
+            }
+        return im;
+    }
+    // Pillow: maxval 255 is raw; P5 with maxval 65535 is read as 16-bit and clipped
+    // to 255; other maxvals scale with Python's round(v / maxval * top), where top
+    // is 65535 for P5 with maxval > 255 (mode "I", then clipped), else 255.
+    const double top = (kind == '5' && maxval > 255) ? 65535.0 : 255.0;
+    std::array<std::uint8_t, 65536> map{};
+    for (long v = 0; v <= (sample == 1 ? 255 : 65535); ++v) {
+        double s = v;
+        if (maxval != 255 && !(kind == '5' && maxval == 65535))
+            s = std::min(top, std::nearbyint(static_cast<double>(v) / static_cast<double>(maxval) * top));
+        map[v] = static_cast<std::uint8_t>(std::min(s, 255.0));
+    }
+    for (std::size_t i = 0; i < count; ++i)
+        for (std::size_t c = 0; c < 3; ++c) {
+            const std::size_t k = i * bands + (bands == 3 ? c : 0);
+            const unsigned v = sample == 1 ? d[k] : (d[2 * k] << 8) | d[2 * k + 1];
+            im.rgb[3 * i + c] = map[v];
+        }
+    return im;
+}
+
+enum class ImageFormat { Unknown, Jpeg, Png, Bmp, Gif, Pnm, PlainPnm };
+
+inline ImageFormat sniff(std::span<const std::uint8_t> b) {
+    auto starts = [&](const char* magic, std::size_t n) { return b.size() >= n && std::memcmp(b.data(), magic, n) == 0; };
+    if (starts("\xFF\xD8\xFF", 3)) return ImageFormat::Jpeg;
+    if (starts("\x89PNG\r\n\x1A\n", 8)) return ImageFormat::Png;
+    if (starts("BM", 2)) return ImageFormat::Bmp;
+    if (starts("GIF87a", 6) || starts("GIF89a", 6)) return ImageFormat::Gif;
+    if (b.size() >= 2 && b[0] == 'P' && b[1] >= '4' && b[1] <= '6') return ImageFormat::Pnm;
+    if (b.size() >= 2 && b[0] == 'P' && b[1] >= '1' && b[1] <= '3') return ImageFormat::PlainPnm;
+    return ImageFormat::Unknown;  // TGA has no signature: stb_image decides
+}
+
+inline std::vector<std::uint8_t> read_image_file(const std::filesystem::path& file, const ImageLimits& lim) {
+    const std::string name = file.string();
+    std::error_code ec;
+    const auto status = std::filesystem::status(file, ec);
+    check(std::filesystem::exists(status), "image '", name, "': no such file");
+    check(!std::filesystem::is_directory(status), "image '", name, "': is a directory, not an image file");
+    check(std::filesystem::is_regular_file(status), "image '", name, "': not a regular file");
+    const auto size = std::filesystem::file_size(file, ec);
+    check(!ec, "image '", name, "': cannot read the file size (", ec.message(), ")");
+    check(size <= lim.max_file_bytes, "image '", name, "': file of ", size, " bytes exceeds the limit of ",
+          lim.max_file_bytes, " bytes");
+    std::ifstream in(file, std::ios::binary);
+    check(in.good(), "image '", name, "': cannot open the file");
+    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
+    in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
+    check(static_cast<std::uint64_t>(in.gcount()) == size, "image '", name, "': could not read the whole file");
+    return bytes;
+}
+
+inline void check_total(std::size_t frames, const Image& frame, const std::string& name, const ImageLimits& lim) {
+    const std::uint64_t total = static_cast<std::uint64_t>(frames) * frame.rgb.size();
+    check(total <= lim.max_total_bytes, "image '", name, "': ", frames, " frames of ", frame.width, "x", frame.height,
+          " take ", total, " bytes, more than the limit of ", lim.max_total_bytes);
+}
+
+}  // namespace detail
+
+// The image in `bytes` (its first frame if animated) as 8-bit RGB; `name` is
+// used in error messages.
+inline Image decode_image(std::span<const std::uint8_t> bytes, const std::string& name, const ImageLimits& limits = {}) {
+    using detail::ImageFormat;
+    check(!bytes.empty(), "image '", name, "': empty file");
+    switch (detail::sniff(bytes)) {
+        case ImageFormat::Gif: {
+            detail::GifDecoder gif(bytes, name, limits.max_width, limits.max_height);
+            check(gif.next(), "image '", name, "': GIF without any image");
+            return gif.canvas();
+        }
+        case ImageFormat::Pnm: return detail::decode_pnm(bytes, name, limits);
+        case ImageFormat::PlainPnm: fail("image '", name, "': plain (ASCII) PNM is not supported");
+        default: return detail::decode_stb(bytes, name, limits);
+    }
+}
+
+// Every frame of an animated GIF (one image for other formats), as Pillow's
+// seek(k) + convert("RGB") gives them. Frames stop at limits.max_total_bytes.
+inline std::vector<Image> decode_frames(std::span<const std::uint8_t> bytes, const std::string& name,
+                                        const ImageLimits& limits = {}) {
+    std::vector<Image> frames;
+    if (detail::sniff(bytes) != detail::ImageFormat::Gif) {
+        frames.push_back(decode_image(bytes, name, limits));
+        return frames;
+    }
+    detail::GifDecoder gif(bytes, name, limits.max_width, limits.max_height);
+    while (gif.next()) {
+        detail::check_total(frames.size() + 1, gif.canvas(), name, limits);
+        frames.push_back(gif.canvas());
+    }
+    check(!frames.empty(), "image '", name, "': GIF without any image");
+    return frames;
+}
+
+// `wanted` indices into `available` frames, evenly spaced: the middle of each of
+// `wanted` equal segments, i = floor((2k + 1) * available / (2 * wanted)).
+// Ascending; frames repeat when fewer are available than wanted.
+inline std::vector<std::size_t> sample_frame_indices(std::size_t available, std::size_t wanted) {
+    std::vector<std::size_t> out;
+    if (wanted == 0) return out;
+    check(available > 0, "sample_frame_indices: no frames to sample ", wanted, " from");
+    out.reserve(wanted);
+    for (std::size_t k = 0; k < wanted; ++k) {
+        const unsigned __int128 num = static_cast<unsigned __int128>(2 * static_cast<unsigned __int128>(k) + 1) * available;
+        out.push_back(static_cast<std::size_t>(num / (static_cast<unsigned __int128>(2) * wanted)));
+    }
+    return out;
+}
+
+// `wanted` evenly sampled frames (sample_frame_indices) of an animated GIF; only
+// those are kept while decoding, so long animations need little memory.
+inline std::vector<Image> decode_frames_sampled(std::span<const std::uint8_t> bytes, const std::string& name,
+                                                std::size_t wanted, const ImageLimits& limits = {}) {
+    if (detail::sniff(bytes) != detail::ImageFormat::Gif) {
+        const Image im = decode_image(bytes, name, limits);
+        detail::check_total(wanted, im, name, limits);
+        return std::vector<Image>(wanted, im);
+    }
+    std::size_t available = 0;
+    {
+        detail::GifDecoder counter(bytes, name, limits.max_width, limits.max_height);
+        while (counter.next(false)) ++available;
+    }
+    check(available > 0, "image '", name, "': GIF without any image");
+    const auto pick = sample_frame_indices(available, wanted);
+    std::vector<Image> frames;
+    detail::GifDecoder gif(bytes, name, limits.max_width, limits.max_height);
+    std::size_t index = 0;
+    for (std::size_t k = 0; k < pick.size(); ++index) {
+        check(gif.next(), "image '", name, "': GIF frame ", index, " is missing");
+        if (index == 0) detail::check_total(wanted, gif.canvas(), name, limits);
+        for (; k < pick.size() && pick[k] == index; ++k) frames.push_back(gif.canvas());
+    }
+    return frames;
+}
+
+inline Image load_image(const std::filesystem::path& file, const ImageLimits& limits = {}) {
+    const auto bytes = detail::read_image_file(file, limits);
+    return decode_image(bytes, file.string(), limits);
+}
+
+inline std::vector<Image> load_frames(const std::filesystem::path& file, const ImageLimits& limits = {}) {
+    const auto bytes = detail::read_image_file(file, limits);
+    return decode_frames(bytes, file.string(), limits);
+}
+
+inline std::vector<Image> load_frames_sampled(const std::filesystem::path& file, std::size_t wanted,
+                                              const ImageLimits& limits = {}) {
+    const auto bytes = detail::read_image_file(file, limits);
+    return decode_frames_sampled(bytes, file.string(), wanted, limits);
+}
+
+// Frames given as an ordered list of image files (first frame of each).
+inline std::vector<Image> load_frame_files(std::span<const std::filesystem::path> files, const ImageLimits& limits = {}) {
+    std::vector<Image> frames;
+    std::uint64_t total = 0;
+    for (const auto& f : files) {
+        frames.push_back(load_image(f, limits));
+        total += frames.back().rgb.size();
+        check(total <= limits.max_total_bytes, "image '", f.string(), "': frames so far take ", total,
+              " bytes, more than the limit of ", limits.max_total_bytes);
+    }
+    return frames;
+}
+
+}  // namespace flamingo
