@@ -1,0 +1,334 @@
+"""The training stages of Flamingo's recipe, at small scale:
+  tokenizer   byte-level BPE on the world's text
+  clip        contrastive pre-training of the vision encoder with a text encoder
+  lm          language-model pre-training of the LLaMA decoder on plain text
+  flamingo    both frozen; Perceiver Resampler, gated cross-attention and the
+              embeddings of <image> / <|endofchunk|> trained on interleaved
+              documents of 1 to 5 images, loss on the text
+The vision encoder, Perceiver, cross-attention and decoder are the project's
+PyTorch reference modules (tools/flamingo_ref.py), so the trained weights are
+exactly what a model directory describes.
+"""
+
+import math
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import flamingo_ref as ref
+
+from . import bpe, common, data
+from . import scene as S
+from . import tasks as T
+
+
+def log(msg):
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def cosine_lr(step, total, peak, warmup):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def set_lr(opt, lr):
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def adamw(params_decay, params_no_decay, lr, wd):
+    groups = [{"params": params_decay, "weight_decay": wd}, {"params": params_no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def split_decay(module):
+    """Weight matrices decay; gains, biases, embeddings of positions/classes and latents do not."""
+    decay, keep = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "embedding" not in name and "latents" not in name else keep).append(p)
+    return decay, keep
+
+
+def autocast(enabled=True):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
+def float_layernorms(module):
+    """CPU autocast in torch 1.13 hands bfloat16 activations to LayerNorm with
+    float32 weights, which it refuses; run every LayerNorm in float32."""
+    for m in module.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.register_forward_pre_hook(lambda _m, inputs: tuple(x.float() for x in inputs))
+    return module
+
+
+def round_bf16_(module):
+    """Round the weights to bfloat16 values in place (kept as float32), so the
+    next stage trains on exactly the frozen weights the model directory ships."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.bfloat16().float())
+
+
+# ---- tokenizer ------------------------------------------------------------------
+
+def train_tokenizer(seed, vocab_size=1024):
+    """BPE on the world's text. Made-up names are left out, so no name owns a
+    token: held-out names split into pieces the same way training names do."""
+    rng = random.Random(seed)
+    source = T.random_scene_source("train")
+    texts = []
+    for _ in range(4000):
+        task = rng.choice(T.TASKS)
+        doc = T.sample_document(rng, task, rng.randint(1, 8), source, names=["x", "y", "z"])
+        texts.append("".join(c.prefix + " " if task == "binding" else c.text + "\n" for c in doc.chunks))
+    for _ in range(4000):
+        texts.append(T.clip_caption(S.sample_scene(rng)))
+    return bpe.train(texts, vocab_size, special_first=[T.EOT], special_last=[T.EOC, T.IMAGE])
+
+
+# ---- contrastive pre-training ---------------------------------------------------------
+
+class TextEncoder(nn.Module):
+    """CLIP's text tower at small scale: causal transformer, features of the
+    last (end-of-text) token after a final LayerNorm, projected."""
+
+    def __init__(self, vocab, width, layers, heads, context, embed_dim):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab, width)
+        self.positional_embedding = nn.Parameter(torch.randn(context, width) * 0.01)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.randn(width, embed_dim) * width ** -0.5)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.register_buffer("causal", torch.triu(torch.full((context, context), float("-inf")), 1))
+
+    def forward(self, ids, lengths):
+        t = ids.shape[1]
+        x = self.token_embedding(ids) + self.positional_embedding[:t]
+        x = self.transformer(x, mask=self.causal[:t, :t])
+        x = self.ln_final(x[torch.arange(ids.shape[0]), lengths - 1])
+        return x @ self.text_projection
+
+
+def make_vit():
+    v = common.VISION
+    vit = ref.VisionTransformer(v["image_size"], v["patch_size"], v["width"], v["layers"], v["head_width"],
+                                v["mlp_ratio"], common.EMBED_DIM, v["quick_gelu"], v["tokens_ln_post"])
+    common.init_vit(vit)
+    return vit
+
+
+def train_clip(pool, tok, steps, seed, families=64, family_size=4, lr=1e-3, every=50):
+    """Returns the trained open_clip VisionTransformer (reference module)."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    vit = make_vit()
+    c = common.CLIP_TEXT
+    text = TextEncoder(len(tok), c["width"], c["layers"], c["heads"], c["context"], common.EMBED_DIM)
+    float_layernorms(vit)
+    float_layernorms(text)
+    logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    decay, keep = split_decay(vit)
+    d2, k2 = split_decay(text)
+    opt = adamw(decay + d2, keep + k2 + [logit_scale], lr, 0.1)
+    eot = tok.token_id(T.EOT)
+    caption_ids = {}
+    t0 = time.time()
+    for step in range(steps):
+        set_lr(opt, cosine_lr(step, steps, lr, 100))
+        ids = data.clip_batch(rng, pool, families, family_size)
+        captions = [T.clip_caption(pool.scenes[i]) for i in ids]
+        seqs = []
+        for cap in captions:
+            if cap not in caption_ids:
+                caption_ids[cap] = tok.encode(cap) + [eot]
+            seqs.append(caption_ids[cap])
+        lengths = torch.tensor([len(s) for s in seqs])
+        text_ids = torch.as_tensor(data.pad(seqs, eot))
+        images = common.preprocess(pool.images[ids])
+        # captions that are equal are positives of each other
+        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
+        target = same / same.sum(1, keepdim=True)
+        with autocast():
+            img_emb, _ = vit(images)
+            txt_emb = text(text_ids, lengths)
+        img_emb = F.normalize(img_emb.float(), dim=-1)
+        txt_emb = F.normalize(txt_emb.float(), dim=-1)
+        logits = logit_scale.clamp(max=math.log(100)).exp() * img_emb @ txt_emb.t()
+        loss = (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+                + torch.sum(-target * F.log_softmax(logits.t(), 1), 1).mean()) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(vit.parameters()) + list(text.parameters()), 1.0)
+        opt.step()
+        if step % every == 0 or step == steps - 1:
+            with torch.no_grad():
+                exact = (same[torch.arange(len(ids)), logits.argmax(1)] > 0).float().mean()
+            log(f"clip step {step}/{steps} loss {loss.item():.4f} i2t-acc {exact.item():.3f} "
+                f"scale {logit_scale.exp().item():.1f} ({time.time() - t0:.0f}s)")
+    vit.eval()
+    text.eval()
+    log("clip attribute accuracy: " + " ".join(f"{a} {v:.3f}" for a, v in
+                                               clip_attribute_accuracy(vit, text, tok, seed).items()))
+    return vit, text
+
+
+@torch.no_grad()
+def clip_attribute_accuracy(vit, text, tok, seed, n=300):
+    """On fresh scenes: how often the true caption beats the captions that
+    differ from it in one attribute (zero-shot CLIP classification per attribute)."""
+    rng = random.Random(f"clip-check-{seed}")
+    scenes = [S.sample_scene(rng, "eval") for _ in range(n)]
+    img = F.normalize(vit(common.preprocess(np.stack([S.render(s) for s in scenes])))[0], dim=-1)
+    eot = tok.token_id(T.EOT)
+    out = {}
+    for attr in data.VARIED:
+        correct = 0
+        for i, sc in enumerate(scenes):
+            values = S.ATTRIBUTES[attr]
+            caps = [T.clip_caption(S.Scene(**{**sc.__dict__, attr: v})) for v in values]
+            seqs = [tok.encode(c) + [eot] for c in caps]
+            emb = F.normalize(text(torch.as_tensor(data.pad(seqs, eot)), torch.tensor([len(q) for q in seqs])), dim=-1)
+            correct += int(values[int((emb @ img[i]).argmax())] == sc.attr(attr))
+        out[attr] = correct / n
+    return out
+
+
+# ---- language-model pre-training ------------------------------------------------------
+
+def make_lm(tok):
+    """The LLaMA decoder as the reference builds it (FlamingoLayer-wrapped, so the
+    state-dict names are those of the final model), without cross-attention."""
+    cfg = common.llama_config(len(tok), tok.token_id(T.EOT))
+    no_xattn = dict(common.CROSS_ATTN, every_n_layers=cfg["num_hidden_layers"] + 1)
+    lm = ref.FlamingoLM(cfg, common.VISION["width"], no_xattn)
+    common.init_llama(lm)
+    return lm
+
+
+def lm_loss(logits, ids, mask):
+    """Next-token cross-entropy over positions whose target is marked in mask."""
+    logits = logits[:, :-1].float()
+    target = ids[:, 1:]
+    m = mask[:, 1:].float()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+    return (ce * m.reshape(-1)).sum() / m.sum()
+
+
+def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50):
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    lm = make_lm(tok)
+    decay, keep = split_decay(lm)
+    opt = adamw(decay, keep, lr, 0.1)
+    t0 = time.time()
+    batches = data.stream(rng, data.lm_items(tok, names), batch)
+    for step in range(steps):
+        set_lr(opt, cosine_lr(step, steps, lr, 100))
+        ids, mask = data.lm_collate(tok, next(batches))
+        ids, mask = torch.as_tensor(ids), torch.as_tensor(mask)
+        with autocast():
+            logits = lm(ids, None, None)
+        loss = lm_loss(logits, ids, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        if step % every == 0 or step == steps - 1:
+            log(f"lm step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    return lm.eval()
+
+
+# ---- the Flamingo stage ---------------------------------------------------------------------
+
+@torch.no_grad()
+def vision_tokens(vit, images_uint8, batch=256):
+    """Patch tokens of the frozen vision encoder for a pool of images, computed
+    in float32 as a model directory would run them; stored as float16."""
+    out = []
+    for i in range(0, len(images_uint8), batch):
+        _, tokens = vit(common.preprocess(images_uint8[i:i + batch]))
+        out.append(tokens.half())
+    return torch.cat(out)
+
+
+def assemble(tok, vit, lm):
+    """The full reference Flamingo with the pre-trained vision encoder and
+    decoder; Perceiver and cross-attention freshly initialised as upstream
+    (PyTorch defaults, gates at zero)."""
+    config = common.flamingo_config(len(tok), tok.token_id(T.EOT), tok.token_id(T.EOC), tok.token_id(T.IMAGE))
+    model = ref.Flamingo(config, embed_dim=common.EMBED_DIM)
+    model.vision_encoder.load_state_dict(vit.state_dict())
+    missing, unexpected = model.lang_encoder.load_state_dict(lm.state_dict(), strict=False)
+    assert not unexpected and all(".gated_cross_attn_layer." in k for k in missing), (missing, unexpected)
+    return model
+
+
+def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=1e-3, weights=None,
+                   every=50, probe=None):
+    """Trains Perceiver, gated cross-attention and the rows of <image> and
+    <|endofchunk|> in the input and output embeddings; everything else frozen."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    weights = weights or {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": 1.5}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lang = model.lang_encoder
+    new_rows = torch.tensor([tok.token_id(T.IMAGE), tok.token_id(T.EOC)])
+    emb, head = lang.model.embed_tokens.weight, lang.lm_head.weight
+    with torch.no_grad():  # the new tokens start afresh, as when OpenFlamingo adds them
+        emb[new_rows] = torch.randn(len(new_rows), emb.shape[1]) * 0.02
+        head[new_rows] = torch.randn(len(new_rows), head.shape[1]) * 0.02
+    row_mask = torch.zeros(emb.shape[0], 1)
+    row_mask[new_rows] = 1.0
+    for w in (emb, head):
+        w.requires_grad_(True)
+        w.register_hook(lambda g: g * row_mask)
+    xattn = [layer.gated_cross_attn_layer for layer in lang.layers if layer.gated_cross_attn_layer is not None]
+    trainable = [model.perceiver] + xattn
+    for m in trainable:
+        m.requires_grad_(True)
+        float_layernorms(m)
+    decay, keep = [], []
+    for m in trainable:
+        d, k = split_decay(m)
+        decay += d
+        keep += k
+    opt = adamw(decay, keep + [emb, head], lr, 0.1)
+    params = decay + keep + [emb, head]
+    model.train()
+    batches = data.stream(rng, data.flamingo_items(tok, pool, names, weights), batch)
+    t0 = time.time()
+    for step in range(steps):
+        set_lr(opt, cosine_lr(step, steps, lr, 200))
+        ids, mask, img = data.flamingo_collate(tok, next(batches))
+        ids, mask = torch.as_tensor(ids), torch.as_tensor(mask)
+        img = torch.as_tensor(img)
+        x = feats[img.clamp(min=0)].float() * (img >= 0)[..., None, None]
+        with autocast():
+            media = model.perceiver(x[:, :, None])
+            logits = model.forward_media(media, ids)
+        loss = lm_loss(logits, ids, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % every == 0 or step == steps - 1:
+            gates = " ".join(f"{b.attn_gate.item():+.2f}/{b.ff_gate.item():+.2f}" for b in xattn)
+            log(f"flamingo step {step}/{steps} loss {loss.item():.4f} gates {gates} ({time.time() - t0:.0f}s)")
+        if probe is not None and (step + 1) % probe[0] == 0:
+            model.eval()
+            probe[1](model)
+            model.train()
+    return model.eval()

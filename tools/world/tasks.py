@@ -1,0 +1,244 @@
+"""The world's text: deterministic templates for the four tasks, made-up
+names, and generators of interleaved documents.
+
+Flamingo's format: a document is a run of chunks `<image>text<|endofchunk|>`.
+Every document (and every evaluation prompt) keeps one task and one answer
+style throughout, and the style is chosen at random per document, so only
+the examples in a prompt tell the model which style the answer must take:
+few-shot context carries information the query alone does not.
+
+Tasks:
+  caption   "<image>A photo of two striped red circles.<|endofchunk|>"
+            (3 styles; the query is just "<image>", the whole caption is the answer)
+  vqa       "<image>Question: What colour are the shapes? Answer: red<|endofchunk|>"
+            (6 question types, 3 answer styles)
+  classify  "<image>Category: red<|endofchunk|>": which attribute (shape, colour
+            or texture) is the category is fixed per document; judged by scoring
+            candidate names, among them the query's other attributes
+  binding   "<image>This is a dax.<|endofchunk|>": two kinds of object get fresh
+            made-up names in each document; only the examples say which is which
+"""
+
+import random
+
+from . import scene as S
+
+IMAGE = "<image>"
+EOC = "<|endofchunk|>"
+EOT = "<|endoftext|>"
+
+TASKS = ["caption", "vqa", "classify", "binding"]
+
+# ---- noun phrases and captions ---------------------------------------------
+
+def noun_phrase(sc, digits=False):
+    """'two striped red circles', 'one red circle' (texture only when not solid)."""
+    count = str(sc.count) if digits else S.COUNT_WORDS[sc.count]
+    noun = sc.shape if sc.count == 1 else S.PLURALS[sc.shape]
+    texture = "" if sc.texture == "solid" else sc.texture + " "
+    return f"{count} {texture}{sc.colour} {noun}"
+
+
+CAPTION_STYLES = 3
+
+
+def caption(sc, style):
+    if style == 0:
+        return f"A photo of {noun_phrase(sc)}."
+    if style == 1:
+        return f"There {'is' if sc.count == 1 else 'are'} {noun_phrase(sc)}."
+    return noun_phrase(sc, digits=True)
+
+
+def clip_caption(sc):
+    """The full description used for contrastive pre-training: every attribute."""
+    noun = sc.shape if sc.count == 1 else S.PLURALS[sc.shape]
+    return (f"a photo of {S.COUNT_WORDS[sc.count]} {sc.size} {sc.texture} {sc.colour} {noun}"
+            f" on the {sc.position}")
+
+
+# ---- visual question answering ---------------------------------------------
+
+QUESTIONS = {
+    "colour": "What colour are the shapes?",
+    "shape": "What shape are they?",
+    "count": "How many shapes are there?",
+    "position": "Where are the shapes?",
+    "size": "Are the shapes small or large?",
+    "texture": "What pattern do the shapes have?",
+}
+QUESTION_TYPES = list(QUESTIONS)
+VQA_STYLES = 3
+
+
+def vqa_answer_word(sc, qtype):
+    value = sc.attr(qtype)
+    return S.COUNT_WORDS[value] if qtype == "count" else value
+
+
+def vqa_answer(sc, qtype, style):
+    word = vqa_answer_word(sc, qtype)
+    if style == 0:
+        return word
+    if style == 1:
+        return word.capitalize() + "."
+    return f"The answer is {word}."
+
+
+def vqa_prefix(qtype):
+    return f"Question: {QUESTIONS[qtype]} Answer:"
+
+
+# ---- classification ----------------------------------------------------------
+
+CLASSIFY_ATTRIBUTES = ["shape", "colour", "texture"]
+CLASSIFY_PREFIX = "Category:"
+
+
+def classify_candidates(sc, attribute):
+    """The attribute's class names, then the query's values of the other
+    classified attributes (true of the image, but not the category asked)."""
+    names = list(S.ATTRIBUTES[attribute])
+    names += [sc.attr(a) for a in CLASSIFY_ATTRIBUTES if a != attribute]
+    return names
+
+
+# ---- fast binding: made-up names ---------------------------------------------
+
+_ONSETS = "b d f g k l m n p r s t v w z".split()
+_VOWELS = "a e i o u".split()
+_CODAS = "b d f g k m n p t v x z".split()
+# Real words (and world words) the onset-vowel-coda scheme would produce.
+_REAL = set("""bad bag ban bat bed beg bet bib bid big bin bit bob bog bop bud bug bum bun but box buz
+dab dad dam den dig dim din dip dog don dot dub dud dug dun dux fab fad fan fat fax fed fen fez fib fig fin
+fit fix fob fog fop fox fun gab gad gag gap gat get gig gin git gob god got gum gun gut kid kin kit lab lad
+lag lap lax led leg let lib lid lip lit lob log lop lot lox lug mad man map mat med men met mid mix mob mod
+mog mom mop mud mug mum nab nag nap net nib nip nit nix nod nog not nub nun nut pad pal pan pap pat pax peg
+pen pep pet pig pin pit pod pop pot pox pub pug pun pup put rad rag ram ran rap rat red reb rib rid rig rim
+rip rob rod rot rub rug rum run rut sad sag sap sat set sex sib sin sip sit six sob sod sop sub sum sun sup
+tab tad tag tam tan tap tat tax ted ten tin tip tit tod tog tom ton top tot tub tug tum tun tut tux vat vet
+vex vim vin vox wad wag wan wax web wed wet wig win wit wok won wot zap zip zit zen""".split())
+
+
+def _all_names():
+    names = [o + v + c for o in _ONSETS for v in _VOWELS for c in _CODAS]
+    return [n for n in names if n not in _REAL]
+
+
+def name_split():
+    """(train names, held-out names): a fixed 80/20 split of the made-up words."""
+    names = _all_names()
+    random.Random(12345).shuffle(names)
+    cut = len(names) * 4 // 5
+    return sorted(names[:cut]), sorted(names[cut:])
+
+
+BINDING_PREFIX = "This is a"
+
+
+def binding_text(name):
+    return f"{BINDING_PREFIX} {name}."
+
+
+# ---- kinds for binding --------------------------------------------------------
+
+def binding_kinds(rng, split="train", n=2):
+    """n object kinds (shape, colour, texture) with distinct shapes."""
+    shapes = rng.sample(S.SHAPES, n)
+    kinds = []
+    for shape in shapes:
+        while True:
+            colour = rng.choice(S.COLOURS)
+            if split == "eval" or (shape, colour) not in S.HELD_OUT_PAIRS:
+                break
+        kinds.append((shape, colour, rng.choice(S.TEXTURES)))
+    return kinds
+
+
+# ---- documents ------------------------------------------------------------------
+
+class Chunk:
+    """One image and its text; `prefix` is the part of the text a query gives,
+    the rest is the answer."""
+
+    def __init__(self, scene, prefix, answer):
+        self.scene = scene
+        self.prefix = prefix
+        self.answer = answer
+
+    @property
+    def text(self):
+        if not self.prefix:
+            return self.answer
+        return self.prefix + " " + self.answer
+
+
+class Document:
+    def __init__(self, task, style, chunks, meta=None):
+        self.task = task
+        self.style = style
+        self.chunks = chunks
+        self.meta = meta or {}
+
+    def interleaved(self):
+        """Flamingo's format: '<image>text<|endofchunk|>' for every chunk."""
+        return "".join(f"{IMAGE}{c.text}{EOC}" for c in self.chunks)
+
+    def plain_text(self):
+        """The same text without images, for language-model pre-training."""
+        return "\n".join(c.text for c in self.chunks) + "\n"
+
+
+def sample_document(rng, task, n_chunks, scene_source, names=None, split="train"):
+    """A document of one task with n_chunks chunks. scene_source(rng, **fixed)
+    returns a scene (or a pool entry) satisfying the fixed attributes."""
+    if task == "caption":
+        style = rng.randrange(CAPTION_STYLES)
+        chunks = []
+        for _ in range(n_chunks):
+            sc = scene_source(rng)
+            chunks.append(Chunk(sc, "", caption(sc, style)))
+        return Document(task, style, chunks)
+    if task == "vqa":
+        style = rng.randrange(VQA_STYLES)
+        chunks = []
+        for _ in range(n_chunks):
+            sc = scene_source(rng)
+            q = rng.choice(QUESTION_TYPES)
+            chunks.append(Chunk(sc, vqa_prefix(q), vqa_answer(sc, q, style)))
+        return Document(task, style, chunks)
+    if task == "classify":
+        attribute = rng.choice(CLASSIFY_ATTRIBUTES)
+        chunks = []
+        for _ in range(n_chunks):
+            sc = scene_source(rng)
+            chunks.append(Chunk(sc, CLASSIFY_PREFIX, sc.attr(attribute)))
+        return Document(task, attribute, chunks)
+    if task == "binding":
+        n_kinds = 2 if n_chunks <= 3 or rng.random() < 0.7 else 3
+        kinds = binding_kinds(rng, split, n_kinds)
+        chosen = rng.sample(names, n_kinds)
+        chunks = []
+        for _ in range(n_chunks):
+            k = rng.randrange(n_kinds)
+            shape, colour, texture = kinds[k]
+            sc = scene_source(rng, shape=shape, colour=colour, texture=texture, count=1)
+            chunks.append(Chunk(sc, BINDING_PREFIX, chosen[k] + "."))
+        return Document(task, n_kinds, chunks, {"kinds": kinds, "names": chosen})
+    raise ValueError(task)
+
+
+def random_scene_source(split="train"):
+    def source(rng, **fixed):
+        return S.sample_scene(rng, split, **fixed)
+    return source
+
+
+def lm_corpus(rng, n_docs, names, max_chunks=8):
+    """Plain-text documents of the world for language-model pre-training."""
+    source = random_scene_source("train")
+    docs = []
+    for _ in range(n_docs):
+        task = rng.choice(TASKS)
+        docs.append(sample_document(rng, task, rng.randint(1, max_chunks), source, names).plain_text())
+    return docs
