@@ -1,0 +1,8 @@
+#pragma once
+// The tensor library: extents, tensors and views, elementwise expressions, matmul.
+#include "core/dtype.hpp"
+#include "core/error.hpp"
+#include "core/expr.hpp"
+#include "core/extents.hpp"
+#include "core/parallel.hpp"
+#include "core/tensor.hpp"
