@@ -13,22 +13,27 @@
 //    end marker, a PNG without IEND, a short BMP) is an error: the decoder's reads
 //    go through callbacks that notice any attempt to read past the end.
 // Known differences from Pillow (measured by tests/image): stb_image's JPEG
-// decoder is not libjpeg, so JPEG pixels differ by a few levels; 16-bit BMP
-// channels are widened by bit replication instead of Pillow's v * 255 / 31;
-// 4-channel JPEGs without an Adobe marker are read as YCbCr rather than CMYK.
+// decoder is not libjpeg, so JPEG pixels differ by a few levels (and by more in
+// one column of 4:2:2 JPEGs); 4-channel JPEGs without an Adobe marker are read as
+// YCbCr rather than CMYK; BMP palette indices past the palette read undefined
+// values (Pillow: grey); RLE BMPs and plain-text PNM are not supported.
 //
 // stb_image is compiled into this header with static linkage (STB_IMAGE_STATIC),
 // so every translation unit that includes it has a private copy and there is no
 // symbol to collide with another copy of stb_image elsewhere in the program.
 // Include this header before any other inclusion of <stb_image.h> in a TU.
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <span>
 #include <string>
 #include <system_error>
@@ -49,6 +54,12 @@
 #pragma GCC diagnostic ignored "-Wstringop-overflow"
 #endif
 #endif
+// Zeroed allocations: on corrupt JPEGs (a scan naming a Huffman table that was
+// never defined) and TGAs, stb_image 2.27 reads fields it never wrote, and with
+// malloc those are stale heap bytes used as indices.
+#define STBI_MALLOC(size) std::calloc(1, size)
+#define STBI_REALLOC(p, size) std::realloc(p, size)
+#define STBI_FREE(p) std::free(p)
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_ONLY_JPEG
@@ -131,6 +142,34 @@ struct StbSource {
 struct StbFree {
     void operator()(void* p) const { stbi_image_free(p); }
 };
+
+// A PNG whose PLTE has fewer than 256 entries, with the rest filled in as
+// Pillow's default palette (grey, i -> (i, i, i)): Pillow reads indices past the
+// palette's end there, while stb_image would read uninitialised memory. Empty
+// when there is nothing to change (stb_image itself rejects malformed palettes).
+inline std::vector<std::uint8_t> png_with_full_palette(std::span<const std::uint8_t> b) {
+    auto be32 = [&](std::size_t at) {
+        return (std::uint32_t{b[at]} << 24) | (std::uint32_t{b[at + 1]} << 16) | (std::uint32_t{b[at + 2]} << 8) | b[at + 3];
+    };
+    for (std::size_t pos = 8; b.size() >= 12 && pos <= b.size() - 12;) {
+        const std::size_t len = be32(pos);
+        const auto type = b.subspan(pos + 4, 4);
+        if (std::memcmp(type.data(), "IDAT", 4) == 0 || std::memcmp(type.data(), "IEND", 4) == 0) break;
+        if (len > b.size() - pos - 12) break;
+        if (std::memcmp(type.data(), "PLTE", 4) == 0) {
+            if (len == 0 || len % 3 != 0 || len >= 768) break;
+            std::vector<std::uint8_t> out(b.begin(), b.begin() + pos);
+            for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<std::uint8_t>(768 >> s));
+            out.insert(out.end(), b.begin() + pos + 4, b.begin() + pos + 8 + len);
+            for (std::size_t i = len / 3; i < 256; ++i) out.insert(out.end(), 3, static_cast<std::uint8_t>(i));
+            out.insert(out.end(), 4, 0);  // CRC: stb_image does not check it
+            out.insert(out.end(), b.begin() + pos + 12 + len, b.end());
+            return out;
+        }
+        pos += 12 + len;
+    }
+    return {};
+}
 
 inline Image decode_stb(std::span<const std::uint8_t> bytes, const std::string& name, const ImageLimits& lim) {
     int w = 0, h = 0, comp = 0;
@@ -241,6 +280,26 @@ inline Image decode_pnm(std::span<const std::uint8_t> b, const std::string& name
     return im;
 }
 
+// stb_image widens the n-bit channels of 16-bit BMPs by bit replication, which
+// keeps the field in the top n bits; Pillow computes field * 255 / (2^n - 1).
+inline void rescale_bmp16(std::span<const std::uint8_t> b, Image& im) {
+    auto le = [&](std::size_t at, int n) {
+        std::uint32_t v = 0;
+        for (int i = n - 1; i >= 0; --i) v = (v << 8) | b[at + i];
+        return v;
+    };
+    if (b.size() < 66 || le(14, 4) < 40 || le(28, 2) != 16) return;
+    std::array<std::uint32_t, 3> masks{0x7C00, 0x03E0, 0x001F};  // BI_RGB: 5-5-5
+    if (le(30, 4) == 3) masks = {le(54, 4), le(58, 4), le(62, 4)};  // BI_BITFIELDS
+    for (int c = 0; c < 3; ++c) {
+        const int bits = std::popcount(masks[c]);
+        if (bits < 1 || bits > 7) continue;
+        std::array<std::uint8_t, 256> map;
+        for (int v = 0; v < 256; ++v) map[v] = static_cast<std::uint8_t>((v >> (8 - bits)) * 255 / ((1 << bits) - 1));
+        for (std::size_t i = c; i < im.rgb.size(); i += 3) im.rgb[i] = map[im.rgb[i]];
+    }
+}
+
 enum class ImageFormat { Unknown, Jpeg, Png, Bmp, Gif, Pnm, PlainPnm };
 
 inline ImageFormat sniff(std::span<const std::uint8_t> b) {
@@ -293,6 +352,15 @@ inline Image decode_image(std::span<const std::uint8_t> bytes, const std::string
             return gif.canvas();
         }
         case ImageFormat::Pnm: return detail::decode_pnm(bytes, name, limits);
+        case ImageFormat::Bmp: {
+            Image im = detail::decode_stb(bytes, name, limits);
+            detail::rescale_bmp16(bytes, im);
+            return im;
+        }
+        case ImageFormat::Png: {
+            const auto padded = detail::png_with_full_palette(bytes);
+            return detail::decode_stb(padded.empty() ? bytes : std::span<const std::uint8_t>(padded), name, limits);
+        }
         case ImageFormat::PlainPnm: fail("image '", name, "': plain (ASCII) PNM is not supported");
         default: return detail::decode_stb(bytes, name, limits);
     }
