@@ -1,0 +1,162 @@
+#pragma once
+// Multi-head self-attention, generic over the ways checkpoints store the
+// query/key/value projections and over position encodings (rotary, ALiBi, or
+// none); grouped-query heads; an optional KV cache for decoding.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "../core/expr.hpp"
+#include "../kernels/attention.hpp"
+#include "../kernels/rope.hpp"
+#include "linear.hpp"
+#include "norm.hpp"
+
+namespace flamingo::nn {
+
+// Keys and values of one sequence, every layer: [layers][capacity][kv_width].
+class KVCache {
+public:
+    KVCache() = default;
+    KVCache(std::size_t layers, std::size_t capacity, std::size_t kv_width)
+        : layers_(layers), capacity_(capacity), width_(kv_width),
+          k_(layers * capacity * kv_width), v_(layers * capacity * kv_width) {}
+
+    std::size_t capacity() const { return capacity_; }
+    std::size_t width() const { return width_; }
+    std::size_t length() const { return length_; }
+    void set_length(std::size_t n) {
+        check(n <= capacity_, "KV cache: length ", n, " exceeds its capacity ", capacity_);
+        length_ = n;
+    }
+    float* k(std::size_t layer, std::size_t pos) { return k_.data() + (layer * capacity_ + pos) * width_; }
+    float* v(std::size_t layer, std::size_t pos) { return v_.data() + (layer * capacity_ + pos) * width_; }
+
+    // Makes positions [from, to) equal to `src`'s (a beam taking over its parent's history).
+    void copy_from(const KVCache& src, std::size_t from, std::size_t to) {
+        for (std::size_t l = 0; l < layers_; ++l) {
+            std::size_t off = (l * capacity_ + from) * width_, n = (to - from) * width_;
+            std::memcpy(k_.data() + off, src.k_.data() + off, n * sizeof(float));
+            std::memcpy(v_.data() + off, src.v_.data() + off, n * sizeof(float));
+        }
+        length_ = src.length_;
+    }
+
+private:
+    std::size_t layers_ = 0, capacity_ = 0, width_ = 0, length_ = 0;
+    std::vector<float> k_, v_;
+};
+
+// A run of consecutive rows of a batch that belong to one sequence: rows
+// [row0, row0 + rows) hold positions [pos0, pos0 + rows). With a cache, they
+// attend causally to everything the cache holds before them; without one
+// (vision), to each other only.
+struct Segment {
+    std::size_t row0 = 0, rows = 0, pos0 = 0;
+    KVCache* cache = nullptr;
+};
+
+// How a checkpoint lays out the query/key/value projection.
+enum class QKVLayout {
+    Fused,      // one [q | k | v] projection (open_clip in_proj, MPT Wqkv)
+    PerHead,    // one projection, per head [q k v] (GPT-NeoX query_key_value)
+    Separate,   // q_proj, k_proj, v_proj (LLaMA)
+};
+
+template <std::size_t Width = dyn>
+struct SelfAttention {
+    QKVLayout layout = QKVLayout::Fused;
+    Linear<dyn, Width> qkv;         // Fused / PerHead
+    Linear<dyn, Width> q, k, v;     // Separate
+    Linear<Width, dyn> out;
+    std::size_t heads = 0, kv_heads = 0, head_dim = 0;
+    float scale = 1.0f;
+
+    // Optional features.
+    const kernels::RopeTable* rope = nullptr;  // rotary on the first rope->rot_dim() dims of each head
+    std::vector<float> alibi_slopes;           // per head (MPT)
+    std::optional<float> clip_qkv;             // MPT: clamp the projections
+    std::optional<Norm<>> q_ln, k_ln;          // MPT: LayerNorm of q and k over the whole width
+    bool causal = true;
+
+    std::size_t q_width() const { return heads * head_dim; }
+    std::size_t kv_width() const { return kv_heads * head_dim; }
+    std::size_t qkv_width() const { return q_width() + 2 * kv_width(); }
+
+    // Column offsets and head stride of q, k, v inside the projection buffer.
+    struct Layout {
+        std::size_t q, k, v, head_stride;
+    };
+    Layout offsets() const {
+        if (layout == QKVLayout::PerHead) return {0, head_dim, 2 * head_dim, 3 * head_dim};
+        return {0, q_width(), q_width() + kv_width(), head_dim};
+    }
+
+    // y (+)= attention(x) over the given segments; x, y: [M, Width].
+    template <class XV, class YV>
+    void operator()(const XV& x, const YV& y, std::span<const Segment> segments, std::size_t layer, Scratch& s,
+                    bool accumulate = false) const {
+        const std::size_t M = x.extent(0), W = qkv_width();
+        auto buf = s.rows(kInner0, M, W);
+        if (layout == QKVLayout::Separate) {
+            q(x, columns(buf, 0, q_width()));
+            k(x, columns(buf, q_width(), kv_width()));
+            v(x, columns(buf, q_width() + kv_width(), kv_width()));
+        } else {
+            qkv(x, buf);
+        }
+        if (clip_qkv) {
+            const float c = *clip_qkv;
+            buf.assign(minimum(maximum(buf, -c), c));
+        }
+        if (q_ln) (*q_ln)(columns(buf, 0, q_width()), columns(buf, 0, q_width()));
+        if (k_ln) (*k_ln)(columns(buf, q_width(), kv_width()), columns(buf, q_width(), kv_width()));
+
+        const Layout c = offsets();
+        auto o = s.rows(kInner1, M, q_width());
+        for (const Segment& seg : segments) {
+            float* rows = buf.data() + seg.row0 * W;
+            if (rope) {
+                kernels::apply_rope(rows + c.q, seg.rows, W, heads, c.head_stride, rope->rot_dim(), seg.pos0, *rope);
+                kernels::apply_rope(rows + c.k, seg.rows, W, kv_heads, c.head_stride, rope->rot_dim(), seg.pos0, *rope);
+            }
+            kernels::AttentionArgs a;
+            a.n_q = seg.rows;
+            a.n_heads = heads, a.n_kv_heads = kv_heads, a.head_dim = head_dim;
+            a.q = rows + c.q, a.q_row_stride = W, a.q_head_stride = c.head_stride;
+            a.out = o.data() + seg.row0 * q_width(), a.out_row_stride = q_width(), a.out_head_stride = head_dim;
+            a.scale = scale;
+            a.alibi_slopes = alibi_slopes.empty() ? nullptr : alibi_slopes.data();
+            if (seg.cache) {
+                KVCache& kv = *seg.cache;
+                check(seg.pos0 + seg.rows <= kv.capacity(), "sequence of ", seg.pos0 + seg.rows,
+                      " tokens exceeds the KV cache capacity ", kv.capacity());
+                for (std::size_t r = 0; r < seg.rows; ++r) {  // gather heads into the cache's [kv_heads * head_dim] rows
+                    float* kd = kv.k(layer, seg.pos0 + r);
+                    float* vd = kv.v(layer, seg.pos0 + r);
+                    const float* src = rows + r * W;
+                    for (std::size_t h = 0; h < kv_heads; ++h) {
+                        std::memcpy(kd + h * head_dim, src + c.k + h * c.head_stride, head_dim * sizeof(float));
+                        std::memcpy(vd + h * head_dim, src + c.v + h * c.head_stride, head_dim * sizeof(float));
+                    }
+                }
+                a.n_kv = seg.pos0 + seg.rows;
+                a.k = kv.k(layer, 0), a.k_row_stride = kv_width(), a.k_head_stride = head_dim;
+                a.v = kv.v(layer, 0), a.v_row_stride = kv_width(), a.v_head_stride = head_dim;
+                a.causal = causal, a.q_pos0 = seg.pos0;
+            } else {
+                a.n_kv = seg.rows;
+                a.k = rows + c.k, a.k_row_stride = W, a.k_head_stride = c.head_stride;
+                a.v = rows + c.v, a.v_row_stride = W, a.v_head_stride = c.head_stride;
+                a.causal = causal, a.q_pos0 = 0;
+            }
+            kernels::attention(a);
+        }
+        out(o, y, accumulate);
+    }
+};
+
+}  // namespace flamingo::nn

@@ -1,0 +1,62 @@
+// Every model block against the PyTorch reference (tools/flamingo_ref.py):
+// vision tokens, CLIP embeddings, Perceiver output and teacher-forced logits.
+#include "parity_util.hpp"
+
+using namespace flamingo;
+
+namespace {
+
+struct Loaded {
+    std::unique_ptr<model::Model> model;
+    std::vector<float> pixels;
+    std::size_t n_media = 0, frames = 0;
+};
+
+Loaded load(const std::string& c, model::LoadOptions opt = {}) {
+    Loaded l;
+    l.model = model::load_model(fixture::dir(c), opt);
+    l.pixels = fixture::floats(c, "pixels.npy");
+    auto s = fixture::shape(c, "pixels.npy");
+    l.n_media = s[0], l.frames = s[1];
+    return l;
+}
+
+void check_case(const std::string& c, model::LoadOptions opt, double atol, double rtol) {
+    CAPTURE(c);
+    Loaded l = load(c, opt);
+    model::Model& m = *l.model;
+    const std::size_t n_img = l.n_media * l.frames, v = m.vision_tokens_per_image(), W = m.vision_width();
+
+    std::vector<float> tokens(n_img * v * W), pooled(n_img * m.embed_dim());
+    m.vision(l.pixels.data(), n_img, tokens.data(), pooled.data());
+    fixture::expect_close(tokens.data(), fixture::floats(c, "vision_tokens.npy"), atol, rtol, "vision tokens");
+    fixture::expect_close(pooled.data(), fixture::floats(c, "embed.npy"), atol, rtol, "CLIP embeddings");
+
+    std::vector<float> visual = m.encode_media(l.pixels.data(), l.n_media, l.frames);
+    fixture::expect_close(visual.data(), fixture::floats(c, "perceiver.npy"), atol, rtol, "perceiver");
+
+    auto ids64 = fixture::ints(c, "input_ids.npy");
+    std::vector<std::int32_t> ids(ids64.begin(), ids64.end());
+    auto tt = fixture::text_time(ids, m.config().media_token_id);
+    model::MediaContext media;
+    m.project_media(visual.data(), l.n_media, media);
+    nn::KVCache cache(m.num_layers(), ids.size(), m.kv_width());
+    nn::Segment seg{0, ids.size(), 0, &cache};
+    std::vector<std::size_t> rows(ids.size());
+    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
+    std::vector<float> logits(ids.size() * m.vocab_size());
+    m.forward({ids, tt, {&seg, 1}}, media, rows, logits.data());
+    fixture::expect_close(logits.data(), fixture::floats(c, "logits.npy"), atol, rtol, "logits");
+}
+
+}  // namespace
+
+TEST_CASE("model parity with the PyTorch reference, f32 weights") {
+    for (const auto& c : fixture::cases()) check_case(c, {}, 1e-4, 1e-4);
+}
+
+TEST_CASE("the run-time-shaped instantiation gives the same results") {
+    model::LoadOptions opt;
+    opt.force_dynamic = true;
+    for (const auto& c : {"llama", "gpt_neox"}) check_case(c, opt, 1e-4, 1e-4);
+}
