@@ -1,0 +1,106 @@
+// Greedy search, beam search and candidate scoring against the PyTorch
+// reference's Hugging Face generate() semantics (tests/data/model/*/expected).
+#include "../model/parity_util.hpp"
+
+#include <flamingo/generate/generate.hpp>
+
+using namespace flamingo;
+
+namespace {
+
+struct Fixture {
+    std::unique_ptr<model::Model> model;
+    std::unique_ptr<generate::Session> session;
+    std::vector<std::int32_t> prompt;
+};
+
+Fixture open(const std::string& c, model::LoadOptions opt = {}) {
+    Fixture f;
+    f.model = model::load_model(fixture::dir(c), opt);
+    f.session = std::make_unique<generate::Session>(*f.model);
+    auto pixels = fixture::floats(c, "pixels.npy");
+    auto s = fixture::shape(c, "pixels.npy");
+    f.session->set_media(pixels.data(), s[0], s[1]);
+    auto ids = fixture::ints(c, "input_ids.npy");
+    f.prompt.assign(ids.begin(), ids.end());
+    return f;
+}
+
+std::vector<std::int32_t> ids_of(const nlohmann::json& j) { return j.get<std::vector<std::int32_t>>(); }
+
+generate::EarlyStopping early_of(const nlohmann::json& j) {
+    if (j.is_string()) return generate::EarlyStopping::Never;
+    return j.get<bool>() ? generate::EarlyStopping::True : generate::EarlyStopping::False;
+}
+
+}  // namespace
+
+TEST_CASE("greedy and beam search match Hugging Face generate() on the reference") {
+    for (const auto& c : fixture::cases()) {
+        CAPTURE(c);
+        Fixture f = open(c);
+        auto g = fixture::json(c, "generate.json");
+        REQUIRE(ids_of(g["prompt_ids"]) == f.prompt);
+        for (const auto& e : g["greedy"]) {
+            generate::GenerateOptions o;
+            o.max_new_tokens = e["max_new_tokens"];
+            o.no_repeat_ngram_size = e["no_repeat_ngram_size"];
+            auto r = generate::generate(*f.session, f.prompt, o);
+            CHECK(r.tokens == ids_of(e["tokens"]));
+            CHECK(r.stopped == e["ended_on_eoc"].get<bool>());
+        }
+        for (const auto& e : g["beam"]) {
+            CAPTURE(e.dump());
+            generate::GenerateOptions o;
+            o.num_beams = e["num_beams"];
+            o.length_penalty = e["length_penalty"];
+            o.early_stopping = early_of(e["early_stopping"]);
+            o.no_repeat_ngram_size = e["no_repeat_ngram_size"];
+            o.max_new_tokens = e["max_new_tokens"];
+            auto r = generate::generate(*f.session, f.prompt, o);
+            CHECK(r.tokens == ids_of(e["tokens"]));
+            CHECK(r.score == doctest::Approx(e["score"].get<double>()).epsilon(1e-5));
+        }
+    }
+}
+
+TEST_CASE("candidate scores match OpenFlamingo's log-likelihood evaluation") {
+    for (const auto& c : fixture::cases()) {
+        CAPTURE(c);
+        Fixture f = open(c);
+        auto sc = fixture::json(c, "score.json");
+        std::vector<std::vector<std::int32_t>> cands;
+        for (const auto& e : sc["candidates"]) cands.push_back(ids_of(e["tokens"]));
+        auto got = generate::score(*f.session, f.prompt, cands);
+        REQUIRE(got.size() == cands.size());
+        for (std::size_t i = 0; i < got.size(); ++i) {
+            const auto& e = sc["candidates"][i];
+            const double lp = e["logprob"], mlp = e["mean_logprob"];
+            CHECK(std::fabs(got[i].logprob - lp) <= 1e-4 + 1e-4 * std::fabs(lp));
+            CHECK(std::fabs(got[i].mean_logprob - mlp) <= 1e-4 + 1e-4 * std::fabs(mlp));
+        }
+    }
+}
+
+TEST_CASE("decoding allocates nothing once the session has taken its first step") {
+    Fixture f = open("llama");
+    generate::GenerateOptions o;
+    o.max_new_tokens = 12;
+    o.eos = -1;  // never stop early
+    std::size_t grows_after_first = 0;
+    int seen = 0;
+    o.on_token = [&](std::int32_t) {
+        if (++seen == 2) grows_after_first = f.model->scratch_grows();
+    };
+    auto r = generate::generate(*f.session, f.prompt, o);
+    CHECK(r.tokens.size() == 12);
+    CHECK(f.model->scratch_grows() == grows_after_first);
+}
+
+TEST_CASE("a prompt whose <image> count differs from the media is refused") {
+    Fixture f = open("llama");
+    std::vector<std::int32_t> p(f.prompt.begin(), f.prompt.begin() + 5);  // before the first image
+    generate::GenerateOptions o;
+    CHECK_THROWS_WITH_AS(generate::generate(*f.session, p, o), "the prompt has 0 <image> tokens but 3 images were given",
+                         Error);
+}
