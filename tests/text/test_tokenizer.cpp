@@ -448,7 +448,11 @@ TEST_CASE("tokenizer: the word cache stays bounded; results do not depend on it;
     CHECK(model.cached_words() > 0);
 
     std::string many;
-    for (int i = 0; i < 12000; ++i) many += "w" + std::to_string(i * 7919) + "x ";
+    for (int i = 0; i < 12000; ++i) {
+        many += 'w';
+        many += std::to_string(i * 7919);
+        many += "x ";
+    }
     const Ids first = gpt2().encode(many), second = gpt2().encode(many);
     CHECK(first == second);
     CHECK(gpt2().decode(first) == many);

@@ -209,6 +209,12 @@ public:
         return std::max(cache_.size(), byte_cache_.size());
     }
 
+    void clear_cache() const {
+        std::lock_guard<std::mutex> lock(cache_mutex_);
+        cache_.clear();
+        byte_cache_.clear();
+    }
+
     // Tokenizes one word (the string the model sees) and appends its ids.
     void tokenize(std::string_view word, std::vector<std::int32_t>& out, BpeScratch& scratch) const {
         if (word.empty()) return;

@@ -214,6 +214,9 @@ public:
         return n;
     }
 
+    // Empties the per-word cache of the BPE model (bounded anyway; for measurements).
+    void clear_cache() const { model_.clear_cache(); }
+
     // transformers' clean_up_tokenization (what decode() does there when the
     // tokenizer's clean_up_tokenization_spaces is set).
     static std::string clean_up_tokenization(std::string_view s) {
