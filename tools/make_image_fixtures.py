@@ -213,6 +213,28 @@ def adam7_rows(pixels):
     return rows
 
 
+def bmp8(indices, palette):
+    """An 8-bit BMP whose palette is shorter than its indices reach (biClrUsed set)."""
+    h, w = indices.shape
+    stride = (w + 3) // 4 * 4
+    data = b"".join(indices[y].tobytes().ljust(stride, b"\0") for y in range(h - 1, -1, -1))
+    pal = b"".join(bytes([b, g, r, 0]) for r, g, b in palette)
+    offset = 14 + 40 + len(pal)
+    info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 8, 0, len(data), 2835, 2835, len(palette), 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + pal + data
+
+
+def bmp16(pixels, masks=None):
+    """A 16-bit BMP (Pillow reads them but does not write them): 5-5-5, or bit fields."""
+    h, w = pixels.shape
+    stride = (w * 2 + 3) // 4 * 4
+    data = b"".join(pixels[y].astype("<u2").tobytes().ljust(stride, b"\0") for y in range(h - 1, -1, -1))
+    extra = struct.pack("<III", *masks) if masks else b""
+    offset = 14 + 40 + len(extra)
+    info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 16, 3 if masks else 0, len(data), 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + extra + data
+
+
 def save(im, fmt, **kw):
     b = io.BytesIO()
     im.save(b, fmt, **kw)
@@ -247,11 +269,20 @@ def make_decode():
                                     extra=png_chunk(b"tRNS", struct.pack(">HHH", *rgb[0, 0])))
     files["grey4.png"] = raw_png(w, h, 4, 0, [np.packbits(np.unpackbits((grey[y] >> 4)[:, None], axis=1)[:, 4:].ravel()).tobytes()
                                               for y in range(h)])
+    # Indices past the end of PLTE: Pillow reads its default grey ramp there.
+    short_pal = bytes([10, 20, 30, 40, 50, 60, 70, 80, 90])
+    files["short_palette.png"] = raw_png(w, h, 8, 3, [((rgb[y, :, 0].astype(np.int32) * 7) % 256).astype(np.uint8).tobytes()
+                                                       for y in range(h)], extra=png_chunk(b"PLTE", short_pal))
     files["rgb.bmp"] = save(base, "BMP")
     files["palette.bmp"] = save(pal, "BMP")
     files["grey.bmp"] = save(Image.fromarray(grey, "L"), "BMP")
     files["bilevel.bmp"] = save(Image.fromarray(grey > 128), "BMP")
     files["rgba.bmp"] = save(Image.fromarray(rgba, "RGBA"), "BMP")
+    p16 = rng.integers(0, 65536, (h, w), dtype=np.uint16)
+    files["short_palette.bmp"] = bmp8(((rgb[:, :, 0].astype(np.int32) * 7) % 256).astype(np.uint8),
+                                      [(10, 20, 30), (40, 50, 60), (70, 80, 90), (200, 100, 0)])
+    files["rgb555.bmp"] = bmp16(p16)
+    files["rgb565.bmp"] = bmp16(p16, masks=(0xF800, 0x07E0, 0x001F))
     files["rgb.tga"] = save(base, "TGA")
     files["rgb_rle.tga"] = save(base, "TGA", compression="tga_rle")
     files["rgba.tga"] = save(Image.fromarray(rgba, "RGBA"), "TGA")
@@ -343,6 +374,11 @@ def make_gif():
                   for k, a in enumerate(frames[:4])]
     files["anim_rgb.gif"] = save(rgb_frames[0], "GIF", save_all=True, append_images=rgb_frames[1:], duration=40)
     files["hand_made.gif"] = hand_made_gif()
+    files["local_palette_only.gif"] = small_gif(global_palette=False, local_palette=True)
+    files["no_palette.gif"] = small_gif(global_palette=False, local_palette=False)
+    files["first_frame_outside.gif"] = small_gif(global_palette=True, local_palette=False, screen=(5, 4),
+                                                 rect=(2, 1, 6, 5))
+    files["gif87a.gif"] = b"GIF87a" + small_gif(global_palette=True, local_palette=False, transparency=None)[6:]
     cases = []
     for name, data in files.items():
         write(name, data)
@@ -398,6 +434,23 @@ def lzw_encode(indices, min_bits):
         out.append(bits & 0xFF)
     blocks = b"".join(bytes([len(out[i:i + 255])]) + bytes(out[i:i + 255]) for i in range(0, len(out), 255))
     return bytes([min_bits]) + blocks + b"\x00"
+
+
+def small_gif(global_palette, local_palette, screen=(7, 6), rect=(1, 1, 5, 4), transparency=2):
+    """One frame, written byte by byte: palette variants and a frame reaching past
+    the screen (Pillow then enlarges the image)."""
+    pal = bytes(sum(([(i * 90) % 256, (i * 40) % 256, 255 - i * 30] for i in range(8)), []))
+    out = bytearray(b"GIF89a" + struct.pack("<HHBBB", screen[0], screen[1], (0x82 if global_palette else 0), 5, 0))
+    if global_palette:
+        out += pal
+    if transparency is not None:
+        out += b"\x21\xF9\x04\x01\x00\x00" + bytes([transparency]) + b"\x00"
+    x, y, fw, fh = rect
+    out += b"\x2C" + struct.pack("<HHHHB", x, y, fw, fh, 0x82 if local_palette else 0)
+    if local_palette:
+        out += pal[::-1]
+    out += lzw_encode([(i * 3 + i // fw) % 8 for i in range(fw * fh)], 3) + b"\x3B"
+    return bytes(out)
 
 
 def hand_made_gif():

@@ -15,8 +15,9 @@
 // Known differences from Pillow (measured by tests/image): stb_image's JPEG
 // decoder is not libjpeg, so JPEG pixels differ by a few levels (and by more in
 // one column of 4:2:2 JPEGs); 4-channel JPEGs without an Adobe marker are read as
-// YCbCr rather than CMYK; BMP palette indices past the palette read undefined
-// values (Pillow: grey); RLE BMPs and plain-text PNM are not supported.
+// YCbCr rather than CMYK; RLE BMPs and plain-text PNM are not supported.
+// Palette PNGs and BMPs are given a full 256-entry palette before stb_image
+// sees them (see png_with_full_palette), and 16-bit BMPs rescaled, to match Pillow.
 //
 // stb_image is compiled into this header with static linkage (STB_IMAGE_STATIC),
 // so every translation unit that includes it has a private copy and there is no
@@ -280,6 +281,35 @@ inline Image decode_pnm(std::span<const std::uint8_t> b, const std::string& name
     return im;
 }
 
+// A palette BMP (1, 4 or 8 bits) with a full 256-entry palette: the file's first
+// `colors` entries (biClrUsed, or 2^bits), then Pillow's default grey ramp, which
+// is what Pillow shows for indices past the palette; stb_image would read
+// uninitialised memory there. Empty when the file is not such a BMP.
+inline std::vector<std::uint8_t> bmp_with_full_palette(std::span<const std::uint8_t> b) {
+    auto le = [&](std::size_t at, int n) {
+        std::uint32_t v = 0;
+        for (int i = n - 1; i >= 0; --i) v = (v << 8) | b[at + i];
+        return v;
+    };
+    if (b.size() < 54) return {};
+    const std::uint32_t header = le(14, 4), bits = le(28, 2), offset = le(10, 4);
+    if (header < 40 || header > b.size() - 14 || (bits != 1 && bits != 4 && bits != 8)) return {};
+    const std::size_t start = 14 + header;
+    if (offset < start || offset > b.size()) return {};
+    std::uint32_t colors = le(46, 4);
+    if (colors == 0 || colors > 256) colors = std::min<std::uint32_t>(colors == 0 ? 1u << bits : colors, 256);
+    std::vector<std::uint8_t> out(b.begin(), b.begin() + start);
+    for (std::uint32_t i = 0; i < 256; ++i) {
+        const std::size_t at = start + 4 * i;
+        if (i < colors && at + 4 <= b.size()) out.insert(out.end(), b.begin() + at, b.begin() + at + 4);
+        else out.insert(out.end(), {static_cast<std::uint8_t>(i), static_cast<std::uint8_t>(i), static_cast<std::uint8_t>(i), 0});
+    }
+    out.insert(out.end(), b.begin() + offset, b.end());
+    const std::uint32_t new_offset = static_cast<std::uint32_t>(start + 1024);
+    for (int i = 0; i < 4; ++i) out[10 + i] = static_cast<std::uint8_t>(new_offset >> (8 * i));
+    return out;
+}
+
 // stb_image widens the n-bit channels of 16-bit BMPs by bit replication, which
 // keeps the field in the top n bits; Pillow computes field * 255 / (2^n - 1).
 inline void rescale_bmp16(std::span<const std::uint8_t> b, Image& im) {
@@ -353,7 +383,8 @@ inline Image decode_image(std::span<const std::uint8_t> bytes, const std::string
         }
         case ImageFormat::Pnm: return detail::decode_pnm(bytes, name, limits);
         case ImageFormat::Bmp: {
-            Image im = detail::decode_stb(bytes, name, limits);
+            const auto padded = detail::bmp_with_full_palette(bytes);
+            Image im = detail::decode_stb(padded.empty() ? bytes : std::span<const std::uint8_t>(padded), name, limits);
             detail::rescale_bmp16(bytes, im);
             return im;
         }
