@@ -463,3 +463,24 @@ TEST_CASE("tokenizer: the word cache stays bounded; results do not depend on it;
     CHECK(a == first);
     CHECK(b == first);
 }
+
+TEST_CASE("tokenizer: copies behave like the original") {
+    const Tokenizer copy = llama();
+    CHECK(copy.encode("<image>Hello world") == llama().encode("<image>Hello world"));
+    CHECK(copy.decode(copy.encode("Hello")) == "<s> Hello");
+    Tokenizer assigned = gpt2();
+    assigned = copy;
+    CHECK(assigned.vocab_size() == 32003);
+}
+
+TEST_CASE("tokenizer: Split pre-tokenizer only in its GPT-2 form") {
+    const auto err = [](const std::string& pattern, const std::string& behavior) {
+        const std::string j = small_json("", R"(, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": ")" + pattern +
+                                                 R"("}, "behavior": ")" + behavior + R"(", "invert": false})");
+        return error_of([&] { Tokenizer::from_json(j, "split.json"); });
+    };
+    const std::string gpt2 = R"('s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+)";
+    CHECK(err(gpt2, "Isolated") == "(no error)");
+    CHECK(err(gpt2, "Removed").find("unsupported Split") != std::string::npos);
+    CHECK(err("\\\\d+", "Isolated").find("unsupported Split") != std::string::npos);
+}

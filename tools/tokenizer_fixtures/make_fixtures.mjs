@@ -155,6 +155,12 @@ const variants = [
     texts: [...common, ...specials] },
   { name: "gpt2_no_regex", base: "gpt2.tokenizer.json", patch: { pre_tokenizer: byte_level(true, false) },
     texts: [...common.slice(0, 25), ...specials.slice(0, 5)] },
+  { name: "gpt2_split_regex", base: "gpt2.tokenizer.json",
+    patch: { pre_tokenizer: { type: "Sequence", pretokenizers: [
+      { type: "Split", pattern: { Regex: "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+" },
+        behavior: "Isolated", invert: false },
+      byte_level(false, false)] } },
+    texts: [...common, ...specials] },
   { name: "gpt2_template_sequence", base: "gpt2.tokenizer.json",
     patch: { post_processor: { type: "Sequence", processors: [byte_level(false), eot_template] } },
     texts: [...common.slice(0, 12), ...specials.slice(0, 6)] },

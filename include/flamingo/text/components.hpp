@@ -173,7 +173,8 @@ private:
 enum class PrependScheme { Always, First, Never };
 
 struct PreTokenizerStep {
-    enum class Kind { ByteLevel, Metaspace } kind = Kind::ByteLevel;
+    // Gpt2Split: a Split pre-tokenizer whose regex is GPT-2's pattern (Isolated, not inverted).
+    enum class Kind { ByteLevel, Metaspace, Gpt2Split } kind = Kind::ByteLevel;
     bool add_prefix_space = false;  // ByteLevel
     bool use_regex = true;          // ByteLevel
     std::string replacement;        // Metaspace: one character
@@ -199,6 +200,12 @@ void pre_tokenize(const std::vector<PreTokenizerStep>& steps, std::size_t index,
         word = mapped;
     }
     const PreTokenizerStep& step = steps[index];
+    if (step.kind == PreTokenizerStep::Kind::Gpt2Split) {
+        gpt2_split(word, [&](std::size_t begin, std::size_t end) {
+            pre_tokenize(steps, index + 1, word.substr(begin, end - begin), false, at_origin && begin == 0, emit);
+        });
+        return;
+    }
     if (step.kind == PreTokenizerStep::Kind::ByteLevel) {
         std::string prefixed;
         if (step.add_prefix_space && (word.empty() || word[0] != ' ')) {

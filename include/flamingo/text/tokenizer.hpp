@@ -109,6 +109,8 @@ inline constexpr std::size_t max_added_token_bytes = 1024;
 
 }  // namespace text
 
+// Immutable after loading; copies share the pipeline, and encode/decode may run
+// concurrently (the BPE word cache is guarded by a mutex).
 class Tokenizer {
 public:
     static Tokenizer load(const std::filesystem::path& tokenizer_json) {
@@ -390,7 +392,7 @@ private:
             const std::string version = string(*v, "version");
             if (version != "1.0") bad("version", "unknown tokenizer version \"" + version + "\"");
         }
-        if (const json* n = optional(root, "normalizer")) normalizer_ = std::make_unique<text::Normalizer>(parse_normalizer(*n, "normalizer"));
+        if (const json* n = optional(root, "normalizer")) normalizer_ = std::make_shared<const text::Normalizer>(parse_normalizer(*n, "normalizer"));
         if (const json* p = optional(root, "pre_tokenizer")) parse_pre_tokenizer(*p, "pre_tokenizer", pre_tokenizer_);
         parse_model(field(root, "model", "top level"));
         bool byte_level = false;
@@ -398,8 +400,8 @@ private:
         if (byte_level) model_.prepare_byte_level(text::ByteAlphabet::get().chars);
         if (const json* a = optional(root, "added_tokens")) parse_added_tokens(*a);
         if (const json* p = optional(root, "post_processor"))
-            post_processor_ = std::make_unique<text::PostProcessor>(parse_post_processor(*p, "post_processor"));
-        if (const json* d = optional(root, "decoder")) decoder_ = std::make_unique<text::Decoder>(parse_decoder(*d, "decoder"));
+            post_processor_ = std::make_shared<const text::PostProcessor>(parse_post_processor(*p, "post_processor"));
+        if (const json* d = optional(root, "decoder")) decoder_ = std::make_shared<const text::Decoder>(parse_decoder(*d, "decoder"));
         // truncation and padding are ignored: transformers turns them off unless asked.
     }
 
@@ -463,8 +465,19 @@ private:
             step.replacement = one_char(field(j, "replacement", where), where + ".replacement");
             step.prepend_scheme = prepend_scheme(j, where);
             step.split = boolean(j, "split", true, where);
+        } else if (type == "Split") {
+            // Only the form newer conversions of GPT-2-style tokenizers use: GPT-2's regex, Isolated.
+            static constexpr std::string_view gpt2_regex =
+                R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+            const json& pattern = object(field(j, "pattern", where), where + ".pattern");
+            const json* regex = optional(pattern, "Regex");
+            const std::string behavior = string(field(j, "behavior", where), where + ".behavior");
+            if (!regex || string(*regex, where + ".pattern.Regex") != gpt2_regex || behavior != "Isolated" ||
+                boolean(j, "invert", false, where))
+                bad(where, "unsupported Split pre-tokenizer (only GPT-2's regex with behavior Isolated is supported)");
+            step.kind = text::PreTokenizerStep::Kind::Gpt2Split;
         } else {
-            bad(where + ".type", "unsupported pre-tokenizer \"" + type + "\" (supported: ByteLevel, Metaspace, Sequence)");
+            bad(where + ".type", "unsupported pre-tokenizer \"" + type + "\" (supported: ByteLevel, Metaspace, Split with GPT-2's regex, Sequence)");
         }
         if (steps.size() >= 64) bad(where, "too many pre-tokenizers");
         steps.push_back(step);
@@ -679,11 +692,11 @@ private:
     }
 
     std::string source_;
-    std::unique_ptr<text::Normalizer> normalizer_;
+    std::shared_ptr<const text::Normalizer> normalizer_;
     std::vector<text::PreTokenizerStep> pre_tokenizer_;
     text::BpeModel model_;
-    std::unique_ptr<text::PostProcessor> post_processor_;
-    std::unique_ptr<text::Decoder> decoder_;
+    std::shared_ptr<const text::PostProcessor> post_processor_;
+    std::shared_ptr<const text::Decoder> decoder_;
     std::map<std::int32_t, text::AddedToken> added_;               // id -> token
     std::map<std::int32_t, std::string> added_normalized_;         // id -> normalized content, when it differs
     std::map<std::string, std::int32_t, std::less<>> added_ids_;   // content -> id
