@@ -4,6 +4,7 @@
 // per sequence (beam or candidate). Buffers are sized when the session is
 // prepared, so a decoding step allocates nothing.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -23,14 +24,19 @@ public:
 
     // Media as normalised pixels [n_media, frames, 3, S, S]: encoded once.
     void set_media(const float* pixels, std::size_t n_media, std::size_t frames) {
-        set_visual(model_.encode_media(pixels, n_media, frames), n_media);
+        const auto t0 = clock::now();
+        auto visual = model_.encode_media(pixels, n_media, frames);
+        stats_.media_seconds += seconds_since(t0);
+        set_visual(std::move(visual), n_media);
     }
     // Already encoded visual tokens [n_media, num_latents, width] (e.g. cached from an earlier run).
     void set_visual(std::vector<float> visual, std::size_t n_media) {
+        const auto t0 = clock::now();
         check(visual.size() == n_media * model_.num_latents() * model_.vision_width(), "visual tokens: expected ",
               n_media, " x ", model_.num_latents(), " x ", model_.vision_width(), " values, got ", visual.size());
         visual_ = std::move(visual);
         model_.project_media(visual_.data(), n_media, media_);
+        stats_.media_seconds += seconds_since(t0);
     }
     const std::vector<float>& visual() const { return visual_; }
 
@@ -51,6 +57,15 @@ public:
 
     nn::KVCache& cache(std::size_t seq) { return caches_.at(seq); }
 
+    // Time spent reading tokens given at once (prompts, candidates) and in
+    // one-token decoding steps, for --verbose.
+    struct Stats {
+        double read_seconds = 0, step_seconds = 0, media_seconds = 0;
+        std::size_t read_tokens = 0, steps = 0;
+    };
+    const Stats& stats() const { return stats_; }
+    void reset_stats() { stats_ = {}; }
+
     // Runs `ids` as positions [pos0, pos0 + n) of sequence `seq`. text_time
     // per token (see model::Batch). Returns logits of every row when
     // all_logits, else of the last row only.
@@ -63,7 +78,9 @@ public:
         for (std::size_t i = 0; i < n; ++i) rows_[i] = i;
         std::span<const std::size_t> rows = all_logits ? std::span<const std::size_t>(rows_.data(), n)
                                                        : std::span<const std::size_t>(&rows_[n - 1], 1);
+        const auto t0 = clock::now();
         model_.forward({ids, tt, {&s, 1}}, media_, rows, logits_.data());
+        stats_.read_seconds += seconds_since(t0), stats_.read_tokens += n;
         caches_[seq].set_length(pos0 + n);
         return {logits_.data(), rows.size() * vocab_size()};
     }
@@ -79,8 +96,10 @@ public:
             rows_[i] = i;
             segments_[i] = {i, 1, caches_[seqs[i]].length(), &caches_[seqs[i]]};
         }
+        const auto t0 = clock::now();
         model_.forward({{tokens_.data(), n}, {text_time_.data(), n}, {segments_.data(), n}}, media_,
                        {rows_.data(), n}, logits_.data());
+        stats_.step_seconds += seconds_since(t0), ++stats_.steps;
         for (std::size_t i = 0; i < n; ++i) caches_[seqs[i]].set_length(segments_[i].pos0 + 1);
         return {logits_.data(), n * vocab_size()};
     }
@@ -97,7 +116,13 @@ public:
     }
 
 private:
+    using clock = std::chrono::steady_clock;
+    static double seconds_since(clock::time_point t0) {
+        return std::chrono::duration<double>(clock::now() - t0).count();
+    }
+
     model::Model& model_;
+    Stats stats_;
     std::vector<float> visual_;
     model::MediaContext media_;
     std::vector<nn::KVCache> caches_;

@@ -33,7 +33,7 @@ struct LoadOptions {
 namespace detail {
 
 inline bool vit_l(const io::FlamingoConfig& c) {
-    return std::size_t(c.vision.width) == kViTL && std::size_t(c.vision.mlp_width()) == kViTLMlp;
+    return std::size_t(c.vision.width) == kViTL && std::size_t(c.vision.mlp_width) == kViTLMlp;
 }
 inline bool text_is(const io::FlamingoConfig& c, io::Family f, int hidden, int ffn) {
     return c.text.family == f && c.text.hidden_size == hidden && c.text.intermediate_size == ffn;

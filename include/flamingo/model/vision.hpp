@@ -23,7 +23,7 @@ public:
         const std::string p = "vision_encoder.";
         const std::size_t W = std::size_t(c.width), P = std::size_t(c.patch_size), G = std::size_t(c.grid_size());
         nn::check_static(Width, W, "vision width");
-        nn::check_static(MlpWidth, std::size_t(c.mlp_width()), "vision MLP width");
+        nn::check_static(MlpWidth, std::size_t(c.mlp_width), "vision MLP width");
         tokens_ = G * G + 1;
         // conv1 (stride = kernel = patch, no bias) is a linear map of each flattened [3, P, P] patch.
         const std::size_t conv_shape[4] = {W, 3, P, P};
@@ -45,7 +45,7 @@ public:
             a.qkv.w = L.matrix(b + "attn.in_proj_weight", 3 * W, W);
             a.qkv.bias = L.floats(b + "attn.in_proj_bias", {3 * W});
             a.out = nn::Linear<Width, dyn>::load(L, b + "attn.out_proj", W, W, true);
-            const std::size_t H = std::size_t(c.mlp_width());
+            const std::size_t H = std::size_t(c.mlp_width);
             blk.ffn.up = nn::Linear<MlpWidth, Width>::load(L, b + "mlp.c_fc", H, W, true);
             blk.ffn.down = nn::Linear<Width, MlpWidth>::load(L, b + "mlp.c_proj", W, H, true);
             blk.ffn.act = c.quick_gelu ? nn::Activation::QuickGelu : nn::Activation::GeluErf;

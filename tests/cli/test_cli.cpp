@@ -1,0 +1,207 @@
+// The `flamingo` command end to end: outputs against the PyTorch reference
+// fixtures, and every kind of bad input giving a one-line error and a
+// non-zero exit (SPEC section 4).
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <flamingo/io/npy.hpp>
+#include <nlohmann/json.hpp>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+    int status = -1;
+    std::string out, err;
+};
+
+std::string quote(const std::string& s) {
+    std::string q = "'";
+    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+}
+
+Result run(const std::vector<std::string>& args) {
+    static int counter = 0;
+    const fs::path dir = fs::temp_directory_path() / ("flamingo_cli_test_" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    const fs::path out = dir / ("out" + std::to_string(counter)), err = dir / ("err" + std::to_string(counter++));
+    std::string cmd = quote(FLAMINGO_CLI);
+    for (const auto& a : args) cmd += " " + quote(a);
+    cmd += " >" + quote(out.string()) + " 2>" + quote(err.string()) + " </dev/null";
+    Result r;
+    int s = std::system(cmd.c_str());
+    r.status = WIFEXITED(s) ? WEXITSTATUS(s) : -1;
+    auto slurp = [](const fs::path& p) {
+        std::ifstream in(p, std::ios::binary);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        return ss.str();
+    };
+    r.out = slurp(out), r.err = slurp(err);
+    return r;
+}
+
+const fs::path kCase = fs::path(FLAMINGO_TEST_DATA) / "model" / "llama";
+
+nlohmann::json expected(const std::string& name) {
+    std::ifstream in(kCase / "expected" / name);
+    return nlohmann::json::parse(in);
+}
+
+std::vector<std::string> with_images(std::vector<std::string> args) {
+    const nlohmann::json prompt = expected("prompt.json");
+    for (const auto& im : prompt["images"]) {
+        args.push_back("--image");
+        args.push_back((kCase / "expected" / im.get<std::string>()).string());
+    }
+    return args;
+}
+
+std::string prompt_text() { return expected("prompt.json")["text"]; }
+
+// One line on stderr that mentions `needle`, and a non-zero exit.
+void expect_error(const Result& r, const std::string& needle) {
+    INFO("stderr: " << r.err);
+    CHECK(r.status != 0);
+    CHECK(r.status != -1);  // exited, did not crash
+    CHECK(r.err.find(needle) != std::string::npos);
+    CHECK(r.err.find('\n') == r.err.size() - 1);
+}
+
+fs::path temp_model(const std::string& name) {
+    fs::path d = fs::temp_directory_path() / ("flamingo_cli_model_" + name + "_" + std::to_string(::getpid()));
+    fs::remove_all(d);
+    fs::create_directories(d);
+    for (const char* f : {"config.json", "tokenizer.json", "model.safetensors"}) fs::copy_file(kCase / f, d / f);
+    return d;
+}
+
+// Replaces the first occurrence of `from` in a file by `to` (same length).
+void patch(const fs::path& file, const std::string& from, const std::string& to) {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    std::string s = ss.str();
+    auto at = s.find(from);
+    REQUIRE(at != std::string::npos);
+    REQUIRE(from.size() == to.size());
+    f.seekp(std::streamoff(at));
+    f.write(to.data(), std::streamsize(to.size()));
+}
+
+}  // namespace
+
+TEST_CASE("generate: greedy continuation and JSON output as the reference") {
+    auto g = expected("generate.json")["greedy"][0];
+    auto r = run(with_images({"generate", "--model", kCase.string(), "--prompt", prompt_text(), "--json",
+                              "--max-new-tokens", std::to_string(g["max_new_tokens"].get<int>())}));
+    REQUIRE(r.status == 0);
+    auto j = nlohmann::json::parse(r.out);
+    CHECK(j["tokens"] == g["tokens"]);
+    // beam search through the command line
+    auto b = expected("generate.json")["beam"][1];
+    r = run(with_images({"generate", "--model", kCase.string(), "--prompt", prompt_text(), "--json", "--num-beams",
+                         "3", "--length-penalty=1.0", "--no-repeat-ngram-size", "2", "--max-new-tokens", "10"}));
+    REQUIRE(r.status == 0);
+    CHECK(nlohmann::json::parse(r.out)["tokens"] == b["tokens"]);
+}
+
+TEST_CASE("tokenize, score, logits and embed as the reference") {
+    auto r = run({"tokenize", "--model", kCase.string(), "--prompt", prompt_text()});
+    REQUIRE(r.status == 0);
+    CHECK(nlohmann::json::parse(r.out) == expected("prompt.json")["input_ids"]);
+
+    auto sc = expected("score.json");
+    std::vector<std::string> args = with_images({"score", "--model", kCase.string(), "--prompt", prompt_text()});
+    for (const auto& c : sc["candidates"]) args.push_back("--candidate"), args.push_back(c["candidate"]);
+    r = run(args);
+    REQUIRE(r.status == 0);
+    auto got = nlohmann::json::parse(r.out);
+    REQUIRE(got.size() == sc["candidates"].size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        CHECK(got[i]["tokens"] == sc["candidates"][i]["tokens"]);
+        CHECK(got[i]["logprob"].get<double>() == doctest::Approx(sc["candidates"][i]["logprob"].get<double>()).epsilon(1e-4));
+    }
+
+    const fs::path out = fs::temp_directory_path() / ("flamingo_cli_logits_" + std::to_string(::getpid()) + ".npy");
+    r = run(with_images({"logits", "--model", kCase.string(), "--prompt", prompt_text(), "--out", out.string()}));
+    REQUIRE(r.status == 0);
+    auto lg = flamingo::io::read_npy(out);
+    auto want = flamingo::io::read_npy(kCase / "expected" / "logits.npy");
+    REQUIRE(lg.shape == want.shape);
+    auto a = lg.as_float(), w = want.as_float();
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(double(a[i]) - w[i]) - 1e-4 * (1 + std::fabs(w[i])));
+    CHECK(worst <= 0);
+
+    r = run(with_images({"embed", "--model", kCase.string(), "--out", out.string()}));
+    REQUIRE(r.status == 0);
+    auto e = flamingo::io::read_npy(out), we = flamingo::io::read_npy(kCase / "expected" / "embed.npy");
+    CHECK(e.shape == we.shape);
+    fs::remove(out);
+}
+
+TEST_CASE("bad input: one-line errors, non-zero exits, never a crash") {
+    const std::string m = kCase.string();
+    const std::string img = (kCase / "expected" / "images" / "media0_frame0.png").string();
+    expect_error(run({"generate", "--model", m, "--prompt", "<image>a<image>b", "--image", img}),
+                 "the prompt has 2 <image> tokens but 1 --image was given");
+    expect_error(run({"generate", "--model", m, "--prompt", "", "--image", img}), "the prompt is empty");
+    expect_error(run({"generate", "--model", m, "--prompt", "bad \xff utf8"}), "not valid UTF-8");
+    expect_error(run({"generate", "--model", m, "--prompt", std::string(600, 'x') + "<image>", "--image", img}),
+                 "more than the model's context");
+    expect_error(run({"generate", "--model", m, "--prompt", "<image>x", "--image", (kCase / "config.json").string()}),
+                 "config.json");
+    expect_error(run({"generate", "--model", m, "--prompt", "<image>x", "--image", kCase.string()}), kCase.string());
+    expect_error(run({"generate", "--model", m, "--prompt", "<image>x", "--image", "/nonexistent.png"}),
+                 "/nonexistent.png");
+    expect_error(run({"score", "--model", m, "--prompt", "x", "--candidate", ""}), "--candidate is empty");
+    expect_error(run({"embed", "--model", m, "--out", "/tmp/x.npy"}), "embed needs at least one --image");
+    expect_error(run({"generate", "--model", m, "--prompt", "x", "--threads", "0"}), "--threads must be between 1");
+    expect_error(run({"generate", "--model", m, "--prompt", "x", "--max-new-tokens", "0"}), "--max-new-tokens");
+    expect_error(run({"generate", "--model", m, "--prompt", "x", "--num-beams", "0"}), "--num-beams");
+    expect_error(run({"generate", "--model", m, "--prompt", "x", "--top-p", "1.5"}), "--top-p must be in (0, 1]");
+    expect_error(run({"generate", "--model", m, "--prompt", "x", "--temperature", "-1"}), "--temperature must not be negative");
+    expect_error(run({"generate", "--model", m, "--prompt", "x", "--frobnicate"}), "unknown option --frobnicate");
+    expect_error(run({"generate", "--prompt", "x"}), "generate needs --model");
+    expect_error(run({"generate", "--model", "/nonexistent/model", "--prompt", "x"}), "does not exist");
+    expect_error(run({"explode", "--model", m}), "unknown command 'explode'");
+}
+
+TEST_CASE("bad model directories name the tensor or field at fault") {
+    fs::path d = temp_model("missing");
+    patch(d / "model.safetensors", "vision_encoder.ln_post.weight", "vision_encoder.ln_post.weighX");
+    expect_error(run({"tokenize", "--model", d.string(), "--prompt", "x"}), "vision_encoder.ln_post.weight");
+
+    d = temp_model("family");
+    patch(d / "config.json", "\"llama\"", "\"llamo\"");
+    expect_error(run({"tokenize", "--model", d.string(), "--prompt", "x"}), "llamo");
+
+    d = temp_model("shape");
+    // to_q of the first cross-attention: [32, 48] stored as [48, 32] (same bytes, wrong shape)
+    std::ifstream in(d / "model.safetensors", std::ios::binary);
+    std::string head(20000, '\0');
+    in.read(head.data(), std::streamsize(head.size()));
+    const std::string key = "\"lang_encoder.model.layers.1.gated_cross_attn_layer.attn.to_q.weight\":{\"dtype\":\"F32\",\"shape\":[";
+    auto at = head.find(key);
+    REQUIRE(at != std::string::npos);
+    auto end = head.find(']', at + key.size());
+    std::string shape = head.substr(at + key.size(), end - at - key.size());
+    auto comma = shape.find(',');
+    std::string swapped = shape.substr(comma + 1) + "," + shape.substr(0, comma);
+    in.close();
+    patch(d / "model.safetensors", key + shape + "]", key + swapped + "]");
+    expect_error(run({"tokenize", "--model", d.string(), "--prompt", "x"}), "to_q.weight");
+    fs::remove_all(d);
+}
