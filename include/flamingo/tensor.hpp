@@ -4,5 +4,6 @@
 #include "core/error.hpp"
 #include "core/expr.hpp"
 #include "core/extents.hpp"
+#include "core/matmul.hpp"
 #include "core/parallel.hpp"
 #include "core/tensor.hpp"

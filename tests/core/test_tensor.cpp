@@ -69,3 +69,39 @@ TEST_CASE("bf16 and f16 storage convert on read and write") {
     Tensor<float, dextents<1>> back(b + h);
     for (int i = 0; i < 5; ++i) CHECK(back(i) == float(b(i)) + float(h(i)));
 }
+
+TEST_CASE("matmul of tensors and views against a scalar loop") {
+    std::mt19937 rng(3);
+    std::uniform_real_distribution<float> d(-1, 1);
+    for (auto [m, k, n] : {std::array<std::size_t, 3>{1, 1, 1}, {3, 7, 5}, {17, 65, 33}, {64, 100, 7}}) {
+        Matrix<> a(m, k), b(k, n), bt(n, k);
+        for (std::size_t i = 0; i < a.size(); ++i) a.data()[i] = d(rng);
+        for (std::size_t i = 0; i < b.size(); ++i) b.data()[i] = d(rng);
+        bt = transpose(b.view());
+        auto want = [&](std::size_t i, std::size_t j) {
+            double s = 0;
+            for (std::size_t p = 0; p < k; ++p) s += double(a(i, p)) * b(p, j);
+            return s;
+        };
+        auto c1 = matmul(a, b);                      // contiguous
+        auto c2 = matmul(a, transpose(bt.view()));   // transposed view: the A·W^T kernel
+        Matrix<> wide(k, 2 * n);
+        wide.view().slice<1>(0, n).assign(b);
+        auto c3 = matmul(a, wide.view().slice<1>(0, n));  // strided rows
+        auto c4 = matmul(transpose(transpose(a.view())), b);
+        for (std::size_t i = 0; i < m; ++i)
+            for (std::size_t j = 0; j < n; ++j) {
+                const double w = want(i, j), tol = 1e-5 * (1 + double(k));
+                CHECK(std::fabs(c1(i, j) - w) <= tol);
+                CHECK(std::fabs(c2(i, j) - w) <= tol);
+                CHECK(std::fabs(c3(i, j) - w) <= tol);
+                CHECK(std::fabs(c4(i, j) - w) <= tol);
+            }
+    }
+    Matrix<> a(2, 3), b(4, 2);
+    CHECK_THROWS_WITH_AS(matmul(a, b), "matmul: cannot multiply [2, 3] by [4, 2]", Error);
+    Tensor<float, extents<2, 3>> s1;
+    Tensor<float, extents<3, 5>> s2;
+    auto c = matmul(s1, s2);
+    static_assert(std::is_same_v<decltype(c), Tensor<float, extents<2, 5>>>, "static shapes propagate");
+}
