@@ -41,25 +41,33 @@ inline bool text_is(const io::FlamingoConfig& c, io::Family f, int hidden, int f
 
 }  // namespace detail
 
+// The preset a config selects: "openflamingo-3b", "-4b", "-9b" when every
+// compile-time size matches, else "dynamic".
+inline std::string_view select_preset(const io::FlamingoConfig& c) {
+    using io::Family;
+    if (detail::vit_l(c)) {
+        if (detail::text_is(c, Family::Mpt, 2048, 8192)) return "openflamingo-3b";
+        if (detail::text_is(c, Family::GptNeox, 2560, 10240)) return "openflamingo-4b";
+        if (detail::text_is(c, Family::Mpt, 4096, 16384)) return "openflamingo-9b";
+    }
+    return "dynamic";
+}
+
 inline std::unique_ptr<Model> load_model(const std::filesystem::path& dir, const LoadOptions& opt = {}) {
     namespace fs = std::filesystem;
     std::error_code ec;
     if (!fs::exists(dir, ec)) fail(dir.string(), ": model directory does not exist");
-    if (!fs::is_directory(dir, ec)) fail(dir.string(), ": not a directory (a model is a directory with config.json, tokenizer.json and safetensors weights)");
+    if (!fs::is_directory(dir, ec))
+        fail(dir.string(), ": not a directory (a model is a directory with config.json, tokenizer.json and safetensors weights)");
     io::FlamingoConfig cfg = io::load_config(dir / "config.json");
     auto weights = std::make_unique<nn::WeightLoader>(io::Checkpoint::open(dir), opt.weights);
-    using io::Family;
-    if (!opt.force_dynamic && detail::vit_l(cfg)) {
-        if (detail::text_is(cfg, Family::Mpt, 2048, 8192))
-            return std::make_unique<Flamingo<OpenFlamingo3B>>("openflamingo-3b", cfg, std::move(weights));
-        if (detail::text_is(cfg, Family::GptNeox, 2560, 10240))
-            return std::make_unique<Flamingo<OpenFlamingo4B>>("openflamingo-4b", cfg, std::move(weights));
-        if (detail::text_is(cfg, Family::Mpt, 4096, 16384))
-            return std::make_unique<Flamingo<OpenFlamingo9B>>("openflamingo-9b", cfg, std::move(weights));
-    }
-    if (cfg.text.family == Family::Llama)
-        return std::make_unique<Flamingo<DynamicGated>>("dynamic", cfg, std::move(weights));
-    return std::make_unique<Flamingo<DynamicMlp>>("dynamic", cfg, std::move(weights));
+    const std::string_view name = opt.force_dynamic ? "dynamic" : select_preset(cfg);
+    if (name == "openflamingo-3b") return std::make_unique<Flamingo<OpenFlamingo3B>>(name, cfg, std::move(weights));
+    if (name == "openflamingo-4b") return std::make_unique<Flamingo<OpenFlamingo4B>>(name, cfg, std::move(weights));
+    if (name == "openflamingo-9b") return std::make_unique<Flamingo<OpenFlamingo9B>>(name, cfg, std::move(weights));
+    if (cfg.text.family == io::Family::Llama)
+        return std::make_unique<Flamingo<DynamicGated>>(name, cfg, std::move(weights));
+    return std::make_unique<Flamingo<DynamicMlp>>(name, cfg, std::move(weights));
 }
 
 }  // namespace flamingo::model
