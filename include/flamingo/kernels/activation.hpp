@@ -69,7 +69,8 @@ inline void swiglu(const float* gate, const float* up, float* out, std::size_t n
             (silu(vf::load_unaligned(gate + i)) * vf::load_unaligned(up + i)).store_unaligned(out + i);
         if (i < e) {
             const std::size_t t = e - i;
-            vmath::store_tail(out + i, silu(vmath::load_tail(gate + i, t, 0.0f)) * vmath::load_tail(up + i, t, 0.0f), t);
+            const vf g = vmath::load_tail(gate + i, t, 0.0f), u = vmath::load_tail(up + i, t, 0.0f);
+            vmath::store_tail(out + i, silu(g) * u, t);
         }
     });
 }

@@ -63,7 +63,7 @@ using vmath::W;
 
 constexpr std::size_t kTile = 64;                   // keys per tile (block path)
 constexpr int kMaxNV = 4;                           // query rows per block: up to kMaxNV * W
-constexpr int kAcc = W >= 16 ? 16 : 12;             // accumulator registers per micro-kernel
+constexpr int kAcc = W >= 16 ? 16 : 8;  // accumulators per micro-kernel (32 vector registers with AVX-512, else 16)
 constexpr std::size_t kChunk = 256;                 // keys per chunk (row path)
 constexpr std::size_t kMaxKeys = std::size_t(1) << 24;  // key positions are exact in float below this
 
@@ -192,7 +192,8 @@ void attend_block(const Problem& P, std::size_t h, std::size_t i0, std::size_t R
     for (std::size_t t0 = klo; t0 < khi; t0 += kTile) {
         const std::size_t tn = std::min(kTile, khi - t0);
         bool any = false;  // skip tiles no row sees (gaps between media ranges)
-        for (std::size_t r = 0; r < R && !any; ++r) any = P.lo[i0 + r] < std::min(P.hi[i0 + r], t0 + tn) && P.hi[i0 + r] > t0;
+        for (std::size_t r = 0; r < R && !any; ++r)
+            any = std::max(P.lo[i0 + r], t0) < std::min(P.hi[i0 + r], t0 + tn);
         if (!any) continue;
         const bool full = t0 >= max_lo && t0 + tn <= min_hi;  // every row sees every key of the tile
 
@@ -386,7 +387,8 @@ inline RowState attend_row(const Problem& P, std::size_t h, std::size_t i, std::
         for (std::size_t j = 0; j < n; j += W) {
             const float* kr[W];
             for (std::size_t c = 0; c < W; ++c) kr[c] = kh + (c0 + std::min(j + c, n - 1)) * a.k_row_stride;
-            for (std::size_t c = j + W; c < std::min(n, j + 2 * W); ++c) prefetch_row(kh + (c0 + c) * a.k_row_stride, d);
+            for (std::size_t c = j + W; c < std::min(n, j + 2 * W); ++c)
+                prefetch_row(kh + (c0 + c) * a.k_row_stride, d);
             vf sc = dot_keys(qbuf, d, kr);
             if (a.alibi_slopes) sc += slope * (vf(float(c0 + j) - pos) + vf::load_aligned(lane));
             if (j + W <= n)
@@ -490,6 +492,8 @@ inline void run_rows(const Problem& P, bool parallel) {
 }  // namespace detail::attn_impl
 
 // out = softmax(scale * q k^T + alibi, masked) v for every head; see AttentionArgs.
+// out may share memory with q (each head's query row is read before its output
+// row is written), not with k or v.
 inline void attention(const AttentionArgs& a) {
     using namespace detail::attn_impl;
     if (a.n_q == 0 || a.n_heads == 0) return;
@@ -499,8 +503,8 @@ inline void attention(const AttentionArgs& a) {
     check(a.q != nullptr && a.out != nullptr, "attention: missing query or output pointer");
     check(a.n_kv == 0 || (a.k != nullptr && a.v != nullptr), "attention: missing key or value pointer");
     check(a.n_kv <= kMaxKeys, "attention: ", a.n_kv, " keys exceed the supported ", kMaxKeys);
-    check(!a.alibi_slopes || a.q_pos0 + a.n_q <= kMaxKeys, "attention: query positions up to ",
-          a.q_pos0 + a.n_q, " exceed the supported ", kMaxKeys, " with ALiBi");
+    check(a.q_pos0 <= kMaxKeys && a.n_q <= kMaxKeys, "attention: query positions ", a.q_pos0, " + ", a.n_q,
+          " exceed the supported ", kMaxKeys);
 
     Problem P{a, a.n_heads / a.n_kv_heads, std::vector<std::size_t>(a.n_q), std::vector<std::size_t>(a.n_q)};
     std::size_t total_keys = 0;

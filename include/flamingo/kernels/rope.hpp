@@ -37,8 +37,8 @@ public:
         check(max_positions >= 1 && max_positions <= (std::size_t(1) << 24),
               "RopeTable: max positions must be in [1, 2^24], got ", max_positions);
         const std::size_t h = rot_dim / 2;
-        check(h <= (std::size_t(1) << 28) / max_positions, "RopeTable: table of ", max_positions, " positions x ",
-              rot_dim, " dims is too large");
+        check(h <= (std::size_t(1) << 25) / max_positions, "RopeTable: table of ", max_positions, " positions x ",
+              rot_dim, " dims is too large (limit 2^25 cos/sin pairs)");
         inv_freq_.resize(h);
         for (std::size_t i = 0; i < h; ++i) {
             const float e = float(2 * i) / float(rot_dim);
