@@ -1,0 +1,352 @@
+// GEMM / GEMV / memory-bandwidth benchmark for flamingo::kernels::{matmul, linear}.
+//
+// Prints Google Benchmark's table, then a summary with the ratios that matter:
+// ours / Eigen for GEMM, bf16 / f32 for GEMV, GEMV bandwidth / measured read
+// bandwidth. All timings are wall-clock (UseRealTime) since the kernels are
+// multi-threaded.
+//
+//   ./bench_gemm                      all benchmarks, then the summary
+//   ./bench_gemm --benchmark_filter=Gemv
+#include <benchmark/benchmark.h>
+
+#define EIGEN_USE_THREADS
+#include <Eigen/Core>
+#include <unsupported/Eigen/CXX11/Tensor>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <flamingo/core/parallel.hpp>
+#include <flamingo/kernels/gemm.hpp>
+
+namespace {
+
+using flamingo::bf16;
+namespace fk = flamingo::kernels;
+
+std::vector<float> random_floats(std::size_t n, unsigned seed) {
+    std::mt19937 gen(seed);
+    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+    std::vector<float> v(n);
+    for (auto& x : v) x = dist(gen);
+    return v;
+}
+
+struct Shape {
+    std::size_t M, N, K;
+};
+const Shape kGemmShapes[] = {{1, 2048, 2048}, {64, 2048, 8192}, {320, 1024, 1024}, {1024, 1024, 1024}};
+
+void set_gemm_counters(benchmark::State& st, const Shape& s) {
+    st.counters["GFLOP/s"] = benchmark::Counter(2.0 * double(s.M) * double(s.N) * double(s.K) * 1e-9,
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ---------------------------------------------------------------- GEMM
+
+void BM_GemmOurs(benchmark::State& st, Shape s) {
+    auto A = random_floats(s.M * s.K, 1), B = random_floats(s.K * s.N, 2);
+    std::vector<float> C(s.M * s.N);
+    for (auto _ : st) {
+        fk::matmul(s.M, s.N, s.K, A.data(), s.K, B.data(), s.N, C.data(), s.N);
+        benchmark::DoNotOptimize(C.data());
+    }
+    set_gemm_counters(st, s);
+}
+
+// Eigen's default product on row-major maps. Without OpenMP (this build) Eigen's
+// GEMM is single-threaded.
+void BM_GemmEigen(benchmark::State& st, Shape s) {
+    using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    auto A = random_floats(s.M * s.K, 1), B = random_floats(s.K * s.N, 2);
+    std::vector<float> C(s.M * s.N);
+    Eigen::Map<const Mat> a(A.data(), Eigen::Index(s.M), Eigen::Index(s.K));
+    Eigen::Map<const Mat> b(B.data(), Eigen::Index(s.K), Eigen::Index(s.N));
+    Eigen::Map<Mat> c(C.data(), Eigen::Index(s.M), Eigen::Index(s.N));
+    for (auto _ : st) {
+        c.noalias() = a * b;
+        benchmark::DoNotOptimize(C.data());
+    }
+    set_gemm_counters(st, s);
+    st.SetLabel("threads=" + std::to_string(Eigen::nbThreads()));
+}
+
+// Eigen's tensor contraction on a 2-thread pool: Eigen's own multi-threaded
+// product without OpenMP, for a like-for-like thread count.
+void BM_GemmEigenTensor2T(benchmark::State& st, Shape s) {
+    auto A = random_floats(s.M * s.K, 1), B = random_floats(s.K * s.N, 2);
+    std::vector<float> C(s.M * s.N);
+    // Row-major A[M,K]·B[K,N] is column-major B'[N,K]·A'[K,M].
+    Eigen::TensorMap<Eigen::Tensor<const float, 2>> a(A.data(), Eigen::Index(s.K), Eigen::Index(s.M));
+    Eigen::TensorMap<Eigen::Tensor<const float, 2>> b(B.data(), Eigen::Index(s.N), Eigen::Index(s.K));
+    Eigen::TensorMap<Eigen::Tensor<float, 2>> c(C.data(), Eigen::Index(s.N), Eigen::Index(s.M));
+    Eigen::ThreadPool pool(2);
+    Eigen::ThreadPoolDevice dev(&pool, 2);
+    Eigen::array<Eigen::IndexPair<int>, 1> dims = {Eigen::IndexPair<int>(1, 0)};
+    for (auto _ : st) {
+        c.device(dev) = b.contract(a, dims);
+        benchmark::DoNotOptimize(C.data());
+    }
+    set_gemm_counters(st, s);
+}
+
+// Plain triple loop (i, k, j order so the inner loop is contiguous; the
+// compiler vectorises it), one thread.
+void BM_GemmNaive(benchmark::State& st, Shape s) {
+    auto A = random_floats(s.M * s.K, 1), B = random_floats(s.K * s.N, 2);
+    std::vector<float> C(s.M * s.N);
+    for (auto _ : st) {
+        std::fill(C.begin(), C.end(), 0.0f);
+        for (std::size_t i = 0; i < s.M; ++i)
+            for (std::size_t k = 0; k < s.K; ++k) {
+                float a = A[i * s.K + k];
+                const float* b = &B[k * s.N];
+                float* c = &C[i * s.N];
+                for (std::size_t j = 0; j < s.N; ++j) c[j] += a * b[j];
+            }
+        benchmark::DoNotOptimize(C.data());
+    }
+    set_gemm_counters(st, s);
+}
+
+// ---------------------------------------------------------------- GEMV
+
+// Enough copies of the weight matrix that one pass over them exceeds the caches
+// several times: every call reads its weights from DRAM, as in decoding a model
+// whose weights are far larger than the caches.
+constexpr std::size_t kColdBytes = std::size_t(512) << 20;
+
+template <class W>
+void BM_Gemv(benchmark::State& st, std::size_t N, std::size_t K) {
+    const std::size_t one = N * K * sizeof(W);
+    const std::size_t copies = std::max<std::size_t>(1, (kColdBytes + one - 1) / one);
+    std::vector<W> w(copies * N * K);
+    {
+        auto f = random_floats(N * K, 3);
+        for (std::size_t c = 0; c < copies; ++c)
+            for (std::size_t i = 0; i < N * K; ++i) w[c * N * K + i] = W(f[i]);
+    }
+    auto x = random_floats(K, 4), bias = random_floats(N, 5);
+    std::vector<float> y(N);
+    std::size_t c = 0;
+    for (auto _ : st) {
+        fk::linear(1, N, K, x.data(), K, w.data() + c * N * K, K, bias.data(), y.data(), N);
+        benchmark::DoNotOptimize(y.data());
+        c = c + 1 == copies ? 0 : c + 1;
+    }
+    st.counters["GB/s"] = benchmark::Counter(double(one) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    st.counters["rows/s"] = benchmark::Counter(double(N), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Eigen's matrix-vector product on the same (f32) data, for reference.
+void BM_GemvEigen(benchmark::State& st, std::size_t N, std::size_t K) {
+    using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    const std::size_t one = N * K * sizeof(float);
+    const std::size_t copies = std::max<std::size_t>(1, (kColdBytes + one - 1) / one);
+    std::vector<float> w(copies * N * K);
+    {
+        auto f = random_floats(N * K, 3);
+        for (std::size_t c = 0; c < copies; ++c) std::copy(f.begin(), f.end(), w.begin() + std::ptrdiff_t(c * N * K));
+    }
+    auto x = random_floats(K, 4);
+    std::vector<float> y(N);
+    Eigen::Map<const Eigen::VectorXf> xv(x.data(), Eigen::Index(K));
+    Eigen::Map<Eigen::VectorXf> yv(y.data(), Eigen::Index(N));
+    std::size_t c = 0;
+    for (auto _ : st) {
+        Eigen::Map<const Mat> wm(w.data() + c * N * K, Eigen::Index(N), Eigen::Index(K));
+        yv.noalias() = wm * xv;
+        benchmark::DoNotOptimize(y.data());
+        c = c + 1 == copies ? 0 : c + 1;
+    }
+    st.counters["GB/s"] = benchmark::Counter(double(one) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    st.counters["rows/s"] = benchmark::Counter(double(N), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Beam search: M rows against the same weights (read once for all rows).
+template <class W>
+void BM_LinearSmallM(benchmark::State& st, std::size_t M, std::size_t N, std::size_t K) {
+    const std::size_t one = N * K * sizeof(W);
+    const std::size_t copies = std::max<std::size_t>(1, (kColdBytes + one - 1) / one);
+    std::vector<W> w(copies * N * K);
+    {
+        auto f = random_floats(N * K, 3);
+        for (std::size_t c = 0; c < copies; ++c)
+            for (std::size_t i = 0; i < N * K; ++i) w[c * N * K + i] = W(f[i]);
+    }
+    auto x = random_floats(M * K, 4);
+    std::vector<float> y(M * N);
+    std::size_t c = 0;
+    for (auto _ : st) {
+        fk::linear(M, N, K, x.data(), K, w.data() + c * N * K, K, nullptr, y.data(), N);
+        benchmark::DoNotOptimize(y.data());
+        c = c + 1 == copies ? 0 : c + 1;
+    }
+    st.counters["GB/s"] = benchmark::Counter(double(one) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    st.counters["GFLOP/s"] = benchmark::Counter(2.0 * double(M * N * K) * 1e-9,
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Compute-bound linear (prompt, Perceiver, ViT shapes): W stored [out, in].
+template <class W>
+void BM_LinearGemm(benchmark::State& st, std::size_t M, std::size_t N, std::size_t K) {
+    auto X = random_floats(M * K, 1), f = random_floats(N * K, 2), bias = random_floats(N, 3);
+    std::vector<W> w(N * K);
+    for (std::size_t i = 0; i < N * K; ++i) w[i] = W(f[i]);
+    std::vector<float> Y(M * N);
+    for (auto _ : st) {
+        fk::linear(M, N, K, X.data(), K, w.data(), K, bias.data(), Y.data(), N);
+        benchmark::DoNotOptimize(Y.data());
+    }
+    set_gemm_counters(st, {M, N, K});
+}
+
+// ---------------------------------------------------------------- bandwidth
+
+// Streaming read-reduce over 1 GiB with all threads: the machine's read bandwidth.
+void BM_ReadBandwidth(benchmark::State& st) {
+    const std::size_t n = (std::size_t(1) << 30) / sizeof(float);
+    std::vector<float> buf(n, 1.0f);
+    std::vector<float> partial(64);
+    const float* p = buf.data();
+    for (auto _ : st) {
+        flamingo::parallel_for(n, [&](std::size_t b, std::size_t e) {
+            using batch = xsimd::batch<float>;
+            constexpr std::size_t V = batch::size;
+            batch s0(0.0f), s1(0.0f), s2(0.0f), s3(0.0f);
+            std::size_t i = b;
+            for (; i + 4 * V <= e; i += 4 * V) {
+                s0 += batch::load_unaligned(p + i);
+                s1 += batch::load_unaligned(p + i + V);
+                s2 += batch::load_unaligned(p + i + 2 * V);
+                s3 += batch::load_unaligned(p + i + 3 * V);
+            }
+            partial[b * 8 / n] = xsimd::hadd(s0 + s1 + s2 + s3);  // chunks are whole multiples of 4V
+        }, 1024);
+        benchmark::DoNotOptimize(partial.data());
+    }
+    st.counters["GB/s"] = benchmark::Counter(double(n * sizeof(float)) * 1e-9,
+                                             benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ---------------------------------------------------------------- thread pool
+
+void BM_EmptyParallelFor(benchmark::State& st) {
+    for (auto _ : st) flamingo::parallel_for(2, [](std::size_t, std::size_t) { benchmark::ClobberMemory(); });
+}
+
+void BM_SmallGemv(benchmark::State& st, std::size_t N, std::size_t K) {
+    auto w = random_floats(N * K, 1), x = random_floats(K, 2);
+    std::vector<float> y(N);
+    for (auto _ : st) {
+        fk::linear(1, N, K, x.data(), K, w.data(), K, nullptr, y.data(), N);
+        benchmark::DoNotOptimize(y.data());
+    }
+}
+
+// ---------------------------------------------------------------- registration
+
+void register_all() {
+    for (const Shape& s : kGemmShapes) {
+        std::string shape = std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
+        benchmark::RegisterBenchmark(("Gemm/ours/" + shape).c_str(), BM_GemmOurs, s)->UseRealTime();
+        benchmark::RegisterBenchmark(("Gemm/eigen/" + shape).c_str(), BM_GemmEigen, s)->UseRealTime();
+        benchmark::RegisterBenchmark(("Gemm/eigen_tensor_2t/" + shape).c_str(), BM_GemmEigenTensor2T, s)
+            ->UseRealTime();
+        if (s.M * s.N * s.K <= std::size_t(1) << 30)
+            benchmark::RegisterBenchmark(("Gemm/naive/" + shape).c_str(), BM_GemmNaive, s)->UseRealTime();
+    }
+    const std::pair<std::size_t, std::size_t> gemv[] = {{2048, 2048}, {2048, 8192}, {8192, 2048}, {50280, 2048}};
+    for (auto [N, K] : gemv) {
+        std::string shape = std::to_string(N) + "x" + std::to_string(K);
+        benchmark::RegisterBenchmark(("Gemv/f32/" + shape).c_str(), BM_Gemv<float>, N, K)->UseRealTime();
+        benchmark::RegisterBenchmark(("Gemv/bf16/" + shape).c_str(), BM_Gemv<bf16>, N, K)->UseRealTime();
+        benchmark::RegisterBenchmark(("Gemv/eigen_f32/" + shape).c_str(), BM_GemvEigen, N, K)->UseRealTime();
+    }
+    for (std::size_t M : {2, 4, 8, 16}) {
+        std::string shape = std::to_string(M) + "x8192x2048";
+        benchmark::RegisterBenchmark(("LinearSmallM/f32/" + shape).c_str(), BM_LinearSmallM<float>, M, 8192, 2048)
+            ->UseRealTime();
+        benchmark::RegisterBenchmark(("LinearSmallM/bf16/" + shape).c_str(), BM_LinearSmallM<bf16>, M, 8192, 2048)
+            ->UseRealTime();
+    }
+    const Shape lin[] = {{64, 1024, 1024}, {257, 4096, 1024}, {1300, 2048, 2048}};
+    for (const Shape& s : lin) {
+        std::string shape = std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
+        benchmark::RegisterBenchmark(("Linear/f32/" + shape).c_str(), BM_LinearGemm<float>, s.M, s.N, s.K)
+            ->UseRealTime();
+        benchmark::RegisterBenchmark(("Linear/bf16/" + shape).c_str(), BM_LinearGemm<bf16>, s.M, s.N, s.K)
+            ->UseRealTime();
+    }
+    benchmark::RegisterBenchmark("Bandwidth/read", BM_ReadBandwidth)->UseRealTime();
+    benchmark::RegisterBenchmark("Pool/empty_parallel_for", BM_EmptyParallelFor)->UseRealTime();
+    benchmark::RegisterBenchmark("Pool/gemv_256x256", BM_SmallGemv, 256, 256)->UseRealTime();
+    benchmark::RegisterBenchmark("Pool/gemv_1024x1024", BM_SmallGemv, 1024, 1024)->UseRealTime();
+}
+
+// Records every run's counters so the summary can put ratios side by side.
+class Recorder : public benchmark::ConsoleReporter {
+public:
+    std::map<std::string, benchmark::BenchmarkReporter::Run> runs;
+    void ReportRuns(const std::vector<Run>& report) override {
+        ConsoleReporter::ReportRuns(report);
+        for (const auto& r : report)
+            if (r.run_type == Run::RT_Iteration && !r.error_occurred) runs[r.run_name.function_name] = r;
+    }
+    double counter(const std::string& name, const std::string& c) const {
+        auto it = runs.find(name);
+        if (it == runs.end()) return 0;
+        auto jt = it->second.counters.find(c);
+        return jt == it->second.counters.end() ? 0 : double(jt->second);
+    }
+    double seconds(const std::string& name) const {
+        auto it = runs.find(name);
+        if (it == runs.end()) return 0;
+        return it->second.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(it->second.time_unit);
+    }
+};
+
+void print_summary(const Recorder& r) {
+    std::printf("\nSummary (threads=%d)\n", flamingo::num_threads());
+    std::printf("%-18s %9s %9s %9s %9s %11s %11s\n", "GEMM MxNxK", "ours", "eigen", "eigen-2t", "naive",
+                "ours/eigen", "ours/eig2t");
+    for (const Shape& s : kGemmShapes) {
+        std::string shape = std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
+        double o = r.counter("Gemm/ours/" + shape, "GFLOP/s"), e = r.counter("Gemm/eigen/" + shape, "GFLOP/s");
+        double e2 = r.counter("Gemm/eigen_tensor_2t/" + shape, "GFLOP/s"), n = r.counter("Gemm/naive/" + shape, "GFLOP/s");
+        if (o == 0) continue;
+        std::printf("%-18s %9.1f %9.1f %9.1f %9.1f %11.2f %11.2f\n", shape.c_str(), o, e, e2, n, e ? o / e : 0,
+                    e2 ? o / e2 : 0);
+    }
+    double bw = r.counter("Bandwidth/read", "GB/s");
+    std::printf("\nread bandwidth (all threads): %.1f GB/s\n", bw);
+    std::printf("%-18s %10s %10s %12s %12s %9s %9s %9s %9s\n", "GEMV NxK", "f32 GB/s", "bf16 GB/s", "f32 rows/s",
+                "bf16 rows/s", "bf16/f32", "f32/bw", "bf16/bw", "eigen/f32");
+    for (const char* shape : {"2048x2048", "2048x8192", "8192x2048", "50280x2048"}) {
+        std::string s = shape;
+        double f = r.counter("Gemv/f32/" + s, "GB/s"), b = r.counter("Gemv/bf16/" + s, "GB/s");
+        double fr = r.counter("Gemv/f32/" + s, "rows/s"), br = r.counter("Gemv/bf16/" + s, "rows/s");
+        double er = r.counter("Gemv/eigen_f32/" + s, "rows/s");
+        if (f == 0 && b == 0) continue;
+        std::printf("%-18s %10.1f %10.1f %12.3g %12.3g %9.2f %9.2f %9.2f %9.2f\n", shape, f, b, fr, br,
+                    fr ? br / fr : 0, bw ? f / bw : 0, bw ? b / bw : 0, fr ? er / fr : 0);
+    }
+    double pe = r.seconds("Pool/empty_parallel_for"), pg = r.seconds("Pool/gemv_256x256");
+    if (pe > 0) std::printf("\nempty parallel_for: %.2f us; linear 1x256x256 f32: %.2f us\n", pe * 1e6, pg * 1e6);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    register_all();
+    Recorder rec;
+    benchmark::RunSpecifiedBenchmarks(&rec);
+    print_summary(rec);
+    benchmark::Shutdown();
+}

@@ -1,0 +1,264 @@
+#pragma once
+// Packed, register-blocked GEMM for the compute-bound shapes (M beyond a few rows).
+//
+// The classic arrangement: B is packed per K-block into slivers of NR columns
+// (k-major, so one k step reads NR contiguous floats), A into slivers of MR rows;
+// an MR x NR micro-kernel keeps the whole C tile in registers and does MR*NR/kV
+// FMAs per k step from NR/kV vector loads and MR broadcasts. The packed B block
+// is shared by all threads (packed cooperatively); each thread packs its own A.
+#include <algorithm>
+#include <cstddef>
+
+#include "../../core/parallel.hpp"
+#include "gemm_simd.hpp"
+
+namespace flamingo::kernels::detail {
+
+// Register blocking: MR x (NV vectors). 32 vector registers (AVX-512) hold an
+// 8 x 48 tile (24 accumulators); 16 registers hold 6 x 16 (12 accumulators).
+inline constexpr std::size_t kMR = kAvx512 ? 8 : 6;
+inline constexpr std::size_t kNV = kAvx512 ? 3 : 2;
+inline constexpr std::size_t kNR = kNV * kV;
+// Cache blocking: a B sliver (KC x NR) stays in L1 while the A block (MC x KC,
+// in L2) streams past it; the packed B block (KC x NC) is shared in L2/L3.
+inline constexpr std::size_t kKC = 256;
+inline constexpr std::size_t kMC = 96;
+inline constexpr std::size_t kNC = 3072;
+
+// acc = A_sliver · B_sliver over kc; C tile = (load_c ? C : 0) + acc (+ bias).
+template <std::size_t MR, std::size_t NV>
+inline void micro_kernel(std::size_t kc, const float* __restrict a, const float* __restrict b, float* c,
+                         std::size_t ldc, bool load_c, const float* bias) {
+    // The C tile is usually far out in cache; fetch it while the products run.
+    for (std::size_t i = 0; i < MR; ++i)
+        for (std::size_t j = 0; j < NV * kV; j += 64 / sizeof(float)) __builtin_prefetch(c + i * ldc + j, 1);
+    fbatch acc[MR][NV];
+    for (std::size_t i = 0; i < MR; ++i)
+        for (std::size_t j = 0; j < NV; ++j) acc[i][j] = fbatch(0.0f);
+    for (std::size_t k = 0; k < kc; ++k) {
+        fbatch bv[NV];
+        for (std::size_t j = 0; j < NV; ++j) bv[j] = fbatch::load_aligned(b + j * kV);
+        for (std::size_t i = 0; i < MR; ++i) {
+            fbatch av(a[i]);
+            for (std::size_t j = 0; j < NV; ++j) acc[i][j] = xsimd::fma(av, bv[j], acc[i][j]);
+        }
+        a += MR;
+        b += NV * kV;
+    }
+    if (bias) {
+        for (std::size_t j = 0; j < NV; ++j) {
+            fbatch bj = fbatch::load_unaligned(bias + j * kV);
+            for (std::size_t i = 0; i < MR; ++i) acc[i][j] += bj;
+        }
+    }
+    for (std::size_t i = 0; i < MR; ++i) {
+        float* ci = c + i * ldc;
+        for (std::size_t j = 0; j < NV; ++j) {
+            fbatch v = acc[i][j];
+            if (load_c) v += fbatch::load_unaligned(ci + j * kV);
+            v.store_unaligned(ci + j * kV);
+        }
+    }
+}
+
+// One MR x nr tile at the edges: computed in full into a buffer, merged element-wise.
+template <std::size_t NV>
+inline void edge_tile(std::size_t kc, const float* a, const float* b, float* c, std::size_t ldc, std::size_t mr,
+                      std::size_t nr, bool load_c, const float* bias) {
+    alignas(64) float tile[kMR * NV * kV];
+    micro_kernel<kMR, NV>(kc, a, b, tile, NV * kV, false, nullptr);
+    for (std::size_t i = 0; i < mr; ++i)
+        for (std::size_t j = 0; j < nr; ++j) {
+            float v = tile[i * NV * kV + j] + (bias ? bias[j] : 0.0f);
+            c[i * ldc + j] = load_c ? c[i * ldc + j] + v : v;
+        }
+}
+
+template <std::size_t NV>
+inline void tile(std::size_t kc, const float* a, const float* b, float* c, std::size_t ldc, std::size_t mr,
+                 std::size_t nr, bool load_c, const float* bias) {
+    if (mr == kMR && nr == NV * kV)
+        micro_kernel<kMR, NV>(kc, a, b, c, ldc, load_c, bias);
+    else
+        edge_tile<NV>(kc, a, b, c, ldc, mr, nr, load_c, bias);
+}
+
+// Dispatches on the sliver's vector count (only the last sliver is narrower).
+template <std::size_t NV = kNV>
+inline void tile_any(std::size_t nv, std::size_t kc, const float* a, const float* b, float* c, std::size_t ldc,
+                     std::size_t mr, std::size_t nr, bool load_c, const float* bias) {
+    if constexpr (NV > 1)
+        if (nv < NV) return tile_any<NV - 1>(nv, kc, a, b, c, ldc, mr, nr, load_c, bias);
+    tile<NV>(kc, a, b, c, ldc, mr, nr, load_c, bias);
+}
+
+// Walks the cache lines of a strided region (rows of row_bytes at a stride),
+// prefetching a few at a time: spreads the next block's DRAM reads over the
+// current block's arithmetic instead of stalling on them when packing.
+struct LinePrefetcher {
+    const char* base = nullptr;
+    std::size_t row_bytes = 0, stride = 0, rows = 0;
+    std::size_t row = 0, offset = 0;
+
+    void issue(std::size_t lines) {
+        for (; lines && row < rows; --lines) {
+            __builtin_prefetch(base + row * stride + offset, 0, 2);
+            offset += 64;
+            if (offset >= row_bytes) offset = 0, ++row;
+        }
+    }
+    std::size_t lines_left() const {
+        return row >= rows ? 0 : (rows - row) * ((row_bytes + 63) / 64) - offset / 64;
+    }
+};
+
+// B operand sources: element (k, n). pack() fills one sliver (columns
+// [n0, n0 + nr) of rows [k0, k0 + kc), width w >= nr, zero-padded); source()
+// describes the memory that packing columns [n0, n1) of those rows reads.
+struct BRowMajor {  // B[K, N] row-major
+    const float* p;
+    std::size_t ld;
+    void pack(std::size_t k0, std::size_t kc, std::size_t n0, std::size_t nr, std::size_t w, float* dst) const {
+        const float* src = p + k0 * ld + n0;
+        if (nr == w) {
+            for (std::size_t k = 0; k < kc; ++k, src += ld, dst += w)
+                for (std::size_t j = 0; j < w; j += kV) fbatch::load_unaligned(src + j).store_aligned(dst + j);
+        } else {
+            for (std::size_t k = 0; k < kc; ++k, src += ld, dst += w) {
+                std::size_t j = 0;
+                for (; j < nr; ++j) dst[j] = src[j];
+                for (; j < w; ++j) dst[j] = 0.0f;
+            }
+        }
+    }
+    LinePrefetcher source(std::size_t k0, std::size_t kc, std::size_t n0, std::size_t n1) const {
+        return {reinterpret_cast<const char*>(p + k0 * ld + n0), (n1 - n0) * sizeof(float), ld * sizeof(float), kc};
+    }
+};
+
+template <class W>
+struct BTransposed {  // B = W^T with W[N, K] row-major (a weight stored [out, in])
+    const W* p;
+    std::size_t ld;
+    void pack(std::size_t k0, std::size_t kc, std::size_t n0, std::size_t nr, std::size_t w, float* dst) const {
+        pack_interleaved(p + n0 * ld + k0, ld, nr, w, kc, dst);
+    }
+    LinePrefetcher source(std::size_t k0, std::size_t kc, std::size_t n0, std::size_t n1) const {
+        return {reinterpret_cast<const char*>(p + n0 * ld + k0), kc * sizeof(W), ld * sizeof(W), n1 - n0};
+    }
+};
+
+inline Scratch& shared_b_scratch() {
+    thread_local Scratch s;
+    return s;
+}
+inline Scratch& a_scratch() {
+    thread_local Scratch s;
+    return s;
+}
+
+// C[M, N] (=|+=) A[M, K] · B[K, N] (+ bias[N]); requires K > 0.
+//
+// Per block of B (KC x NC): the threads pack it together into a shared buffer,
+// then compute; both steps are split into the same P parts and part p always
+// runs on pool thread p, so part p can prefetch, while computing, exactly the
+// source memory it will pack next.
+template <class BSrc>
+void gemm_packed(std::size_t M, std::size_t N, std::size_t K, const float* A, std::size_t lda, const BSrc& B,
+                 float* C, std::size_t ldc, bool accumulate, const float* bias) {
+    constexpr std::size_t MR = kMR, NR = kNR;
+    const std::size_t P = std::size_t(num_threads());
+
+    // Even K blocks (no short last block).
+    const std::size_t kblocks = (K + kKC - 1) / kKC;
+    const std::size_t kc_max = (K + kblocks - 1) / kblocks;
+
+    // M blocks: a multiple of the thread count when M is large, so threads get equal shares.
+    std::size_t mblocks = (M + kMC - 1) / kMC;
+    if (mblocks > 1 && mblocks % P) mblocks += P - mblocks % P;
+    std::size_t mc = (M + mblocks - 1) / mblocks;
+    mc = (mc + MR - 1) / MR * MR;
+    mblocks = (M + mc - 1) / mc;
+
+    const std::size_t nc_max = std::min(kNC, (N + NR - 1) / NR * NR);
+    float* bp = shared_b_scratch().get(kc_max * nc_max);
+    auto slivers_of = [&](std::size_t nc) { return (nc + NR - 1) / NR; };
+    auto part_range = [&](std::size_t n, std::size_t p) { return std::pair{n * p / P, n * (p + 1) / P}; };
+
+    for (std::size_t jc = 0; jc < N; jc += nc_max) {
+        const std::size_t nc = std::min(nc_max, N - jc);
+        const std::size_t slivers = slivers_of(nc);
+        // With few M blocks, the N range is split too so every thread has work.
+        const std::size_t nchunks = std::min(slivers, mblocks >= P ? std::size_t(1) : (P + mblocks - 1) / mblocks);
+        const std::size_t tasks = mblocks * nchunks;
+
+        for (std::size_t pc = 0; pc < K; pc += kc_max) {
+            const std::size_t kc = std::min(kc_max, K - pc);
+            parallel_for(P, [&](std::size_t p0, std::size_t p1) {
+                for (std::size_t p = p0; p < p1; ++p) {
+                    auto [s0, s1] = part_range(slivers, p);
+                    for (std::size_t s = s0; s < s1; ++s) {
+                        std::size_t nr = std::min(NR, nc - s * NR);
+                        std::size_t w = std::min(NR, (nr + kV - 1) / kV * kV);
+                        B.pack(pc, kc, jc + s * NR, nr, w, bp + s * kc * NR);
+                    }
+                }
+            });
+
+            // The block packed after this one, and the share of its source each part packs.
+            std::size_t next_pc = pc + kc, next_jc = jc;
+            if (next_pc >= K) next_pc = 0, next_jc = jc + nc;
+            const bool has_next = next_jc < N;
+            const std::size_t next_nc = has_next ? std::min(nc_max, N - next_jc) : 0;
+            const std::size_t next_kc = has_next ? std::min(kc_max, K - next_pc) : 0;
+
+            const bool load_c = accumulate || pc > 0;
+            const float* bias_blk = pc == 0 && bias ? bias + jc : nullptr;
+            parallel_for(P, [&](std::size_t p0, std::size_t p1) {
+                for (std::size_t p = p0; p < p1; ++p) {
+                    auto [t0, t1] = part_range(tasks, p);
+                    LinePrefetcher pf;
+                    if (has_next) {
+                        auto [s0, s1] = part_range(slivers_of(next_nc), p);
+                        if (s0 < s1)
+                            pf = B.source(next_pc, next_kc, next_jc + s0 * NR, next_jc + std::min(next_nc, s1 * NR));
+                    }
+                    std::size_t calls = 0;  // micro-kernel calls of this part, to pace the prefetches
+                    for (std::size_t t = t0; t < t1; ++t) {
+                        const std::size_t ib = t / nchunks, jb = t % nchunks;
+                        const std::size_t mcur = std::min(mc, M - ib * mc);
+                        calls += (slivers * (jb + 1) / nchunks - slivers * jb / nchunks) * ((mcur + MR - 1) / MR);
+                    }
+                    const std::size_t per_call = calls ? pf.lines_left() / calls + 1 : 0;
+
+                    float* ap = a_scratch().get(mc * kc);
+                    std::size_t packed_ib = ~std::size_t(0);
+                    for (std::size_t t = t0; t < t1; ++t) {
+                        const std::size_t ib = t / nchunks, jb = t % nchunks;
+                        const std::size_t i0 = ib * mc, mcur = std::min(mc, M - i0);
+                        if (ib != packed_ib) {
+                            for (std::size_t ir = 0; ir < mcur; ir += MR)
+                                pack_interleaved(A + (i0 + ir) * lda + pc, lda, std::min(MR, mcur - ir), MR, kc,
+                                                 ap + ir * kc);
+                            packed_ib = ib;
+                        }
+                        const std::size_t s_begin = slivers * jb / nchunks, s_end = slivers * (jb + 1) / nchunks;
+                        for (std::size_t s = s_begin; s < s_end; ++s) {
+                            const std::size_t n0 = s * NR, nr = std::min(NR, nc - n0);
+                            const std::size_t nv = (nr + kV - 1) / kV;
+                            const float* bs = bp + s * kc * NR;
+                            const float* bias_s = bias_blk ? bias_blk + n0 : nullptr;
+                            for (std::size_t ir = 0; ir < mcur; ir += MR) {
+                                pf.issue(per_call);
+                                tile_any(nv, kc, ap + ir * kc, bs, C + (i0 + ir) * ldc + jc + n0, ldc,
+                                         std::min(MR, mcur - ir), nr, load_c, bias_s);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+}  // namespace flamingo::kernels::detail

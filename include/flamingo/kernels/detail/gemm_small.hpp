@@ -1,0 +1,188 @@
+#pragma once
+// Kernels for few-row products (M <= kSmallM): one-token decoding (M = 1, GEMV)
+// and beam search (M = 2..8). These are memory-bound: every weight is read once
+// for all M rows, straight from its row in memory with no packing, and the
+// threads split the weight rows (linear) or the output columns (matmul).
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "../../core/parallel.hpp"
+#include "gemm_simd.hpp"
+
+namespace flamingo::kernels::detail {
+
+inline constexpr std::size_t kSmallM = 8;
+// Accumulator registers the small kernels may use (leaves room for loads).
+inline constexpr std::size_t kAccRegs = kAvx512 ? 16 : 8;
+// Below this many multiply-adds one thread is faster than waking the others.
+inline constexpr std::size_t kParallelMin = 32 * 1024;
+
+// Weight rows handled together by linear_rows<MM>: MM * R accumulators.
+template <std::size_t MM>
+inline constexpr std::size_t rows_per_step = std::max<std::size_t>(1, std::min<std::size_t>(4, kAccRegs / MM));
+
+// out[m][r] = X[m, :] · w[r, :] for m < MM, r < R.
+template <std::size_t MM, std::size_t R, class W>
+inline void dot_block(std::size_t K, const float* X, std::size_t ldx, const W* w, std::size_t ldw,
+                      float (&out)[MM][R]) {
+    // Two interleaved accumulator sets when there are too few chains to hide FMA latency.
+    constexpr std::size_t U = MM * R < 8 ? 2 : 1;
+    fbatch acc[U][MM][R];
+    for (std::size_t u = 0; u < U; ++u)
+        for (std::size_t m = 0; m < MM; ++m)
+            for (std::size_t r = 0; r < R; ++r) acc[u][m][r] = fbatch(0.0f);
+    // Rows are short streams (a few KB); fetching the next R rows' data while
+    // these are summed keeps DRAM busy across the row switch.
+    const std::uintptr_t next = reinterpret_cast<std::uintptr_t>(w) + R * ldw * sizeof(W);
+    std::size_t k = 0;
+    for (; k + U * kV <= K; k += U * kV) {
+        for (std::size_t r = 0; r < R; ++r)
+            for (std::size_t b = 0; b < U * kV * sizeof(W); b += 64)
+                __builtin_prefetch(reinterpret_cast<const void*>(next + (r * ldw + k) * sizeof(W) + b), 0, 3);
+        for (std::size_t u = 0; u < U; ++u) {
+            fbatch wv[R];
+            for (std::size_t r = 0; r < R; ++r) wv[r] = load_w(w + r * ldw + k + u * kV);
+            for (std::size_t m = 0; m < MM; ++m) {
+                fbatch xv = fbatch::load_unaligned(X + m * ldx + k + u * kV);
+                for (std::size_t r = 0; r < R; ++r) acc[u][m][r] = xsimd::fma(xv, wv[r], acc[u][m][r]);
+            }
+        }
+    }
+    for (; k + kV <= K; k += kV) {
+        fbatch wv[R];
+        for (std::size_t r = 0; r < R; ++r) wv[r] = load_w(w + r * ldw + k);
+        for (std::size_t m = 0; m < MM; ++m) {
+            fbatch xv = fbatch::load_unaligned(X + m * ldx + k);
+            for (std::size_t r = 0; r < R; ++r) acc[0][m][r] = xsimd::fma(xv, wv[r], acc[0][m][r]);
+        }
+    }
+    for (std::size_t m = 0; m < MM; ++m)
+        for (std::size_t r = 0; r < R; ++r) {
+            fbatch s = acc[0][m][r];
+            for (std::size_t u = 1; u < U; ++u) s += acc[u][m][r];
+            out[m][r] = xsimd::hadd(s);
+        }
+    for (; k < K; ++k)
+        for (std::size_t m = 0; m < MM; ++m)
+            for (std::size_t r = 0; r < R; ++r) out[m][r] += X[m * ldx + k] * to_f32(w[r * ldw + k]);
+}
+
+// Y[m, n] (=|+=) X[m, :] · W[n, :] + bias[n] for MM rows, weight rows [n0, n1).
+template <std::size_t MM, std::size_t R, class W>
+inline void linear_rows(std::size_t n0, std::size_t n1, std::size_t K, const float* X, std::size_t ldx, const W* w,
+                        std::size_t ldw, const float* bias, float* Y, std::size_t ldy, bool accumulate) {
+    std::size_t n = n0;
+    auto emit = [&](auto& out, std::size_t rows) {
+        for (std::size_t m = 0; m < MM; ++m)
+            for (std::size_t r = 0; r < rows; ++r) {
+                float v = out[m][r] + (bias ? bias[n + r] : 0.0f);
+                float& y = Y[m * ldy + n + r];
+                y = accumulate ? y + v : v;
+            }
+    };
+    for (; n + R <= n1; n += R) {
+        float out[MM][R];
+        dot_block<MM, R>(K, X, ldx, w + n * ldw, ldw, out);
+        emit(out, R);
+    }
+    for (; n < n1; ++n) {
+        float out[MM][1];
+        dot_block<MM, 1>(K, X, ldx, w + n * ldw, ldw, out);
+        emit(out, 1);
+    }
+}
+
+template <std::size_t MM, class W>
+inline void linear_small_m(std::size_t N, std::size_t K, const float* X, std::size_t ldx, const W* w,
+                           std::size_t ldw, const float* bias, float* Y, std::size_t ldy, bool accumulate) {
+    constexpr std::size_t R = rows_per_step<MM>;
+    auto body = [&](std::size_t n0, std::size_t n1) {
+        linear_rows<MM, R>(n0, n1, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+    };
+    if (MM * N * K < kParallelMin)
+        body(0, N);
+    else
+        parallel_for(N, body, R);
+}
+
+// Y[M, N] (=|+=) X[M, K] · W[N, K]^T + bias for 1 <= M <= kSmallM.
+template <class W>
+inline void linear_small(std::size_t M, std::size_t N, std::size_t K, const float* X, std::size_t ldx, const W* w,
+                         std::size_t ldw, const float* bias, float* Y, std::size_t ldy, bool accumulate) {
+    switch (M) {
+        case 1: return linear_small_m<1>(N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+        case 2: return linear_small_m<2>(N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+        case 3: return linear_small_m<3>(N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+        case 4: return linear_small_m<4>(N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+        case 5: return linear_small_m<5>(N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+        case 6: return linear_small_m<6>(N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+        case 7: return linear_small_m<7>(N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+        case 8: return linear_small_m<8>(N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+        default: break;
+    }
+}
+
+// C[m, cols] (=|+=) A[m, :] · B[:, cols] for MM rows: SV-vector column strips with
+// the C strip in registers, walking down B's rows.
+template <std::size_t MM, std::size_t SV>
+inline void matmul_strip(std::size_t K, const float* A, std::size_t lda, const float* B, std::size_t ldb, float* C,
+                         std::size_t ldc, bool accumulate) {
+    fbatch acc[MM][SV];
+    for (std::size_t m = 0; m < MM; ++m)
+        for (std::size_t v = 0; v < SV; ++v) acc[m][v] = fbatch(0.0f);
+    for (std::size_t k = 0; k < K; ++k, B += ldb) {
+        fbatch bv[SV];
+        for (std::size_t v = 0; v < SV; ++v) bv[v] = fbatch::load_unaligned(B + v * kV);
+        for (std::size_t m = 0; m < MM; ++m) {
+            fbatch a(A[m * lda + k]);
+            for (std::size_t v = 0; v < SV; ++v) acc[m][v] = xsimd::fma(a, bv[v], acc[m][v]);
+        }
+    }
+    for (std::size_t m = 0; m < MM; ++m)
+        for (std::size_t v = 0; v < SV; ++v) {
+            float* c = C + m * ldc + v * kV;
+            fbatch r = acc[m][v];
+            if (accumulate) r += fbatch::load_unaligned(c);
+            r.store_unaligned(c);
+        }
+}
+
+template <std::size_t MM>
+inline void matmul_small_m(std::size_t N, std::size_t K, const float* A, std::size_t lda, const float* B,
+                           std::size_t ldb, float* C, std::size_t ldc, bool accumulate) {
+    constexpr std::size_t SV = std::max<std::size_t>(1, std::min<std::size_t>(4, kAccRegs / MM));
+    auto body = [&](std::size_t j0, std::size_t j1) {
+        std::size_t j = j0;
+        for (; j + SV * kV <= j1; j += SV * kV) matmul_strip<MM, SV>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+        for (; j + kV <= j1; j += kV) matmul_strip<MM, 1>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+        for (; j < j1; ++j)  // last columns (fewer than a vector)
+            for (std::size_t m = 0; m < MM; ++m) {
+                float s = 0.0f;
+                for (std::size_t k = 0; k < K; ++k) s += A[m * lda + k] * B[k * ldb + j];
+                float& c = C[m * ldc + j];
+                c = accumulate ? c + s : s;
+            }
+    };
+    if (MM * N * K < kParallelMin)
+        body(0, N);
+    else
+        parallel_for(N, body, SV * kV);
+}
+
+inline void matmul_small(std::size_t M, std::size_t N, std::size_t K, const float* A, std::size_t lda,
+                         const float* B, std::size_t ldb, float* C, std::size_t ldc, bool accumulate) {
+    switch (M) {
+        case 1: return matmul_small_m<1>(N, K, A, lda, B, ldb, C, ldc, accumulate);
+        case 2: return matmul_small_m<2>(N, K, A, lda, B, ldb, C, ldc, accumulate);
+        case 3: return matmul_small_m<3>(N, K, A, lda, B, ldb, C, ldc, accumulate);
+        case 4: return matmul_small_m<4>(N, K, A, lda, B, ldb, C, ldc, accumulate);
+        case 5: return matmul_small_m<5>(N, K, A, lda, B, ldb, C, ldc, accumulate);
+        case 6: return matmul_small_m<6>(N, K, A, lda, B, ldb, C, ldc, accumulate);
+        case 7: return matmul_small_m<7>(N, K, A, lda, B, ldb, C, ldc, accumulate);
+        case 8: return matmul_small_m<8>(N, K, A, lda, B, ldb, C, ldc, accumulate);
+        default: break;
+    }
+}
+
+}  // namespace flamingo::kernels::detail

@@ -1,0 +1,72 @@
+#pragma once
+// Matrix products on raw row-major storage with leading dimensions.
+//
+//   matmul: C[M,N] = A[M,K] · B[K,N]
+//   linear: Y[M,N] = X[M,K] · W[N,K]^T + bias[N]   (PyTorch nn.Linear, W stored [out, in])
+//
+// Both take `accumulate` (C += ... instead of C = ...). The path is chosen by M:
+// up to 8 rows (decoding, beam search) the weights are streamed once for all
+// rows; beyond that a packed, register-blocked GEMM runs. Work is split over
+// flamingo::num_threads() threads; nested inside a parallel_for it runs serially.
+// bf16 weights are widened to f32 in registers (exact) and accumulated in f32.
+#include <cstddef>
+#include <type_traits>
+
+#include "../core/dtype.hpp"
+#include "../core/error.hpp"
+#include "detail/gemm_packed.hpp"
+#include "detail/gemm_small.hpp"
+
+namespace flamingo::kernels {
+
+namespace detail {
+
+// A row-major [rows, cols] operand needs ld >= cols unless it has a single row.
+inline void check_matrix(const char* fn, const char* name, const void* p, std::size_t rows, std::size_t cols,
+                         std::size_t ld) {
+    if (rows == 0 || cols == 0) return;
+    check(p != nullptr, fn, ": ", name, " is null but has shape [", rows, ", ", cols, "]");
+    check(rows == 1 || ld >= cols, fn, ": ", name, " has shape [", rows, ", ", cols, "] but leading dimension ", ld);
+}
+
+// K == 0: the product is empty, only the bias (if any) remains.
+inline void empty_product(std::size_t M, std::size_t N, const float* bias, float* C, std::size_t ldc,
+                          bool accumulate) {
+    for (std::size_t i = 0; i < M; ++i)
+        for (std::size_t j = 0; j < N; ++j) {
+            float b = bias ? bias[j] : 0.0f;
+            C[i * ldc + j] = accumulate ? C[i * ldc + j] + b : b;
+        }
+}
+
+}  // namespace detail
+
+// C[M,N] = A[M,K] · B[K,N]   (accumulate: C += ...)
+inline void matmul(std::size_t M, std::size_t N, std::size_t K, const float* A, std::size_t lda, const float* B,
+                   std::size_t ldb, float* C, std::size_t ldc, bool accumulate = false) {
+    if (M == 0 || N == 0) return;
+    detail::check_matrix("matmul", "A", A, M, K, lda);
+    detail::check_matrix("matmul", "B", B, K, N, ldb);
+    detail::check_matrix("matmul", "C", C, M, N, ldc);
+    if (K == 0) return detail::empty_product(M, N, nullptr, C, ldc, accumulate);
+    if (M <= detail::kSmallM) return detail::matmul_small(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    detail::gemm_packed(M, N, K, A, lda, detail::BRowMajor{B, ldb}, C, ldc, accumulate, nullptr);
+}
+
+// Y[M,N] = X[M,K] · W[N,K]^T + bias[N]  -- PyTorch nn.Linear, W stored [out, in].
+// W is float or flamingo::bf16 (converted in registers, f32 accumulation); bias may be nullptr.
+template <class W>
+void linear(std::size_t M, std::size_t N, std::size_t K, const float* X, std::size_t ldx, const W* w,
+            std::size_t ldw, const float* bias, float* Y, std::size_t ldy, bool accumulate = false) {
+    static_assert(std::is_same_v<W, float> || std::is_same_v<W, bf16>,
+                  "linear: weights must be float or flamingo::bf16");
+    if (M == 0 || N == 0) return;
+    detail::check_matrix("linear", "X", X, M, K, ldx);
+    detail::check_matrix("linear", "W", w, N, K, ldw);
+    detail::check_matrix("linear", "Y", Y, M, N, ldy);
+    if (K == 0) return detail::empty_product(M, N, bias, Y, ldy, accumulate);
+    if (M <= detail::kSmallM) return detail::linear_small(M, N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+    detail::gemm_packed(M, N, K, X, ldx, detail::BTransposed<W>{w, ldw}, Y, ldy, accumulate, bias);
+}
+
+}  // namespace flamingo::kernels

@@ -1,0 +1,273 @@
+// matmul and linear against a plain scalar reference that accumulates in double.
+//
+// Tolerance: |ours - ref| <= 1e-5 * sum_k |a_ik| |b_kj| (plus |bias| and |C_old|
+// when present). f32 accumulation of K <= 1000 products of random signs stays
+// near sqrt(K) * 2^-24 (~2e-6); dropping, duplicating or misplacing a single
+// term, or rounding the activations to bf16, is off by ~1e-3 or more.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <flamingo/core/dtype.hpp>
+#include <flamingo/core/error.hpp>
+#include <flamingo/core/parallel.hpp>
+#include <flamingo/kernels/gemm.hpp>
+
+using flamingo::bf16;
+namespace fk = flamingo::kernels;
+
+namespace {
+
+constexpr double kTol = 1e-5;
+constexpr float kSentinel = -12345.0f;  // fills the padding between rows; must survive untouched
+
+const std::size_t kSizes[] = {1, 2, 3, 7, 15, 16, 17, 63, 65, 100, 257, 1000};
+
+std::vector<float> random_floats(std::size_t n, std::mt19937& gen) {
+    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+    std::vector<float> v(n);
+    for (auto& x : v) x = dist(gen);
+    return v;
+}
+
+// A [rows, cols] matrix with leading dimension ld, padding filled with the sentinel.
+std::vector<float> padded(std::size_t rows, std::size_t cols, std::size_t ld, std::mt19937& gen) {
+    std::vector<float> m(rows ? (rows - 1) * ld + cols : 0, kSentinel);
+    auto r = random_floats(rows * cols, gen);
+    for (std::size_t i = 0; i < rows; ++i)
+        for (std::size_t j = 0; j < cols; ++j) m[i * ld + j] = r[i * cols + j];
+    return m;
+}
+
+class ThreadCount {  // sets the pool size for one scope
+public:
+    explicit ThreadCount(int n) : saved_(flamingo::num_threads()) { flamingo::set_num_threads(n); }
+    ~ThreadCount() { flamingo::set_num_threads(saved_); }
+
+private:
+    int saved_;
+};
+
+struct Case {
+    std::size_t M, N, K;
+    bool bf16_weights = false, bias = false, accumulate = false;
+    std::size_t pad = 0;  // extra elements per row in every operand
+    std::string str() const {
+        return "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+               (bf16_weights ? " bf16" : " f32") + (bias ? " bias" : "") + (accumulate ? " accumulate" : "") +
+               " pad=" + std::to_string(pad) + " threads=" + std::to_string(flamingo::num_threads());
+    }
+};
+
+// Compares C (with padding) against ref/mag; returns the worst error relative to mag.
+double compare(const Case& c, const std::vector<float>& C, std::size_t ldc, const std::vector<double>& ref,
+               const std::vector<double>& mag) {
+    double worst = 0;
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < c.M; ++i) {
+        for (std::size_t j = 0; j < c.N; ++j) {
+            double err = std::fabs(double(C[i * ldc + j]) - ref[i * c.N + j]);
+            double rel = err / (mag[i * c.N + j] + 1e-30);
+            if (!(rel <= kTol) && bad++ < 3)
+                FAIL_CHECK(c.str(), ": C[", i, ",", j, "] = ", C[i * ldc + j], ", expected ", ref[i * c.N + j]);
+            if (rel > worst) worst = rel;
+        }
+        if (i + 1 < c.M)
+            for (std::size_t j = c.N; j < ldc; ++j)
+                if (C[i * ldc + j] != kSentinel && bad++ < 3) FAIL_CHECK(c.str(), ": padding of row ", i, " written");
+    }
+    CHECK_MESSAGE(bad == 0, c.str(), ": ", bad, " wrong elements");
+    return worst;
+}
+
+template <class W>
+double run_linear(const Case& c, std::mt19937& gen) {
+    const std::size_t ldx = c.K + c.pad, ldw = c.K + c.pad, ldy = c.N + c.pad;
+    auto X = padded(c.M, c.K, ldx, gen);
+    auto wf = padded(c.N, c.K, ldw, gen);
+    std::vector<W> w(wf.size());
+    for (std::size_t i = 0; i < wf.size(); ++i) w[i] = W(wf[i]);
+    auto bias = random_floats(c.N, gen);
+    auto Y = padded(c.M, c.N, ldy, gen);
+
+    std::vector<double> ref(c.M * c.N), mag(c.M * c.N);
+    for (std::size_t i = 0; i < c.M; ++i)
+        for (std::size_t j = 0; j < c.N; ++j) {
+            double s = 0, a = 0;
+            for (std::size_t k = 0; k < c.K; ++k) {
+                double p = double(X[i * ldx + k]) * double(float(w[j * ldw + k]));
+                s += p;
+                a += std::fabs(p);
+            }
+            if (c.bias) s += bias[j], a += std::fabs(bias[j]);
+            if (c.accumulate) s += Y[i * ldy + j], a += std::fabs(Y[i * ldy + j]);
+            ref[i * c.N + j] = s;
+            mag[i * c.N + j] = a;
+        }
+    fk::linear(c.M, c.N, c.K, X.data(), ldx, w.data(), ldw, c.bias ? bias.data() : nullptr, Y.data(), ldy,
+               c.accumulate);
+    return compare(c, Y, ldy, ref, mag);
+}
+
+double run_matmul(const Case& c, std::mt19937& gen) {
+    const std::size_t lda = c.K + c.pad, ldb = c.N + c.pad, ldc = c.N + c.pad;
+    auto A = padded(c.M, c.K, lda, gen), B = padded(c.K, c.N, ldb, gen), C = padded(c.M, c.N, ldc, gen);
+    std::vector<double> ref(c.M * c.N), mag(c.M * c.N);
+    for (std::size_t i = 0; i < c.M; ++i)
+        for (std::size_t j = 0; j < c.N; ++j) {
+            double s = 0, a = 0;
+            for (std::size_t k = 0; k < c.K; ++k) {
+                double p = double(A[i * lda + k]) * double(B[k * ldb + j]);
+                s += p;
+                a += std::fabs(p);
+            }
+            if (c.accumulate) s += C[i * ldc + j], a += std::fabs(C[i * ldc + j]);
+            ref[i * c.N + j] = s;
+            mag[i * c.N + j] = a;
+        }
+    fk::matmul(c.M, c.N, c.K, A.data(), lda, B.data(), ldb, C.data(), ldc, c.accumulate);
+    return compare(c, C, ldc, ref, mag);
+}
+
+double run_case(const Case& c, bool is_linear, std::mt19937& gen) {
+    if (!is_linear) return run_matmul(c, gen);
+    return c.bf16_weights ? run_linear<bf16>(c, gen) : run_linear<float>(c, gen);
+}
+
+// Every (M, N, K) from the awkward sizes up to 3e6 multiply-adds, each with one
+// of the 16 option combinations (cycled, so each combination meets every path).
+void sweep(bool is_linear) {
+    for (int threads : {1, 2}) {
+        ThreadCount tc(threads);
+        std::mt19937 gen(threads);
+        double worst = 0;
+        unsigned v = 0;
+        for (std::size_t M : kSizes)
+            for (std::size_t N : kSizes)
+                for (std::size_t K : kSizes) {
+                    if (M * N * K > 3000000) continue;
+                    Case c{M, N, K};
+                    c.bf16_weights = v & 1;
+                    c.bias = is_linear && (v & 2);
+                    c.accumulate = v & 4;
+                    c.pad = (v & 8) ? 1 + v % 5 : 0;
+                    v = v * 7 + 3;  // an odd multiplier walks all 16 combinations in different orders
+                    worst = std::max(worst, run_case(c, is_linear, gen));
+                }
+        MESSAGE((is_linear ? "linear" : "matmul"), " sweep, threads=", threads, ": worst error ", worst,
+                " x sum|a||b|");
+    }
+}
+
+}  // namespace
+
+TEST_CASE("linear matches the scalar reference at awkward sizes") { sweep(true); }
+
+TEST_CASE("matmul matches the scalar reference at awkward sizes") { sweep(false); }
+
+TEST_CASE("every option combination on each kernel path") {
+    // M picks the path: 1 (GEMV), 2..8 (few rows), 9+ (packed GEMM; 200 spans
+    // several M blocks); N = 3100 crosses the packed GEMM's N block.
+    std::mt19937 gen(7);
+    for (int threads : {1, 2}) {
+        ThreadCount tc(threads);
+        for (std::size_t M : {1, 2, 5, 8, 9, 33, 200})
+            for (std::size_t N : {1, 17, 100, 3100})
+                for (std::size_t K : {1, 31, 300}) {
+                    if (M * N * K > 2000000) continue;
+                    for (unsigned v = 0; v < 16; ++v) {
+                        Case c{M, N, K, bool(v & 1), bool(v & 2), bool(v & 4), (v & 8) ? 3u : 0u};
+                        run_case(c, true, gen);
+                        if (!c.bf16_weights && !c.bias) run_case(c, false, gen);
+                    }
+                }
+    }
+}
+
+TEST_CASE("large products") {
+    std::mt19937 gen(11);
+    ThreadCount tc(2);
+    run_case(Case{257, 1000, 1000, true, true, false, 0}, true, gen);
+    run_case(Case{1000, 257, 1000, false, false, true, 5}, false, gen);
+    run_case(Case{8, 4096, 1000, true, true, true, 2}, true, gen);
+}
+
+TEST_CASE("bf16 weights keep the activations exact") {
+    // x = 1 + 2^-12 is not representable in bf16 (8 significant bits) but every
+    // partial sum of up to 64 of them is exact in f32; with weights 1.0 each
+    // output is 64 * x exactly, which rounding x to bf16 would turn into 64.
+    for (std::size_t M : {1, 4, 64}) {
+        const std::size_t N = 33, K = 64;
+        std::vector<float> X(M * K, 1.0f + std::ldexp(1.0f, -12)), Y(M * N);
+        std::vector<bf16> w(N * K, bf16(1.0f));
+        fk::linear(M, N, K, X.data(), K, w.data(), K, nullptr, Y.data(), N);
+        for (float y : Y) REQUIRE(y == 64.0f * (1.0f + std::ldexp(1.0f, -12)));
+    }
+}
+
+TEST_CASE("empty products") {
+    std::vector<float> C = {1, 2, 3, 4, 5, 6}, bias = {10, 20, 30};
+    SUBCASE("K = 0 gives the bias, or leaves C alone plus the bias when accumulating") {
+        fk::linear<float>(2, 3, 0, nullptr, 0, nullptr, 0, bias.data(), C.data(), 3, false);
+        CHECK(C == std::vector<float>{10, 20, 30, 10, 20, 30});
+        fk::linear<bf16>(2, 3, 0, nullptr, 0, nullptr, 0, bias.data(), C.data(), 3, true);
+        CHECK(C == std::vector<float>{20, 40, 60, 20, 40, 60});
+        fk::matmul(2, 3, 0, nullptr, 0, nullptr, 3, C.data(), 3, true);
+        CHECK(C == std::vector<float>{20, 40, 60, 20, 40, 60});
+        fk::matmul(2, 3, 0, nullptr, 0, nullptr, 3, C.data(), 3, false);
+        CHECK(C == std::vector<float>(6, 0.0f));
+    }
+    SUBCASE("M = 0 or N = 0 touches nothing") {
+        fk::matmul(0, 3, 4, nullptr, 4, nullptr, 3, nullptr, 3);
+        fk::linear<float>(2, 0, 4, nullptr, 4, nullptr, 4, nullptr, nullptr, 0);
+        CHECK(C == std::vector<float>{1, 2, 3, 4, 5, 6});
+    }
+}
+
+TEST_CASE("bad operands are errors that name the operand") {
+    std::vector<float> a(64), b(64), c(64);
+    auto message = [](auto&& f) {
+        try {
+            f();
+        } catch (const flamingo::Error& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    CHECK(message([&] { fk::matmul(2, 4, 4, a.data(), 3, b.data(), 4, c.data(), 4); }).find("A has shape [2, 4]") !=
+          std::string::npos);
+    CHECK(message([&] { fk::matmul(2, 4, 4, a.data(), 4, b.data(), 2, c.data(), 4); }).find("B") != std::string::npos);
+    CHECK(message([&] { fk::linear(2, 4, 4, a.data(), 4, b.data(), 4, nullptr, c.data(), 3); }).find("Y") !=
+          std::string::npos);
+    CHECK(message([&] { fk::linear<float>(2, 4, 4, a.data(), 4, nullptr, 4, nullptr, c.data(), 4); }).find("W is null") !=
+          std::string::npos);
+}
+
+TEST_CASE("nested inside parallel_for the products run serially and stay correct") {
+    ThreadCount tc(2);
+    std::mt19937 gen(3);
+    const std::size_t M = 40, N = 70, K = 50, parts = 4;
+    auto X = random_floats(parts * M * K, gen), W = random_floats(N * K, gen);
+    std::vector<float> Y(parts * M * N), R(parts * M * N);
+    flamingo::parallel_for(parts, [&](std::size_t b, std::size_t e) {
+        for (std::size_t p = b; p < e; ++p) {
+            fk::linear(M, N, K, &X[p * M * K], K, W.data(), K, nullptr, &Y[p * M * N], N);
+            fk::linear(1, N, K, &X[p * M * K], K, W.data(), K, nullptr, &R[p * M * N], N);  // GEMV path too
+        }
+    });
+    for (std::size_t p = 0; p < parts; ++p)
+        for (std::size_t i = 0; i < M; ++i)
+            for (std::size_t j = 0; j < N; ++j) {
+                double s = 0, a = 0;
+                for (std::size_t k = 0; k < K; ++k) {
+                    s += double(X[(p * M + i) * K + k]) * W[j * K + k];
+                    a += std::fabs(double(X[(p * M + i) * K + k]) * W[j * K + k]);
+                }
+                REQUIRE(std::fabs(Y[(p * M + i) * N + j] - s) <= kTol * a);
+                if (i == 0) REQUIRE(std::fabs(R[p * M * N + j] - s) <= kTol * a);
+            }
+}
