@@ -63,16 +63,19 @@ inline std::int32_t sample(std::span<float> scores, const SamplingOptions& o, st
             if (s < kth) s = ninf;
     }
     if (o.top_p < 1.0f) {
-        // Keep the smallest set of most likely tokens whose probability reaches top_p.
+        // As TopPLogitsWarper: in ascending order of probability, drop tokens while
+        // the cumulative probability stays <= 1 - top_p; the most likely one stays.
         std::vector<std::size_t> order(V);
         std::iota(order.begin(), order.end(), 0);
-        std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return scores[a] > scores[b]; });
+        std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return scores[a] < scores[b]; });
         std::vector<float> p(scores.begin(), scores.end());
         log_softmax(p);
-        double cum = 0;
-        std::size_t keep = 0;
-        while (keep < V && cum < o.top_p) cum += std::exp(double(p[order[keep++]]));
-        for (std::size_t i = std::max<std::size_t>(keep, 1); i < V; ++i) scores[order[i]] = ninf;
+        float cum = 0.0f;
+        for (std::size_t i = 0; i + 1 < V; ++i) {
+            cum += std::exp(p[order[i]]);
+            if (cum > 1.0f - o.top_p) break;
+            scores[order[i]] = ninf;
+        }
     }
     log_softmax(scores);
     std::uniform_real_distribution<double> u(0.0, 1.0);
