@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -15,6 +16,8 @@
 
 #include <flamingo/io/npy.hpp>
 #include <flamingo/pipeline.hpp>
+
+#include "eval.hpp"
 
 namespace {
 
@@ -32,6 +35,8 @@ commands:
   logits   --prompt TEXT --out FILE.npy
   tokenize --prompt TEXT
   embed    --out FILE.npy            (images only)
+  eval     --data DIR [--limit N] [--out TABLE.md] [--predictions FILE.jsonl]
+           accuracy per task and shot count on an evaluation set
 
 common options:
   --model DIR      model directory (config.json, tokenizer.json, *.safetensors)
@@ -59,7 +64,7 @@ Args parse(int argc, char** argv) {
         {"model", true}, {"image", true}, {"frames", true}, {"threads", true}, {"prompt", true},
         {"max-new-tokens", true}, {"num-beams", true}, {"length-penalty", true}, {"no-repeat-ngram-size", true},
         {"early-stopping", true}, {"temperature", true}, {"top-k", true}, {"top-p", true}, {"seed", true},
-        {"candidate", true}, {"out", true}, {"json", false}, {"verbose", false}, {"bf16", false}, {"help", false}};
+        {"candidate", true}, {"out", true}, {"data", true}, {"limit", true}, {"predictions", true}, {"json", false}, {"verbose", false}, {"bf16", false}, {"help", false}};
     Args a;
     for (int i = 1; i < argc; ++i) {
         std::string s = argv[i];
@@ -126,8 +131,8 @@ int run(int argc, char** argv) {
         return a.command.empty() && !a.has("help") ? 2 : 0;
     }
     const std::string& cmd = a.command;
-    if (cmd != "generate" && cmd != "score" && cmd != "logits" && cmd != "tokenize" && cmd != "embed")
-        fail("unknown command '", cmd, "' (generate, score, logits, tokenize, embed)");
+    if (cmd != "generate" && cmd != "score" && cmd != "logits" && cmd != "tokenize" && cmd != "embed" && cmd != "eval")
+        fail("unknown command '", cmd, "' (generate, score, logits, tokenize, embed, eval)");
     const bool verbose = a.has("verbose");
     const bool progress = isatty(2);
     const std::string model_dir = required(a, "model");
@@ -184,6 +189,30 @@ int run(int argc, char** argv) {
 
     if (cmd == "tokenize") {
         std::cout << nlohmann::json(p.tokenize(required(a, "prompt"))).dump() << "\n";
+        return 0;
+    }
+    if (cmd == "eval") {
+        const std::size_t limit = std::size_t(integer(a, "limit", 0, 0, 1ll << 40));
+        t0 = clock_type::now();
+        auto outcomes = flamingo::fewshot::run(p, required(a, "data"), limit, [&](std::size_t n) {
+            if (progress) std::cerr << "\33[2Kevaluated " << n << " prompts\r" << std::flush;
+        });
+        if (progress) std::cerr << "\33[2K" << std::flush;
+        if (verbose) std::cerr << "eval: " << outcomes.size() << " prompts in " << since(t0) << " s\n";
+        const std::string t = flamingo::fewshot::table(outcomes);
+        std::cout << t;
+        if (const std::string* out = a.get("out")) {
+            std::ofstream f(*out);
+            f << t;
+            if (!f) fail("cannot write ", *out);
+        }
+        if (const std::string* pred = a.get("predictions")) {
+            std::ofstream f(*pred);
+            for (const auto& o : outcomes)
+                f << nlohmann::json({{"id", o.id}, {"task", o.task}, {"shots", o.shots}, {"prediction", o.prediction},
+                                     {"correct", o.correct}}).dump() << "\n";
+            if (!f) fail("cannot write ", *pred);
+        }
         return 0;
     }
     if (cmd == "embed") {

@@ -1,0 +1,120 @@
+#pragma once
+// `flamingo eval`: accuracy of a model on an evaluation set of few-shot
+// prompts (the format tools/world/evalset.py writes): one JSONL file per task,
+// each line {"id", "task", "shots", "prompt", "images": [file names in
+// <data>/images], "judge": "generate" | "score", "answer", "candidates",
+// "max_new_tokens"}.
+//   generate: greedy generation up to <|endofchunk|>; the stripped text must equal the answer;
+//   score:    the candidate with the highest summed log-probability must be the answer.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <flamingo/pipeline.hpp>
+
+namespace flamingo::fewshot {
+
+inline std::string strip(std::string s) {
+    const char* ws = " \t\n\r";
+    s.erase(0, s.find_first_not_of(ws));
+    s.erase(s.find_last_not_of(ws) + 1);
+    return s;
+}
+
+struct Outcome {
+    std::string id, task;
+    int shots = 0;
+    bool correct = false;
+    std::string prediction;
+};
+
+// Runs every record of every <task>.jsonl in `data` (at most `limit` per file
+// when limit > 0); `progress` is called after each record.
+inline std::vector<Outcome> run(Pipeline& p, const std::filesystem::path& data, std::size_t limit,
+                                const std::function<void(std::size_t)>& progress = {}) {
+    namespace fs = std::filesystem;
+    check(fs::is_directory(data), data.string(), ": evaluation data directory does not exist");
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(data))
+        if (e.path().extension() == ".jsonl") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    check(!files.empty(), data.string(), ": no .jsonl files");
+    std::vector<Outcome> out;
+    for (const auto& file : files) {
+        std::ifstream in(file);
+        std::string line;
+        std::size_t n = 0, lineno = 0;
+        while (std::getline(in, line) && (limit == 0 || n < limit)) {
+            ++lineno;
+            if (strip(line).empty()) continue;
+            nlohmann::json r;
+            try {
+                r = nlohmann::json::parse(line);
+            } catch (const nlohmann::json::exception& e) {
+                fail(file.string(), ":", lineno, ": not JSON: ", e.what());
+            }
+            Outcome o;
+            o.id = r.value("id", ""), o.task = r.value("task", file.stem().string()), o.shots = r.value("shots", 0);
+            std::vector<std::string> images;
+            for (const auto& im : r.at("images")) images.push_back((data / "images" / im.get<std::string>()).string());
+            p.set_media(images);
+            const std::string prompt = r.at("prompt"), answer = r.at("answer");
+            if (r.value("judge", "generate") == "score") {
+                auto scores = p.score(prompt, r.at("candidates").get<std::vector<std::string>>());
+                auto best = std::max_element(scores.begin(), scores.end(), [](const auto& a, const auto& b) {
+                    return a.score.logprob < b.score.logprob;
+                });
+                o.prediction = best->candidate;
+                o.correct = o.prediction == answer;
+            } else {
+                generate::GenerateOptions g;
+                g.max_new_tokens = r.value("max_new_tokens", 20);
+                o.prediction = strip(p.generate(prompt, g).text);
+                o.correct = o.prediction == strip(answer);
+            }
+            out.push_back(std::move(o));
+            ++n;
+            if (progress) progress(out.size());
+        }
+    }
+    return out;
+}
+
+// Accuracy (%) per task and shot count as a Markdown table.
+inline std::string table(const std::vector<Outcome>& outcomes) {
+    std::map<std::string, std::map<int, std::pair<int, int>>> acc;  // task -> shots -> (correct, total)
+    std::set<int> shots;
+    for (const auto& o : outcomes) {
+        auto& a = acc[o.task][o.shots];
+        a.first += o.correct, a.second += 1;
+        shots.insert(o.shots);
+    }
+    std::ostringstream os;
+    os << "| task |";
+    for (int s : shots) os << " " << s << "-shot |";
+    os << "\n|---|";
+    for (std::size_t i = 0; i < shots.size(); ++i) os << "---:|";
+    os << "\n";
+    for (const auto& [task, by] : acc) {
+        os << "| " << task << " |";
+        for (int s : shots) {
+            auto it = by.find(s);
+            if (it == by.end()) os << " - |";
+            else os << " " << std::fixed << std::setprecision(1) << 100.0 * it->second.first / it->second.second
+                    << " (n=" << it->second.second << ") |";
+        }
+        os << "\n";
+    }
+    return os.str();
+}
+
+}  // namespace flamingo::fewshot
