@@ -15,7 +15,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                     t.num_kv_heads > 0 && t.num_heads % t.num_kv_heads == 0 && t.num_layers > 0 &&
                     t.intermediate_size > 0 && t.vocab_size > 0 && c.vision.width % c.vision.head_width == 0 &&
                     c.vision.image_size % c.vision.patch_size == 0 && c.cross_attn.every_n_layers >= 1 &&
-                    c.perceiver.depth >= 1 && c.vision.mlp_width() >= 1;
+                    c.perceiver.depth >= 1 && c.vision.mlp_width >= 1;
         if (!sane) __builtin_trap();
     } catch (const flamingo::Error&) {
     }

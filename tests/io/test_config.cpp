@@ -22,7 +22,7 @@ TEST_CASE("config: OpenFlamingo-3B (MPT-1B, mosaic_gpt)") {
     CHECK(c.vision.heads() == 16);
     CHECK(c.vision.grid_size() == 16);
     CHECK(c.vision.num_patches() == 256);
-    CHECK(c.vision.mlp_width() == 4096);
+    CHECK(c.vision.mlp_width == 4096);
     CHECK(c.vision.quick_gelu);
     CHECK_FALSE(c.vision.tokens_ln_post);
     CHECK(c.vision.image_mean[1] == 0.4578275f);
@@ -355,6 +355,7 @@ TEST_CASE("config: wrong JSON types") {
     j["media_token_id"] = -1;
     CHECK_CONFIG_ERROR(j, "media_token_id: must be at least 0");
     CHECK_ERROR(parse_config("[]", "config.json"), "config.json: config must be a JSON object");
+    CHECK_ERROR(parse_config(R"({"model_type": -1e999})", "config.json"), "config.json: invalid JSON", "overflow");
     CHECK_ERROR(parse_config("{\"model_type\": \"flamingo\",", "config.json"), "config.json: invalid JSON");
     CHECK_ERROR(parse_config(R"({"model_type": "flamingo", "model_type": "flamingo"})", "config.json"),
                 "duplicate key \"model_type\"");

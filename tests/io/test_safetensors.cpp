@@ -164,6 +164,7 @@ TEST_CASE("safetensors: hostile files, one per rule") {
         CHECK_ST_ERROR(st_image("", ""), "invalid JSON");
         CHECK_ST_ERROR(st_image("{}\xff", ""), "invalid JSON");
         CHECK_ST_ERROR(st_image("{\"\xff\":1}", ""), "invalid JSON");  // not UTF-8
+        CHECK_ST_ERROR(st_image("{\"a\":1e400}", ""), "invalid JSON", "number overflow");  // found by fuzzing
     }
     SUBCASE("header not an object") {
         CHECK_ST_ERROR(st_image("[1,2]", ""), "not a JSON object");

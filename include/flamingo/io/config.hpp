@@ -54,6 +54,7 @@ inline constexpr std::string_view family_name(Family f) {
 struct VisionConfig {
     int image_size = 0, patch_size = 0, width = 0, layers = 0, head_width = 64;
     float mlp_ratio = 4.0f;
+    int mlp_width = 0;            // int(width * mlp_ratio), computed as open_clip does (in double)
     bool quick_gelu = true;       // OpenAI CLIP weights (what OpenFlamingo uses)
     bool tokens_ln_post = false;  // ln_post on the patch tokens handed to the Perceiver
     std::array<float, 3> image_mean{0.48145466f, 0.4578275f, 0.40821073f};
@@ -62,7 +63,6 @@ struct VisionConfig {
     int heads() const { return width / head_width; }
     int grid_size() const { return image_size / patch_size; }
     int num_patches() const { return grid_size() * grid_size(); }  // tokens handed on (class token dropped)
-    int mlp_width() const { return int(float(width) * mlp_ratio); }  // as open_clip: int(width * mlp_ratio)
 };
 
 // OpenFlamingo PerceiverResampler; works at the vision width.
@@ -200,10 +200,6 @@ public:
         if (!std::isfinite(x)) bad(key, "must be finite");
         return x;
     }
-    float opt_num(std::string_view key, double def) const {
-        const json* v = get(key);
-        return float(v ? number(key, *v) : def);
-    }
     // A number in (0, hi].
     double opt_positive(std::string_view key, double def, double hi = 1e30) const {
         const json* v = get(key);
@@ -285,9 +281,11 @@ inline VisionConfig read_vision(const Fields& f) {
     v.head_width = f.opt_int("head_width", 64, 1, kMaxWidth);
     if (v.width % v.head_width != 0)
         f.bad("head_width", "(", v.head_width, ") does not divide width (", v.width, ")");
-    v.mlp_ratio = f.opt_positive("mlp_ratio", 4.0, 256.0);
-    if (v.mlp_width() < 1 || v.mlp_width() > kMaxFF)
-        f.bad("mlp_ratio", "gives an MLP width of ", v.mlp_width(), ", outside [1, ", kMaxFF, "]");
+    const double ratio = f.opt_positive("mlp_ratio", 4.0, 256.0);
+    v.mlp_ratio = float(ratio);
+    v.mlp_width = int(double(v.width) * ratio);
+    if (v.mlp_width < 1 || v.mlp_width > kMaxFF)
+        f.bad("mlp_ratio", "gives an MLP width of ", v.mlp_width, ", outside [1, ", kMaxFF, "]");
     v.quick_gelu = f.opt_bool("quick_gelu", true);
     v.tokens_ln_post = f.opt_bool("tokens_ln_post", false);
     v.image_mean = f.triple("image_mean", v.image_mean, false);
@@ -502,7 +500,7 @@ inline void read_mpt(TextConfig& t, const Fields& f, bool mosaic_gpt) {
             t.logit_scale = float(1.0 / std::sqrt(double(t.hidden_size)));
         } else {
             double x = f.number("logit_scale", *ls);
-            if (x == 0) f.bad("logit_scale", "must not be zero");
+            if (x == 0 || std::abs(x) > 1e30) f.bad("logit_scale", "must be non-zero and at most 1e30 in magnitude");
             t.logit_scale = float(x);
         }
     }

@@ -17,7 +17,7 @@
 // one column of 4:2:2 JPEGs); 4-channel JPEGs without an Adobe marker are read as
 // YCbCr rather than CMYK; RLE BMPs and plain-text PNM are not supported.
 // Palette PNGs and BMPs are given a full 256-entry palette before stb_image
-// sees them (see png_with_full_palette), and 16-bit BMPs rescaled, to match Pillow.
+// sees them (see png_for_stb), and 16-bit BMPs rescaled, to match Pillow.
 //
 // stb_image is compiled into this header with static linkage (STB_IMAGE_STATIC),
 // so every translation unit that includes it has a private copy and there is no
@@ -144,32 +144,93 @@ struct StbFree {
     void operator()(void* p) const { stbi_image_free(p); }
 };
 
-// A PNG whose PLTE has fewer than 256 entries, with the rest filled in as
-// Pillow's default palette (grey, i -> (i, i, i)): Pillow reads indices past the
-// palette's end there, while stb_image would read uninitialised memory. Empty
-// when there is nothing to change (stb_image itself rejects malformed palettes).
-inline std::vector<std::uint8_t> png_with_full_palette(std::span<const std::uint8_t> b) {
-    auto be32 = [&](std::size_t at) {
-        return (std::uint32_t{b[at]} << 24) | (std::uint32_t{b[at + 1]} << 16) | (std::uint32_t{b[at + 2]} << 8) | b[at + 3];
-    };
-    for (std::size_t pos = 8; b.size() >= 12 && pos <= b.size() - 12;) {
-        const std::size_t len = be32(pos);
-        const auto type = b.subspan(pos + 4, 4);
-        if (std::memcmp(type.data(), "IDAT", 4) == 0 || std::memcmp(type.data(), "IEND", 4) == 0) break;
+inline std::uint32_t read_be(std::span<const std::uint8_t> b, std::size_t at, int n) {
+    std::uint32_t v = 0;
+    for (int i = 0; i < n; ++i) v = (v << 8) | b[at + i];
+    return v;
+}
+
+// The PNG as stb_image should see it, or empty when it can take the file as is:
+//  - a PLTE of fewer than 256 entries is filled up with Pillow's default palette
+//    (grey, i -> (i, i, i)), which is what Pillow shows for indices past the
+//    file's palette, where stb_image would read uninitialised memory;
+//  - empty IDAT chunks are dropped (stb_image would memcpy to a null pointer).
+// Chunk CRCs are left as they are: stb_image does not check them.
+inline std::vector<std::uint8_t> png_for_stb(std::span<const std::uint8_t> b) {
+    std::vector<std::uint8_t> out;
+    bool changed = false;
+    std::size_t pos = 8;
+    out.insert(out.end(), b.begin(), b.begin() + std::min<std::size_t>(8, b.size()));
+    while (b.size() >= 12 && pos <= b.size() - 12) {
+        const std::size_t len = read_be(b, pos, 4);
         if (len > b.size() - pos - 12) break;
-        if (std::memcmp(type.data(), "PLTE", 4) == 0) {
-            if (len == 0 || len % 3 != 0 || len >= 768) break;
-            std::vector<std::uint8_t> out(b.begin(), b.begin() + pos);
+        const auto type = b.subspan(pos + 4, 4);
+        const std::size_t next = pos + 12 + len;
+        if (std::memcmp(type.data(), "IDAT", 4) == 0 && len == 0) {
+            changed = true;
+        } else if (std::memcmp(type.data(), "PLTE", 4) == 0 && len > 0 && len % 3 == 0 && len < 768) {
+            changed = true;
             for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<std::uint8_t>(768 >> s));
             out.insert(out.end(), b.begin() + pos + 4, b.begin() + pos + 8 + len);
             for (std::size_t i = len / 3; i < 256; ++i) out.insert(out.end(), 3, static_cast<std::uint8_t>(i));
-            out.insert(out.end(), 4, 0);  // CRC: stb_image does not check it
-            out.insert(out.end(), b.begin() + pos + 12 + len, b.end());
-            return out;
+            out.insert(out.end(), b.begin() + next - 4, b.begin() + next);
+        } else {
+            out.insert(out.end(), b.begin() + pos, b.begin() + next);
         }
-        pos += 12 + len;
+        pos = next;
+        if (std::memcmp(type.data(), "IEND", 4) == 0) break;
     }
-    return {};
+    if (!changed) return {};
+    out.insert(out.end(), b.begin() + pos, b.end());
+    return out;
+}
+
+// Where a JPEG's data starts after its SOI marker, 0 if it is no JPEG: stb_image
+// takes any run of 0xFF bytes followed by 0xD8 as the start of one.
+inline std::size_t jpeg_start(std::span<const std::uint8_t> b) {
+    std::size_t i = 0;
+    while (i < b.size() && b[i] == 0xFF) ++i;
+    return i > 0 && i < b.size() && b[i] == 0xD8 ? i + 1 : 0;
+}
+
+// stb_image 2.27 builds a JPEG Huffman table without checking that its code
+// counts add up to at most 256 and then writes past the table. Walk the marker
+// segments as stb_image does (stray bytes between segments skipped, entropy-coded
+// data up to the next marker) and refuse such tables before it sees them.
+inline void check_jpeg_huffman_tables(std::span<const std::uint8_t> b, const std::string& name) {
+    std::size_t pos = jpeg_start(b);
+    while (pos + 1 < b.size()) {
+        if (b[pos] != 0xFF || b[pos + 1] == 0xFF || b[pos + 1] == 0x00) {
+            ++pos;
+            continue;
+        }
+        const std::uint8_t marker = b[pos + 1];
+        pos += 2;
+        if (marker == 0xD9) return;  // EOI
+        if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;  // no segment
+        if (b.size() - pos < 2) return;
+        const std::size_t len = read_be(b, pos, 2);
+        if (len < 2) return;  // stb_image refuses it
+        if (marker == 0xC4) {
+            // Tables as stb_image reads them: while the segment has bytes left, a
+            // whole table, even past the segment's end; past the file's end it reads 0s.
+            std::size_t at = pos + 2;
+            for (long left = static_cast<long>(len) - 2; left > 0 && at < b.size();) {
+                std::size_t codes = 0;
+                for (std::size_t i = at + 1; i <= at + 16 && i < b.size(); ++i) codes += b[i];
+                check(codes <= 256, "image '", name, "': corrupt JPEG (Huffman table with ", codes, " codes)");
+                left -= static_cast<long>(17 + codes);
+                at += 17 + codes;
+            }
+        }
+        if (len > b.size() - pos) return;  // truncated: left to the reads past the end
+        pos += len;
+        if (marker == 0xDA) {  // entropy-coded data: FF 00 is a data byte, RSTn belong to the scan
+            while (pos + 1 < b.size() &&
+                   !(b[pos] == 0xFF && b[pos + 1] != 0x00 && b[pos + 1] != 0xFF && (b[pos + 1] < 0xD0 || b[pos + 1] > 0xD7)))
+                ++pos;
+        }
+    }
 }
 
 inline Image decode_stb(std::span<const std::uint8_t> bytes, const std::string& name, const ImageLimits& lim) {
@@ -330,17 +391,18 @@ inline void rescale_bmp16(std::span<const std::uint8_t> b, Image& im) {
     }
 }
 
-enum class ImageFormat { Unknown, Jpeg, Png, Bmp, Gif, Pnm, PlainPnm };
+enum class ImageFormat { Unknown, Jpeg, Png, Bmp, Gif, Pnm, PlainPnm, Tga };
 
 inline ImageFormat sniff(std::span<const std::uint8_t> b) {
     auto starts = [&](const char* magic, std::size_t n) { return b.size() >= n && std::memcmp(b.data(), magic, n) == 0; };
-    if (starts("\xFF\xD8\xFF", 3)) return ImageFormat::Jpeg;
+    if (starts("\xFF\xD8\xFF", 3)) return ImageFormat::Jpeg;  // Pillow's test; stb_image's is looser
+    if (jpeg_start(b) > 0) return ImageFormat::Unknown;
     if (starts("\x89PNG\r\n\x1A\n", 8)) return ImageFormat::Png;
     if (starts("BM", 2)) return ImageFormat::Bmp;
     if (starts("GIF87a", 6) || starts("GIF89a", 6)) return ImageFormat::Gif;
     if (b.size() >= 2 && b[0] == 'P' && b[1] >= '4' && b[1] <= '6') return ImageFormat::Pnm;
     if (b.size() >= 2 && b[0] == 'P' && b[1] >= '1' && b[1] <= '3') return ImageFormat::PlainPnm;
-    return ImageFormat::Unknown;  // TGA has no signature: stb_image decides
+    return ImageFormat::Tga;  // TGA has no signature: stb_image decides
 }
 
 inline std::vector<std::uint8_t> read_image_file(const std::filesystem::path& file, const ImageLimits& lim) {
@@ -389,12 +451,15 @@ inline Image decode_image(std::span<const std::uint8_t> bytes, const std::string
             return im;
         }
         case ImageFormat::Png: {
-            const auto padded = detail::png_with_full_palette(bytes);
-            return detail::decode_stb(padded.empty() ? bytes : std::span<const std::uint8_t>(padded), name, limits);
+            const auto fixed = detail::png_for_stb(bytes);
+            return detail::decode_stb(fixed.empty() ? bytes : std::span<const std::uint8_t>(fixed), name, limits);
         }
+        case ImageFormat::Jpeg: detail::check_jpeg_huffman_tables(bytes, name); return detail::decode_stb(bytes, name, limits);
         case ImageFormat::PlainPnm: fail("image '", name, "': plain (ASCII) PNM is not supported");
-        default: return detail::decode_stb(bytes, name, limits);
+        case ImageFormat::Unknown: fail("image '", name, "': not an image (unrecognised format)");
+        case ImageFormat::Tga: return detail::decode_stb(bytes, name, limits);
     }
+    fail("image '", name, "': unhandled format");
 }
 
 // Every frame of an animated GIF (one image for other formats), as Pillow's

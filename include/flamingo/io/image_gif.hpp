@@ -189,7 +189,7 @@ private:
         dispose_.y0 = std::min(y0, canvas_.height);
         dispose_.x1 = std::min(x0 + w, canvas_.width);
         dispose_.y1 = std::min(y0 + h, canvas_.height);
-        if (disposal_ < 2) return;
+        if (disposal_ < 2 || dispose_.x1 <= dispose_.x0 || dispose_.y1 <= dispose_.y0) return;
         if (disposal_ == 2) {
             // Pillow looks up the first frame's transparent index first; after the
             // first frame's palette conversion that entry is gone, except in grey images.
@@ -205,7 +205,7 @@ private:
         } else {
             dispose_.kind = Dispose::Restore;
             const int rw = dispose_.x1 - dispose_.x0;
-            dispose_.saved.resize(static_cast<std::size_t>(std::max(rw, 0)) * std::max(dispose_.y1 - dispose_.y0, 0) * 3);
+            dispose_.saved.resize(static_cast<std::size_t>(rw) * (dispose_.y1 - dispose_.y0) * 3);
             for (int y = dispose_.y0; y < dispose_.y1; ++y)
                 std::copy_n(&canvas_.rgb[(static_cast<std::size_t>(y) * canvas_.width + dispose_.x0) * 3],
                             static_cast<std::size_t>(rw) * 3,

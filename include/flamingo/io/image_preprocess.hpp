@@ -58,6 +58,8 @@ inline double bicubic_kernel(double x) {
 }
 
 constexpr int resample_precision_bits = 32 - 8 - 2;  // Pillow's PRECISION_BITS for 8-bit images
+constexpr std::uint64_t max_output_pixels = std::uint64_t{1} << 28;  // bounds what a bad argument can allocate
+constexpr int max_clip_image_size = 4096;
 
 // Fixed-point taps of one resampling axis, for the outputs [first_out, first_out + count).
 struct ResampleTaps {
@@ -208,6 +210,8 @@ inline int half_round_even(int n) {
 inline Image resize_bicubic(const Image& in, int width, int height) {
     detail::check_image(in, "resize_bicubic");
     check(width > 0 && height > 0, "resize_bicubic: target size ", width, "x", height, " must be positive");
+    check(static_cast<std::uint64_t>(width) * height <= detail::max_output_pixels, "resize_bicubic: target size ",
+          width, "x", height, " is too large");
     return detail::resize_bicubic_window(in, width, height, 0, 0, width, height);
 }
 
@@ -230,7 +234,8 @@ inline std::array<int, 2> clip_resize_size(int width, int height, int size) {
 inline std::vector<float> clip_preprocess(const Image& im, const ClipPreprocess& cfg) {
     detail::check_image(im, "clip_preprocess");
     const int S = cfg.image_size;
-    check(S > 0, "clip_preprocess: image_size must be positive, got ", S);
+    check(S > 0 && S <= detail::max_clip_image_size, "clip_preprocess: image_size must be in 1..",
+          detail::max_clip_image_size, ", got ", S);
     const auto [rw, rh] = clip_resize_size(im.width, im.height, S);
     // The shorter side is S and the longer at least S, so the crop never pads.
     const int left = detail::half_round_even(rw - S), top = detail::half_round_even(rh - S);

@@ -53,8 +53,9 @@ inline json parse_json(std::string_view text, const std::string& source,
     };
     try {
         return json::parse(text.begin(), text.end(), callback);
-    } catch (const json::parse_error& e) {
-        // e.what() is "[json.exception.parse_error.101] parse error at line 1, column 2: ..."
+    } catch (const json::exception& e) {
+        // Syntax errors, and numbers out of range ("1e400"): e.what() is
+        // "[json.exception.parse_error.101] parse error at line 1, column 2: ..."
         std::string_view msg = e.what();
         if (auto p = msg.find("] "); p != std::string_view::npos) msg.remove_prefix(p + 2);
         fail(source, ": invalid JSON: ", msg);
