@@ -10,6 +10,7 @@
 //   ./bench_kernels --benchmark_filter=Softmax
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -94,7 +95,10 @@ struct ThreadScope {
 
 void set_rate(benchmark::State& st, std::size_t elems) {
     st.counters["GB/s"] = benchmark::Counter(double(elems) * 8.0 * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+    st.counters["bytes"] = double(elems) * 8.0;  // for the summary, which uses the fastest repetition
 }
+
+double min_of(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
 
 void BM_Softmax(benchmark::State& st, Impl impl, std::size_t rows, std::size_t cols) {
     ThreadScope threads(impl);
@@ -164,7 +168,11 @@ void add(const std::string& op, Fn fn, std::size_t rows, std::size_t cols) {
     for (Impl impl : {Impl::kernel, Impl::kernel_1t, Impl::scalar}) {
         const std::string name =
             op + "/" + impl_name(impl) + "/rows:" + std::to_string(rows) + "/cols:" + std::to_string(cols);
-        auto* b = benchmark::RegisterBenchmark(name.c_str(), fn, impl, rows, cols)->Unit(benchmark::kMicrosecond);
+        auto* b = benchmark::RegisterBenchmark(name.c_str(), fn, impl, rows, cols)
+                      ->Unit(benchmark::kMicrosecond)
+                      ->Repetitions(5)
+                      ->ComputeStatistics("min", min_of)
+                      ->DisplayAggregatesOnly();
         // One-thread variants are timed by the thread's CPU time, which other jobs
         // on the machine disturb least; the pooled kernel needs wall time.
         if (impl == Impl::kernel) b->UseRealTime();
@@ -188,9 +196,11 @@ public:
     void ReportRuns(const std::vector<Run>& runs) override {
         ConsoleReporter::ReportRuns(runs);
         for (const auto& r : runs) {
-            if (r.run_type != Run::RT_Iteration) continue;
-            auto it = r.counters.find("GB/s");
-            if (it != r.counters.end()) gbs_[r.benchmark_name()] = double(it->second);
+            if (r.run_type != Run::RT_Aggregate || r.aggregate_name != "min") continue;
+            auto it = r.counters.find("bytes");
+            const bool wall = r.run_name.str().find("/real_time") != std::string::npos;
+            const double seconds = (wall ? r.GetAdjustedRealTime() : r.GetAdjustedCPUTime()) * 1e-6;  // us
+            if (it != r.counters.end() && seconds > 0) gbs_[r.run_name.str()] = double(it->second) / seconds * 1e-9;
         }
     }
     void Finalize() override {
@@ -207,11 +217,11 @@ public:
                 return it == gbs_.end() ? 0.0 : it->second;
             };
             const double k1 = other("kernel_1t"), s = other("scalar");
-            const std::string shape = name.substr(0, pos) + " " + rest;
+            const std::string shape = name.substr(0, pos) + " " + rest.substr(0, rest.find("/repeats"));
             std::printf("%-34s %10.2f %10.2f %10.2f %8.2fx %8.2fx\n", shape.c_str(), k, k1, s, s > 0 ? k / s : 0.0,
                         s > 0 ? k1 / s : 0.0);
         }
-        std::printf("threads: %d\n", flamingo::num_threads());
+        std::printf("threads: %d; fastest of 5 repetitions\n", flamingo::num_threads());
     }
 
 private:
