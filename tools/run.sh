@@ -12,6 +12,8 @@ jobs=$(nproc)
 
 packages="cmake make g++ libeigen3-dev libxsimd-dev libstb-dev doctest-dev nlohmann-json3-dev"
 [ "$what" = bench ] && packages="$packages libbenchmark-dev"
+# The tests also check the PyTorch reference, its fixtures and the converter.
+[ "$what" = test ] && packages="$packages python3-torch python3-numpy python3-pil"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
