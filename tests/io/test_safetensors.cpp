@@ -341,3 +341,30 @@ TEST_CASE("checkpoint: hostile directories") {
     index(R"({"a":"s1.safetensors"})");
     CHECK_ERROR(Checkpoint::open(dir.path), "s1.safetensors", "header length");
 }
+
+TEST_CASE("safetensors: read_as_float on tensors large enough to be split across threads") {
+    // Every 16-bit pattern once (plus a tail), as BF16 and as F16, starting one byte into the
+    // data section so every element is misaligned; checked against the scalar conversions.
+    const std::size_t n = 65536 + 7;
+    std::string data(1 + 4 * n, '\0');
+    for (std::size_t i = 0; i < 2 * n; ++i) {
+        std::uint16_t bits = std::uint16_t(i * 40503u);  // odd multiplier: a permutation of the patterns
+        std::memcpy(&data[1 + 2 * i], &bits, 2);
+    }
+    const std::string header = "{" + entry("pad", "U8", "[1]", 0, 1) + "," +
+                               entry("b", "BF16", "[" + std::to_string(n) + "]", 1, 1 + 2 * n) + "," +
+                               entry("h", "F16", "[" + std::to_string(n) + "]", 1 + 2 * n, 1 + 4 * n) + "}";
+    const std::string img = st_image(header, data);
+    auto f = SafeTensorsFile::from_memory(reinterpret_cast<const std::byte*>(img.data()), img.size(), "mem");
+    auto b = read_as_float(f.get("b"));
+    auto h = read_as_float(f.get("h"));
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        std::uint16_t bb, hb;
+        std::memcpy(&bb, &data[1 + 2 * i], 2);
+        std::memcpy(&hb, &data[1 + 2 * n + 2 * i], 2);
+        bad += !same_float(b[i], float(flamingo::bf16::from_bits(bb)));
+        bad += !same_float(h[i], flamingo::f16::to_float(hb));
+    }
+    CHECK(bad == 0);
+}
