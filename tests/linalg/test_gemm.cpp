@@ -84,8 +84,9 @@ double compare(const Case& c, const std::vector<float>& C, std::size_t ldc, cons
     return worst;
 }
 
+// x_chunk_bytes > 0 calls the packed weight path directly with that chunk size.
 template <class W>
-double run_linear(const Case& c, std::mt19937& gen) {
+double run_linear(const Case& c, std::mt19937& gen, std::size_t x_chunk_bytes = 0) {
     const std::size_t ldx = c.K + c.pad, ldw = c.K + c.pad, ldy = c.N + c.pad;
     auto X = padded(c.M, c.K, ldx, gen);
     auto wf = padded(c.N, c.K, ldw, gen);
@@ -108,8 +109,12 @@ double run_linear(const Case& c, std::mt19937& gen) {
             ref[i * c.N + j] = s;
             mag[i * c.N + j] = a;
         }
-    fk::linear(c.M, c.N, c.K, X.data(), ldx, w.data(), ldw, c.bias ? bias.data() : nullptr, Y.data(), ldy,
-               c.accumulate);
+    if (x_chunk_bytes)
+        fk::detail::gemm_weight(c.M, c.N, c.K, X.data(), ldx, w.data(), ldw, Y.data(), ldy, c.accumulate,
+                                c.bias ? bias.data() : nullptr, x_chunk_bytes);
+    else
+        fk::linear(c.M, c.N, c.K, X.data(), ldx, w.data(), ldw, c.bias ? bias.data() : nullptr, Y.data(), ldy,
+                   c.accumulate);
     return compare(c, Y, ldy, ref, mag);
 }
 
@@ -185,6 +190,20 @@ TEST_CASE("every option combination on each kernel path") {
                         if (!c.bf16_weights && !c.bias) run_case(c, false, gen);
                     }
                 }
+    }
+}
+
+TEST_CASE("the weight path over several chunks of rows") {
+    // Normally a chunk of X is 8 MiB; tiny chunks exercise the loop over chunks
+    // (one and a few register-block rows per chunk, a short last chunk).
+    std::mt19937 gen(5);
+    for (int threads : {1, 2}) {
+        ThreadCount tc(threads);
+        for (std::size_t chunk : {std::size_t(1), std::size_t(100000)})
+            for (std::size_t M : {9, 50, 100}) {
+                run_linear<float>(Case{M, 70, 300, false, true, false, 2}, gen, chunk);
+                run_linear<bf16>(Case{M, 70, 300, true, false, true, 0}, gen, chunk);
+            }
     }
 }
 

@@ -2,12 +2,18 @@
 // A small persistent thread pool for data-parallel loops.
 //
 // Decoding calls parallel loops thousands of times per token (one per matrix),
-// so waking the workers must cost microseconds: workers spin briefly on a
+// so starting one must cost well under a microsecond: workers spin briefly on a
 // generation counter before sleeping on it (std::atomic::wait, a futex on Linux).
+// A worker claims its chunk with a compare-and-swap; when the caller finishes its
+// own chunk and finds another still unclaimed (that worker is asleep, or the OS
+// has not scheduled it), it runs that chunk itself instead of waiting, so a busy
+// or oversubscribed machine degrades to serial speed rather than to a stall.
 // Nested calls run serially on the calling thread.
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -35,28 +41,62 @@ public:
         start(n - 1);
     }
 
-    // Runs fn(ctx, worker_index) for worker_index in [0, size()); the caller is worker 0.
+    // Runs fn(ctx, i) exactly once for every i in [0, size()): i = 0 on the caller,
+    // i >= 1 on worker i, or on the caller if worker i has not claimed it by then.
     void run(void (*fn)(void*, int), void* ctx) {
         if (workers_.empty() || in_worker()) {
             for (int i = 0; i < size(); ++i) fn(ctx, i);
             return;
         }
         std::lock_guard lock(run_mutex_);  // one parallel loop at a time from user threads
+        const std::size_t nw = workers_.size();
+        const unsigned g = generation_.load(std::memory_order_relaxed) + 1;
         task_fn_ = fn;
         task_ctx_ = ctx;
-        pending_.store(int(workers_.size()), std::memory_order_relaxed);
-        generation_.fetch_add(1, std::memory_order_release);
-        generation_.notify_all();
+        for (std::size_t w = 0; w < nw; ++w) slots_[w].state.store(slot_value(g, kOpen), std::memory_order_relaxed);
+        generation_.store(g, std::memory_order_release);
+        generation_.notify_all();  // a syscall only if some worker sleeps
+
+        // An exception ends nothing early: every chunk still runs or is waited for
+        // (workers use ctx until they are done), then the first one is rethrown.
+        std::exception_ptr error;
         in_worker() = true;
-        fn(ctx, 0);
+        guarded(fn, ctx, 0, error);
+        for (std::size_t w = 0; w < nw; ++w)  // chunks nobody has started: run them here
+            if (claim(w, g)) {
+                guarded(fn, ctx, int(w + 1), error);
+                slots_[w].state.store(slot_value(g, kDone), std::memory_order_release);
+            }
         in_worker() = false;
-        for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins)
-            if (spins > 4096) std::this_thread::yield();
+        for (std::size_t w = 0; w < nw; ++w) {
+            for (int spins = 0; slots_[w].state.load(std::memory_order_acquire) != slot_value(g, kDone); ++spins)
+                if (spins > 4096) std::this_thread::yield();
+            if (slots_[w].error && !error) error = slots_[w].error;
+            slots_[w].error = nullptr;
+        }
+        if (error) std::rethrow_exception(error);
     }
 
     ~ThreadPool() { stop(); }
 
 private:
+    enum : std::uint64_t { kOpen = 0, kClaimed = 1, kDone = 2 };
+    // A slot's state carries the generation it belongs to, so a worker that wakes
+    // late cannot claim a chunk of a loop that has moved on.
+    static std::uint64_t slot_value(unsigned g, std::uint64_t st) { return (std::uint64_t(g) << 2) | st; }
+    struct alignas(64) Slot {  // one cache line each: workers do not disturb each other
+        std::atomic<std::uint64_t> state{0};
+        std::exception_ptr error;  // thrown by the chunk, written before kDone is published
+    };
+
+    static void guarded(void (*fn)(void*, int), void* ctx, int i, std::exception_ptr& error) {
+        try {
+            fn(ctx, i);
+        } catch (...) {
+            if (!error) error = std::current_exception();
+        }
+    }
+
     ThreadPool() {
         unsigned hc = std::thread::hardware_concurrency();
         start(int(hc ? hc : 1) - 1);
@@ -67,12 +107,18 @@ private:
         return flag;
     }
 
+    bool claim(std::size_t w, unsigned g) {
+        std::uint64_t open = slot_value(g, kOpen);
+        return slots_[w].state.compare_exchange_strong(open, slot_value(g, kClaimed), std::memory_order_acq_rel);
+    }
+
     void start(int nworkers) {
         quit_.store(false);
+        slots_ = std::make_unique<Slot[]>(std::size_t(nworkers));
         // The generation is read here, not in the new thread: a thread that starts
-        // late would otherwise miss a task (or the stop) published before it ran.
+        // late would otherwise miss the stop published before it ran.
         const unsigned seen = generation_.load(std::memory_order_acquire);
-        for (int i = 0; i < nworkers; ++i) workers_.emplace_back([this, i, seen] { loop(i + 1, seen); });
+        for (int i = 0; i < nworkers; ++i) workers_.emplace_back([this, i, seen] { loop(std::size_t(i), seen); });
     }
 
     void stop() {
@@ -84,7 +130,7 @@ private:
         workers_.clear();
     }
 
-    void loop(int index, unsigned seen) {
+    void loop(std::size_t w, unsigned seen) {
         in_worker() = true;
         for (;;) {
             unsigned g;
@@ -95,15 +141,16 @@ private:
             }
             seen = g;
             if (quit_.load()) return;
-            task_fn_(task_ctx_, index);
-            pending_.fetch_sub(1, std::memory_order_acq_rel);
+            if (!claim(w, g)) continue;  // the caller took this chunk already
+            guarded(task_fn_, task_ctx_, int(w + 1), slots_[w].error);
+            slots_[w].state.store(slot_value(g, kDone), std::memory_order_release);
         }
     }
 
     std::mutex run_mutex_;
     std::vector<std::thread> workers_;
-    std::atomic<unsigned> generation_{0};
-    std::atomic<int> pending_{0};
+    std::unique_ptr<Slot[]> slots_;
+    alignas(64) std::atomic<unsigned> generation_{0};
     std::atomic<bool> quit_{false};
     void (*task_fn_)(void*, int) = nullptr;
     void* task_ctx_ = nullptr;
@@ -117,6 +164,8 @@ inline void set_num_threads(int n) { detail::ThreadPool::instance().resize(n); }
 
 // Calls f(begin, end) on disjoint chunks covering [0, n), one chunk per thread,
 // chunk boundaries multiples of `align` (the last chunk takes the remainder).
+// Chunk i normally runs on pool thread i (the caller is thread 0); a chunk whose
+// thread has not started it when the caller is done with its own runs on the caller.
 template <class F>
 void parallel_for(std::size_t n, F&& f, std::size_t align = 1) {
     auto& pool = detail::ThreadPool::instance();

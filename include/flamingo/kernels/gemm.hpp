@@ -66,7 +66,7 @@ void linear(std::size_t M, std::size_t N, std::size_t K, const float* X, std::si
     detail::check_matrix("linear", "Y", Y, M, N, ldy);
     if (K == 0) return detail::empty_product(M, N, bias, Y, ldy, accumulate);
     if (M <= detail::kSmallM) return detail::linear_small(M, N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
-    detail::gemm_packed(M, N, K, X, ldx, detail::BTransposed<W>{w, ldw}, Y, ldy, accumulate, bias);
+    detail::gemm_weight(M, N, K, X, ldx, w, ldw, Y, ldy, accumulate, bias);
 }
 
 }  // namespace flamingo::kernels

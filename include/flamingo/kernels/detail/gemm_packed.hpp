@@ -112,10 +112,10 @@ struct LinePrefetcher {
     }
 };
 
-// B operand sources: element (k, n). pack() fills one sliver (columns
+// The B operand of matmul, B[K, N] row-major. pack() fills one sliver (columns
 // [n0, n0 + nr) of rows [k0, k0 + kc), width w >= nr, zero-padded); source()
 // describes the memory that packing columns [n0, n1) of those rows reads.
-struct BRowMajor {  // B[K, N] row-major
+struct BRowMajor {
     const float* p;
     std::size_t ld;
     void pack(std::size_t k0, std::size_t kc, std::size_t n0, std::size_t nr, std::size_t w, float* dst) const {
@@ -136,18 +136,6 @@ struct BRowMajor {  // B[K, N] row-major
     }
 };
 
-template <class W>
-struct BTransposed {  // B = W^T with W[N, K] row-major (a weight stored [out, in])
-    const W* p;
-    std::size_t ld;
-    void pack(std::size_t k0, std::size_t kc, std::size_t n0, std::size_t nr, std::size_t w, float* dst) const {
-        pack_interleaved(p + n0 * ld + k0, ld, nr, w, kc, dst);
-    }
-    LinePrefetcher source(std::size_t k0, std::size_t kc, std::size_t n0, std::size_t n1) const {
-        return {reinterpret_cast<const char*>(p + n0 * ld + k0), kc * sizeof(W), ld * sizeof(W), n1 - n0};
-    }
-};
-
 inline Scratch& shared_b_scratch() {
     thread_local Scratch s;
     return s;
@@ -163,8 +151,7 @@ inline Scratch& a_scratch() {
 // then compute; both steps are split into the same P parts and part p always
 // runs on pool thread p, so part p can prefetch, while computing, exactly the
 // source memory it will pack next.
-template <class BSrc>
-void gemm_packed(std::size_t M, std::size_t N, std::size_t K, const float* A, std::size_t lda, const BSrc& B,
+inline void gemm_packed(std::size_t M, std::size_t N, std::size_t K, const float* A, std::size_t lda, const BRowMajor& B,
                  float* C, std::size_t ldc, bool accumulate, const float* bias) {
     constexpr std::size_t MR = kMR, NR = kNR;
     const std::size_t P = std::size_t(num_threads());
@@ -258,6 +245,67 @@ void gemm_packed(std::size_t M, std::size_t N, std::size_t K, const float* A, st
                 }
             });
         }
+    }
+}
+
+// Y[M, N] (=|+=) X[M, K] · W[N, K]^T (+ bias[N]) for weights stored [out, in]; K > 0.
+//
+// A weight's rows run along K, so its slivers are packed one at a time over the
+// whole of K: NR rows read start to end, which keeps DRAM streaming (packing a
+// K-block of many rows instead reads short pieces of thousands of rows, several
+// times slower). X is packed once per chunk of rows, shared by the threads;
+// the threads split the slivers, so nothing is packed twice.
+inline constexpr std::size_t kPanelKC = 1024;                   // K-block of the weight path
+inline constexpr std::size_t kXChunkBytes = std::size_t(8) << 20;  // packed X per chunk (stays in L3)
+
+inline Scratch& panel_scratch() {
+    thread_local Scratch s;
+    return s;
+}
+
+template <class W>
+void gemm_weight(std::size_t M, std::size_t N, std::size_t K, const float* X, std::size_t ldx, const W* w,
+                 std::size_t ldw, float* Y, std::size_t ldy, bool accumulate, const float* bias,
+                 std::size_t x_chunk_bytes = kXChunkBytes) {
+    constexpr std::size_t MR = kMR, NR = kNR;
+    const std::size_t kblocks = (K + kPanelKC - 1) / kPanelKC;
+    const std::size_t kc_max = (K + kblocks - 1) / kblocks;
+    std::size_t mchunk = std::max<std::size_t>(1, x_chunk_bytes / (K * sizeof(float) * MR)) * MR;
+    mchunk = std::min(mchunk, (M + MR - 1) / MR * MR);
+    float* xp = shared_b_scratch().get(mchunk * K);
+    const std::size_t slivers = (N + NR - 1) / NR;
+
+    for (std::size_t i0 = 0; i0 < M; i0 += mchunk) {
+        const std::size_t mcur = std::min(mchunk, M - i0), xs = (mcur + MR - 1) / MR;
+        // X sliver a holds rows i0 + a*MR.., laid out [k][MR] over the whole of K.
+        parallel_for(xs, [&](std::size_t a0, std::size_t a1) {
+            for (std::size_t a = a0; a < a1; ++a)
+                pack_interleaved(X + (i0 + a * MR) * ldx, ldx, std::min(MR, mcur - a * MR), MR, K, xp + a * MR * K);
+        });
+        parallel_for(slivers, [&](std::size_t s0, std::size_t s1) {
+            float* bp = panel_scratch().get(K * NR);
+            for (std::size_t s = s0; s < s1; ++s) {
+                const std::size_t n0 = s * NR, nr = std::min(NR, N - n0);
+                const std::size_t nv = (nr + kV - 1) / kV, wd = nv * kV;
+                pack_interleaved(w + n0 * ldw, ldw, nr, wd, K, bp);  // [k][wd]
+                // Next sliver's rows: fetched from DRAM while this one is multiplied.
+                LinePrefetcher pf;
+                if (s + 1 < s1)
+                    pf = {reinterpret_cast<const char*>(w + (n0 + NR) * ldw), K * sizeof(W), ldw * sizeof(W),
+                          std::min(NR, N - n0 - NR)};
+                const std::size_t per_call = pf.lines_left() / (kblocks * xs) + 1;
+                for (std::size_t pc = 0; pc < K; pc += kc_max) {
+                    const std::size_t kc = std::min(kc_max, K - pc);
+                    const bool load_c = accumulate || pc > 0;
+                    const float* bias_s = pc == 0 && bias ? bias + n0 : nullptr;
+                    for (std::size_t a = 0; a < xs; ++a) {
+                        pf.issue(per_call);
+                        tile_any(nv, kc, xp + a * MR * K + pc * MR, bp + pc * wd, Y + (i0 + a * MR) * ldy + n0, ldy,
+                                 std::min(MR, mcur - a * MR), nr, load_c, bias_s);
+                    }
+                }
+            }
+        });
     }
 }
 

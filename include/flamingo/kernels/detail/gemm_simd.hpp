@@ -143,49 +143,65 @@ inline void transpose16x16(__m512 r[16]) {
 // dst[k * R + r] = src[r * ld + k] for r < rows, 0 for rows <= r < R; k < kc.
 // This is how both GEMM operands are packed when the reduction dimension is
 // contiguous in memory (A always, B when it is a weight stored [out, in]).
+// Blocks of G rows x G columns are transposed in registers; the G rows are
+// read as G concurrent streams, each prefetched a few lines ahead because the
+// hardware prefetchers do not follow that many streams (rows of a weight are
+// often a multiple of 4 KiB apart).
 template <class T>
 inline void pack_interleaved(const T* src, std::size_t ld, std::size_t rows, std::size_t R, std::size_t kc,
                              float* dst) {
-    std::size_t k = 0;
+    [[maybe_unused]] constexpr std::size_t ahead = 512 / sizeof(T);  // prefetch distance in elements
+    std::size_t kb = 0;                              // columns done by the block path
 #if defined(__AVX512F__)
-    if (R % 16 == 0 && kV == 16) {
-        static const float zeros[16] = {};
-        for (; k + 16 <= kc; k += 16) {
-            for (std::size_t r0 = 0; r0 < R; r0 += 16) {
+    if (R % 16 == 0 && kc >= 16) {
+        kb = kc / 16 * 16;
+        for (std::size_t r0 = 0; r0 < R; r0 += 16) {
+            const std::size_t live = rows > r0 ? std::min<std::size_t>(16, rows - r0) : 0;
+            const T* s0 = src + r0 * ld;
+            for (std::size_t k = 0; k < kb; k += 16) {
                 __m512 v[16];
-                for (std::size_t i = 0; i < 16; ++i)
-                    v[i] = r0 + i < rows ? __m512(load_w(src + (r0 + i) * ld + k)) : _mm512_loadu_ps(zeros);
+                for (std::size_t i = 0; i < 16; ++i) {
+                    if (i < live) {
+                        __builtin_prefetch(s0 + i * ld + k + ahead, 0, 3);
+                        v[i] = __m512(load_w(s0 + i * ld + k));
+                    } else {
+                        v[i] = _mm512_setzero_ps();
+                    }
+                }
                 transpose16x16(v);
                 for (std::size_t i = 0; i < 16; ++i) _mm512_storeu_ps(dst + (k + i) * R + r0, v[i]);
             }
         }
     }
-#endif
-#if defined(__AVX__)
+#elif defined(__AVX__)
     // 8x8 blocks: f32 sources, or bf16 where a vector holds 8 floats
-    if constexpr (std::is_same_v<T, float> || kV == 8) {
-        if (R % 8 == 0 && k == 0) {
-            auto load8 = [](const T* p) {
-                if constexpr (std::is_same_v<T, float>)
-                    return _mm256_loadu_ps(p);
-                else
-                    return __m256(load_w(p));
-            };
-            for (; k + 8 <= kc; k += 8) {
-                for (std::size_t r0 = 0; r0 < R; r0 += 8) {
-                    __m256 v[8];
-                    for (std::size_t i = 0; i < 8; ++i)
-                        v[i] = r0 + i < rows ? load8(src + (r0 + i) * ld + k) : _mm256_setzero_ps();
-                    transpose8x8(v);
-                    for (std::size_t i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (k + i) * R + r0, v[i]);
+    if (R % 8 == 0 && kc >= 8 && (std::is_same_v<T, float> || kV == 8)) {
+        kb = kc / 8 * 8;
+        for (std::size_t r0 = 0; r0 < R; r0 += 8) {
+            const std::size_t live = rows > r0 ? std::min<std::size_t>(8, rows - r0) : 0;
+            const T* s0 = src + r0 * ld;
+            for (std::size_t k = 0; k < kb; k += 8) {
+                __m256 v[8];
+                for (std::size_t i = 0; i < 8; ++i) {
+                    if (i < live) {
+                        __builtin_prefetch(s0 + i * ld + k + ahead, 0, 3);
+                        if constexpr (std::is_same_v<T, float>)
+                            v[i] = _mm256_loadu_ps(s0 + i * ld + k);
+                        else
+                            v[i] = __m256(load_w(s0 + i * ld + k));
+                    } else {
+                        v[i] = _mm256_setzero_ps();
+                    }
                 }
+                transpose8x8(v);
+                for (std::size_t i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (k + i) * R + r0, v[i]);
             }
         }
     }
 #endif
-    for (; k < kc; ++k) {
-        for (std::size_t r = 0; r < rows; ++r) dst[k * R + r] = to_f32(src[r * ld + k]);
-        for (std::size_t r = rows; r < R; ++r) dst[k * R + r] = 0.0f;
+    for (std::size_t r = 0; r < R; ++r) {  // remaining columns, element by element
+        const T* s = src + r * ld;
+        for (std::size_t k = kb; k < kc; ++k) dst[k * R + r] = r < rows ? to_f32(s[k]) : 0.0f;
     }
 }
 

@@ -123,39 +123,62 @@ inline void linear_small(std::size_t M, std::size_t N, std::size_t K, const floa
     }
 }
 
-// C[m, cols] (=|+=) A[m, :] · B[:, cols] for MM rows: SV-vector column strips with
-// the C strip in registers, walking down B's rows.
+// C[m, cols] (=|+=) A[m, :] · B[:, cols] for MM rows: an SV-vector column strip
+// with the C strip in registers, walking down B's rows.
 template <std::size_t MM, std::size_t SV>
 inline void matmul_strip(std::size_t K, const float* A, std::size_t lda, const float* B, std::size_t ldb, float* C,
                          std::size_t ldc, bool accumulate) {
-    fbatch acc[MM][SV];
-    for (std::size_t m = 0; m < MM; ++m)
-        for (std::size_t v = 0; v < SV; ++v) acc[m][v] = fbatch(0.0f);
-    for (std::size_t k = 0; k < K; ++k, B += ldb) {
+    // Two accumulator sets (even and odd k) when there are too few chains to hide FMA latency.
+    constexpr std::size_t U = MM * SV < 8 ? 2 : 1;
+    fbatch acc[U][MM][SV];
+    for (std::size_t u = 0; u < U; ++u)
+        for (std::size_t m = 0; m < MM; ++m)
+            for (std::size_t v = 0; v < SV; ++v) acc[u][m][v] = fbatch(0.0f);
+    auto step = [&](std::size_t u, std::size_t k) {
+        const float* b = B + k * ldb;
         fbatch bv[SV];
-        for (std::size_t v = 0; v < SV; ++v) bv[v] = fbatch::load_unaligned(B + v * kV);
+        for (std::size_t v = 0; v < SV; ++v) bv[v] = fbatch::load_unaligned(b + v * kV);
         for (std::size_t m = 0; m < MM; ++m) {
             fbatch a(A[m * lda + k]);
-            for (std::size_t v = 0; v < SV; ++v) acc[m][v] = xsimd::fma(a, bv[v], acc[m][v]);
+            for (std::size_t v = 0; v < SV; ++v) acc[u][m][v] = xsimd::fma(a, bv[v], acc[u][m][v]);
         }
-    }
+    };
+    std::size_t k = 0;
+    for (; k + U <= K; k += U)
+        for (std::size_t u = 0; u < U; ++u) step(u, k + u);
+    for (; k < K; ++k) step(0, k);
     for (std::size_t m = 0; m < MM; ++m)
         for (std::size_t v = 0; v < SV; ++v) {
             float* c = C + m * ldc + v * kV;
-            fbatch r = acc[m][v];
+            fbatch r = acc[0][m][v];
+            for (std::size_t u = 1; u < U; ++u) r += acc[u][m][v];
             if (accumulate) r += fbatch::load_unaligned(c);
             r.store_unaligned(c);
         }
 }
 
+// Strips of exactly nv < SV vectors (the columns left after the full strips).
+template <std::size_t MM, std::size_t SV>
+inline void matmul_strip_n(std::size_t nv, std::size_t K, const float* A, std::size_t lda, const float* B,
+                           std::size_t ldb, float* C, std::size_t ldc, bool accumulate) {
+    if constexpr (SV > 1) {
+        if (nv == SV - 1) return matmul_strip<MM, SV - 1>(K, A, lda, B, ldb, C, ldc, accumulate);
+        return matmul_strip_n<MM, SV - 1>(nv, K, A, lda, B, ldb, C, ldc, accumulate);
+    }
+}
+
 template <std::size_t MM>
 inline void matmul_small_m(std::size_t N, std::size_t K, const float* A, std::size_t lda, const float* B,
                            std::size_t ldb, float* C, std::size_t ldc, bool accumulate) {
-    constexpr std::size_t SV = std::max<std::size_t>(1, std::min<std::size_t>(4, kAccRegs / MM));
+    // Wide strips read long pieces of each row of B (friendlier to DRAM than narrow ones).
+    constexpr std::size_t SV = std::max<std::size_t>(1, std::min<std::size_t>(8, kAccRegs / MM));
     auto body = [&](std::size_t j0, std::size_t j1) {
         std::size_t j = j0;
         for (; j + SV * kV <= j1; j += SV * kV) matmul_strip<MM, SV>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
-        for (; j + kV <= j1; j += kV) matmul_strip<MM, 1>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+        if (std::size_t nv = (j1 - j) / kV) {
+            matmul_strip_n<MM, SV>(nv, K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+            j += nv * kV;
+        }
         for (; j < j1; ++j)  // last columns (fewer than a vector)
             for (std::size_t m = 0; m < MM; ++m) {
                 float s = 0.0f;
