@@ -175,12 +175,11 @@ void attend_block(const Problem& P, std::size_t h, std::size_t i0, std::size_t R
     float* qt = ws.qt.data();
     float* st = ws.st.data();
     float* ot = ws.ot.data();
-    const float* qrow[BQ];
-    for (std::size_t r = 0; r < R; ++r) qrow[r] = P.q_row(h, i0 + r);
-    for (std::size_t dd = 0; dd < d; ++dd) {  // contiguous stores, gathered loads
-        float* qd = qt + dd * BQ;
-        for (std::size_t r = 0; r < R; ++r) qd[r] = qrow[r][dd] * a.scale;
-        for (std::size_t r = R; r < BQ; ++r) qd[r] = 0.0f;
+    // Row by row: query rows are often a power of two apart (heads interleaved
+    // in 4 KiB rows), and reading them column by column would thrash one L1 set.
+    for (std::size_t r = 0; r < BQ; ++r) {
+        const float* qr = r < R ? P.q_row(h, i0 + r) : nullptr;
+        for (std::size_t dd = 0; dd < d; ++dd) qt[dd * BQ + r] = qr ? qr[dd] * a.scale : 0.0f;
     }
     std::fill_n(ot, d * BQ, 0.0f);
 
@@ -214,6 +213,12 @@ void attend_block(const Problem& P, std::size_t h, std::size_t i0, std::size_t R
             for (int c = 0; c < NK; ++c) kp[c] = kh + (t0 + j + c) * a.k_row_stride;
             qk_keys<NV, NK>(qt, d, kp, st + j * BQ, mt);
         }
+        if constexpr (NK > 4)
+            for (; j + 4 <= tn; j += 4) {  // a tile of 64 keys leaves 4 for NK = 6
+                const float* kp[4];
+                for (int c = 0; c < 4; ++c) kp[c] = kh + (t0 + j + c) * a.k_row_stride;
+                qk_keys<NV, 4>(qt, d, kp, st + j * BQ, mt);
+            }
         for (; j < tn; ++j) {
             const float* kp[1] = {kh + (t0 + j) * a.k_row_stride};
             qk_keys<NV, 1>(qt, d, kp, st + j * BQ, mt);
