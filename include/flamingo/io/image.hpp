@@ -21,8 +21,14 @@
 //
 // stb_image is compiled into this header with static linkage (STB_IMAGE_STATIC),
 // so every translation unit that includes it has a private copy and there is no
-// symbol to collide with another copy of stb_image elsewhere in the program.
-// Include this header before any other inclusion of <stb_image.h> in a TU.
+// symbol to collide with another copy of stb_image elsewhere in the program (a
+// TU that includes <stb_image.h> before this header is stopped by an #error).
+// The inline decode functions below call those static functions, so strictly
+// each TU's copy of them refers to different (identical) entities; the linker
+// keeps one copy of each inline function, which calls its own TU's stb_image.
+// Before stb_image sees a file, the decoder refuses or mends what stb_image
+// 2.27 would mishandle (found by fuzzing; see check_jpeg_huffman_tables,
+// png_for_stb, bmp_with_full_palette, the zeroing allocator below).
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -308,11 +314,11 @@ inline Image decode_pnm(std::span<const std::uint8_t> b, const std::string& name
     const long maxval = kind == '4' ? 1 : token("maxval");
     check(maxval > 0 && maxval < 65536, "image '", name, "': PNM maxval ", maxval, " is not in 1..65535");
 
-    Image im = blank_image(static_cast<int>(w), static_cast<int>(h));
     const std::size_t count = static_cast<std::size_t>(w) * h;
     const std::size_t bands = kind == '6' ? 3 : 1, sample = maxval < 256 ? 1 : 2;
     const std::size_t row_bytes = kind == '4' ? (static_cast<std::size_t>(w) + 7) / 8 : w * bands * sample;
     check(b.size() - pos >= row_bytes * h, "image '", name, "': truncated PNM data");
+    Image im = blank_image(static_cast<int>(w), static_cast<int>(h));
     const std::uint8_t* d = b.data() + pos;
     if (kind == '4') {  // 1 bit per pixel, 1 = black
         for (long y = 0; y < h; ++y)
@@ -326,9 +332,9 @@ inline Image decode_pnm(std::span<const std::uint8_t> b, const std::string& name
     // to 255; other maxvals scale with Python's round(v / maxval * top), where top
     // is 65535 for P5 with maxval > 255 (mode "I", then clipped), else 255.
     const double top = (kind == '5' && maxval > 255) ? 65535.0 : 255.0;
-    std::array<std::uint8_t, 65536> map{};
-    for (long v = 0; v <= (sample == 1 ? 255 : 65535); ++v) {
-        double s = v;
+    std::vector<std::uint8_t> map(sample == 1 ? 256 : 65536);
+    for (std::size_t v = 0; v < map.size(); ++v) {
+        double s = static_cast<double>(v);
         if (maxval != 255 && !(kind == '5' && maxval == 65535))
             s = std::min(top, std::nearbyint(static_cast<double>(v) / static_cast<double>(maxval) * top));
         map[v] = static_cast<std::uint8_t>(std::min(s, 255.0));

@@ -18,7 +18,9 @@
 // Known differences: a later frame reaching past the canvas is clipped (Pillow
 // grows the image size, inconsistently); LZW data that ends before the frame is
 // full leaves the rest at the frame's fill index (Pillow reads on into the
-// following blocks). A file that ends inside a frame's data is an error.
+// following blocks). A file that ends inside a frame's header or pixel data is
+// an error; one that ends between frames (or inside an extension) just has no
+// more frames, as for Pillow.
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -58,16 +60,19 @@ public:
             const std::uint8_t tag = data_[pos_++];
             if (tag == 0x3B) return false;
             if (tag == 0x21) {
-                const std::uint8_t label = byte("extension");
-                const std::size_t len = byte("extension");
-                need(len, "extension");
+                // A file ending inside an extension has no more frames; Pillow stops there too.
+                if (data_.size() - pos_ < 2) return false;
+                const std::uint8_t label = data_[pos_];
+                const std::size_t len = data_[pos_ + 1];
+                pos_ += 2;
+                if (data_.size() - pos_ < len) return false;
                 if (label == 0xF9 && len >= 4) {  // graphic control: disposal and transparency
                     const std::uint8_t f = data_[pos_];
                     if (f & 1) transparency = data_[pos_ + 3];
                     if ((f >> 2) & 7) disposal_ = (f >> 2) & 7;
                 }
                 pos_ += len;
-                if (len > 0) skip_blocks(true);
+                if (len > 0 && !skip_blocks()) return false;
                 continue;
             }
             if (tag == 0x2C) break;
@@ -86,7 +91,7 @@ public:
         }
         const int code_bits = byte("image data");
         if (!draw) {
-            skip_blocks(false);
+            skip_blocks();
             ++frame_;
             return true;
         }
@@ -159,20 +164,15 @@ private:
         pos_ += static_cast<std::size_t>(3) * n;
         return needed;
     }
-    // Skips data sub-blocks up to the terminator. After a frame's pixels Pillow
-    // tolerates a file that just ends, so `required` = false allows that.
-    void skip_blocks(bool required) {
+    // Skips data sub-blocks up to the terminator; false when the file ends first.
+    bool skip_blocks() {
         for (;;) {
-            if (pos_ >= data_.size()) {
-                if (required) fail_truncated("extension");
-                return;
-            }
+            if (pos_ >= data_.size()) return false;
             const std::size_t len = data_[pos_++];
-            if (len == 0) return;
+            if (len == 0) return true;
             if (data_.size() - pos_ < len) {
-                if (required) fail_truncated("extension");
                 pos_ = data_.size();
-                return;
+                return false;
             }
             pos_ += len;
         }
@@ -306,7 +306,7 @@ private:
         }
         // Skip what is left of the data; a file that just ends here is fine.
         pos_ += block_left <= data_.size() - pos_ ? block_left : data_.size() - pos_;
-        skip_blocks(false);
+        skip_blocks();  // a file that just ends after the pixels is fine, as for Pillow
     }
 
     struct Dispose {

@@ -229,8 +229,12 @@ inline std::array<int, 2> clip_resize_size(int width, int height, int size) {
 
 // open_clip's eval transform: Resize(image_size, BICUBIC) on the shorter side,
 // CenterCrop(image_size), ToTensor (/255), Normalize(mean, std). Returns CHW float
-// [3, image_size, image_size]. When the resize would not change the size it is
-// skipped, as torchvision does (so an image_size square image passes unresampled).
+// [3, image_size, image_size], bit-identical to torchvision's. When the resize
+// would not change the size it is skipped, as torchvision does (so an image_size
+// square image passes unresampled). The input is RGB: open_clip itself converts
+// to RGB only after resizing, so a palette, alpha, 16-bit or 1-bit PIL image
+// handed to it unconverted is resampled differently (nearest neighbour for
+// palettes, premultiplied alpha); decoding here always converts first.
 inline std::vector<float> clip_preprocess(const Image& im, const ClipPreprocess& cfg) {
     detail::check_image(im, "clip_preprocess");
     const int S = cfg.image_size;
