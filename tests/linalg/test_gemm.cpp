@@ -56,10 +56,11 @@ struct Case {
     std::size_t M, N, K;
     bool bf16_weights = false, bias = false, accumulate = false;
     std::size_t pad = 0;  // extra elements per row in every operand
+    int path = 0;         // matmul: 0 as dispatched, 1 packed K-blocks of B, 2 packed slivers of B
     std::string str() const {
         return "M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
                (bf16_weights ? " bf16" : " f32") + (bias ? " bias" : "") + (accumulate ? " accumulate" : "") +
-               " pad=" + std::to_string(pad) + " threads=" + std::to_string(flamingo::num_threads());
+               " pad=" + std::to_string(pad) + " path=" + std::to_string(path) + " threads=" + std::to_string(flamingo::num_threads());
     }
 };
 
@@ -110,7 +111,7 @@ double run_linear(const Case& c, std::mt19937& gen, std::size_t x_chunk_bytes = 
             mag[i * c.N + j] = a;
         }
     if (x_chunk_bytes)
-        fk::detail::gemm_weight(c.M, c.N, c.K, X.data(), ldx, w.data(), ldw, Y.data(), ldy, c.accumulate,
+        fk::detail::gemm_panels(c.M, c.N, c.K, X.data(), ldx, fk::detail::WeightRows<W>{w.data(), ldw}, Y.data(), ldy, c.accumulate,
                                 c.bias ? bias.data() : nullptr, x_chunk_bytes);
     else
         fk::linear(c.M, c.N, c.K, X.data(), ldx, w.data(), ldw, c.bias ? bias.data() : nullptr, Y.data(), ldy,
@@ -134,7 +135,14 @@ double run_matmul(const Case& c, std::mt19937& gen) {
             ref[i * c.N + j] = s;
             mag[i * c.N + j] = a;
         }
-    fk::matmul(c.M, c.N, c.K, A.data(), lda, B.data(), ldb, C.data(), ldc, c.accumulate);
+    if (c.path == 1)
+        fk::detail::gemm_packed(c.M, c.N, c.K, A.data(), lda, fk::detail::BRowMajor{B.data(), ldb}, C.data(), ldc,
+                                c.accumulate, nullptr);
+    else if (c.path == 2)
+        fk::detail::gemm_panels(c.M, c.N, c.K, A.data(), lda, fk::detail::RowMajorPanels{B.data(), ldb}, C.data(),
+                                ldc, c.accumulate, nullptr);
+    else
+        fk::matmul(c.M, c.N, c.K, A.data(), lda, B.data(), ldb, C.data(), ldc, c.accumulate);
     return compare(c, C, ldc, ref, mag);
 }
 
@@ -160,6 +168,7 @@ void sweep(bool is_linear) {
                     c.bias = is_linear && (v & 2);
                     c.accumulate = v & 4;
                     c.pad = (v & 8) ? 1 + v % 5 : 0;
+                    if (!is_linear && M > 8) c.path = 1 + int(v & 1);  // both packed paths of matmul
                     v = v * 7 + 3;  // an odd multiplier walks all 16 combinations in different orders
                     worst = std::max(worst, run_case(c, is_linear, gen));
                 }
@@ -187,7 +196,12 @@ TEST_CASE("every option combination on each kernel path") {
                     for (unsigned v = 0; v < 16; ++v) {
                         Case c{M, N, K, bool(v & 1), bool(v & 2), bool(v & 4), (v & 8) ? 3u : 0u};
                         run_case(c, true, gen);
-                        if (!c.bf16_weights && !c.bias) run_case(c, false, gen);
+                        if (!c.bf16_weights && !c.bias)
+                            for (int path : {0, 1, 2})
+                                if (path == 0 || M > 8) {
+                                    c.path = path;
+                                    run_case(c, false, gen);
+                                }
                     }
                 }
     }
@@ -212,6 +226,7 @@ TEST_CASE("large products") {
     ThreadCount tc(2);
     run_case(Case{257, 1000, 1000, true, true, false, 0}, true, gen);
     run_case(Case{1000, 257, 1000, false, false, true, 5}, false, gen);
+    run_case(Case{20, 3100, 700, false, false, false, 1}, false, gen);  // B over 8 MiB: K-blocks of B
     run_case(Case{8, 4096, 1000, true, true, true, 2}, true, gen);
 }
 

@@ -50,7 +50,13 @@ inline void matmul(std::size_t M, std::size_t N, std::size_t K, const float* A, 
     detail::check_matrix("matmul", "C", C, M, N, ldc);
     if (K == 0) return detail::empty_product(M, N, nullptr, C, ldc, accumulate);
     if (M <= detail::kSmallM) return detail::matmul_small(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
-    detail::gemm_packed(M, N, K, A, lda, detail::BRowMajor{B, ldb}, C, ldc, accumulate, nullptr);
+    // Packing B one sliver at a time reads K short pieces of rows: fine while B is
+    // in cache or there are many rows of A to amortise it; otherwise pack K-blocks
+    // of long rows.
+    if (M >= 256 || K * N * sizeof(float) <= (std::size_t(8) << 20))
+        detail::gemm_panels(M, N, K, A, lda, detail::RowMajorPanels{B, ldb}, C, ldc, accumulate, nullptr);
+    else
+        detail::gemm_packed(M, N, K, A, lda, detail::BRowMajor{B, ldb}, C, ldc, accumulate, nullptr);
 }
 
 // Y[M,N] = X[M,K] · W[N,K]^T + bias[N]  -- PyTorch nn.Linear, W stored [out, in].
@@ -66,7 +72,7 @@ void linear(std::size_t M, std::size_t N, std::size_t K, const float* X, std::si
     detail::check_matrix("linear", "Y", Y, M, N, ldy);
     if (K == 0) return detail::empty_product(M, N, bias, Y, ldy, accumulate);
     if (M <= detail::kSmallM) return detail::linear_small(M, N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
-    detail::gemm_weight(M, N, K, X, ldx, w, ldw, Y, ldy, accumulate, bias);
+    detail::gemm_panels(M, N, K, X, ldx, detail::WeightRows<W>{w, ldw}, Y, ldy, accumulate, bias);
 }
 
 }  // namespace flamingo::kernels

@@ -1,11 +1,17 @@
 #pragma once
 // Packed, register-blocked GEMM for the compute-bound shapes (M beyond a few rows).
 //
-// The classic arrangement: B is packed per K-block into slivers of NR columns
-// (k-major, so one k step reads NR contiguous floats), A into slivers of MR rows;
-// an MR x NR micro-kernel keeps the whole C tile in registers and does MR*NR/kV
-// FMAs per k step from NR/kV vector loads and MR broadcasts. The packed B block
-// is shared by all threads (packed cooperatively); each thread packs its own A.
+// Operands are packed into slivers: A into MR rows, B into NR columns, both
+// k-major, so one k step of the MR x NR micro-kernel reads NR contiguous floats
+// of B and MR of A. The micro-kernel keeps the whole C tile in registers and does
+// MR*NR/kV FMAs per k step from NR/kV vector loads and MR broadcasts.
+//
+// Two drivers share it, differing in how B is packed:
+//  - gemm_panels packs one B sliver at a time over all of K (A packed once and
+//    shared). Used for weights (their rows run along K, so a sliver is NR rows
+//    read start to end) and for matmul when B is in cache or M is large.
+//  - gemm_packed packs B in K-blocks of long row pieces (classic GotoBLAS order),
+//    for matmul with few rows of A and a large row-major B coming from DRAM.
 #include <algorithm>
 #include <cstddef>
 
@@ -19,11 +25,16 @@ namespace flamingo::kernels::detail {
 inline constexpr std::size_t kMR = kAvx512 ? 8 : 6;
 inline constexpr std::size_t kNV = kAvx512 ? 3 : 2;
 inline constexpr std::size_t kNR = kNV * kV;
-// Cache blocking: a B sliver (KC x NR) stays in L1 while the A block (MC x KC,
-// in L2) streams past it; the packed B block (KC x NC) is shared in L2/L3.
+// Cache blocking of gemm_packed: a B sliver (KC x NR) stays in L1 while the A
+// block (MC x KC, in L2) streams past it; the packed B block (KC x NC) is shared
+// in L2/L3.
 inline constexpr std::size_t kKC = 256;
 inline constexpr std::size_t kMC = 96;
 inline constexpr std::size_t kNC = 3072;
+// gemm_panels: K-block per micro-kernel call (the B sliver piece, KC x NR, is
+// read from L1/L2 by every A sliver), and the size of the packed A chunk (L3).
+inline constexpr std::size_t kPanelKC = 1024;
+inline constexpr std::size_t kAChunkBytes = std::size_t(8) << 20;
 
 // acc = A_sliver · B_sliver over kc; C tile = (load_c ? C : 0) + acc (+ bias).
 template <std::size_t MR, std::size_t NV>
@@ -136,7 +147,8 @@ struct BRowMajor {
     }
 };
 
-inline Scratch& shared_b_scratch() {
+// Packed operand shared by all threads of one product: the calling thread's.
+inline Scratch& shared_scratch() {
     thread_local Scratch s;
     return s;
 }
@@ -151,8 +163,8 @@ inline Scratch& a_scratch() {
 // then compute; both steps are split into the same P parts and part p always
 // runs on pool thread p, so part p can prefetch, while computing, exactly the
 // source memory it will pack next.
-inline void gemm_packed(std::size_t M, std::size_t N, std::size_t K, const float* A, std::size_t lda, const BRowMajor& B,
-                 float* C, std::size_t ldc, bool accumulate, const float* bias) {
+inline void gemm_packed(std::size_t M, std::size_t N, std::size_t K, const float* A, std::size_t lda,
+                        const BRowMajor& B, float* C, std::size_t ldc, bool accumulate, const float* bias) {
     constexpr std::size_t MR = kMR, NR = kNR;
     const std::size_t P = std::size_t(num_threads());
 
@@ -168,7 +180,7 @@ inline void gemm_packed(std::size_t M, std::size_t N, std::size_t K, const float
     mblocks = (M + mc - 1) / mc;
 
     const std::size_t nc_max = std::min(kNC, (N + NR - 1) / NR * NR);
-    float* bp = shared_b_scratch().get(kc_max * nc_max);
+    float* bp = shared_scratch().get(kc_max * nc_max);
     auto slivers_of = [&](std::size_t nc) { return (nc + NR - 1) / NR; };
     auto part_range = [&](std::size_t n, std::size_t p) { return std::pair{n * p / P, n * (p + 1) / P}; };
 
@@ -248,31 +260,55 @@ inline void gemm_packed(std::size_t M, std::size_t N, std::size_t K, const float
     }
 }
 
-// Y[M, N] (=|+=) X[M, K] · W[N, K]^T (+ bias[N]) for weights stored [out, in]; K > 0.
-//
-// A weight's rows run along K, so its slivers are packed one at a time over the
-// whole of K: NR rows read start to end, which keeps DRAM streaming (packing a
-// K-block of many rows instead reads short pieces of thousands of rows, several
-// times slower). X is packed once per chunk of rows, shared by the threads;
-// the threads split the slivers, so nothing is packed twice.
-inline constexpr std::size_t kPanelKC = 1024;                   // K-block of the weight path
-inline constexpr std::size_t kXChunkBytes = std::size_t(8) << 20;  // packed X per chunk (stays in L3)
-
 inline Scratch& panel_scratch() {
     thread_local Scratch s;
     return s;
 }
 
+// Sources of the B operand for gemm_panels: pack_panel() writes columns
+// [n0, n0 + nr) over all of K as [k][wd] (zero-padded to wd), source() names the
+// memory that packing columns [n0, n1) reads.
 template <class W>
-void gemm_weight(std::size_t M, std::size_t N, std::size_t K, const float* X, std::size_t ldx, const W* w,
-                 std::size_t ldw, float* Y, std::size_t ldy, bool accumulate, const float* bias,
-                 std::size_t x_chunk_bytes = kXChunkBytes) {
+struct WeightRows {  // B = W^T, W[N, K] row-major (a weight stored [out, in])
+    const W* p;
+    std::size_t ld;
+    void pack_panel(std::size_t n0, std::size_t nr, std::size_t wd, std::size_t K, float* dst) const {
+        pack_interleaved(p + n0 * ld, ld, nr, wd, K, dst);
+    }
+    LinePrefetcher source(std::size_t n0, std::size_t n1, std::size_t K) const {
+        return {reinterpret_cast<const char*>(p + n0 * ld), K * sizeof(W), ld * sizeof(W), n1 - n0};
+    }
+};
+
+struct RowMajorPanels {  // B[K, N] row-major
+    const float* p;
+    std::size_t ld;
+    void pack_panel(std::size_t n0, std::size_t nr, std::size_t wd, std::size_t K, float* dst) const {
+        BRowMajor{p, ld}.pack(0, K, n0, nr, wd, dst);
+    }
+    LinePrefetcher source(std::size_t n0, std::size_t n1, std::size_t K) const {
+        return {reinterpret_cast<const char*>(p + n0), (n1 - n0) * sizeof(float), ld * sizeof(float), K};
+    }
+};
+
+// Y[M, N] (=|+=) X[M, K] · B[K, N] (+ bias[N]); K > 0.
+//
+// X is packed once per chunk of rows (shared by the threads); the threads split
+// the B slivers, packing each over all of K just before multiplying it and
+// prefetching the next one's source meanwhile. Nothing is packed twice. For a
+// weight this reads NR rows start to end, which keeps DRAM streaming: packing a
+// K-block of many weight rows instead reads short pieces of thousands of rows,
+// and measured several times slower.
+template <class BSrc>
+void gemm_panels(std::size_t M, std::size_t N, std::size_t K, const float* X, std::size_t ldx, const BSrc& B,
+                 float* Y, std::size_t ldy, bool accumulate, const float* bias,
+                 std::size_t x_chunk_bytes = kAChunkBytes) {
     constexpr std::size_t MR = kMR, NR = kNR;
     const std::size_t kblocks = (K + kPanelKC - 1) / kPanelKC;
     const std::size_t kc_max = (K + kblocks - 1) / kblocks;
     std::size_t mchunk = std::max<std::size_t>(1, x_chunk_bytes / (K * sizeof(float) * MR)) * MR;
     mchunk = std::min(mchunk, (M + MR - 1) / MR * MR);
-    float* xp = shared_b_scratch().get(mchunk * K);
+    float* xp = shared_scratch().get(mchunk * K);
     const std::size_t slivers = (N + NR - 1) / NR;
 
     for (std::size_t i0 = 0; i0 < M; i0 += mchunk) {
@@ -287,12 +323,10 @@ void gemm_weight(std::size_t M, std::size_t N, std::size_t K, const float* X, st
             for (std::size_t s = s0; s < s1; ++s) {
                 const std::size_t n0 = s * NR, nr = std::min(NR, N - n0);
                 const std::size_t nv = (nr + kV - 1) / kV, wd = nv * kV;
-                pack_interleaved(w + n0 * ldw, ldw, nr, wd, K, bp);  // [k][wd]
-                // Next sliver's rows: fetched from DRAM while this one is multiplied.
+                B.pack_panel(n0, nr, wd, K, bp);  // [k][wd]
+                // The next sliver's source: fetched from DRAM while this one is multiplied.
                 LinePrefetcher pf;
-                if (s + 1 < s1)
-                    pf = {reinterpret_cast<const char*>(w + (n0 + NR) * ldw), K * sizeof(W), ldw * sizeof(W),
-                          std::min(NR, N - n0 - NR)};
+                if (s + 1 < s1) pf = B.source(n0 + NR, std::min(N, n0 + 2 * NR), K);
                 const std::size_t per_call = pf.lines_left() / (kblocks * xs) + 1;
                 for (std::size_t pc = 0; pc < K; pc += kc_max) {
                     const std::size_t kc = std::min(kc_max, K - pc);
