@@ -61,6 +61,21 @@ inline fbatch load_w(const bf16* p) {
 #endif
 }
 
+// Keeps v in a register: without this GCC folds the load of a vector that is
+// used several times into every FMA that uses it, re-loading it each time, and
+// a loop with many accumulators becomes bound by load bandwidth.
+inline void pin(fbatch& v) {
+#if defined(__GNUC__) && defined(__AVX512F__)
+    typename fbatch::register_type r = v;
+    asm("" : "+v"(r));
+    v = fbatch(r);
+#elif defined(__GNUC__) && defined(__SSE2__)
+    typename fbatch::register_type r = v;
+    asm("" : "+x"(r));
+    v = fbatch(r);
+#endif
+}
+
 inline float to_f32(float x) { return x; }
 inline float to_f32(bf16 x) { return float(x); }
 

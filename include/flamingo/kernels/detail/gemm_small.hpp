@@ -14,7 +14,7 @@ namespace flamingo::kernels::detail {
 
 inline constexpr std::size_t kSmallM = 8;
 // Accumulator registers the small kernels may use (leaves room for loads).
-inline constexpr std::size_t kAccRegs = kAvx512 ? 16 : 8;
+inline constexpr std::size_t kAccRegs = kAvx512 ? 24 : 8;
 // Below this many multiply-adds one thread is faster than waking the others.
 inline constexpr std::size_t kParallelMin = 32 * 1024;
 
@@ -45,6 +45,7 @@ inline void dot_block(std::size_t K, const float* X, std::size_t ldx, const W* w
             for (std::size_t r = 0; r < R; ++r) wv[r] = load_w(w + r * ldw + k + u * kV);
             for (std::size_t m = 0; m < MM; ++m) {
                 fbatch xv = fbatch::load_unaligned(X + m * ldx + k + u * kV);
+                if constexpr (R > 1) pin(xv);
                 for (std::size_t r = 0; r < R; ++r) acc[u][m][r] = xsimd::fma(xv, wv[r], acc[u][m][r]);
             }
         }
@@ -137,9 +138,13 @@ inline void matmul_strip(std::size_t K, const float* A, std::size_t lda, const f
     auto step = [&](std::size_t u, std::size_t k) {
         const float* b = B + k * ldb;
         fbatch bv[SV];
-        for (std::size_t v = 0; v < SV; ++v) bv[v] = fbatch::load_unaligned(b + v * kV);
+        for (std::size_t v = 0; v < SV; ++v) {
+            bv[v] = fbatch::load_unaligned(b + v * kV);
+            if constexpr (MM > 1) pin(bv[v]);
+        }
         for (std::size_t m = 0; m < MM; ++m) {
             fbatch a(A[m * lda + k]);
+            if constexpr (SV > 1) pin(a);
             for (std::size_t v = 0; v < SV; ++v) acc[u][m][v] = xsimd::fma(a, bv[v], acc[u][m][v]);
         }
     };
