@@ -2,8 +2,9 @@
 //
 // Prints Google Benchmark's table, then a summary with the ratios that matter:
 // ours / Eigen for GEMM, bf16 / f32 for GEMV, GEMV bandwidth / measured read
-// bandwidth. All timings are wall-clock (UseRealTime) since the kernels are
-// multi-threaded.
+// bandwidth. Multi-threaded runs are timed by wall clock; single-threaded ones
+// (names ending in _1t, Eigen's default product, the naive loop) by the CPU time
+// of the thread, which stays meaningful when other jobs share the cores.
 //
 //   ./bench_gemm                      all benchmarks, then the summary
 //   ./bench_gemm --benchmark_filter=Gemv
@@ -41,6 +42,20 @@ struct Shape {
 };
 const Shape kGemmShapes[] = {{1, 2048, 2048}, {64, 2048, 8192}, {320, 1024, 1024}, {1024, 1024, 1024}};
 
+// Runs a benchmark with the pool at a given size (0: leave it).
+class PoolSize {
+public:
+    explicit PoolSize(int n) : saved_(flamingo::num_threads()) {
+        if (n) flamingo::set_num_threads(n);
+    }
+    ~PoolSize() {
+        if (flamingo::num_threads() != saved_) flamingo::set_num_threads(saved_);
+    }
+
+private:
+    int saved_;
+};
+
 void set_gemm_counters(benchmark::State& st, const Shape& s) {
     st.counters["GFLOP/s"] = benchmark::Counter(2.0 * double(s.M) * double(s.N) * double(s.K) * 1e-9,
                                                 benchmark::Counter::kIsIterationInvariantRate);
@@ -48,7 +63,8 @@ void set_gemm_counters(benchmark::State& st, const Shape& s) {
 
 // ---------------------------------------------------------------- GEMM
 
-void BM_GemmOurs(benchmark::State& st, Shape s) {
+void BM_GemmOurs(benchmark::State& st, Shape s, int threads) {
+    PoolSize pool(threads);
     auto A = random_floats(s.M * s.K, 1), B = random_floats(s.K * s.N, 2);
     std::vector<float> C(s.M * s.N);
     for (auto _ : st) {
@@ -121,7 +137,8 @@ void BM_GemmNaive(benchmark::State& st, Shape s) {
 constexpr std::size_t kColdBytes = std::size_t(512) << 20;
 
 template <class W>
-void BM_Gemv(benchmark::State& st, std::size_t N, std::size_t K) {
+void BM_Gemv(benchmark::State& st, std::size_t N, std::size_t K, int threads) {
+    PoolSize pool(threads);
     const std::size_t one = N * K * sizeof(W);
     const std::size_t copies = std::max<std::size_t>(1, (kColdBytes + one - 1) / one);
     std::vector<W> w(copies * N * K);
@@ -208,7 +225,8 @@ void BM_LinearGemm(benchmark::State& st, std::size_t M, std::size_t N, std::size
 // ---------------------------------------------------------------- bandwidth
 
 // Streaming read-reduce over 1 GiB with all threads: the machine's read bandwidth.
-void BM_ReadBandwidth(benchmark::State& st) {
+void BM_ReadBandwidth(benchmark::State& st, int threads) {
+    PoolSize pool(threads);
     const std::size_t n = (std::size_t(1) << 30) / sizeof(float);
     std::vector<float> buf(n, 1.0f);
     std::vector<float> partial(64);
@@ -236,10 +254,13 @@ void BM_ReadBandwidth(benchmark::State& st) {
 // ---------------------------------------------------------------- thread pool
 
 void BM_EmptyParallelFor(benchmark::State& st) {
+    // Two chunks: the caller's and the worker's (which the caller runs itself
+    // if the worker has not claimed it by the time the caller is done).
     for (auto _ : st) flamingo::parallel_for(2, [](std::size_t, std::size_t) { benchmark::ClobberMemory(); });
 }
 
-void BM_SmallGemv(benchmark::State& st, std::size_t N, std::size_t K) {
+void BM_SmallGemv(benchmark::State& st, std::size_t N, std::size_t K, int threads) {
+    PoolSize pool(threads);
     auto w = random_floats(N * K, 1), x = random_floats(K, 2);
     std::vector<float> y(N);
     for (auto _ : st) {
@@ -250,42 +271,53 @@ void BM_SmallGemv(benchmark::State& st, std::size_t N, std::size_t K) {
 
 // ---------------------------------------------------------------- registration
 
+std::string shape_name(const Shape& s) {
+    return std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
+}
+const std::pair<std::size_t, std::size_t> kGemvShapes[] = {{2048, 2048}, {2048, 8192}, {8192, 2048}, {50280, 2048}};
+
 void register_all() {
     for (const Shape& s : kGemmShapes) {
-        std::string shape = std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
-        benchmark::RegisterBenchmark(("Gemm/ours/" + shape).c_str(), BM_GemmOurs, s)->UseRealTime();
-        benchmark::RegisterBenchmark(("Gemm/eigen/" + shape).c_str(), BM_GemmEigen, s)->UseRealTime();
+        const std::string shape = shape_name(s);
+        benchmark::RegisterBenchmark(("Gemm/ours/" + shape).c_str(), BM_GemmOurs, s, 0)->UseRealTime();
+        benchmark::RegisterBenchmark(("Gemm/ours_1t/" + shape).c_str(), BM_GemmOurs, s, 1);
+        benchmark::RegisterBenchmark(("Gemm/eigen/" + shape).c_str(), BM_GemmEigen, s);
         benchmark::RegisterBenchmark(("Gemm/eigen_tensor_2t/" + shape).c_str(), BM_GemmEigenTensor2T, s)
             ->UseRealTime();
         if (s.M * s.N * s.K <= std::size_t(1) << 30)
-            benchmark::RegisterBenchmark(("Gemm/naive/" + shape).c_str(), BM_GemmNaive, s)->UseRealTime();
+            benchmark::RegisterBenchmark(("Gemm/naive/" + shape).c_str(), BM_GemmNaive, s);
     }
-    const std::pair<std::size_t, std::size_t> gemv[] = {{2048, 2048}, {2048, 8192}, {8192, 2048}, {50280, 2048}};
-    for (auto [N, K] : gemv) {
-        std::string shape = std::to_string(N) + "x" + std::to_string(K);
-        benchmark::RegisterBenchmark(("Gemv/f32/" + shape).c_str(), BM_Gemv<float>, N, K)->UseRealTime();
-        benchmark::RegisterBenchmark(("Gemv/bf16/" + shape).c_str(), BM_Gemv<bf16>, N, K)->UseRealTime();
-        benchmark::RegisterBenchmark(("Gemv/eigen_f32/" + shape).c_str(), BM_GemvEigen, N, K)->UseRealTime();
+    for (auto [N, K] : kGemvShapes) {
+        const std::string shape = std::to_string(N) + "x" + std::to_string(K);
+        benchmark::RegisterBenchmark(("Gemv/f32/" + shape).c_str(), BM_Gemv<float>, N, K, 0)->UseRealTime();
+        benchmark::RegisterBenchmark(("Gemv/bf16/" + shape).c_str(), BM_Gemv<bf16>, N, K, 0)->UseRealTime();
+        benchmark::RegisterBenchmark(("Gemv/f32_1t/" + shape).c_str(), BM_Gemv<float>, N, K, 1);
+        benchmark::RegisterBenchmark(("Gemv/bf16_1t/" + shape).c_str(), BM_Gemv<bf16>, N, K, 1);
+        benchmark::RegisterBenchmark(("Gemv/eigen_f32/" + shape).c_str(), BM_GemvEigen, N, K);
     }
+    benchmark::RegisterBenchmark("Bandwidth/read", BM_ReadBandwidth, 0)->UseRealTime();
+    benchmark::RegisterBenchmark("Bandwidth/read_1t", BM_ReadBandwidth, 1);
     for (std::size_t M : {2, 4, 8, 16}) {
-        std::string shape = std::to_string(M) + "x8192x2048";
+        const std::string shape = std::to_string(M) + "x8192x2048";
         benchmark::RegisterBenchmark(("LinearSmallM/f32/" + shape).c_str(), BM_LinearSmallM<float>, M, 8192, 2048)
             ->UseRealTime();
         benchmark::RegisterBenchmark(("LinearSmallM/bf16/" + shape).c_str(), BM_LinearSmallM<bf16>, M, 8192, 2048)
             ->UseRealTime();
     }
-    const Shape lin[] = {{64, 1024, 1024}, {257, 4096, 1024}, {1300, 2048, 2048}};
-    for (const Shape& s : lin) {
-        std::string shape = std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
+    for (const Shape& s : {Shape{64, 1024, 1024}, Shape{257, 4096, 1024}, Shape{1300, 2048, 2048}}) {
+        const std::string shape = shape_name(s);
         benchmark::RegisterBenchmark(("Linear/f32/" + shape).c_str(), BM_LinearGemm<float>, s.M, s.N, s.K)
             ->UseRealTime();
         benchmark::RegisterBenchmark(("Linear/bf16/" + shape).c_str(), BM_LinearGemm<bf16>, s.M, s.N, s.K)
             ->UseRealTime();
     }
-    benchmark::RegisterBenchmark("Bandwidth/read", BM_ReadBandwidth)->UseRealTime();
     benchmark::RegisterBenchmark("Pool/empty_parallel_for", BM_EmptyParallelFor)->UseRealTime();
-    benchmark::RegisterBenchmark("Pool/gemv_256x256", BM_SmallGemv, 256, 256)->UseRealTime();
-    benchmark::RegisterBenchmark("Pool/gemv_1024x1024", BM_SmallGemv, 1024, 1024)->UseRealTime();
+    for (int t : {0, 1}) {
+        const std::string sfx = t ? "_1t" : "";
+        benchmark::RegisterBenchmark(("Pool/gemv_256x256" + sfx).c_str(), BM_SmallGemv, 256, 256, t)->UseRealTime();
+        benchmark::RegisterBenchmark(("Pool/gemv_1024x1024" + sfx).c_str(), BM_SmallGemv, 1024, 1024, t)
+            ->UseRealTime();
+    }
 }
 
 // Records every run's counters so the summary can put ratios side by side.
@@ -311,32 +343,40 @@ public:
 };
 
 void print_summary(const Recorder& r) {
-    std::printf("\nSummary (threads=%d)\n", flamingo::num_threads());
-    std::printf("%-18s %9s %9s %9s %9s %11s %11s\n", "GEMM MxNxK", "ours", "eigen", "eigen-2t", "naive",
-                "ours/eigen", "ours/eig2t");
+    std::printf("\nSummary (pool: %d threads). GFLOP/s; 2-thread columns by wall time, 1-thread by CPU time.\n",
+                flamingo::num_threads());
+    std::printf("%-16s %8s %8s %8s %8s %8s %10s %10s %10s\n", "GEMM MxNxK", "ours", "ours_1t", "eigen", "eig_2t",
+                "naive", "ours/eig", "1t/eig", "ours/eig2t");
     for (const Shape& s : kGemmShapes) {
-        std::string shape = std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
-        double o = r.counter("Gemm/ours/" + shape, "GFLOP/s"), e = r.counter("Gemm/eigen/" + shape, "GFLOP/s");
-        double e2 = r.counter("Gemm/eigen_tensor_2t/" + shape, "GFLOP/s"), n = r.counter("Gemm/naive/" + shape, "GFLOP/s");
+        const std::string shape = shape_name(s);
+        auto g = [&](const char* who) { return r.counter(std::string("Gemm/") + who + "/" + shape, "GFLOP/s"); };
+        double o = g("ours"), o1 = g("ours_1t"), e = g("eigen"), e2 = g("eigen_tensor_2t"), n = g("naive");
         if (o == 0) continue;
-        std::printf("%-18s %9.1f %9.1f %9.1f %9.1f %11.2f %11.2f\n", shape.c_str(), o, e, e2, n, e ? o / e : 0,
-                    e2 ? o / e2 : 0);
+        std::printf("%-16s %8.1f %8.1f %8.1f %8.1f %8.1f %10.2f %10.2f %10.2f\n", shape.c_str(), o, o1, e, e2, n,
+                    e ? o / e : 0, e ? o1 / e : 0, e2 ? o / e2 : 0);
     }
-    double bw = r.counter("Bandwidth/read", "GB/s");
-    std::printf("\nread bandwidth (all threads): %.1f GB/s\n", bw);
-    std::printf("%-18s %10s %10s %12s %12s %9s %9s %9s %9s\n", "GEMV NxK", "f32 GB/s", "bf16 GB/s", "f32 rows/s",
-                "bf16 rows/s", "bf16/f32", "f32/bw", "bf16/bw", "eigen/f32");
-    for (const char* shape : {"2048x2048", "2048x8192", "8192x2048", "50280x2048"}) {
-        std::string s = shape;
-        double f = r.counter("Gemv/f32/" + s, "GB/s"), b = r.counter("Gemv/bf16/" + s, "GB/s");
-        double fr = r.counter("Gemv/f32/" + s, "rows/s"), br = r.counter("Gemv/bf16/" + s, "rows/s");
-        double er = r.counter("Gemv/eigen_f32/" + s, "rows/s");
+    const double bw = r.counter("Bandwidth/read", "GB/s"), bw1 = r.counter("Bandwidth/read_1t", "GB/s");
+    std::printf("\nread bandwidth: %.1f GB/s (all threads, wall), %.1f GB/s (1 thread, CPU time)\n", bw, bw1);
+    std::printf("%-12s %9s %9s %10s %10s %8s %7s %7s | %9s %9s %8s %7s %7s\n", "GEMV NxK", "f32 GB/s", "bf16 GB/s",
+                "f32 rows/s", "bf16 rows/s", "bf16/f32", "f32/bw", "bf16/bw", "f32_1t", "bf16_1t", "bf16/f32",
+                "f32/bw1", "bf16/bw1");
+    for (auto [N, K] : kGemvShapes) {
+        const std::string s = std::to_string(N) + "x" + std::to_string(K);
+        auto g = [&](const char* who, const char* c) { return r.counter(std::string("Gemv/") + who + "/" + s, c); };
+        double f = g("f32", "GB/s"), b = g("bf16", "GB/s"), fr = g("f32", "rows/s"), br = g("bf16", "rows/s");
+        double f1 = g("f32_1t", "GB/s"), b1 = g("bf16_1t", "GB/s");
         if (f == 0 && b == 0) continue;
-        std::printf("%-18s %10.1f %10.1f %12.3g %12.3g %9.2f %9.2f %9.2f %9.2f\n", shape, f, b, fr, br,
-                    fr ? br / fr : 0, bw ? f / bw : 0, bw ? b / bw : 0, fr ? er / fr : 0);
+        std::printf("%-12s %9.1f %9.1f %10.3g %10.3g %8.2f %7.2f %7.2f | %9.1f %9.1f %8.2f %7.2f %7.2f\n", s.c_str(), f,
+                    b, fr, br, fr ? br / fr : 0, bw ? f / bw : 0, bw ? b / bw : 0, f1, b1, f1 ? b1 / f1 * 2 : 0,
+                    bw1 ? f1 / bw1 : 0, bw1 ? b1 / bw1 : 0);
     }
-    double pe = r.seconds("Pool/empty_parallel_for"), pg = r.seconds("Pool/gemv_256x256");
-    if (pe > 0) std::printf("\nempty parallel_for: %.2f us; linear 1x256x256 f32: %.2f us\n", pe * 1e6, pg * 1e6);
+    double pe = r.seconds("Pool/empty_parallel_for");
+    double g2 = r.seconds("Pool/gemv_256x256"), g1 = r.seconds("Pool/gemv_256x256_1t");
+    double h2 = r.seconds("Pool/gemv_1024x1024"), h1 = r.seconds("Pool/gemv_1024x1024_1t");
+    if (pe > 0)
+        std::printf("\nempty parallel_for %.2f us; linear 1x256x256 f32 %.2f us (1 thread %.2f); "
+                    "1x1024x1024 %.1f us (1 thread %.1f)\n",
+                    pe * 1e6, g2 * 1e6, g1 * 1e6, h2 * 1e6, h1 * 1e6);
 }
 
 }  // namespace

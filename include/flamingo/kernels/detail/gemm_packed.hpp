@@ -160,9 +160,9 @@ inline Scratch& a_scratch() {
 // C[M, N] (=|+=) A[M, K] · B[K, N] (+ bias[N]); requires K > 0.
 //
 // Per block of B (KC x NC): the threads pack it together into a shared buffer,
-// then compute; both steps are split into the same P parts and part p always
-// runs on pool thread p, so part p can prefetch, while computing, exactly the
-// source memory it will pack next.
+// then compute; both steps are split into the same P parts and part p runs on
+// pool thread p (unless the caller had to take it over), so part p can prefetch,
+// while computing, exactly the source memory it will pack next.
 inline void gemm_packed(std::size_t M, std::size_t N, std::size_t K, const float* A, std::size_t lda,
                         const BRowMajor& B, float* C, std::size_t ldc, bool accumulate, const float* bias) {
     constexpr std::size_t MR = kMR, NR = kNR;

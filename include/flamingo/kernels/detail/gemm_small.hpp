@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "../../core/parallel.hpp"
 #include "gemm_simd.hpp"
@@ -124,6 +125,48 @@ inline void linear_small(std::size_t M, std::size_t N, std::size_t K, const floa
     }
 }
 
+// C[:, j0:j1] (=|+=) A[MM, K] · B[K, j0:j1] for MM rows. B is streamed row by
+// row (KG rows at a time, each read contiguously), and C itself, a chunk of it
+// at a time small enough to stay in L1, is the accumulator: reading B in long
+// contiguous runs is what matters when it comes from L3 or DRAM.
+template <std::size_t MM>
+inline void matmul_rows(std::size_t j0, std::size_t j1, std::size_t K, const float* A, std::size_t lda,
+                        const float* B, std::size_t ldb, float* C, std::size_t ldc, bool accumulate) {
+    constexpr std::size_t KG = std::max<std::size_t>(1, std::min<std::size_t>(4, kAccRegs / MM));
+    constexpr std::size_t CW = MM <= 4 ? 1024 : 512;  // columns per chunk: MM * CW * 4 bytes <= 16 KiB
+    for (std::size_t jc = j0; jc < j1; jc += CW) {
+        const std::size_t cw = std::min(CW, j1 - jc), vend = cw / kV * kV;
+        if (!accumulate)
+            for (std::size_t m = 0; m < MM; ++m) std::fill_n(C + m * ldc + jc, cw, 0.0f);
+        auto rows = [&](auto kg_tag, std::size_t k) {  // adds rows k..k+G-1 of B
+            constexpr std::size_t G = decltype(kg_tag)::value;
+            fbatch a[MM][G];
+            for (std::size_t m = 0; m < MM; ++m)
+                for (std::size_t g = 0; g < G; ++g) {
+                    a[m][g] = fbatch(A[m * lda + k + g]);
+                    pin(a[m][g]);
+                }
+            const float* b = B + k * ldb + jc;
+            for (std::size_t v = 0; v < vend; v += kV) {
+                fbatch bv[G];
+                for (std::size_t g = 0; g < G; ++g) bv[g] = fbatch::load_unaligned(b + g * ldb + v);
+                for (std::size_t m = 0; m < MM; ++m) {
+                    float* c = C + m * ldc + jc + v;
+                    fbatch acc = fbatch::load_unaligned(c);
+                    for (std::size_t g = 0; g < G; ++g) acc = xsimd::fma(a[m][g], bv[g], acc);
+                    acc.store_unaligned(c);
+                }
+            }
+            for (std::size_t v = vend; v < cw; ++v)  // last columns (fewer than a vector)
+                for (std::size_t m = 0; m < MM; ++m)
+                    for (std::size_t g = 0; g < G; ++g) C[m * ldc + jc + v] += A[m * lda + k + g] * b[g * ldb + v];
+        };
+        std::size_t k = 0;
+        for (; k + KG <= K; k += KG) rows(std::integral_constant<std::size_t, KG>{}, k);
+        for (; k < K; ++k) rows(std::integral_constant<std::size_t, 1>{}, k);
+    }
+}
+
 // C[m, cols] (=|+=) A[m, :] · B[:, cols] for MM rows: an SV-vector column strip
 // with the C strip in registers, walking down B's rows.
 template <std::size_t MM, std::size_t SV>
@@ -175,9 +218,11 @@ inline void matmul_strip_n(std::size_t nv, std::size_t K, const float* A, std::s
 template <std::size_t MM>
 inline void matmul_small_m(std::size_t N, std::size_t K, const float* A, std::size_t lda, const float* B,
                            std::size_t ldb, float* C, std::size_t ldc, bool accumulate) {
-    // Wide strips read long pieces of each row of B (friendlier to DRAM than narrow ones).
     constexpr std::size_t SV = std::max<std::size_t>(1, std::min<std::size_t>(8, kAccRegs / MM));
     auto body = [&](std::size_t j0, std::size_t j1) {
+        // One or two rows over many columns: stream B's rows (C round trips through
+        // L1 are cheap next to one FMA per B element). Otherwise strips, C in registers.
+        if (MM <= 2 && j1 - j0 >= 256) return matmul_rows<MM>(j0, j1, K, A, lda, B, ldb, C, ldc, accumulate);
         std::size_t j = j0;
         for (; j + SV * kV <= j1; j += SV * kV) matmul_strip<MM, SV>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
         if (std::size_t nv = (j1 - j) / kV) {
