@@ -1,0 +1,804 @@
+// End-to-end benchmark at OpenFlamingo-3B shape (ViT-L/14, Perceiver, MPT-1B
+// with cross-attention on all 24 layers; ~2.6 B parameters), with random
+// weights: speed does not depend on the values, so no real checkpoint is needed.
+//
+//   bench_e2e --make-model /tmp/flamingo-e2e     writes of3b-f32/ and of3b-bf16/ there (~15.4 GB)
+//   bench_e2e [--dir /tmp/flamingo-e2e] [--only f32|bf16] [--threads 2] [--new-tokens 32] [--reps 2]
+//             [--save-logits]
+//
+// The directory may also come from FLAMINGO_E2E_DIR. For each weight type the
+// measurement runs in a child process of its own (so its peak RSS is its own):
+//   - image encoding (ViT + Perceiver) of 1 and of 5 images;
+//   - prompt reading of a 4-shot prompt (5 <image> + 128 other tokens, laid out
+//     as "<image>caption<|endofchunk|>" x 4 + "<image>query"): projection of the
+//     visual tokens for every cross-attention layer, then the prompt's forward
+//     pass with the logits of its last position;
+//   - greedy decoding of --new-tokens tokens (stop token ignored), ms/token;
+//   - the machine's read bandwidth (all threads, streaming sum over 1 GiB), and
+//     decoding as a fraction of it: weight bytes read per token / time per token;
+//   - peak RSS (VmHWM, mapped weights included) next to weights + KV caches.
+// Every timed figure is the best of --reps runs after a warm-up run. The table
+// is printed with the load average seen during each run: the 2 cores are shared.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cerrno>
+#include <cmath>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <xsimd/xsimd.hpp>
+
+#include <flamingo/core/dtype.hpp>
+#include <flamingo/core/parallel.hpp>
+#include <flamingo/generate/session.hpp>
+#include <flamingo/io/json.hpp>
+#include <flamingo/io/npy.hpp>
+#include <flamingo/io/safetensors.hpp>
+#include <flamingo/model/presets.hpp>
+
+namespace fs = std::filesystem;
+using flamingo::check;
+using flamingo::fail;
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Random numbers: splitmix64, counter-based so that chunks fill in parallel
+// and the result does not depend on the thread count.
+// ---------------------------------------------------------------------------
+
+inline std::uint64_t mix64(std::uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+inline std::uint64_t random_u64(std::uint64_t seed, std::uint64_t i) {
+    return mix64(seed + (i + 1) * 0x9e3779b97f4a7c15ULL);
+}
+// Approximately N(0, 1): the sum of four 16-bit uniforms (Irwin-Hall), centred
+// and scaled to unit variance. Cheap, and close enough for weights.
+inline float approx_normal(std::uint64_t seed, std::uint64_t i) {
+    const std::uint64_t r = random_u64(seed, i);
+    const float s = float((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48));
+    return (s - 131070.0f) * (1.0f / 37837.23f);  // mean 4 * 32767.5, std 65536 / sqrt(3)
+}
+
+// ---------------------------------------------------------------------------
+// The random-weight model directories
+// ---------------------------------------------------------------------------
+
+enum class Init { Normal, Ones, Zeros, Gate };
+
+struct Spec {
+    std::string name;
+    std::vector<std::size_t> shape;
+    Init init;
+    std::size_t numel() const {
+        std::size_t n = 1;
+        for (auto d : shape) n *= d;
+        return n;
+    }
+};
+
+struct GenSizes {
+    std::size_t vision_layers = 24, text_layers = 24, vocab = 50282;
+};
+
+constexpr float kWeightStd = 0.02f;  // N(0, 0.02) like the LM's init_std; LayerNorms at 1, gates tanh(0.5)
+constexpr float kGate = 0.5f;
+constexpr std::size_t kEoc = 50280, kMedia = 50281;  // <|endofchunk|>, <image>
+
+// Tensor names and shapes of an OpenFlamingo-3B model directory (SPEC.md section 1).
+std::vector<Spec> of3b_specs(const GenSizes& g) {
+    std::vector<Spec> t;
+    auto add = [&](std::string name, std::vector<std::size_t> shape, Init init = Init::Normal) {
+        t.push_back({std::move(name), std::move(shape), init});
+    };
+    auto ln = [&](const std::string& p, std::size_t d, bool bias) {
+        add(p + ".weight", {d}, Init::Ones);
+        if (bias) add(p + ".bias", {d}, Init::Zeros);
+    };
+    const std::size_t W = 1024, M = 4096, D = 2048, F = 8192, E = 768, P = 14, G = 224 / 14;
+    const std::string v = "vision_encoder.";
+    add(v + "conv1.weight", {W, 3, P, P});
+    add(v + "class_embedding", {W});
+    add(v + "positional_embedding", {G * G + 1, W});
+    ln(v + "ln_pre", W, true);
+    for (std::size_t i = 0; i < g.vision_layers; ++i) {
+        const std::string r = v + "transformer.resblocks." + std::to_string(i) + ".";
+        ln(r + "ln_1", W, true);
+        add(r + "attn.in_proj_weight", {3 * W, W});
+        add(r + "attn.in_proj_bias", {3 * W}, Init::Zeros);
+        add(r + "attn.out_proj.weight", {W, W});
+        add(r + "attn.out_proj.bias", {W}, Init::Zeros);
+        ln(r + "ln_2", W, true);
+        add(r + "mlp.c_fc.weight", {M, W});
+        add(r + "mlp.c_fc.bias", {M}, Init::Zeros);
+        add(r + "mlp.c_proj.weight", {W, M});
+        add(r + "mlp.c_proj.bias", {W}, Init::Zeros);
+    }
+    ln(v + "ln_post", W, true);
+    add(v + "proj", {W, E});
+
+    add("perceiver.latents", {64, W});
+    for (std::size_t i = 0; i < 6; ++i) {
+        const std::string p = "perceiver.layers." + std::to_string(i) + ".";
+        ln(p + "0.norm_media", W, true);
+        ln(p + "0.norm_latents", W, true);
+        add(p + "0.to_q.weight", {512, W});
+        add(p + "0.to_kv.weight", {1024, W});
+        add(p + "0.to_out.weight", {W, 512});
+        ln(p + "1.0", W, true);
+        add(p + "1.1.weight", {4 * W, W});
+        add(p + "1.3.weight", {W, 4 * W});
+    }
+    ln("perceiver.norm", W, true);
+
+    add("lang_encoder.transformer.wte.weight", {g.vocab, D});
+    for (std::size_t i = 0; i < g.text_layers; ++i) {
+        const std::string b = "lang_encoder.transformer.blocks." + std::to_string(i) + ".";
+        const std::string x = b + "gated_cross_attn_layer.";
+        ln(x + "attn.norm", D, true);
+        add(x + "attn.to_q.weight", {512, D});
+        add(x + "attn.to_kv.weight", {1024, W});
+        add(x + "attn.to_out.weight", {D, 512});
+        add(x + "attn_gate", {1}, Init::Gate);
+        ln(x + "ff.0", D, true);
+        add(x + "ff.1.weight", {F, D});
+        add(x + "ff.3.weight", {D, F});
+        add(x + "ff_gate", {1}, Init::Gate);
+        const std::string d = b + "decoder_layer.";  // MosaicGPT block, no_bias, attn_qk_ln
+        ln(d + "ln_1", D, false);
+        add(d + "attn.Wqkv.weight", {3 * D, D});
+        ln(d + "attn.q_ln", D, false);
+        ln(d + "attn.k_ln", D, false);
+        add(d + "attn.out_proj.weight", {D, D});
+        ln(d + "ln_2", D, false);
+        add(d + "mlp.mlp_up.weight", {F, D});
+        add(d + "mlp.mlp_down.weight", {D, F});
+    }
+    ln("lang_encoder.transformer.ln_f", D, false);
+    return t;
+}
+
+flamingo::io::json of3b_config(const GenSizes& g) {
+    using flamingo::io::json;
+    json c = {
+        {"model_type", "flamingo"},
+        {"vision_config",
+         {{"image_size", 224}, {"patch_size", 14}, {"width", 1024}, {"layers", g.vision_layers},
+          {"head_width", 64}, {"mlp_ratio", 4.0}, {"quick_gelu", true}, {"tokens_ln_post", false},
+          {"image_mean", {0.48145466, 0.4578275, 0.40821073}},
+          {"image_std", {0.26862954, 0.26130258, 0.27577711}}}},
+        {"perceiver_config",
+         {{"depth", 6}, {"heads", 8}, {"dim_head", 64}, {"num_latents", 64}, {"ff_mult", 4},
+          {"max_num_media", nullptr}, {"max_num_frames", nullptr}}},
+        {"cross_attn_config",
+         {{"every_n_layers", 1}, {"heads", 8}, {"dim_head", 64}, {"ff_mult", 4},
+          {"only_attend_immediate_media", true}}},
+        // MPT-1B-RedPajama's own config (mosaic_gpt), with the enlarged vocabulary.
+        {"text_config",
+         {{"model_type", "mosaic_gpt"}, {"architectures", {"MosaicGPT"}}, {"d_model", 2048}, {"n_heads", 16},
+          {"n_layers", g.text_layers}, {"mlp_ratio", 4}, {"max_seq_len", 2048}, {"vocab_size", g.vocab},
+          {"alibi", true}, {"alibi_bias_max", 8}, {"attn_qk_ln", true}, {"attn_clip_qkv", nullptr},
+          {"softmax_scale", nullptr}, {"no_bias", true}, {"logit_scale", nullptr}, {"low_precision_layernorm", true},
+          {"prefix_lm", false}, {"attn_impl", "torch"}, {"attn_uses_sequence_id", false}, {"emb_pdrop", 0},
+          {"resid_pdrop", 0}, {"attn_pdrop", 0}, {"embedding_fraction", 1.0}, {"init_std", 0.02},
+          {"use_cache", false}, {"tokenizer_name", "EleutherAI/gpt-neox-20b"}}},
+        {"media_token_id", kMedia},
+        {"eoc_token_id", kEoc},
+    };
+    return c;
+}
+
+// GPT-2's reversible map of bytes to printable characters, as UTF-8 strings.
+std::vector<std::string> byte_symbols() {
+    std::vector<int> bs, cs;
+    for (int b = '!'; b <= '~'; ++b) bs.push_back(b);
+    for (int b = 0xA1; b <= 0xAC; ++b) bs.push_back(b);
+    for (int b = 0xAE; b <= 0xFF; ++b) bs.push_back(b);
+    cs = bs;
+    for (int b = 0, n = 0; b < 256; ++b)
+        if (std::find(bs.begin(), bs.end(), b) == bs.end()) bs.push_back(b), cs.push_back(256 + n++);
+    std::vector<std::string> out(256);
+    for (std::size_t i = 0; i < bs.size(); ++i) {
+        const int c = cs[i];
+        std::string s;
+        if (c < 0x80) {
+            s += char(c);
+        } else {
+            s += char(0xC0 | (c >> 6));
+            s += char(0x80 | (c & 0x3F));
+        }
+        out[std::size_t(bs[i])] = s;
+    }
+    return out;
+}
+
+// A small but complete byte-level BPE tokenizer.json (GPT-NeoX style): the
+// model's vocabulary has 50280 entries (<|endoftext|>, the 256 byte symbols, a
+// few merges, then unreachable fillers), so the added <|endofchunk|> and
+// <image> get ids 50280 and 50281 as in the model's config.
+flamingo::io::json small_tokenizer() {
+    using flamingo::io::json;
+    const auto sym = byte_symbols();
+    json vocab = json::object();
+    std::size_t next = 0;
+    vocab["<|endoftext|>"] = next++;
+    for (const auto& s : sym) vocab[s] = next++;
+    const std::string sp = sym[' '];
+    const std::vector<std::pair<std::string, std::string>> merges = {
+        {sp, "t"}, {"h", "e"}, {sp + "t", "he"}, {sp, "a"}, {"i", "n"}, {"e", "r"}, {"o", "n"},
+        {sp, "c"}, {"a", "t"}, {sp + "c", "at"}, {sp, "d"}, {"o", "g"}, {sp + "d", "og"}};
+    json merge_list = json::array();
+    for (const auto& [a, b] : merges) {
+        if (!vocab.contains(a + b)) vocab[a + b] = next++;
+        merge_list.push_back(a + " " + b);
+    }
+    for (; next < kEoc; ++next) vocab["<|filler_" + std::to_string(next) + "|>"] = next;
+    auto added = [](std::size_t id, const char* content) {
+        return json{{"id", id}, {"content", content}, {"single_word", false}, {"lstrip", false},
+                    {"rstrip", false}, {"normalized", false}, {"special", true}};
+    };
+    const json bl = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
+    return {{"version", "1.0"},
+            {"truncation", nullptr},
+            {"padding", nullptr},
+            {"added_tokens", {added(0, "<|endoftext|>"), added(kEoc, "<|endofchunk|>"), added(kMedia, "<image>")}},
+            {"normalizer", {{"type", "NFC"}}},
+            {"pre_tokenizer", bl},
+            {"post_processor", bl},
+            {"decoder", bl},
+            {"model",
+             {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
+              {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"vocab", vocab},
+              {"merges", merge_list}}}};
+}
+
+void write_text(const fs::path& p, const std::string& s) {
+    std::ofstream f(p, std::ios::binary);
+    f << s;
+    check(bool(f), p.string(), ": cannot write");
+}
+
+struct File {
+    std::FILE* f = nullptr;
+    fs::path path;
+    explicit File(const fs::path& p) : f(std::fopen(p.c_str(), "wb")), path(p) {
+        check(f != nullptr, p.string(), ": cannot open for writing: ", std::strerror(errno));
+        std::setvbuf(f, nullptr, _IOFBF, 1 << 22);
+    }
+    ~File() {
+        if (f) std::fclose(f);
+    }
+    void write(const void* p, std::size_t n) {
+        check(std::fwrite(p, 1, n, f) == n, path.string(), ": write failed: ", std::strerror(errno));
+    }
+    void close() {
+        check(std::fclose(f) == 0, path.string(), ": close failed: ", std::strerror(errno));
+        f = nullptr;
+    }
+};
+
+// The safetensors header; padded with spaces so the data starts 64-byte aligned.
+std::string safetensors_header(const std::vector<Spec>& specs, std::size_t elem_bytes, const char* dtype) {
+    using flamingo::io::json;
+    json h = json::object();
+    h["__metadata__"] = {{"format", "pt"}};
+    std::size_t off = 0;
+    for (const Spec& s : specs) {
+        const std::size_t n = s.numel() * elem_bytes;
+        h[s.name] = {{"dtype", dtype}, {"shape", s.shape}, {"data_offsets", {off, off + n}}};
+        off += n;
+    }
+    std::string text = h.dump();
+    while ((8 + text.size()) % 64 != 0) text += ' ';
+    std::string out(8, '\0');
+    std::uint64_t len = text.size();
+    for (int i = 0; i < 8; ++i) out[std::size_t(i)] = char((len >> (8 * i)) & 0xff);
+    return out + text;
+}
+
+// Writes <out>/of3b-f32 and <out>/of3b-bf16 in one pass (the bf16 values are
+// the f32 ones rounded to nearest even).
+void make_model(const fs::path& out, const GenSizes& g) {
+    std::vector<Spec> specs = of3b_specs(g);
+    // Tensors whose bytes are a multiple of 64 first, so that every matrix is 64-byte aligned.
+    std::stable_partition(specs.begin(), specs.end(), [](const Spec& s) { return s.numel() % 32 == 0; });
+    std::size_t total = 0;
+    for (const Spec& s : specs) total += s.numel();
+    const fs::path d32 = out / "of3b-f32", d16 = out / "of3b-bf16";
+    fs::create_directories(d32);
+    fs::create_directories(d16);
+    std::fprintf(stderr, "writing %zu tensors, %.3f B parameters: %s (%.2f GB) and %s (%.2f GB)\n", specs.size(),
+                 double(total) / 1e9, d32.c_str(), 4.0 * double(total) / 1e9, d16.c_str(), 2.0 * double(total) / 1e9);
+    const std::string config = of3b_config(g).dump(2) + "\n", tokenizer = small_tokenizer().dump(1) + "\n";
+    for (const fs::path& d : {d32, d16}) {
+        write_text(d / "config.json", config);
+        write_text(d / "tokenizer.json", tokenizer);
+    }
+    File f32(d32 / "model.safetensors"), f16(d16 / "model.safetensors");
+    const std::string h32 = safetensors_header(specs, 4, "F32"), h16 = safetensors_header(specs, 2, "BF16");
+    f32.write(h32.data(), h32.size());
+    f16.write(h16.data(), h16.size());
+
+    const std::size_t chunk = std::size_t(1) << 24;
+    std::vector<float> a(chunk);
+    std::vector<flamingo::bf16> b(chunk);
+    std::size_t done = 0, shown = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::size_t k = 0; k < specs.size(); ++k) {
+        const Spec& s = specs[k];
+        const std::uint64_t seed = mix64(0x5eed0000ULL + k);
+        for (std::size_t i0 = 0; i0 < s.numel(); i0 += chunk) {
+            const std::size_t n = std::min(chunk, s.numel() - i0);
+            flamingo::parallel_for(n, [&](std::size_t lo, std::size_t hi) {
+                for (std::size_t i = lo; i < hi; ++i) {
+                    float x = 0;
+                    switch (s.init) {
+                        case Init::Normal: x = kWeightStd * approx_normal(seed, i0 + i); break;
+                        case Init::Ones: x = 1.0f; break;
+                        case Init::Zeros: x = 0.0f; break;
+                        case Init::Gate: x = kGate; break;
+                    }
+                    a[i] = x;
+                    b[i] = flamingo::bf16(x);
+                }
+            });
+            f32.write(a.data(), n * sizeof(float));
+            f16.write(b.data(), n * sizeof(flamingo::bf16));
+            done += n;
+            if (done - shown > total / 20) {
+                shown = done;
+                const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                std::fprintf(stderr, "  %3.0f%%  %.0f s\n", 100.0 * double(done) / double(total), sec);
+            }
+        }
+    }
+    f32.close();
+    f16.close();
+    // What the benchmark will see: both directories load and pick the static preset.
+    for (auto [dir, type] : {std::pair{d32, flamingo::nn::WeightType::F32}, std::pair{d16, flamingo::nn::WeightType::BF16}}) {
+        auto m = flamingo::model::load_model(dir, {type});
+        if (!m->unused_tensors().empty()) fail(dir.string(), ": unused tensor ", m->unused_tensors().front());
+        std::fprintf(stderr, "%s: loads as preset %s, vocabulary %zu, %zu layers\n", dir.c_str(),
+                     std::string(m->preset()).c_str(), m->vocab_size(), m->num_layers());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Measurements
+// ---------------------------------------------------------------------------
+
+using Clock = std::chrono::steady_clock;
+
+double cpu_seconds() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+// Wall and CPU time of one call.
+struct Timing {
+    double wall = std::numeric_limits<double>::infinity(), cpu = 0;
+    void keep_best(double w, double c) {
+        if (w < wall) wall = w, cpu = c;
+    }
+};
+template <class F>
+void time_best(Timing& t, F&& f) {
+    const double c0 = cpu_seconds();
+    const auto t0 = Clock::now();
+    f();
+    t.keep_best(std::chrono::duration<double>(Clock::now() - t0).count(), cpu_seconds() - c0);
+}
+
+std::size_t status_kb(const char* key) {
+    std::ifstream f("/proc/self/status");
+    std::string line;
+    const std::size_t n = std::strlen(key);
+    while (std::getline(f, line))
+        if (line.compare(0, n, key) == 0 && line.size() > n && line[n] == ':') return std::stoull(line.substr(n + 1));
+    return 0;
+}
+// Resets VmHWM to the current RSS (Linux >= 4.0).
+bool reset_peak_rss() {
+    std::ofstream f("/proc/self/clear_refs");
+    f << "5";
+    f.flush();
+    return bool(f);
+}
+
+double load_average() {
+    double l[1] = {0};
+    return getloadavg(l, 1) == 1 ? l[0] : -1;
+}
+
+// Streaming read bandwidth (bytes/s): every thread sums its part of a buffer
+// much larger than the caches; best of several passes.
+double read_bandwidth(std::size_t bytes) {
+    using vf = xsimd::batch<float>;
+    constexpr std::size_t W = vf::size;
+    const std::size_t n = bytes / sizeof(float) / (4 * W) * (4 * W);
+    std::unique_ptr<float[]> buf(new float[n]);
+    flamingo::parallel_for(n, [&](std::size_t b, std::size_t e) { std::fill(buf.get() + b, buf.get() + e, 1.0f); }, 4 * W);
+    std::atomic<double> sink{0};
+    double best = std::numeric_limits<double>::infinity();
+    for (int rep = 0; rep < 10; ++rep) {
+        const auto t0 = Clock::now();
+        flamingo::parallel_for(
+            n,
+            [&](std::size_t b, std::size_t e) {
+                vf s0(0.0f), s1(0.0f), s2(0.0f), s3(0.0f);
+                const float* p = buf.get();
+                for (std::size_t i = b; i < e; i += 4 * W) {
+                    s0 += vf::load_aligned(p + i);
+                    s1 += vf::load_aligned(p + i + W);
+                    s2 += vf::load_aligned(p + i + 2 * W);
+                    s3 += vf::load_aligned(p + i + 3 * W);
+                }
+                sink.fetch_add(double(xsimd::hadd((s0 + s1) + (s2 + s3))));
+            },
+            4 * W);
+        best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    check(sink.load() == 10.0 * double(n), "bandwidth: wrong sum");
+    return double(n * sizeof(float)) / best;
+}
+
+// A 4-shot prompt: "<image>caption<|endofchunk|>" x 4, then "<image>query";
+// 5 <image> and 128 other tokens (27 caption tokens + <|endofchunk|> per shot,
+// 16 query tokens). Text ids are random ordinary tokens.
+std::vector<std::int32_t> four_shot_prompt(std::int32_t media, std::int32_t eoc) {
+    std::vector<std::int32_t> ids;
+    std::uint64_t k = 0;
+    auto text = [&](int n) {
+        for (int i = 0; i < n; ++i) ids.push_back(std::int32_t(300 + random_u64(42, k++) % 49000));
+    };
+    for (int shot = 0; shot < 4; ++shot) {
+        ids.push_back(media);
+        text(27);
+        ids.push_back(eoc);
+    }
+    ids.push_back(media);
+    text(16);
+    return ids;
+}
+
+std::int32_t argmax(std::span<const float> v) {
+    return std::int32_t(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+// What one child process measures (sent to the parent through a pipe).
+struct Result {
+    bool ok = false;
+    char error[512] = {};
+    char preset[32] = {};
+    double load_s = 0;
+    Timing img1, img5, project, prompt;
+    double decode_wall = 0, decode_cpu = 0;  // per token
+    std::size_t prompt_tokens = 0, new_tokens = 0;
+    double bandwidth = 0;  // bytes/s
+    std::size_t params = 0, weight_bytes = 0, copied_bytes = 0, decode_bytes = 0;
+    std::size_t kv_bytes = 0, media_kv_bytes = 0;
+    std::size_t peak_rss = 0;  // bytes
+    std::int32_t first_tokens[8] = {};  // greedy: the prompt's next token, then the steps'
+
+    bool peak_reset = false;
+    double load_min = 1e9, load_max = 0;
+};
+
+struct Options {
+    fs::path dir;
+    int threads = 2, reps = 2;
+    std::size_t new_tokens = 32;
+    bool run_f32 = true, run_bf16 = true, save_logits = false;
+};
+
+void run_one(const fs::path& model_dir, flamingo::nn::WeightType type, const Options& o, Result& r) {
+    auto note_load = [&] {
+        const double l = load_average();
+        r.load_min = std::min(r.load_min, l), r.load_max = std::max(r.load_max, l);
+    };
+    flamingo::set_num_threads(o.threads);
+    note_load();
+
+    // Weight bytes as the model holds them: matrices in the weight type, the rest as float.
+    const std::size_t wsize = type == flamingo::nn::WeightType::F32 ? 4 : 2;
+    for (const auto& t : flamingo::io::list_tensors(model_dir)) {
+        const std::size_t bytes = t.numel() * (t.rank() >= 2 ? wsize : 4);
+        r.params += t.numel();
+        r.weight_bytes += bytes;
+        // Read once per decoded token: the decoder and its cross-attention (the
+        // visual keys/values are projected once per prompt; wte is read whole as
+        // the output head, its embedding lookup is one row).
+        if (t.name.starts_with("lang_encoder.") && t.name.find(".to_kv.") == std::string::npos) r.decode_bytes += bytes;
+    }
+
+    auto t0 = Clock::now();
+    auto model = flamingo::model::load_model(model_dir, {type});
+    r.load_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::snprintf(r.preset, sizeof r.preset, "%s", std::string(model->preset()).c_str());
+    r.copied_bytes = model->copied_weight_bytes();
+    const auto& cfg = model->config();
+
+    // Images: normalised pixels, random in about [-2, 2].
+    const std::size_t S = model->image_size(), per = 3 * S * S;
+    std::vector<float> pixels(5 * per);
+    for (std::size_t i = 0; i < pixels.size(); ++i) pixels[i] = 0.5f * approx_normal(7, i);
+    model->encode_media(pixels.data(), 1, 1);  // warm-up: maps the vision weights in
+    std::vector<float> visual;
+    for (int rep = 0; rep < o.reps; ++rep) {
+        note_load();
+        time_best(r.img1, [&] { model->encode_media(pixels.data(), 1, 1); });
+        time_best(r.img5, [&] { visual = model->encode_media(pixels.data(), 5, 1); });
+    }
+
+    // Prompt reading.
+    flamingo::generate::Session s(*model);
+    const auto ids = four_shot_prompt(cfg.media_token_id, cfg.eoc_token_id);
+    r.prompt_tokens = ids.size();
+    s.set_visual(visual, 5);
+    const auto tt = s.prompt_text_time(ids);
+    s.prepare(1, ids.size() + o.new_tokens, ids.size());
+    const auto first = s.run(0, ids, tt, 0, false);  // warm-up
+    if (o.save_logits)  // for pytorch_e2e.py to compare with its own
+        flamingo::io::write_npy(o.dir / (std::string("bench_e2e-logits-") + (wsize == 4 ? "f32" : "bf16") + ".npy"),
+                                first.data(), {first.size()});
+    for (int rep = 0; rep < o.reps; ++rep) {
+        note_load();
+        std::vector<float> v = visual;
+        time_best(r.project, [&] { s.set_visual(std::move(v), 5); });
+        time_best(r.prompt, [&] { s.run(0, ids, tt, 0, false); });
+    }
+    r.kv_bytes = 2 * model->num_layers() * (ids.size() + o.new_tokens) * model->kv_width() * sizeof(float);
+    for (std::size_t l = 0; l < model->num_layers(); ++l)
+        if (cfg.cross_attn.has_cross_attn(int(l)))
+            r.media_kv_bytes += 5 * model->num_latents() * 2 * std::size_t(cfg.cross_attn.inner_dim()) * sizeof(float);
+
+    // Bandwidth, with its buffer kept out of the peak RSS when the kernel lets us.
+    const std::size_t hwm_before = status_kb("VmHWM");
+    note_load();
+    r.bandwidth = read_bandwidth(std::size_t(1) << 30);
+    r.peak_reset = reset_peak_rss();
+
+    // Greedy decoding from a freshly read prompt.
+    note_load();
+    auto logits = s.run(0, ids, tt, 0, false);
+    std::int32_t next = argmax(logits);
+    r.first_tokens[0] = next;
+    const std::size_t seq = 0;
+    const double c0 = cpu_seconds();
+    t0 = Clock::now();
+    for (std::size_t k = 0; k < o.new_tokens; ++k) {
+        next = argmax(s.step({&next, 1}, {&seq, 1}));
+        if (k + 1 < 8) r.first_tokens[k + 1] = next;
+    }
+    r.decode_wall = std::chrono::duration<double>(Clock::now() - t0).count() / double(o.new_tokens);
+    r.decode_cpu = (cpu_seconds() - c0) / double(o.new_tokens);
+    r.new_tokens = o.new_tokens;
+    note_load();
+    r.peak_rss = 1024 * (r.peak_reset ? std::max(hwm_before, status_kb("VmHWM")) : status_kb("VmHWM"));
+    r.ok = true;
+}
+
+// Runs one weight type in a child process; its result comes back through a pipe.
+Result run_child(const fs::path& dir, flamingo::nn::WeightType type, const Options& o) {
+    Result r;
+    int fd[2];
+    check(pipe(fd) == 0, "pipe failed");
+    std::fflush(nullptr);
+    const pid_t pid = fork();
+    check(pid >= 0, "fork failed");
+    if (pid == 0) {
+        close(fd[0]);
+        Result c;
+        try {
+            run_one(dir, type, o, c);
+        } catch (const std::exception& e) {
+            std::snprintf(c.error, sizeof c.error, "%s", e.what());
+        }
+        const char* p = reinterpret_cast<const char*>(&c);
+        for (std::size_t n = 0; n < sizeof c;) {
+            const ssize_t w = write(fd[1], p + n, sizeof c - n);
+            if (w <= 0) break;
+            n += std::size_t(w);
+        }
+        _exit(0);
+    }
+    close(fd[1]);
+    char* p = reinterpret_cast<char*>(&r);
+    std::size_t n = 0;
+    while (n < sizeof r) {
+        const ssize_t got = read(fd[0], p + n, sizeof r - n);
+        if (got <= 0) break;
+        n += std::size_t(got);
+    }
+    close(fd[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (n != sizeof r) {
+        r = Result{};
+        std::snprintf(r.error, sizeof r.error, "the measuring process died (%s %d)%s",
+                      WIFSIGNALED(status) ? "signal" : "exit status",
+                      WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status),
+                      WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL ? ": out of memory?" : "");
+    }
+    return r;
+}
+
+// ---------------------------------------------------------------------------
+// The table
+// ---------------------------------------------------------------------------
+
+std::string fmt(const char* f, double x) {
+    char b[64];
+    std::snprintf(b, sizeof b, f, x);
+    return b;
+}
+std::string gb(double bytes) { return fmt("%.2f GB", bytes / 1e9); }
+std::string cores(const Timing& t) { return fmt(" (%.1f cores)", t.cpu / t.wall); }
+
+void print_table(const Options& o, const std::vector<std::pair<std::string, Result>>& cols) {
+    std::printf("\nflamingo end-to-end, OpenFlamingo-3B shape (random weights), %d threads, best of %d runs\n",
+                o.threads, o.reps);
+    std::printf("model directory: %s\n\n", o.dir.c_str());
+    auto row = [&](const std::string& label, auto cell) {
+        std::printf("%-42s", label.c_str());
+        for (const auto& [name, r] : cols) std::printf(" %-30s", r.ok ? cell(r).c_str() : "-");
+        std::printf("\n");
+    };
+    std::printf("%-42s", "");
+    for (const auto& [name, r] : cols) std::printf(" %-30s", name.c_str());
+    std::printf("\n");
+    row("preset", [](const Result& r) { return std::string(r.preset); });
+    row("parameters", [](const Result& r) { return fmt("%.3f B", double(r.params) / 1e9); });
+    row("weights in memory", [](const Result& r) { return gb(double(r.weight_bytes)); });
+    row("  of which copied out of the mapping", [](const Result& r) { return gb(double(r.copied_bytes)); });
+    row("load (mmap, views)", [](const Result& r) { return fmt("%.2f s", r.load_s); });
+    row("image encoding, 1 image", [](const Result& r) { return fmt("%.2f s", r.img1.wall) + cores(r.img1); });
+    row("image encoding, 5 images", [](const Result& r) { return fmt("%.2f s", r.img5.wall) + cores(r.img5); });
+    row("  per image (5 images)", [](const Result& r) { return fmt("%.2f s", r.img5.wall / 5); });
+    row("visual K/V projection, 24 layers", [](const Result& r) { return fmt("%.3f s", r.project.wall); });
+    row("prompt forward (5 img + 128 tokens)", [](const Result& r) { return fmt("%.2f s", r.prompt.wall) + cores(r.prompt); });
+    row("prompt reading (projection + forward)", [](const Result& r) {
+        return fmt("%.1f tokens/s", double(r.prompt_tokens) / (r.project.wall + r.prompt.wall));
+    });
+    row("decoding, greedy", [](const Result& r) {
+        return fmt("%.1f ms/token", 1e3 * r.decode_wall) + fmt(" (%.1f cores)", r.decode_cpu / r.decode_wall);
+    });
+    row("  tokens/s", [](const Result& r) { return fmt("%.2f", 1.0 / r.decode_wall); });
+    row("weight bytes read per token", [](const Result& r) { return gb(double(r.decode_bytes)); });
+    row("read bandwidth, measured (1 GiB sum)", [](const Result& r) { return fmt("%.1f GB/s", r.bandwidth / 1e9); });
+    row("decoding: weight bytes / time per token", [](const Result& r) {
+        const double bw = double(r.decode_bytes) / r.decode_wall;
+        return fmt("%.1f GB/s", bw / 1e9) + fmt(" = %.0f%% of measured", 100.0 * bw / r.bandwidth);
+    });
+    row("KV cache (" + std::to_string(cols.empty() ? 0 : cols[0].second.prompt_tokens + o.new_tokens) +
+            " positions) + visual K/V",
+        [](const Result& r) { return fmt("%.0f MB", double(r.kv_bytes) / 1e6) + fmt(" + %.0f MB", double(r.media_kv_bytes) / 1e6); });
+    row("peak RSS (VmHWM)", [](const Result& r) {
+        const double base = double(r.weight_bytes + r.kv_bytes + r.media_kv_bytes);
+        return gb(double(r.peak_rss)) + fmt(" = %.3f x (weights+KV)", double(r.peak_rss) / base);
+    });
+    row("first generated tokens", [](const Result& r) {
+        std::string t;
+        for (std::size_t i = 0; i < std::min<std::size_t>(6, r.new_tokens + 1); ++i)
+            t += (i ? " " : "") + std::to_string(r.first_tokens[i]);
+        return t;
+    });
+    row("load average during the run", [](const Result& r) { return fmt("%.1f", r.load_min) + fmt(" - %.1f", r.load_max); });
+    for (const auto& [name, r] : cols) {
+        if (!r.ok) std::printf("%s: FAILED: %s\n", name.c_str(), r.error);
+        else if (!r.peak_reset)
+            std::printf("%s: note: could not reset VmHWM; the peak includes the 1 GiB bandwidth buffer\n", name.c_str());
+        else if (std::string(r.preset) != "openflamingo-3b")
+            std::printf("%s: note: loaded as preset '%s', not openflamingo-3b\n", name.c_str(), r.preset);
+    }
+}
+
+[[noreturn]] void usage(int code) {
+    std::fprintf(code ? stderr : stdout,
+                 "usage: bench_e2e [--dir DIR] [--only f32|bf16] [--threads N] [--new-tokens N] [--reps N] [--save-logits]\n"
+                 "       bench_e2e --make-model DIR [--text-layers N] [--vision-layers N]\n"
+                 "\n"
+                 "DIR (default $FLAMINGO_E2E_DIR, else /tmp/flamingo-e2e) holds of3b-f32/ and of3b-bf16/,\n"
+                 "random-weight OpenFlamingo-3B model directories. Make them once with\n"
+                 "  bench_e2e --make-model /tmp/flamingo-e2e     (~15.4 GB of disk, a few minutes)\n"
+                 "and delete the directory when done. --text-layers / --vision-layers make smaller\n"
+                 "models of the same widths for a quick try. --save-logits writes the prompt's\n"
+                 "last-position logits to DIR/bench_e2e-logits-{f32,bf16}.npy, which pytorch_e2e.py\n"
+                 "compares with its own.\n");
+    std::exit(code);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    Options o;
+    const char* env = std::getenv("FLAMINGO_E2E_DIR");
+    o.dir = env && *env ? env : "/tmp/flamingo-e2e";
+    bool dir_given = env && *env;
+    std::optional<fs::path> make;
+    GenSizes g;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) usage(2);
+            return argv[++i];
+        };
+        auto number = [&]() {
+            const std::string v = value();
+            char* end = nullptr;
+            const long x = std::strtol(v.c_str(), &end, 10);
+            if (*end || x < 1 || x > 100000) {
+                std::fprintf(stderr, "%s: expected a positive integer, got '%s'\n", a.c_str(), v.c_str());
+                std::exit(2);
+            }
+            return std::size_t(x);
+        };
+        if (a == "--dir") o.dir = value(), dir_given = true;
+        else if (a == "--make-model") make = value();
+        else if (a == "--threads") o.threads = int(number());
+        else if (a == "--reps") o.reps = int(number());
+        else if (a == "--new-tokens") o.new_tokens = number();
+        else if (a == "--save-logits") o.save_logits = true;
+        else if (a == "--text-layers") g.text_layers = number();
+        else if (a == "--vision-layers") g.vision_layers = number();
+        else if (a == "--only") {
+            const std::string v = value();
+            if (v != "f32" && v != "bf16") usage(2);
+            o.run_f32 = v == "f32", o.run_bf16 = v == "bf16";
+        } else if (a == "-h" || a == "--help") usage(0);
+        else {
+            std::fprintf(stderr, "unknown option '%s'\n", a.c_str());
+            usage(2);
+        }
+    }
+    if (make) {
+        make_model(*make, g);
+        return 0;
+    }
+    const fs::path d32 = o.dir / "of3b-f32", d16 = o.dir / "of3b-bf16";
+    for (const auto& [want, d] : {std::pair{o.run_f32, d32}, std::pair{o.run_bf16, d16}})
+        if (want && !fs::exists(d / "model.safetensors")) {
+            std::fprintf(stderr, "%s: no model there. Make the random-weight models first (~15.4 GB):\n"
+                                 "  bench_e2e --make-model %s\n(or point --dir / FLAMINGO_E2E_DIR at them)\n",
+                         d.c_str(), o.dir.c_str());
+            // Run without arguments (tools/run.sh bench runs every benchmark): skip, not fail.
+            if (!dir_given) std::fprintf(stderr, "bench_e2e: skipped\n");
+            return dir_given ? 1 : 0;
+        }
+    std::vector<std::pair<std::string, Result>> cols;
+    if (o.run_f32) {
+        std::fprintf(stderr, "f32 weights (%s)...\n", d32.c_str());
+        cols.emplace_back("f32 weights", run_child(d32, flamingo::nn::WeightType::F32, o));
+    }
+    if (o.run_bf16) {
+        std::fprintf(stderr, "bf16 weights (%s)...\n", d16.c_str());
+        cols.emplace_back("bf16 weights", run_child(d16, flamingo::nn::WeightType::BF16, o));
+    }
+    print_table(o, cols);
+    for (const auto& [name, r] : cols)
+        if (!r.ok) return 1;
+    return 0;
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_e2e: %s\n", e.what());
+    return 1;
+}
