@@ -4,6 +4,8 @@
 
 #include <flamingo/generate/generate.hpp>
 
+#include <atomic>
+
 using namespace flamingo;
 
 namespace {
@@ -82,19 +84,25 @@ TEST_CASE("candidate scores match OpenFlamingo's log-likelihood evaluation") {
     }
 }
 
+extern std::atomic<std::size_t> g_allocations;  // count_allocations.cpp
+
 TEST_CASE("decoding allocates nothing once the session has taken its first step") {
-    Fixture f = open("llama");
-    generate::GenerateOptions o;
-    o.max_new_tokens = 12;
-    o.eos = -1;  // never stop early
-    std::size_t grows_after_first = 0;
-    int seen = 0;
-    o.on_token = [&](std::int32_t) {
-        if (++seen == 2) grows_after_first = f.model->scratch_grows();
-    };
-    auto r = generate::generate(*f.session, f.prompt, o);
-    CHECK(r.tokens.size() == 12);
-    CHECK(f.model->scratch_grows() == grows_after_first);
+    for (std::string c : {"llama", "mpt", "gpt_neox"}) {
+        CAPTURE(c);
+        Fixture f = open(c);
+        generate::GenerateOptions o;
+        o.max_new_tokens = 12;
+        o.eos = -1;  // never stop early
+        std::size_t after_first_step = 0;
+        int seen = 0;
+        o.on_token = [&](std::int32_t) {
+            if (++seen == 2) after_first_step = g_allocations.load();
+        };
+        auto r = generate::generate(*f.session, f.prompt, o);
+        const std::size_t at_end = g_allocations.load();
+        CHECK(r.tokens.size() == 12);
+        CHECK(at_end == after_first_step);  // ten decoding steps, no allocation
+    }
 }
 
 TEST_CASE("a prompt whose <image> count differs from the media is refused") {

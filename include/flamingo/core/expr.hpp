@@ -335,7 +335,8 @@ void assign(const TensorView<T, Ext>& dst, const X& x) {
         const char* lo = static_cast<const char*>(p);
         if (lo >= dhi || lo + span <= dlo) return;
         bool same = same_type && std::is_same_v<T, float> && p == static_cast<const void*>(dst.data());
-        for (std::size_t k = 0; same && k < out.rank; ++k) same = strides[k] == dst.stride(k);
+        for (std::size_t k = 0; same && k < out.rank; ++k)  // a length-1 axis is never stepped along
+            same = out.d[k] == 1 || strides[k] == dst.stride(k);
         if (!same) unsafe = true;
     });
     if (unsafe) {

@@ -116,6 +116,7 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
         SamplingOptions so{sampling ? *o.temperature : 1.0f, o.top_k, o.top_p};
         std::vector<std::int32_t> seq(prompt.begin(), prompt.end());
         seq.reserve(P + o.max_new_tokens);
+        r.tokens.reserve(o.max_new_tokens);
         std::vector<float> scores = std::move(first);
         const std::size_t seq0 = 0;
         for (std::size_t i = 0; i < o.max_new_tokens; ++i) {

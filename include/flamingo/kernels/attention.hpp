@@ -74,7 +74,7 @@ constexpr std::size_t kMaxKeys = std::size_t(1) << 24;  // key positions are exa
 struct Problem {
     const AttentionArgs& a;
     std::size_t group;  // query heads per kv head
-    std::vector<std::size_t> lo, hi;
+    const std::size_t *lo, *hi;
 
     const float* q_row(std::size_t h, std::size_t i) const { return a.q + i * a.q_row_stride + h * a.q_head_stride; }
     const float* k_head(std::size_t h) const { return a.k + (h / group) * a.k_head_stride; }
@@ -88,6 +88,23 @@ struct Problem {
 struct BlockWork {
     Buffer qt, st, ot;  // Q^T (d x BQ), scores/probabilities (tile x BQ), O^T (d x BQ)
 };
+
+// Per-thread working memory that only grows: the kernel runs once per layer and
+// token while decoding, and after the first calls it allocates nothing.
+struct Scratch {
+    std::vector<std::size_t> lo, hi, cost, order;
+    Buffer partial, qbuf, s;
+    BlockWork block;
+};
+inline Scratch& scratch() {
+    thread_local Scratch s;
+    return s;
+}
+template <class T>
+T* grow(std::vector<T>& v, std::size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
+}
 
 // st[c][lanes] = sum_d k_c[d] * qt[d][lanes] for NK keys; folds them into the
 // running lane maxima mt.
@@ -289,7 +306,9 @@ inline void run_blocks(const Problem& P, bool parallel) {
     const std::size_t nb = (a.n_q + BQ - 1) / BQ;
     // Costliest blocks first (later blocks under a causal mask see more keys),
     // handed out dynamically so that uneven blocks balance across threads.
-    std::vector<std::size_t> cost(nb), order(nb);
+    Scratch& sc = scratch();
+    std::size_t* cost = grow(sc.cost, nb);
+    std::size_t* order = grow(sc.order, nb);
     for (std::size_t b = 0; b < nb; ++b) {
         std::size_t lo = std::numeric_limits<std::size_t>::max(), hi = 0;
         for (std::size_t i = b * BQ; i < std::min(a.n_q, (b + 1) * BQ); ++i)
@@ -299,13 +318,13 @@ inline void run_blocks(const Problem& P, bool parallel) {
             }
         cost[b] = hi > lo ? hi - lo : 0;
     }
-    std::iota(order.begin(), order.end(), std::size_t(0));
-    std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return cost[x] > cost[y]; });
+    std::iota(order, order + nb, std::size_t(0));
+    std::stable_sort(order, order + nb, [&](std::size_t x, std::size_t y) { return cost[x] > cost[y]; });
 
     const std::size_t n_items = nb * a.n_heads;
     std::atomic<std::size_t> next{0};
     auto worker = [&](std::size_t, std::size_t) {
-        BlockWork ws;
+        BlockWork& ws = scratch().block;
         for (std::size_t it; (it = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
             const std::size_t b = order[it / a.n_heads], h = it % a.n_heads;
             const std::size_t i0 = b * BQ;
@@ -460,9 +479,13 @@ inline void run_rows(const Problem& P, bool parallel) {
 
     const std::size_t dpad = (d + W - 1) / W * W;
     const std::size_t stride = dpad + W;  // per part: o[dpad], m, l, padding to keep o aligned
-    Buffer partial(n_items * parts * stride);
+    Buffer& partial = scratch().partial;
+    partial.resize(n_items * parts * stride);
     auto body = [&](std::size_t begin, std::size_t end) {
-        Buffer qbuf(dpad), s(kChunk);
+        Scratch& mine = scratch();
+        Buffer& qbuf = mine.qbuf;
+        Buffer& s = mine.s;
+        qbuf.resize(dpad), s.resize(kChunk);
         for (std::size_t t = begin; t < end; ++t) {
             const std::size_t item = t / parts, part = t % parts;
             const std::size_t i = item / a.n_heads, h = item % a.n_heads;
@@ -522,7 +545,10 @@ inline void attention(const AttentionArgs& a) {
     check(a.q_pos0 <= kMaxKeys && a.n_q <= kMaxKeys, "attention: query positions ", a.q_pos0, " + ", a.n_q,
           " exceed the supported ", kMaxKeys);
 
-    Problem P{a, a.n_heads / a.n_kv_heads, std::vector<std::size_t>(a.n_q), std::vector<std::size_t>(a.n_q)};
+    Scratch& sc = scratch();
+    std::size_t* lo_row = grow(sc.lo, a.n_q);
+    std::size_t* hi_row = grow(sc.hi, a.n_q);
+    Problem P{a, a.n_heads / a.n_kv_heads, lo_row, hi_row};
     std::size_t total_keys = 0;
     for (std::size_t i = 0; i < a.n_q; ++i) {
         std::size_t lo = a.kv_begin ? a.kv_begin[i] : 0;
@@ -531,8 +557,8 @@ inline void attention(const AttentionArgs& a) {
               " is not within [0, ", a.n_kv, ")");
         if (a.causal) hi = std::min(hi, a.q_pos0 + i + 1);
         lo = std::min(lo, hi);
-        P.lo[i] = lo;
-        P.hi[i] = hi;
+        lo_row[i] = lo;
+        hi_row[i] = hi;
         total_keys += hi - lo;
     }
     const bool parallel = num_threads() > 1 && total_keys * a.n_heads * a.head_dim >= (std::size_t(1) << 15);
