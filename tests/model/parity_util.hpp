@@ -12,6 +12,7 @@
 
 #include <flamingo/io/npy.hpp>
 #include <flamingo/model/presets.hpp>
+#include <flamingo/io/safetensors.hpp>
 #include <nlohmann/json.hpp>
 
 namespace fixture {

@@ -103,3 +103,61 @@ TEST_CASE("f32 weights are used in place from the memory-mapped file") {
     CHECK(l.model->unused_tensors().empty());
     CHECK(l.model->preset() == "dynamic");
 }
+
+namespace {
+// Copies a model directory with every F32 tensor stored as F16 (a plain
+// safetensors writer: header JSON, then the tensors back to back).
+std::filesystem::path f16_copy(const std::string& c) {
+    namespace fs = std::filesystem;
+    const fs::path src = fixture::dir(c), dst = fs::temp_directory_path() / ("flamingo_f16_" + c);
+    fs::remove_all(dst);
+    fs::create_directories(dst);
+    for (const char* f : {"config.json", "tokenizer.json"}) fs::copy_file(src / f, dst / f);
+    auto file = io::SafeTensorsFile::open(src / "model.safetensors");
+    nlohmann::json header = nlohmann::json::object();
+    std::string data;
+    for (const auto& t : file.tensors()) {
+        std::vector<float> v = io::read_as_float(t);
+        const std::size_t begin = data.size();
+        for (float x : v) {
+            std::uint16_t h = f16(x).bits;
+            data.append(reinterpret_cast<const char*>(&h), 2);
+        }
+        header[t.name] = {{"dtype", "F16"}, {"shape", t.shape}, {"data_offsets", {begin, data.size()}}};
+    }
+    std::string h = header.dump();
+    h.append((8 - h.size() % 8) % 8, ' ');
+    std::ofstream out(dst / "model.safetensors", std::ios::binary);
+    const std::uint64_t n = h.size();
+    out.write(reinterpret_cast<const char*>(&n), 8);
+    out << h << data;
+    return dst;
+}
+}  // namespace
+
+TEST_CASE("F16 checkpoints load (widened to f32 or narrowed to bf16) and stay close to the f32 reference") {
+    // f16 keeps 11 significant bits: logits of these models move by ~0.01.
+    auto dir = f16_copy("gpt_neox");
+    for (auto w : {nn::WeightType::F32, nn::WeightType::BF16}) {
+        model::LoadOptions opt;
+        opt.weights = w;
+        auto m = model::load_model(dir, opt);
+        auto pixels = fixture::floats("gpt_neox", "pixels.npy");
+        auto shape = fixture::shape("gpt_neox", "pixels.npy");
+        auto visual = m->encode_media(pixels.data(), shape[0], shape[1]);
+        auto ids64 = fixture::ints("gpt_neox", "input_ids.npy");
+        std::vector<std::int32_t> ids(ids64.begin(), ids64.end());
+        auto tt = fixture::text_time(ids, m->config().media_token_id);
+        model::MediaContext media;
+        m->project_media(visual.data(), shape[0], media);
+        nn::KVCache cache(m->num_layers(), ids.size(), m->kv_width());
+        nn::Segment seg{0, ids.size(), 0, &cache};
+        std::vector<std::size_t> rows(ids.size());
+        for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
+        std::vector<float> logits(ids.size() * m->vocab_size());
+        m->forward({ids, tt, {&seg, 1}}, media, rows, logits.data());
+        const double atol = w == nn::WeightType::F32 ? 0.05 : 0.3;
+        fixture::expect_close(logits.data(), fixture::floats("gpt_neox", "logits.npy"), atol, 2e-2, "f16 logits");
+    }
+    std::filesystem::remove_all(dir);
+}
