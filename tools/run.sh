@@ -40,6 +40,11 @@ case "$what" in
   test)
     build build -DFLAMINGO_BUILD_TESTS=ON
     (cd build && ctest --output-on-failure -j"$jobs")
+    # Kernels and the tensor library again without -march=native: the portable
+    # SIMD paths (SSE2 baseline) must give the same answers.
+    cmake -S . -B build-portable -DFLAMINGO_BUILD_TESTS=ON -DFLAMINGO_BUILD_EXAMPLES=OFF -DFLAMINGO_NATIVE=OFF >/dev/null
+    cmake --build build-portable -j"$jobs" --target test_core test_linalg test_kernels
+    for t in core linalg kernels; do build-portable/tests/test_$t; done
     build build-sanitize -DFLAMINGO_BUILD_TESTS=ON -DFLAMINGO_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
     (cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j"$jobs")
     ;;
