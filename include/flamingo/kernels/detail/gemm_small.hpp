@@ -46,7 +46,7 @@ inline void dot_block(std::size_t K, const float* X, std::size_t ldx, const W* w
             for (std::size_t r = 0; r < R; ++r) wv[r] = load_w(w + r * ldw + k + u * kV);
             for (std::size_t m = 0; m < MM; ++m) {
                 fbatch xv = fbatch::load_unaligned(X + m * ldx + k + u * kV);
-                if constexpr (R > 1) pin(xv);
+                if constexpr (MM > 2 && R > 1) pin(xv);  // load-bound from 3 rows on (measured)
                 for (std::size_t r = 0; r < R; ++r) acc[u][m][r] = xsimd::fma(xv, wv[r], acc[u][m][r]);
             }
         }
