@@ -148,6 +148,15 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
     std::vector<std::size_t> order(B * V), slot(B);  // slot[b]: the cache of beam b
     for (std::size_t b = 0; b < B; ++b) slot[b] = b;
     std::vector<double> cand(B * V);
+    // Per-step bookkeeping, sized once: a step allocates only when a hypothesis finishes.
+    std::vector<double> next_scores;
+    std::vector<std::int32_t> next_tokens;
+    std::vector<std::size_t> next_src, new_slot(B);
+    std::vector<bool> taken(B);
+    next_scores.reserve(B), next_tokens.reserve(B), next_src.reserve(B);
+    for (auto& q : seqs) q.reserve(max_length);
+    std::vector<std::vector<std::int32_t>> new_seqs = seqs;
+    for (auto& q : new_seqs) q.reserve(max_length);
     bool done = false;
     std::size_t cur_len = P;
     while (true) {
@@ -162,9 +171,7 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
         std::iota(order.begin(), order.end(), 0);
         std::partial_sort(order.begin(), order.begin() + std::ptrdiff_t(K), order.end(),
                           [&](std::size_t a, std::size_t c) { return cand[a] > cand[c] || (cand[a] == cand[c] && a < c); });
-        std::vector<double> next_scores;
-        std::vector<std::int32_t> next_tokens;
-        std::vector<std::size_t> next_src;
+        next_scores.clear(), next_tokens.clear(), next_src.clear();
         for (std::size_t rank = 0; rank < K && next_tokens.size() < B; ++rank) {
             const std::size_t src = order[rank] / V;
             const std::int32_t tok = std::int32_t(order[rank] % V);
@@ -182,9 +189,8 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
         // Beam b continues from beam next_src[b]. Its first child takes a parent's
         // cache over; other children get the cache of a beam that had none and
         // copy the parent's generated positions into it.
-        std::vector<std::vector<std::int32_t>> new_seqs(B);
-        std::vector<std::size_t> new_slot(B, B);
-        std::vector<bool> taken(B, false);
+        std::fill(new_slot.begin(), new_slot.end(), B);
+        std::fill(taken.begin(), taken.end(), false);
         for (std::size_t b = 0; b < B; ++b) {
             new_seqs[b] = seqs[next_src[b]];
             new_seqs[b].push_back(next_tokens[b]);
@@ -200,7 +206,7 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
             s.cache(free).copy_from(s.cache(slot[next_src[b]]), P, cur_len);
         }
         slot = new_slot;
-        seqs = std::move(new_seqs);
+        std::swap(seqs, new_seqs);
         beam_scores = next_scores;
         ++cur_len;
         if (done || cur_len >= max_length) break;
