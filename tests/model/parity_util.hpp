@@ -54,6 +54,26 @@ inline std::vector<std::uint32_t> text_time(const std::vector<std::int32_t>& ids
     return tt;
 }
 
+// Teacher-forced logits [T, vocab] of a case's prompt and media on model m.
+inline std::vector<float> logits(flamingo::model::Model& m, const std::string& c) {
+    using namespace flamingo;
+    auto pixels = floats(c, "pixels.npy");
+    auto s = shape(c, "pixels.npy");
+    auto visual = m.encode_media(pixels.data(), s[0], s[1]);
+    auto ids64 = ints(c, "input_ids.npy");
+    std::vector<std::int32_t> ids(ids64.begin(), ids64.end());
+    auto tt = text_time(ids, m.config().media_token_id);
+    model::MediaContext media;
+    m.project_media(visual.data(), s[0], media);
+    nn::KVCache cache(m.num_layers(), ids.size(), m.kv_width());
+    nn::Segment seg{0, ids.size(), 0, &cache};
+    std::vector<std::size_t> rows(ids.size());
+    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
+    std::vector<float> out(ids.size() * m.vocab_size());
+    m.forward({ids, tt, {&seg, 1}}, media, rows, out.data());
+    return out;
+}
+
 inline const std::vector<std::string>& cases() {
     static const std::vector<std::string> c = {"llama", "mpt", "mosaic_gpt", "gpt_neox", "all_media",
                                                "video", "ln_post_tokens"};

@@ -35,18 +35,7 @@ void check_case(const std::string& c, model::LoadOptions opt, double atol, doubl
     std::vector<float> visual = m.encode_media(l.pixels.data(), l.n_media, l.frames);
     fixture::expect_close(visual.data(), fixture::floats(c, "perceiver.npy"), atol, rtol, "perceiver");
 
-    auto ids64 = fixture::ints(c, "input_ids.npy");
-    std::vector<std::int32_t> ids(ids64.begin(), ids64.end());
-    auto tt = fixture::text_time(ids, m.config().media_token_id);
-    model::MediaContext media;
-    m.project_media(visual.data(), l.n_media, media);
-    nn::KVCache cache(m.num_layers(), ids.size(), m.kv_width());
-    nn::Segment seg{0, ids.size(), 0, &cache};
-    std::vector<std::size_t> rows(ids.size());
-    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
-    std::vector<float> logits(ids.size() * m.vocab_size());
-    m.forward({ids, tt, {&seg, 1}}, media, rows, logits.data());
-    fixture::expect_close(logits.data(), fixture::floats(c, "logits.npy"), atol, rtol, "logits");
+    fixture::expect_close(fixture::logits(m, c).data(), fixture::floats(c, "logits.npy"), atol, rtol, "logits");
 }
 
 }  // namespace
@@ -79,21 +68,8 @@ TEST_CASE("bf16 weights: an f32 checkpoint rounded to bf16 stays close to the f3
     opt.weights = nn::WeightType::BF16;
     for (std::string c : {"llama", "mpt", "gpt_neox"}) {
         CAPTURE(c);
-        Loaded l = load(c, opt);
-        model::Model& m = *l.model;
-        auto visual = m.encode_media(l.pixels.data(), l.n_media, l.frames);
-        auto ids64 = fixture::ints(c, "input_ids.npy");
-        std::vector<std::int32_t> ids(ids64.begin(), ids64.end());
-        auto tt = fixture::text_time(ids, m.config().media_token_id);
-        model::MediaContext media;
-        m.project_media(visual.data(), l.n_media, media);
-        nn::KVCache cache(m.num_layers(), ids.size(), m.kv_width());
-        nn::Segment seg{0, ids.size(), 0, &cache};
-        std::vector<std::size_t> rows(ids.size());
-        for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
-        std::vector<float> logits(ids.size() * m.vocab_size());
-        m.forward({ids, tt, {&seg, 1}}, media, rows, logits.data());
-        fixture::expect_close(logits.data(), fixture::floats(c, "logits.npy"), 0.3, 2e-2, "bf16 logits");
+        auto m = model::load_model(fixture::dir(c), opt);
+        fixture::expect_close(fixture::logits(*m, c).data(), fixture::floats(c, "logits.npy"), 0.3, 2e-2, "bf16 logits");
     }
 }
 
@@ -142,22 +118,9 @@ TEST_CASE("F16 checkpoints load (widened to f32 or narrowed to bf16) and stay cl
         model::LoadOptions opt;
         opt.weights = w;
         auto m = model::load_model(dir, opt);
-        auto pixels = fixture::floats("gpt_neox", "pixels.npy");
-        auto shape = fixture::shape("gpt_neox", "pixels.npy");
-        auto visual = m->encode_media(pixels.data(), shape[0], shape[1]);
-        auto ids64 = fixture::ints("gpt_neox", "input_ids.npy");
-        std::vector<std::int32_t> ids(ids64.begin(), ids64.end());
-        auto tt = fixture::text_time(ids, m->config().media_token_id);
-        model::MediaContext media;
-        m->project_media(visual.data(), shape[0], media);
-        nn::KVCache cache(m->num_layers(), ids.size(), m->kv_width());
-        nn::Segment seg{0, ids.size(), 0, &cache};
-        std::vector<std::size_t> rows(ids.size());
-        for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
-        std::vector<float> logits(ids.size() * m->vocab_size());
-        m->forward({ids, tt, {&seg, 1}}, media, rows, logits.data());
         const double atol = w == nn::WeightType::F32 ? 0.05 : 0.3;
-        fixture::expect_close(logits.data(), fixture::floats("gpt_neox", "logits.npy"), atol, 2e-2, "f16 logits");
+        fixture::expect_close(fixture::logits(*m, "gpt_neox").data(), fixture::floats("gpt_neox", "logits.npy"), atol,
+                              2e-2, "f16 logits");
     }
     std::filesystem::remove_all(dir);
 }

@@ -25,18 +25,7 @@ TEST_CASE("a statically shaped instantiation matches the reference") {
     auto shape = fixture::shape("mpt", "pixels.npy");
     auto visual = m->encode_media(pixels.data(), shape[0], shape[1]);
     fixture::expect_close(visual.data(), fixture::floats("mpt", "perceiver.npy"), 1e-4, 1e-4, "perceiver");
-    auto ids64 = fixture::ints("mpt", "input_ids.npy");
-    std::vector<std::int32_t> ids(ids64.begin(), ids64.end());
-    auto tt = fixture::text_time(ids, m->config().media_token_id);
-    model::MediaContext media;
-    m->project_media(visual.data(), shape[0], media);
-    nn::KVCache cache(m->num_layers(), ids.size(), m->kv_width());
-    nn::Segment seg{0, ids.size(), 0, &cache};
-    std::vector<std::size_t> rows(ids.size());
-    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
-    std::vector<float> logits(ids.size() * m->vocab_size());
-    m->forward({ids, tt, {&seg, 1}}, media, rows, logits.data());
-    fixture::expect_close(logits.data(), fixture::floats("mpt", "logits.npy"), 1e-4, 1e-4, "logits");
+    fixture::expect_close(fixture::logits(*m, "mpt").data(), fixture::floats("mpt", "logits.npy"), 1e-4, 1e-4, "logits");
 }
 
 TEST_CASE("a preset refuses a checkpoint of other sizes, naming the size") {
