@@ -58,9 +58,14 @@ CROSS_ATTN = {"every_n_layers": 2, "heads": 4, "dim_head": 32, "ff_mult": 4, "on
 TEXT = {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 6, "num_attention_heads": 8,
         "max_position_embeddings": 512}
 CLIP_TEXT = {"width": 128, "layers": 3, "heads": 4, "context": 24}
+RMS_NORM_EPS = 1e-6      # while pre-training the decoder
+RESIDUAL_SCALE = 1 / 16  # the pre-trained decoder is rescaled by this before the Flamingo stage
 
 
-def llama_config(vocab_size, eot_id):
+def llama_config(vocab_size, eot_id, rescaled=True):
+    """rescaled: the config of the decoder after rescale_residual_ (the shipped
+    one), whose RMSNorm eps is scaled with the residual stream so that it
+    computes exactly what the pre-trained decoder did."""
     """A Hugging Face LLaMA config.json for the world's decoder."""
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -74,7 +79,7 @@ def llama_config(vocab_size, eot_id):
         "hidden_act": "silu",
         "max_position_embeddings": TEXT["max_position_embeddings"],
         "initializer_range": 0.02,
-        "rms_norm_eps": 1e-6,
+        "rms_norm_eps": RMS_NORM_EPS * RESIDUAL_SCALE ** 2 if rescaled else RMS_NORM_EPS,
         "rope_theta": 10000.0,
         "rope_scaling": None,
         "attention_bias": False,

@@ -2,6 +2,7 @@
 batches for the three training stages (contrastive pairs, plain text,
 interleaved image-text documents)."""
 
+import hashlib
 import os
 import random
 from multiprocessing import Pool as ProcessPool
@@ -27,7 +28,9 @@ class ImagePool:
 
     @staticmethod
     def build(n, seed, processes=1, cache_dir=None):
-        path = os.path.join(cache_dir, f"pool-{n}-{seed}.npy") if cache_dir else None
+        with open(S.__file__, "rb") as f:   # a changed renderer must not reuse old pictures
+            version = hashlib.sha1(f.read()).hexdigest()[:10]
+        path = os.path.join(cache_dir, f"pool-{n}-{seed}-{version}.npy") if cache_dir else None
         rng = random.Random(seed)
         # every single-object kind that binding documents ask for is present
         kinds = [(sh, c, tx) for sh in S.SHAPES for c in S.COLOURS for tx in S.TEXTURES
@@ -142,14 +145,35 @@ def task_weights_choice(rng, weights):
     return task
 
 
-def flamingo_items(tok, pool, names, weights, max_images=5):
-    """Interleaved documents of 1..max_images images drawn from the pool."""
+def encode_document(tok, doc, mask_new_names=True):
+    """Token ids of a document in Flamingo's format, and the positions of the
+    tokens of every made-up name's first appearance: random letters that no
+    model can predict, so their loss is pure noise (they stay out of it)."""
+    ids, skip, seen = [], [], set()
+    for c in doc.chunks:
+        if doc.task == "binding" and mask_new_names:
+            name = c.answer[:-1]
+            ids += tok.encode(T.IMAGE + c.prefix)
+            piece = tok.encode(" " + name)
+            if name not in seen:
+                skip += range(len(ids), len(ids) + len(piece))
+                seen.add(name)
+            ids += piece + tok.encode("." + T.EOC)
+        else:
+            ids += tok.encode(f"{T.IMAGE}{c.text}{T.EOC}")
+    return ids, skip
+
+
+def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True):
+    """Interleaved documents of 1..max_images images drawn from the pool:
+    (ids, pool indices, positions left out of the loss)."""
     def make(rng, n):
         out = []
         for _ in range(n):
             task = task_weights_choice(rng, weights)
             doc = T.sample_document(rng, task, rng.randint(1, max_images), pool.source, names)
-            out.append((tok.encode(doc.interleaved()), [pool.index_of[c.scene] for c in doc.chunks]))
+            ids, skip = encode_document(tok, doc, mask_new_names)
+            out.append((ids, [pool.index_of[c.scene] for c in doc.chunks], skip))
         return out
     return make
 
@@ -161,5 +185,7 @@ def flamingo_collate(tok, items):
     ids = pad(seqs, tok.token_id(T.EOT))
     mask = pad([[1] * len(s) for s in seqs], 0)
     mask[ids == tok.token_id(T.IMAGE)] = 0
+    for row, it in enumerate(items):
+        mask[row, list(it[2])] = 0
     img = pad([it[1] for it in items], -1)
     return ids, mask, img

@@ -205,9 +205,14 @@ def write_agreement(path, data, outputs, per_task):
     token ids, generated ids and candidate log-probabilities."""
     cases = []
     for task, recs in data.items():
-        chosen = [r for r in recs if r["id"] in outputs]
-        step = max(1, len(chosen) // per_task)
-        for rec in chosen[::step][:per_task]:
+        done = [r for r in recs if r["id"] in outputs]
+        chosen = []
+        for i in range(per_task):  # every shot count, queries spread over the set
+            shots = evalset.SHOTS[i % len(evalset.SHOTS)]
+            pool = [r for r in done if r["shots"] == shots]
+            if pool:
+                chosen.append(pool[(i * 37) % len(pool)])
+        for rec in chosen:
             _, ok, out, extra = outputs[rec["id"]]
             case = {k: rec[k] for k in ("id", "task", "shots", "prompt", "images", "judge", "answer")}
             case.update(extra)

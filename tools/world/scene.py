@@ -37,7 +37,7 @@ RGB = {"red": (215, 35, 35), "green": (35, 160, 55), "blue": (40, 80, 220),
 
 IMAGE_SIZE = 64
 _SS = 4                      # supersampling factor for anti-aliased edges
-_SIDE = {"small": 9, "large": 13}   # object side in pixels of the final image
+_SIDE = {"small": 9, "large": 12}   # object side in pixels of the final image
 _BACKGROUND = 248
 _PAPER = 252                 # the light parts of striped and dotted objects
 
@@ -100,7 +100,7 @@ def _draw_shape(draw, shape, cx, cy, r, fill):
     elif shape == "triangle":
         draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
     elif shape == "star":
-        draw.polygon(_star(cx, cy, r * 1.1), fill=fill)
+        draw.polygon(_star(cx, cy, r * 1.05), fill=fill)
     elif shape == "diamond":
         draw.polygon([(cx, cy - r), (cx + r * 0.8, cy), (cx, cy + r), (cx - r * 0.8, cy)], fill=fill)
     elif shape == "cross":
@@ -108,7 +108,7 @@ def _draw_shape(draw, shape, cx, cy, r, fill):
         draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fill)
         draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fill)
     elif shape == "heart":
-        draw.polygon(_heart(cx, cy, r * 1.05), fill=fill)
+        draw.polygon(_heart(cx, cy, r), fill=fill)
     else:
         raise ValueError(f"unknown shape {shape!r}")
 
@@ -121,9 +121,10 @@ def _layout(scene, rng):
     mid = IMAGE_SIZE / 2
     x0, x1, y0, y1 = {"left": (1, mid - 1, 1, IMAGE_SIZE - 1), "right": (mid + 1, IMAGE_SIZE - 1, 1, IMAGE_SIZE - 1),
                       "top": (1, IMAGE_SIZE - 1, 1, mid - 1), "bottom": (1, IMAGE_SIZE - 1, mid + 1, IMAGE_SIZE - 1)}[scene.position]
-    cols, rows = int((x1 - x0) // (side + 1)), int((y1 - y0) // (side + 1))
+    gap = 2.0   # at least two pixels between objects, so none touch after anti-aliasing
+    cols, rows = int((x1 - x0) // (side + gap)), int((y1 - y0) // (side + gap))
     cw, ch = (x1 - x0) / cols, (y1 - y0) / rows
-    jx, jy = (cw - side - 1) / 2, (ch - side - 1) / 2
+    jx, jy = (cw - side - gap) / 2, (ch - side - gap) / 2
     cells = [(c, r) for c in range(cols) for r in range(rows)]
     for _ in range(1000):
         chosen = rng.sample(cells, scene.count)

@@ -39,12 +39,12 @@ def cosine_lr(step, total, peak, warmup):
 
 def set_lr(opt, lr):
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
-def adamw(params_decay, params_no_decay, lr, wd):
+def adamw(params_decay, params_no_decay, lr, wd, eps=1e-6):
     groups = [{"params": params_decay, "weight_decay": wd}, {"params": params_no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.98), eps=eps)
 
 
 def split_decay(module):
@@ -207,10 +207,10 @@ def clip_attribute_accuracy(vit, text, tok, seed, n=300):
 
 # ---- language-model pre-training ------------------------------------------------------
 
-def make_lm(tok):
+def make_lm(tok, rescaled=True):
     """The LLaMA decoder as the reference builds it (FlamingoLayer-wrapped, so the
     state-dict names are those of the final model), without cross-attention."""
-    cfg = common.llama_config(len(tok), tok.token_id(T.EOT))
+    cfg = common.llama_config(len(tok), tok.token_id(T.EOT), rescaled)
     no_xattn = dict(common.CROSS_ATTN, every_n_layers=cfg["num_hidden_layers"] + 1)
     lm = ref.FlamingoLM(cfg, common.VISION["width"], no_xattn)
     common.init_llama(lm)
@@ -229,7 +229,7 @@ def lm_loss(logits, ids, mask):
 def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50):
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    lm = make_lm(tok)
+    lm = make_lm(tok, rescaled=False)
     decay, keep = split_decay(lm)
     opt = adamw(decay, keep, lr, 0.1)
     t0 = time.time()
@@ -247,7 +247,65 @@ def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50):
         opt.step()
         if step % every == 0 or step == steps - 1:
             log(f"lm step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
-    return lm.eval()
+    lm.eval()
+    log("lm checks: " + " ".join(f"{k} {v:.3f}" for k, v in lm_checks(lm, tok, seed).items()))
+    ids = torch.tensor([tok.encode(T.lm_corpus(random.Random(seed), 1, T.training_names())[0])])
+    with torch.no_grad():
+        before = lm(ids, None, None)
+        rescale_residual_(lm, common.RESIDUAL_SCALE)
+        change = (lm(ids, None, None) - before).abs().max().item()
+    log(f"decoder rescaled by {common.RESIDUAL_SCALE}: largest logit change {change:.2e}")
+    return lm
+
+
+@torch.no_grad()
+def rescale_residual_(lm, factor):
+    """Scale the decoder's residual stream by `factor` without changing what it
+    computes: every block reads the stream through an RMSNorm, so scaling the
+    embeddings and every projection that writes to the stream (o_proj,
+    down_proj) scales the whole stream and nothing else (up to the norms' eps).
+    The norms' eps scales with the square of the factor (make_lm(rescaled=True)
+    has it), which makes the rescaled decoder compute exactly the same values;
+    a power of two keeps float and bf16 weights exact. The trained decoder's
+    stream has a per-dimension RMS of 15-60; at ~1-4 a freshly initialised
+    cross-attention block writes at its scale and trains in far fewer steps."""
+    for m in lm.modules():
+        if isinstance(m, ref.LlamaRMSNorm):
+            m.eps = m.eps * factor ** 2
+    lm.model.embed_tokens.weight.mul_(factor)
+    for layer in lm.layers:
+        layer.decoder_layer.self_attn.o_proj.weight.mul_(factor)
+        layer.decoder_layer.mlp.down_proj.weight.mul_(factor)
+
+
+@torch.no_grad()
+def lm_checks(lm, tok, seed, n=100):
+    """Text-only abilities the Flamingo stage builds on. copy: after two lines
+    naming objects with held-out made-up words, the greedy next line names one
+    of them; style: a third caption keeps the style of the first two."""
+    rng = random.Random(f"lm-check-{seed}")
+    _, eval_names = T.name_split()
+    source = T.random_scene_source("eval")
+    copy = style = 0
+    for _ in range(n):
+        a, b = rng.sample(eval_names, 2)
+        prompt = f"{T.binding_text(a)}\n{T.binding_text(b)}\n{T.BINDING_PREFIX}"
+        out = greedy_text(lm, tok, prompt, 6)
+        copy += out.split("\n")[0].strip() in (a + ".", b + ".")
+        st = rng.randrange(T.CAPTION_STYLES)
+        caps = [T.caption(source(rng), st) for _ in range(3)]
+        ids = tok.encode(caps[0] + "\n" + caps[1] + "\n")
+        logits = lm(torch.tensor([ids]), None, None)[0, -1]
+        style += int(logits.argmax()) == tok.encode(caps[2])[0]
+    return {"copy": copy / n, "style": style / n}
+
+
+def greedy_text(lm, tok, prompt, n):
+    ids = tok.encode(prompt)
+    start = len(ids)
+    for _ in range(n):
+        ids.append(int(lm(torch.tensor([ids]), None, None)[0, -1].argmax()))
+    return tok.decode(ids[start:])
 
 
 # ---- the Flamingo stage ---------------------------------------------------------------------
@@ -275,8 +333,8 @@ def assemble(tok, vit, lm):
     return model
 
 
-def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=1e-3, weights=None,
-                   every=50, probe=None):
+def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-3, weights=None,
+                   every=50, probe=None, gate_lr=1e-2, clip=1.0, latent_std=0.02):
     """Trains Perceiver, gated cross-attention and the rows of <image> and
     <|endofchunk|> in the input and output embeddings; everything else frozen."""
     torch.manual_seed(seed)
@@ -284,6 +342,12 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=1e-
     weights = weights or {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": 1.5}
     for p in model.parameters():
         p.requires_grad_(False)
+    with torch.no_grad():
+        # Upstream draws the latents from N(0, 1); then 98% of the Perceiver's
+        # output is the latents themselves and the image barely shows through,
+        # which costs thousands of steps before the gates open. Small latents
+        # make the output image-dependent from the start.
+        model.perceiver.latents.normal_(0.0, latent_std)
     lang = model.lang_encoder
     new_rows = torch.tensor([tok.token_id(T.IMAGE), tok.token_id(T.EOC)])
     emb, head = lang.model.embed_tokens.weight, lang.lm_head.weight
@@ -305,8 +369,15 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=1e-
         d, k = split_decay(m)
         decay += d
         keep += k
-    opt = adamw(decay, keep + [emb, head], lr, 0.1)
-    params = decay + keep + [emb, head]
+    gates = [b.attn_gate for b in xattn] + [b.ff_gate for b in xattn]
+    keep = [p for p in keep if all(p is not g for g in gates)]
+    # Behind nearly closed gates the gradients are tiny (~1e-6): Adam's eps must
+    # be well below that or it silently scales the steps down.
+    opt = adamw(decay, keep + [emb, head], lr, 0.1, eps=1e-10)
+    # The tanh gates start closed; a larger step lets them open as soon as the
+    # visual signal is useful, rather than after thousands of steps.
+    opt.add_param_group({"params": gates, "weight_decay": 0.0, "lr": gate_lr, "lr_scale": gate_lr / lr})
+    params = decay + keep + [emb, head] + gates
     model.train()
     batches = data.stream(rng, data.flamingo_items(tok, pool, names, weights), batch)
     t0 = time.time()
@@ -322,11 +393,12 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=1e-
         loss = lm_loss(logits, ids, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         if step % every == 0 or step == steps - 1:
             gates = " ".join(f"{b.attn_gate.item():+.2f}/{b.ff_gate.item():+.2f}" for b in xattn)
-            log(f"flamingo step {step}/{steps} loss {loss.item():.4f} gates {gates} ({time.time() - t0:.0f}s)")
+            log(f"flamingo step {step}/{steps} loss {loss.item():.4f} grad {gnorm:.2f} gates {gates} "
+                f"({time.time() - t0:.0f}s)")
         if probe is not None and (step + 1) % probe[0] == 0:
             model.eval()
             probe[1](model)

@@ -120,9 +120,15 @@ tab tad tag tam tan tap tat tax ted ten tin tip tit tod tog tom ton top tot tub 
 vex vim vin vox wad wag wan wax web wed wet wig win wit wok won wot zap zip zit zen""".split())
 
 
+# Every word of the world's templates: no made-up name may be one of them.
+WORLD_WORDS = set(w.lower() for w in """a photo of there is are the answer question what colour shapes shape they
+how many where big small or large pattern do have category this one two three four left right top bottom
+solid striped dotted on it""".split()) | set(S.SHAPES) | set(S.PLURALS.values()) | set(S.COLOURS)
+
+
 def _all_names():
     names = [o + v + c for o in _ONSETS for v in _VOWELS for c in _CODAS]
-    return [n for n in names if n not in _REAL]
+    return [n for n in names if n not in _REAL and n not in WORLD_WORDS]
 
 
 def name_split():
@@ -131,6 +137,46 @@ def name_split():
     random.Random(12345).shuffle(names)
     cut = len(names) * 4 // 5
     return sorted(names[:cut]), sorted(names[cut:])
+
+
+class NameSampler:
+    """Fresh made-up words for training: 3 to 5 letters in consonant-vowel
+    patterns, from a space (~100k words) far too large to memorise, so that
+    using a name means copying it from the context. The held-out names, the
+    world's own words and common real words are never produced."""
+
+    PARTS = {
+        "c": list("bdfghjklmnprstvwxz"),
+        "v": list("aeiou"),
+        "s": "bl br dr fl fr gl gr kl kr pl pr sk sl sm sn sp st sw tr tw".split(),   # onset clusters
+        "e": "nd nk nt mp sk st ft lt rk rt".split(),                                  # coda clusters
+    }
+    PATTERNS = ["cvc", "cvc", "cvcv", "cvcvc", "cve", "svc"]
+
+    def __init__(self, exclude):
+        self.exclude = set(exclude) | _REAL | WORLD_WORDS
+
+    def word(self, rng):
+        while True:
+            w = "".join(rng.choice(self.PARTS[p]) for p in rng.choice(self.PATTERNS))
+            if w not in self.exclude:
+                return w
+
+    def sample(self, rng, k):
+        out = []
+        while len(out) < k:
+            w = self.word(rng)
+            if w not in out:
+                out.append(w)
+        return out
+
+
+def training_names():
+    return NameSampler(name_split()[1])
+
+
+def _choose_names(rng, names, k):
+    return names.sample(rng, k) if hasattr(names, "sample") else rng.sample(names, k)
 
 
 BINDING_PREFIX = "This is a"
@@ -191,7 +237,8 @@ class Document:
 
 def sample_document(rng, task, n_chunks, scene_source, names=None, split="train"):
     """A document of one task with n_chunks chunks. scene_source(rng, **fixed)
-    returns a scene (or a pool entry) satisfying the fixed attributes."""
+    returns a scene (or a pool entry) satisfying the fixed attributes; names
+    is a list of made-up names or a NameSampler."""
     if task == "caption":
         style = rng.randrange(CAPTION_STYLES)
         chunks = []
@@ -217,7 +264,7 @@ def sample_document(rng, task, n_chunks, scene_source, names=None, split="train"
     if task == "binding":
         n_kinds = 2 if n_chunks <= 3 or rng.random() < 0.7 else 3
         kinds = binding_kinds(rng, split, n_kinds)
-        chosen = rng.sample(names, n_kinds)
+        chosen = _choose_names(rng, names, n_kinds)
         chunks = []
         for _ in range(n_chunks):
             k = rng.randrange(n_kinds)

@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--pool", type=int, default=40000, help="rendered training images")
     ap.add_argument("--clip-steps", type=int, default=1500)
     ap.add_argument("--lm-steps", type=int, default=2000)
-    ap.add_argument("--flamingo-steps", type=int, default=3000)
+    ap.add_argument("--flamingo-steps", type=int, default=5000)
     ap.add_argument("--probe-every", type=int, default=500)
     ap.add_argument("--probe-size", type=int, default=50)
     args = ap.parse_args()
@@ -66,7 +66,7 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     t_start = time.time()
     seed = args.seed
-    train_names, eval_names = T.name_split()
+    train_names, eval_names = T.training_names(), T.name_split()[1]
 
     def cached(name, build):
         path = os.path.join(args.work, name)
@@ -136,12 +136,32 @@ def main():
     log(f"total {time.time() - t_start:.0f}s")
 
 
+# Example pictures shipped beside the model, for the demo (fresh renders, not
+# in the training pool). name -> scene
+EXAMPLES = {
+    "two_red_circles": S.Scene("circle", "red", "solid", "large", 2, "left", seed=101),
+    "one_striped_blue_star": S.Scene("star", "blue", "striped", "large", 1, "top", seed=102),
+    "three_green_triangles": S.Scene("triangle", "green", "solid", "small", 3, "bottom", seed=103),
+    "four_dotted_orange_squares": S.Scene("square", "orange", "dotted", "small", 4, "right", seed=104),
+    "purple_heart_a": S.Scene("heart", "purple", "solid", "large", 1, "left", seed=105),
+    "yellow_diamond": S.Scene("diamond", "yellow", "striped", "large", 1, "right", seed=106),
+    "purple_heart_b": S.Scene("heart", "purple", "solid", "small", 1, "top", seed=107),
+}
+
+
+def write_examples(out):
+    os.makedirs(os.path.join(out, "examples"), exist_ok=True)
+    for name, sc in EXAMPLES.items():
+        S.save_png(S.render(sc), os.path.join(out, "examples", name + ".png"))
+
+
 def export(model, tok, out):
     if os.path.isdir(out):
         for name in ("config.json", "tokenizer.json", "model.safetensors"):
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
     ref.save_model_dir(model, out, tok.to_json(), dtype="bf16")
+    write_examples(out)
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if os.path.isfile(os.path.join(out, f)))
     log(f"wrote {out} ({size / 1e6:.1f} MB)")
 
