@@ -1,0 +1,49 @@
+// The few-shot demo: a bundled Flamingo model answers from a few interleaved
+// examples (captioning, a question, and names made up inside the prompt).
+// Reads <model>/examples/demo.json: [{"title", "prompt", "images", "max_new_tokens"}].
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include <flamingo/pipeline.hpp>
+
+int main(int argc, char** argv) {
+    namespace fs = std::filesystem;
+    const fs::path model = argc > 1 ? fs::path(argv[1]) : fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
+    try {
+        const auto t0 = std::chrono::steady_clock::now();
+        flamingo::Pipeline p(model);
+        const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        std::ifstream in(model / "examples" / "demo.json");
+        if (!in) flamingo::fail(model.string(), "/examples/demo.json: cannot open");
+        const nlohmann::json demos = nlohmann::json::parse(in);
+        std::printf("model %s (%s preset, loaded in %.0f ms)\n", model.string().c_str(),
+                    std::string(p.model().preset()).c_str(), load_ms);
+        for (const auto& d : demos) {
+            std::vector<std::string> images, shown;
+            for (const auto& im : d.at("images")) {
+                images.push_back((model / "examples" / im.get<std::string>()).string());
+                shown.push_back(im.get<std::string>());
+            }
+            const auto t = std::chrono::steady_clock::now();
+            p.set_media(images);
+            flamingo::generate::GenerateOptions o;
+            o.max_new_tokens = d.value("max_new_tokens", 20);
+            auto g = p.generate(d.at("prompt").get<std::string>(), o);
+            const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+            std::printf("\n== %s\n", d.at("title").get<std::string>().c_str());
+            std::printf("images: ");
+            for (std::size_t i = 0; i < shown.size(); ++i) std::printf("%s%s", i ? ", " : "", shown[i].c_str());
+            std::printf("\nprompt: %s\nanswer: %s   (%.0f ms)\n", d.at("prompt").get<std::string>().c_str(),
+                        g.text.c_str(), ms);
+        }
+    } catch (const std::exception& e) {
+        std::cerr << "demo: error: " << e.what() << "\n";
+        return 1;
+    }
+}
