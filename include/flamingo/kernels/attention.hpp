@@ -319,7 +319,11 @@ inline void run_blocks(const Problem& P, bool parallel) {
         cost[b] = hi > lo ? hi - lo : 0;
     }
     std::iota(order, order + nb, std::size_t(0));
-    std::stable_sort(order, order + nb, [&](std::size_t x, std::size_t y) { return cost[x] > cost[y]; });
+    // Ties broken by index: deterministic, and std::sort needs no buffer
+    // (stable_sort would allocate one on every call).
+    std::sort(order, order + nb, [&](std::size_t x, std::size_t y) {
+        return cost[x] != cost[y] ? cost[x] > cost[y] : x < y;
+    });
 
     const std::size_t n_items = nb * a.n_heads;
     std::atomic<std::size_t> next{0};
