@@ -122,9 +122,9 @@ def stream(rng, make, batch, per_refill=16):
         yield from length_buckets(rng, make(rng, batch * per_refill), batch, lambda it: len(it[0]))
 
 
-def lm_items(tok, names, max_chunks=8):
+def lm_items(tok, names, max_chunks=8, binding_share=0.25):
     def make(rng, n):
-        return [(tok.encode(t),) for t in T.lm_corpus(rng, n, names, max_chunks)]
+        return [(tok.encode(t),) for t in T.lm_corpus(rng, n, names, max_chunks, binding_share)]
     return make
 
 

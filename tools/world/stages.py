@@ -226,14 +226,14 @@ def lm_loss(logits, ids, mask):
     return (ce * m.reshape(-1)).sum() / m.sum()
 
 
-def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50):
+def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50, binding_share=0.25, check_every=0):
     torch.manual_seed(seed)
     rng = random.Random(seed)
     lm = make_lm(tok, rescaled=False)
     decay, keep = split_decay(lm)
     opt = adamw(decay, keep, lr, 0.1)
     t0 = time.time()
-    batches = data.stream(rng, data.lm_items(tok, names), batch)
+    batches = data.stream(rng, data.lm_items(tok, names, binding_share=binding_share), batch)
     for step in range(steps):
         set_lr(opt, cosine_lr(step, steps, lr, 100))
         ids, mask = data.lm_collate(tok, next(batches))
@@ -247,6 +247,10 @@ def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50):
         opt.step()
         if step % every == 0 or step == steps - 1:
             log(f"lm step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+        if check_every and (step + 1) % check_every == 0:
+            lm.eval()
+            log("lm checks: " + " ".join(f"{k} {v:.3f}" for k, v in lm_checks(lm, tok, seed).items()))
+            lm.train()
     lm.eval()
     log("lm checks: " + " ".join(f"{k} {v:.3f}" for k, v in lm_checks(lm, tok, seed).items()))
     ids = torch.tensor([tok.encode(T.lm_corpus(random.Random(seed), 1, T.training_names())[0])])

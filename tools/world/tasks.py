@@ -281,11 +281,12 @@ def random_scene_source(split="train"):
     return source
 
 
-def lm_corpus(rng, n_docs, names, max_chunks=8):
+def lm_corpus(rng, n_docs, names, max_chunks=8, binding_share=0.25):
     """Plain-text documents of the world for language-model pre-training."""
     source = random_scene_source("train")
     docs = []
+    others = [t for t in TASKS if t != "binding"]
     for _ in range(n_docs):
-        task = rng.choice(TASKS)
+        task = "binding" if rng.random() < binding_share else rng.choice(others)
         docs.append(sample_document(rng, task, rng.randint(1, max_chunks), source, names).plain_text())
     return docs
