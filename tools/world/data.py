@@ -122,9 +122,9 @@ def stream(rng, make, batch, per_refill=16):
         yield from length_buckets(rng, make(rng, batch * per_refill), batch, lambda it: len(it[0]))
 
 
-def lm_items(tok, names, max_chunks=8, binding_share=0.25):
+def lm_items(tok, names, max_chunks=8, binding_share=0.25, describe_share=0.0):
     def make(rng, n):
-        return [(tok.encode(t),) for t in T.lm_corpus(rng, n, names, max_chunks, binding_share)]
+        return [(tok.encode(t),) for t in T.lm_corpus(rng, n, names, max_chunks, binding_share, describe_share)]
     return make
 
 
@@ -145,22 +145,29 @@ def task_weights_choice(rng, weights):
     return task
 
 
-def encode_document(tok, doc, mask_new_names=True):
-    """Token ids of a document in Flamingo's format, and the positions of the
-    tokens of every made-up name's first appearance: random letters that no
-    model can predict, so their loss is pure noise (they stay out of it)."""
+def encode_document(tok, doc, mask_new_names=True, answers_only=True):
+    """Token ids of a document in Flamingo's format, and the positions left
+    out of the loss: the tokens of every made-up name's first appearance
+    (random letters no model can predict), and with answers_only the
+    template prefixes ("Question: What colour ...?  Answer:", "This is a").
+    The frozen decoder cannot lower their loss (which question comes next is
+    chance), so their gradients are noise that swamps Adam's step size for
+    the one answer token in each chunk that depends on the image."""
     ids, skip, seen = [], [], set()
     for c in doc.chunks:
-        if doc.task == "binding" and mask_new_names:
+        start = len(ids)
+        ids += tok.encode(T.IMAGE + c.prefix)
+        if answers_only:
+            skip += range(start + 1, len(ids))
+        if doc.task == "binding":
             name = c.answer[:-1]
-            ids += tok.encode(T.IMAGE + c.prefix)
             piece = tok.encode(" " + name)
-            if name not in seen:
+            if mask_new_names and name not in seen:
                 skip += range(len(ids), len(ids) + len(piece))
                 seen.add(name)
             ids += piece + tok.encode("." + T.EOC)
         else:
-            ids += tok.encode(f"{T.IMAGE}{c.text}{T.EOC}")
+            ids += tok.encode((" " if c.prefix else "") + c.answer + T.EOC)
     return ids, skip
 
 

@@ -226,14 +226,16 @@ def lm_loss(logits, ids, mask):
     return (ce * m.reshape(-1)).sum() / m.sum()
 
 
-def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50, binding_share=0.25, check_every=0):
+def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50, binding_share=0.25, describe_share=0.0,
+             check_every=0):
     torch.manual_seed(seed)
     rng = random.Random(seed)
     lm = make_lm(tok, rescaled=False)
     decay, keep = split_decay(lm)
     opt = adamw(decay, keep, lr, 0.1)
     t0 = time.time()
-    batches = data.stream(rng, data.lm_items(tok, names, binding_share=binding_share), batch)
+    batches = data.stream(rng, data.lm_items(tok, names, binding_share=binding_share,
+                                                 describe_share=describe_share), batch)
     for step in range(steps):
         set_lr(opt, cosine_lr(step, steps, lr, 100))
         ids, mask = data.lm_collate(tok, next(batches))
@@ -286,22 +288,30 @@ def rescale_residual_(lm, factor):
 def lm_checks(lm, tok, seed, n=100):
     """Text-only abilities the Flamingo stage builds on. copy: after two lines
     naming objects with held-out made-up words, the greedy next line names one
-    of them; style: a third caption keeps the style of the first two."""
+    of them; described: the same with each object described, and the name must
+    be the one its kind was given; style: a third caption keeps the style of
+    the first two."""
     rng = random.Random(f"lm-check-{seed}")
     _, eval_names = T.name_split()
     source = T.random_scene_source("eval")
-    copy = style = 0
+    copy = style = described = 0
     for _ in range(n):
         a, b = rng.sample(eval_names, 2)
         prompt = f"{T.binding_text(a)}\n{T.binding_text(b)}\n{T.BINDING_PREFIX}"
         out = greedy_text(lm, tok, prompt, 6)
         copy += out.split("\n")[0].strip() in (a + ".", b + ".")
+        # the same with the objects described: the name must be the one given to this kind
+        ka, kb = T.binding_kinds(rng, "eval")
+        scene = lambda k: source(rng, shape=k[0], colour=k[1], texture=k[2], count=1)
+        prompt = "".join(f"{T.clip_caption(scene(k))}\n{T.binding_text(name)}\n" for k, name in ((ka, a), (kb, b)))
+        out = greedy_text(lm, tok, prompt + T.clip_caption(scene(ka)) + "\n" + T.BINDING_PREFIX, 6)
+        described += out.split("\n")[0].strip() == a + "."
         st = rng.randrange(T.CAPTION_STYLES)
         caps = [T.caption(source(rng), st) for _ in range(3)]
         ids = tok.encode(caps[0] + "\n" + caps[1] + "\n")
         logits = lm(torch.tensor([ids]), None, None)[0, -1]
         style += int(logits.argmax()) == tok.encode(caps[2])[0]
-    return {"copy": copy / n, "style": style / n}
+    return {"copy": copy / n, "described": described / n, "style": style / n}
 
 
 def greedy_text(lm, tok, prompt, n):

@@ -230,9 +230,15 @@ class Document:
         """Flamingo's format: '<image>text<|endofchunk|>' for every chunk."""
         return "".join(f"{IMAGE}{c.text}{EOC}" for c in self.chunks)
 
-    def plain_text(self):
-        """The same text without images, for language-model pre-training."""
-        return "\n".join(c.text for c in self.chunks) + "\n"
+    def plain_text(self, describe=False):
+        """The same text without images, for language-model pre-training; with
+        describe, each chunk's picture is stood in for by a line describing it."""
+        lines = []
+        for c in self.chunks:
+            if describe:
+                lines.append(clip_caption(c.scene))
+            lines.append(c.text)
+        return "\n".join(lines) + "\n"
 
 
 def sample_document(rng, task, n_chunks, scene_source, names=None, split="train"):
@@ -281,12 +287,17 @@ def random_scene_source(split="train"):
     return source
 
 
-def lm_corpus(rng, n_docs, names, max_chunks=8, binding_share=0.25):
-    """Plain-text documents of the world for language-model pre-training."""
+def lm_corpus(rng, n_docs, names, max_chunks=8, binding_share=0.25, describe_share=0.0):
+    """Plain-text documents of the world for language-model pre-training. A
+    describe_share of them describe each picture in words before its text, so
+    that the decoder learns to take answers, captions and names from what the
+    context says about a scene, as a language model trained on real text does;
+    the Flamingo stage then only has to make the pictures say it."""
     source = random_scene_source("train")
     docs = []
     others = [t for t in TASKS if t != "binding"]
     for _ in range(n_docs):
         task = "binding" if rng.random() < binding_share else rng.choice(others)
-        docs.append(sample_document(rng, task, rng.randint(1, max_chunks), source, names).plain_text())
+        doc = sample_document(rng, task, rng.randint(1, max_chunks), source, names)
+        docs.append(doc.plain_text(describe=rng.random() < describe_share))
     return docs
