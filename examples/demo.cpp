@@ -1,6 +1,6 @@
 // The few-shot demo: a bundled Flamingo model answers from a few interleaved
 // examples (captioning, a question, and names made up inside the prompt).
-// Reads <model>/examples/demo.json: [{"title", "prompt", "images", "max_new_tokens"}].
+// Reads <model>/examples/demo.json: [{"title", "prompt", "images", "max_new_tokens", "expected"}].
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -41,6 +41,8 @@ int main(int argc, char** argv) {
             for (std::size_t i = 0; i < shown.size(); ++i) std::printf("%s%s", i ? ", " : "", shown[i].c_str());
             std::printf("\nprompt: %s\nanswer: %s   (%.0f ms)\n", d.at("prompt").get<std::string>().c_str(),
                         g.text.c_str(), ms);
+            if (d.contains("expected"))
+                std::printf("expected: %s\n", d.at("expected").get<std::string>().c_str());
         }
     } catch (const std::exception& e) {
         std::cerr << "demo: error: " << e.what() << "\n";

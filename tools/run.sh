@@ -34,8 +34,9 @@ build() {  # build DIR [cmake options...]
 
 case "$what" in
   demo)
-    build build -DFLAMINGO_BUILD_TESTS=OFF
-    ./build/examples/tensor_demo
+    cmake -S . -B build >/dev/null
+    cmake --build build -j"$jobs" --target demo flamingo_cli
+    ./build/examples/demo
     ;;
   test)
     build build -DFLAMINGO_BUILD_TESTS=ON

@@ -11,6 +11,7 @@ model directory describes is computed from bf16-rounded frozen weights.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -58,6 +59,9 @@ def main():
     ap.add_argument("--pool", type=int, default=40000, help="rendered training images")
     ap.add_argument("--clip-steps", type=int, default=1500)
     ap.add_argument("--lm-steps", type=int, default=2000)
+    ap.add_argument("--describe", type=float, default=0.7,
+                    help="share of language-model documents that describe their pictures in words")
+    ap.add_argument("--lm-binding", type=float, default=0.25, help="share of binding documents in the language-model text")
     ap.add_argument("--flamingo-steps", type=int, default=5000)
     ap.add_argument("--probe-every", type=int, default=500)
     ap.add_argument("--probe-size", type=int, default=50)
@@ -96,11 +100,13 @@ def main():
     vit_state = cached(f"vit-{seed}-{args.clip_steps}.pt", clip)
 
     def lm():
-        model = stages.train_lm(tok, train_names, args.lm_steps, seed + 3)
+        model = stages.train_lm(tok, train_names, args.lm_steps, seed + 3, describe_share=args.describe,
+                                binding_share=args.lm_binding)
         stages.round_bf16_(model)
         return model.state_dict()
 
-    lm_state = cached(f"lm-{seed}-{args.lm_steps}.pt", lm)
+    lm_tag = f"{args.lm_steps}-d{args.describe}-b{args.lm_binding}"
+    lm_state = cached(f"lm-{seed}-{lm_tag}.pt", lm)
 
     vit = stages.make_vit()
     vit.load_state_dict(vit_state)
@@ -127,7 +133,7 @@ def main():
         stages.round_bf16_(model)
         return model.state_dict()
 
-    state = cached(f"flamingo-{seed}-{args.clip_steps}-{args.lm_steps}-{args.flamingo_steps}.pt", flamingo)
+    state = cached(f"flamingo-{seed}-{args.clip_steps}-{lm_tag}-{args.flamingo_steps}.pt", flamingo)
     model.load_state_dict(state)
     model.eval()
     probe(model)
@@ -149,10 +155,41 @@ EXAMPLES = {
 }
 
 
+def demo_prompts():
+    """The demo's prompts over the example pictures: captioning, a question and
+    fast binding with two held-out made-up names, each with the answer the
+    examples call for."""
+    E = EXAMPLES
+    cap = lambda k: T.caption(E[k], 0)
+    q = lambda k, qtype: f"{T.vqa_prefix(qtype)} {T.vqa_answer(E[k], qtype, 0)}"
+    held_out = T.name_split()[1]
+    dax = held_out[0]
+    wug = next(n for n in held_out if n[0] != dax[0] and n[1] != dax[1])
+    chunk = lambda text: f"{T.IMAGE}{text}{T.EOC}"
+    return [
+        {"title": "Captioning, 2 examples",
+         "images": ["two_red_circles.png", "one_striped_blue_star.png", "three_green_triangles.png"],
+         "prompt": chunk(cap("two_red_circles")) + chunk(cap("one_striped_blue_star")) + T.IMAGE,
+         "expected": cap("three_green_triangles"), "max_new_tokens": 16},
+        {"title": "Question answering, 2 examples",
+         "images": ["two_red_circles.png", "one_striped_blue_star.png", "four_dotted_orange_squares.png"],
+         "prompt": chunk(q("two_red_circles", "count")) + chunk(q("one_striped_blue_star", "colour"))
+         + f"{T.IMAGE}{T.vqa_prefix('count')}",
+         "expected": T.vqa_answer(E["four_dotted_orange_squares"], "count", 0), "max_new_tokens": 8},
+        {"title": f"Fast binding: names made up in the prompt ('{dax}', '{wug}')",
+         "images": ["purple_heart_a.png", "yellow_diamond.png", "purple_heart_b.png"],
+         "prompt": chunk(T.binding_text(dax)) + chunk(T.binding_text(wug)) + f"{T.IMAGE}{T.BINDING_PREFIX}",
+         "expected": f"{dax}.", "max_new_tokens": 8},
+    ]
+
+
 def write_examples(out):
     os.makedirs(os.path.join(out, "examples"), exist_ok=True)
     for name, sc in EXAMPLES.items():
         S.save_png(S.render(sc), os.path.join(out, "examples", name + ".png"))
+    with open(os.path.join(out, "examples", "demo.json"), "w") as f:
+        json.dump(demo_prompts(), f, indent=1)
+        f.write("\n")
 
 
 def export(model, tok, out):
