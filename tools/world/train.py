@@ -62,7 +62,7 @@ def main():
     ap.add_argument("--describe", type=float, default=0.7,
                     help="share of language-model documents that describe their pictures in words")
     ap.add_argument("--lm-binding", type=float, default=0.25, help="share of binding documents in the language-model text")
-    ap.add_argument("--flamingo-steps", type=int, default=5000)
+    ap.add_argument("--flamingo-steps", type=int, default=8000)
     ap.add_argument("--probe-every", type=int, default=500)
     ap.add_argument("--probe-size", type=int, default=50)
     args = ap.parse_args()
