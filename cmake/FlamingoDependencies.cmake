@@ -8,11 +8,6 @@ endfunction()
 
 find_package(Threads REQUIRED)
 
-find_package(Eigen3 3.3 QUIET NO_MODULE)
-if(NOT TARGET Eigen3::Eigen)
-  _flamingo_missing("Eigen 3" libeigen3-dev)
-endif()
-
 # xsimd by header: Debian's xsimd CMake target drags in an xtl link we do not need.
 find_path(FLAMINGO_XSIMD_INCLUDE_DIR xsimd/xsimd.hpp)
 if(NOT FLAMINGO_XSIMD_INCLUDE_DIR)
@@ -35,6 +30,6 @@ endif()
 
 if(NOT _FLAMINGO_FROM_PACKAGE AND NOT TARGET flamingo_deps)
   add_library(flamingo_deps INTERFACE)
-  target_link_libraries(flamingo_deps INTERFACE Eigen3::Eigen nlohmann_json::nlohmann_json Threads::Threads)
+  target_link_libraries(flamingo_deps INTERFACE nlohmann_json::nlohmann_json Threads::Threads)
   target_include_directories(flamingo_deps INTERFACE ${FLAMINGO_STB_INCLUDE_DIR} ${FLAMINGO_XSIMD_INCLUDE_DIR})
 endif()

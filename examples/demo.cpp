@@ -10,20 +10,20 @@
 
 #include <nlohmann/json.hpp>
 
-#include <flamingo/pipeline.hpp>
+#include <flamingo/flamingo.hpp>
 
 int main(int argc, char** argv) {
     namespace fs = std::filesystem;
     const fs::path model = argc > 1 ? fs::path(argv[1]) : fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
     try {
         const auto t0 = std::chrono::steady_clock::now();
-        flamingo::Pipeline p(model);
+        const auto m = flamingo::Model::load(model);
+        flamingo::Context p(m);
         const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         std::ifstream in(model / "examples" / "demo.json");
         if (!in) flamingo::fail(model.string(), "/examples/demo.json: cannot open");
         const nlohmann::json demos = nlohmann::json::parse(in);
-        std::printf("model %s (%s preset, loaded in %.0f ms)\n", model.string().c_str(),
-                    std::string(p.model().preset()).c_str(), load_ms);
+        std::printf("model %s (loaded in %.0f ms)\n", model.string().c_str(), load_ms);
         for (const auto& d : demos) {
             std::vector<std::string> images, shown;
             for (const auto& im : d.at("images")) {

@@ -19,7 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include <flamingo/pipeline.hpp>
+#include <flamingo/flamingo.hpp>
 
 namespace flamingo::fewshot {
 
@@ -37,36 +37,39 @@ struct Outcome {
     std::string prediction;
 };
 
-// Runs every record of every <task>.jsonl in `data` (at most `limit` per file
-// when limit > 0); `progress` is called after each record.
-inline std::vector<Outcome> run(Pipeline& p, const std::filesystem::path& data, std::size_t limit,
+// Runs every record of every <task>.jsonl in `data` (with limit > 0, the
+// first `limit` records of each task and shot count); media are videos of
+// the record's "frames" (default `frames`). `progress` is called after each record.
+inline std::vector<Outcome> run(Context& p, const std::filesystem::path& data, std::size_t limit, std::size_t frames,
                                 const std::function<void(std::size_t)>& progress = {}) {
     namespace fs = std::filesystem;
-    check(fs::is_directory(data), data.string(), ": evaluation data directory does not exist");
+    check(fs::is_directory(data), ErrorKind::File, data.string(), ": evaluation data directory does not exist");
     std::vector<fs::path> files;
     for (const auto& e : fs::directory_iterator(data))
         if (e.path().extension() == ".jsonl") files.push_back(e.path());
     std::sort(files.begin(), files.end());
-    check(!files.empty(), data.string(), ": no .jsonl files");
+    check(!files.empty(), ErrorKind::File, data.string(), ": no .jsonl files");
     std::vector<Outcome> out;
     for (const auto& file : files) {
         std::ifstream in(file);
         std::string line;
-        std::size_t n = 0, lineno = 0;
-        while (std::getline(in, line) && (limit == 0 || n < limit)) {
+        std::size_t lineno = 0;
+        std::map<std::pair<std::string, int>, std::size_t> taken;  // (task, shots) -> records run
+        while (std::getline(in, line)) {
             ++lineno;
             if (strip(line).empty()) continue;
             nlohmann::json r;
             try {
                 r = nlohmann::json::parse(line);
             } catch (const nlohmann::json::exception& e) {
-                fail(file.string(), ":", lineno, ": not JSON: ", e.what());
+                fail(ErrorKind::Format, file.string(), ":", lineno, ": not JSON: ", e.what());
             }
             Outcome o;
             o.id = r.value("id", ""), o.task = r.value("task", file.stem().string()), o.shots = r.value("shots", 0);
+            if (limit && taken[{o.task, o.shots}]++ >= limit) continue;
             std::vector<std::string> images;
             for (const auto& im : r.at("images")) images.push_back((data / "images" / im.get<std::string>()).string());
-            p.set_media(images);
+            p.set_media(images, r.value("frames", frames));
             const std::string prompt = r.at("prompt"), answer = r.at("answer");
             if (r.value("judge", "generate") == "score") {
                 auto scores = p.score(prompt, r.at("candidates").get<std::vector<std::string>>());
@@ -82,7 +85,6 @@ inline std::vector<Outcome> run(Pipeline& p, const std::filesystem::path& data, 
                 o.correct = o.prediction == strip(answer);
             }
             out.push_back(std::move(o));
-            ++n;
             if (progress) progress(out.size());
         }
     }

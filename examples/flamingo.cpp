@@ -1,52 +1,120 @@
-// The `flamingo` command: few-shot generation, scoring, logits, tokenization
-// and CLIP embeddings from a model directory (see the README and SPEC).
+// The `flamingo` command: few-shot generation, scoring, logits, tokenization,
+// CLIP embeddings and evaluation from a model directory (see the README and SPEC).
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include <flamingo/flamingo.hpp>
 #include <flamingo/io/npy.hpp>
-#include <flamingo/pipeline.hpp>
 
 #include "eval.hpp"
 
 namespace {
 
 using flamingo::Error;
+using flamingo::ErrorKind;
 using flamingo::fail;
 using clock_type = std::chrono::steady_clock;
 
-constexpr const char* kUsage = R"(usage: flamingo <command> --model DIR [options]
+struct Command {
+    const char* name;
+    const char* synopsis;  // its own options, for the usage text
+    const char* what;
+};
 
-commands:
-  generate --prompt TEXT [--max-new-tokens N] [--num-beams B] [--length-penalty L]
-           [--no-repeat-ngram-size K] [--early-stopping true|false|never]
-           [--temperature T --top-k K --top-p P --seed S] [--json]
-  score    --prompt TEXT --candidate TEXT [--candidate TEXT ...]
-  logits   --prompt TEXT --out FILE.npy
-  tokenize --prompt TEXT
-  embed    --out FILE.npy            (images only)
-  eval     --data DIR [--limit N] [--out TABLE.md] [--predictions FILE.jsonl]
-           accuracy per task and shot count on an evaluation set
+const Command kCommands[] = {
+    {"generate",
+     "--prompt TEXT [--max-new-tokens N] [--num-beams B] [--length-penalty L]\n"
+     "           [--no-repeat-ngram-size K] [--early-stopping true|false|never]\n"
+     "           [--temperature T [--top-k K] [--top-p P] [--seed S]] [--json]",
+     "few-shot generation from an interleaved prompt (greedy unless --num-beams or --temperature)"},
+    {"score", "--prompt TEXT --candidate TEXT [--candidate TEXT ...]",
+     "log-likelihood of each candidate continuation, as JSON"},
+    {"logits", "--prompt TEXT --out FILE.npy", "teacher-forced logits [tokens, vocab] as float32 .npy"},
+    {"tokenize", "--prompt TEXT", "the prompt's token ids, as JSON (no images needed)"},
+    {"embed", "--out FILE.npy", "CLIP embeddings [images, dim] of the --image files as float32 .npy"},
+    {"eval", "--data DIR [--limit N] [--out TABLE.md] [--predictions FILE.jsonl]",
+     "few-shot accuracy per task and shot count on an evaluation set"},
+};
 
-common options:
-  --model DIR      model directory (config.json, tokenizer.json, *.safetensors)
-  --image PATH     an image per <image> in the prompt, in order (repeatable); with
-                   --frames F > 1, an animated GIF or a directory of frames
-  --frames F       frames per medium (video), sampled evenly (default 1)
-  --threads N      threads (default: all cores)
-  --bf16           run the large matrices in bf16 (half the memory traffic)
-  --verbose        timings on stderr
-)";
+// Every option, once: the parser, the checks and the usage text read this list.
+struct Option {
+    const char* name;
+    const char* value;     // placeholder of its value; nullptr: a flag
+    const char* commands;  // the commands that take it, space-separated; "*": all
+    const char* help;      // nullptr: documented in the command's synopsis only
+};
+
+const Option kOptions[] = {
+    {"model", "DIR", "*", "model directory (config.json, tokenizer.json, *.safetensors)"},
+    {"image", "PATH", "generate score logits embed",
+     "an image per <image> in the prompt, in order (repeatable); with\n"
+     "                      --frames F > 1, an animated GIF or a directory of frames"},
+    {"frames", "F", "generate score logits eval",
+     "frames per medium (video), sampled evenly (default 1; eval: records may say)"},
+    {"threads", "N", "*", "threads (default: all cores)"},
+    {"weights", "f32|bf16", "*", "the format the large matrices are held and multiplied in (default f32)"},
+    {"bf16", nullptr, "*", "same as --weights bf16"},
+    {"verbose", nullptr, "*", "timings on stderr"},
+    {"help", nullptr, "*", "this text"},
+    {"prompt", "TEXT", "generate score logits tokenize", nullptr},
+    {"max-new-tokens", "N", "generate", nullptr},
+    {"num-beams", "B", "generate", nullptr},
+    {"length-penalty", "L", "generate", nullptr},
+    {"no-repeat-ngram-size", "K", "generate", nullptr},
+    {"early-stopping", "true|false|never", "generate", nullptr},
+    {"temperature", "T", "generate", nullptr},
+    {"top-k", "K", "generate", nullptr},
+    {"top-p", "P", "generate", nullptr},
+    {"seed", "S", "generate", nullptr},
+    {"json", nullptr, "generate", nullptr},
+    {"candidate", "TEXT", "score", nullptr},
+    {"out", "FILE", "logits embed eval", nullptr},
+    {"data", "DIR", "eval", nullptr},
+    {"limit", "N", "eval", nullptr},
+    {"predictions", "FILE", "eval", nullptr},
+};
+
+const Option* find_option(const std::string& name) {
+    for (const Option& o : kOptions)
+        if (name == o.name) return &o;
+    return nullptr;
+}
+
+bool applies(const Option& o, const std::string& command) {
+    if (std::string(o.commands) == "*") return true;
+    std::istringstream is(o.commands);
+    for (std::string c; is >> c;)
+        if (c == command) return true;
+    return false;
+}
+
+std::string usage() {
+    std::ostringstream os;
+    os << "usage: flamingo <command> --model DIR [options]\n\ncommands:\n";
+    for (const Command& c : kCommands) os << "  " << c.name << std::string(9 - std::string(c.name).size(), ' ') << c.synopsis << "\n           " << c.what << "\n";
+    os << "\ncommon options:\n";
+    for (const Option& o : kOptions) {
+        if (!o.help) continue;
+        std::string head = std::string("--") + o.name + (o.value ? std::string(" ") + o.value : "");
+        os << "  " << head << std::string(head.size() < 20 ? 20 - head.size() : 1, ' ') << o.help << "\n";
+    }
+    return os.str();
+}
 
 struct Args {
     std::string command;
@@ -60,11 +128,6 @@ struct Args {
 
 // GNU-style long options: --name value, --name=value; flags take no value.
 Args parse(int argc, char** argv) {
-    static const std::map<std::string, bool> known = {  // name -> takes a value
-        {"model", true}, {"image", true}, {"frames", true}, {"threads", true}, {"prompt", true},
-        {"max-new-tokens", true}, {"num-beams", true}, {"length-penalty", true}, {"no-repeat-ngram-size", true},
-        {"early-stopping", true}, {"temperature", true}, {"top-k", true}, {"top-p", true}, {"seed", true},
-        {"candidate", true}, {"out", true}, {"data", true}, {"limit", true}, {"predictions", true}, {"json", false}, {"verbose", false}, {"bf16", false}, {"help", false}};
     Args a;
     for (int i = 1; i < argc; ++i) {
         std::string s = argv[i];
@@ -78,16 +141,23 @@ Args parse(int argc, char** argv) {
         if (auto eq = name.find('='); eq != std::string::npos) {
             value = name.substr(eq + 1), name = name.substr(0, eq), inline_value = true;
         }
-        auto k = known.find(name);
-        if (k == known.end()) fail("unknown option --", name);
-        if (k->second && !inline_value) {
+        const Option* o = find_option(name);
+        if (!o) fail("unknown option --", name, " (flamingo --help lists them)");
+        if (o->value && !inline_value) {
             if (i + 1 >= argc) fail("option --", name, " needs a value");
             value = argv[++i];
-        } else if (!k->second && inline_value) {
+        } else if (!o->value && inline_value) {
             fail("option --", name, " takes no value");
         }
         a.values[name].push_back(value);
     }
+    if (a.has("help")) return a;
+    if (a.command.empty()) fail("no command given (generate, score, logits, tokenize, embed, eval; flamingo --help)");
+    bool known = false;
+    for (const Command& c : kCommands) known = known || a.command == c.name;
+    if (!known) fail("unknown command '", a.command, "' (generate, score, logits, tokenize, embed, eval)");
+    for (const auto& [name, v] : a.values)
+        if (!applies(*find_option(name), a.command)) fail("option --", name, " does not apply to ", a.command);
     return a;
 }
 
@@ -124,77 +194,94 @@ std::vector<std::string> list(const Args& a, const std::string& k) {
 
 double since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
 
+flamingo::generate::GenerateOptions generate_options(const Args& a) {
+    flamingo::generate::GenerateOptions go;
+    go.max_new_tokens = std::size_t(integer(a, "max-new-tokens", 20, 1, 1 << 20));
+    go.num_beams = std::size_t(integer(a, "num-beams", 1, 1, 1024));
+    go.length_penalty = float(number(a, "length-penalty", 1.0));
+    go.no_repeat_ngram_size = std::size_t(integer(a, "no-repeat-ngram-size", 0, 0, 1 << 20));
+    if (const std::string* e = a.get("early-stopping")) {
+        if (*e == "true") go.early_stopping = flamingo::generate::EarlyStopping::True;
+        else if (*e == "false") go.early_stopping = flamingo::generate::EarlyStopping::False;
+        else if (*e == "never") go.early_stopping = flamingo::generate::EarlyStopping::Never;
+        else fail("--early-stopping must be true, false or never, got '", *e, "'");
+    }
+    // Sampling is on with --temperature; its other options mean nothing without it.
+    for (const char* k : {"top-k", "top-p", "seed"})
+        if (a.has(k) && !a.has("temperature"))
+            fail("--", k, " needs --temperature (it shapes sampling; without --temperature generation is greedy)");
+    if (a.has("temperature")) {
+        double t = number(a, "temperature", 1.0);
+        if (t < 0) fail("--temperature must not be negative, got ", t);
+        go.temperature = float(t);
+    }
+    go.top_k = std::size_t(integer(a, "top-k", 50, 0, 1ll << 30));
+    double p = number(a, "top-p", 1.0);
+    if (!(p > 0.0 && p <= 1.0)) fail("--top-p must be in (0, 1], got ", p);
+    go.top_p = float(p);
+    go.seed = std::uint64_t(integer(a, "seed", 0, 0, std::numeric_limits<long long>::max()));
+    if (go.temperature && *go.temperature > 0 && go.num_beams > 1)
+        fail("sampling (--temperature) with --num-beams > 1 is not supported");
+    return go;
+}
+
 int run(int argc, char** argv) {
     Args a = parse(argc, argv);
-    if (a.has("help") || a.command.empty()) {
-        std::cout << kUsage;
-        return a.command.empty() && !a.has("help") ? 2 : 0;
+    if (a.has("help")) {
+        std::cout << usage();
+        return 0;
     }
     const std::string& cmd = a.command;
-    if (cmd != "generate" && cmd != "score" && cmd != "logits" && cmd != "tokenize" && cmd != "embed" && cmd != "eval")
-        fail("unknown command '", cmd, "' (generate, score, logits, tokenize, embed, eval)");
     const bool verbose = a.has("verbose");
     const bool progress = isatty(2);
     const std::string model_dir = required(a, "model");
-    flamingo::set_num_threads(int(integer(a, "threads", flamingo::num_threads(), 1, 1024)));
+    const int threads = int(integer(a, "threads", flamingo::Executor::hardware_threads(), 1, 1024));
     const std::size_t frames = std::size_t(integer(a, "frames", 1, 1, 4096));
     const std::vector<std::string> images = list(a, "image");
+    flamingo::LoadOptions lo;
+    if (const std::string* w = a.get("weights")) {
+        if (*w == "f32") lo.weights = flamingo::WeightType::F32;
+        else if (*w == "bf16") lo.weights = flamingo::WeightType::BF16;
+        else fail("--weights must be f32 or bf16, got '", *w, "'");
+    }
+    if (a.has("bf16")) {
+        if (a.has("weights") && lo.weights != flamingo::WeightType::BF16) fail("--bf16 contradicts --weights");
+        lo.weights = flamingo::WeightType::BF16;
+    }
 
     // Validate the options before the (slow) load.
     flamingo::generate::GenerateOptions go;
-    if (cmd == "generate") {
-        go.max_new_tokens = std::size_t(integer(a, "max-new-tokens", 20, 1, 1 << 20));
-        go.num_beams = std::size_t(integer(a, "num-beams", 1, 1, 1024));
-        go.length_penalty = float(number(a, "length-penalty", 1.0));
-        go.no_repeat_ngram_size = std::size_t(integer(a, "no-repeat-ngram-size", 0, 0, 1 << 20));
-        if (const std::string* e = a.get("early-stopping")) {
-            if (*e == "true") go.early_stopping = flamingo::generate::EarlyStopping::True;
-            else if (*e == "false") go.early_stopping = flamingo::generate::EarlyStopping::False;
-            else if (*e == "never") go.early_stopping = flamingo::generate::EarlyStopping::Never;
-            else fail("--early-stopping must be true, false or never, got '", *e, "'");
-        }
-        if (a.has("temperature")) {
-            double t = number(a, "temperature", 1.0);
-            if (t < 0) fail("--temperature must not be negative, got ", t);
-            go.temperature = float(t);
-        }
-        go.top_k = std::size_t(integer(a, "top-k", 50, 0, 1ll << 30));
-        double p = number(a, "top-p", 1.0);
-        if (!(p > 0.0 && p <= 1.0)) fail("--top-p must be in (0, 1], got ", p);
-        go.top_p = float(p);
-        go.seed = std::uint64_t(integer(a, "seed", 0, 0, std::numeric_limits<long long>::max()));
-        if (go.temperature && *go.temperature > 0 && go.num_beams > 1)
-            fail("sampling (--temperature) with --num-beams > 1 is not supported");
-    }
+    if (cmd == "generate") go = generate_options(a);
     if (cmd == "embed" && images.empty()) fail("embed needs at least one --image");
-    if ((cmd == "logits" || cmd == "embed")) required(a, "out");
+    if (cmd == "logits" || cmd == "embed") required(a, "out");
     if (cmd == "score" && list(a, "candidate").empty()) fail("score needs at least one --candidate");
     for (const auto& c : list(a, "candidate"))
         if (c.empty()) fail("a --candidate is empty");
+    if (cmd == "eval") required(a, "data");
 
     auto t0 = clock_type::now();
     if (progress) std::cerr << "loading " << model_dir << "...\r" << std::flush;
-    flamingo::model::LoadOptions lo;
-    if (a.has("bf16")) lo.weights = flamingo::nn::WeightType::BF16;
-    flamingo::Pipeline p(model_dir, lo);
+    const auto model = flamingo::Model::load(model_dir, lo);
+    flamingo::Context ctx(model, {threads, nullptr});
     if (progress) std::cerr << "\33[2K" << std::flush;
+    const auto& net = model->network();
     if (verbose) {
-        std::cerr << "load: " << since(t0) << " s (preset " << p.model().preset() << ", " << flamingo::num_threads()
-                  << " threads)\n";
-        for (const auto& n : p.model().unused_tensors()) std::cerr << "warning: unused tensor " << n << "\n";
-    } else if (!p.model().unused_tensors().empty()) {
-        std::cerr << "warning: " << p.model().unused_tensors().size() << " tensors in the checkpoint are not used"
-                  << " (e.g. " << p.model().unused_tensors()[0] << "; --verbose lists them)\n";
+        std::cerr << "load: " << since(t0) << " s (weights " << flamingo::model::weight_type_name(lo.weights) << ", "
+                  << ctx.executor().threads() << " threads)\n";
+        for (const auto& n : net.unused_tensors()) std::cerr << "warning: unused tensor " << n << "\n";
+    } else if (!net.unused_tensors().empty()) {
+        std::cerr << "warning: " << net.unused_tensors().size() << " tensors in the checkpoint are not used"
+                  << " (e.g. " << net.unused_tensors()[0] << "; --verbose lists them)\n";
     }
 
     if (cmd == "tokenize") {
-        std::cout << nlohmann::json(p.tokenize(required(a, "prompt"))).dump() << "\n";
+        std::cout << nlohmann::json(model->tokenize(required(a, "prompt"))).dump() << "\n";
         return 0;
     }
     if (cmd == "eval") {
         const std::size_t limit = std::size_t(integer(a, "limit", 0, 0, 1ll << 40));
         t0 = clock_type::now();
-        auto outcomes = flamingo::fewshot::run(p, required(a, "data"), limit, [&](std::size_t n) {
+        auto outcomes = flamingo::fewshot::run(ctx, required(a, "data"), limit, frames, [&](std::size_t n) {
             if (progress) std::cerr << "\33[2Kevaluated " << n << " prompts\r" << std::flush;
         });
         if (progress) std::cerr << "\33[2K" << std::flush;
@@ -204,36 +291,36 @@ int run(int argc, char** argv) {
         if (const std::string* out = a.get("out")) {
             std::ofstream f(*out);
             f << t;
-            if (!f) fail("cannot write ", *out);
+            if (!f) fail(ErrorKind::File, "cannot write ", *out);
         }
         if (const std::string* pred = a.get("predictions")) {
             std::ofstream f(*pred);
             for (const auto& o : outcomes)
                 f << nlohmann::json({{"id", o.id}, {"task", o.task}, {"shots", o.shots}, {"prediction", o.prediction},
                                      {"correct", o.correct}}).dump() << "\n";
-            if (!f) fail("cannot write ", *pred);
+            if (!f) fail(ErrorKind::File, "cannot write ", *pred);
         }
         return 0;
     }
     if (cmd == "embed") {
         t0 = clock_type::now();
-        auto e = p.embed(images);
+        auto e = ctx.embed(images);
         if (verbose) std::cerr << "encode images: " << since(t0) << " s for " << images.size() << "\n";
-        flamingo::io::write_npy(required(a, "out"), e.data(), {images.size(), p.model().embed_dim()});
+        flamingo::io::write_npy(required(a, "out"), e.data(), {e.extent(0), e.extent(1)});
         return 0;
     }
 
     const std::string& prompt = required(a, "prompt");
-    auto ids = p.tokenize(prompt);
+    auto ids = model->tokenize(prompt);
     std::size_t n_image_tokens = 0;
-    for (auto id : ids) n_image_tokens += id == p.model().config().media_token_id;
+    for (auto id : ids) n_image_tokens += id == model->config().media_token_id;
     if (n_image_tokens != images.size())
         fail("the prompt has ", n_image_tokens, " <image> token", n_image_tokens == 1 ? "" : "s", " but ",
              images.size(), " --image", images.size() == 1 ? " was" : "s were", " given");
     if (progress && !images.empty()) std::cerr << "encoding " << images.size() << " media...\r" << std::flush;
-    p.set_media(images, frames);
+    ctx.set_media(images, frames);
     if (progress) std::cerr << "\33[2K" << std::flush;
-    auto& st = p.session().stats();
+    const auto& st = ctx.stats();
     if (verbose) std::cerr << "encode images: " << st.media_seconds << " s for " << images.size() << " media\n";
 
     if (cmd == "generate") {
@@ -242,7 +329,7 @@ int run(int argc, char** argv) {
             go.on_token = [&](std::int32_t) {
                 std::cerr << "\33[2Kgenerating: " << ++produced << "/" << go.max_new_tokens << " tokens\r" << std::flush;
             };
-        auto g = p.generate(prompt, go);
+        auto g = ctx.generate(prompt, go);
         if (progress) std::cerr << "\33[2K" << std::flush;
         if (verbose) {
             std::cerr << "read prompt: " << st.read_tokens << " tokens in " << st.read_seconds << " s ("
@@ -255,7 +342,7 @@ int run(int argc, char** argv) {
         return 0;
     }
     if (cmd == "score") {
-        auto s = p.score(prompt, list(a, "candidate"));
+        auto s = ctx.score(prompt, list(a, "candidate"));
         nlohmann::json out = nlohmann::json::array();
         for (const auto& c : s)
             out.push_back({{"candidate", c.candidate}, {"logprob", c.score.logprob},
@@ -267,12 +354,11 @@ int run(int argc, char** argv) {
         return 0;
     }
     // logits
-    std::size_t T = 0;
-    auto lg = p.logits(prompt, &T);
+    auto lg = ctx.logits(prompt);
     if (verbose)
-        std::cerr << "read prompt: " << T << " tokens in " << st.read_seconds << " s ("
-                  << double(T) / st.read_seconds << " tokens/s)\n";
-    flamingo::io::write_npy(required(a, "out"), lg.data(), {T, p.model().vocab_size()});
+        std::cerr << "read prompt: " << lg.extent(0) << " tokens in " << st.read_seconds << " s ("
+                  << double(lg.extent(0)) / st.read_seconds << " tokens/s)\n";
+    flamingo::io::write_npy(required(a, "out"), lg.data(), {lg.extent(0), lg.extent(1)});
     return 0;
 }
 

@@ -1,14 +1,25 @@
 // Uses the library as a downstream project would: one include, one target.
+// With a model directory as argument it also loads the model and asks it.
 #include <cstdio>
 
-#include <flamingo/tensor.hpp>
+#include <flamingo/flamingo.hpp>
 
-int main() {
+int main(int argc, char** argv) try {
     flamingo::Tensor<float, flamingo::extents<2, 3>> a;
     for (int i = 0; i < 6; ++i) a.data()[i] = float(i);
     flamingo::Tensor<float, flamingo::extents<2, 3>> b(a * 2.0f + 1.0f);
     float total = 0;
     for (float r : {flamingo::sum(b)(0), flamingo::sum(b)(1)}) total += r;
     std::printf("%g\n", total);
-    return total == 36.0f ? 0 : 1;
+    if (total != 36.0f) return 1;
+    if (argc < 2) return 0;
+
+    auto model = flamingo::Model::load(argv[1]);
+    flamingo::Context ctx(model, {1, nullptr});
+    auto logits = ctx.logits("A photo of");  // [tokens, vocab]
+    std::printf("%zu x %zu logits\n", logits.extent(0), logits.extent(1));
+    return logits.extent(1) == model->vocab_size() ? 0 : 1;
+} catch (const flamingo::Error& e) {
+    std::fprintf(stderr, "consumer: %s (%s)\n", e.what(), std::string(flamingo::error_kind_name(e.kind())).c_str());
+    return 1;
 }

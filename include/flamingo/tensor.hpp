@@ -5,5 +5,5 @@
 #include "core/expr.hpp"
 #include "core/extents.hpp"
 #include "core/matmul.hpp"
-#include "core/parallel.hpp"
+#include "core/executor.hpp"
 #include "core/tensor.hpp"

@@ -87,17 +87,19 @@ fs::path temp_model(const std::string& name) {
     return d;
 }
 
-// Replaces the first occurrence of `from` in a file by `to` (same length).
+// Replaces the first occurrence of `from` in a file by `to`.
 void patch(const fs::path& file, const std::string& from, const std::string& to) {
-    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    std::string s = ss.str();
+    std::string s;
+    {
+        std::ifstream in(file, std::ios::binary);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        s = ss.str();
+    }
     auto at = s.find(from);
     REQUIRE(at != std::string::npos);
-    REQUIRE(from.size() == to.size());
-    f.seekp(std::streamoff(at));
-    f.write(to.data(), std::streamsize(to.size()));
+    s.replace(at, from.size(), to);
+    std::ofstream(file, std::ios::binary | std::ios::trunc) << s;
 }
 
 }  // namespace
@@ -171,12 +173,30 @@ TEST_CASE("bad input: one-line errors, non-zero exits, never a crash") {
     expect_error(run({"generate", "--model", m, "--prompt", "x", "--threads", "0"}), "--threads must be between 1");
     expect_error(run({"generate", "--model", m, "--prompt", "x", "--max-new-tokens", "0"}), "--max-new-tokens");
     expect_error(run({"generate", "--model", m, "--prompt", "x", "--num-beams", "0"}), "--num-beams");
-    expect_error(run({"generate", "--model", m, "--prompt", "x", "--top-p", "1.5"}), "--top-p must be in (0, 1]");
+    expect_error(run({"generate", "--model", m, "--prompt", "x", "--temperature", "1", "--top-p", "1.5"}), "--top-p must be in (0, 1]");
     expect_error(run({"generate", "--model", m, "--prompt", "x", "--temperature", "-1"}), "--temperature must not be negative");
     expect_error(run({"generate", "--model", m, "--prompt", "x", "--frobnicate"}), "unknown option --frobnicate");
     expect_error(run({"generate", "--prompt", "x"}), "generate needs --model");
     expect_error(run({"generate", "--model", "/nonexistent/model", "--prompt", "x"}), "does not exist");
     expect_error(run({"explode", "--model", m}), "unknown command 'explode'");
+    expect_error(run({"--model", m}), "no command given");
+    expect_error(run({}), "no command given");
+    // Sampling options without sampling are refused, not ignored.
+    expect_error(run({"generate", "--model", m, "--prompt", "x", "--top-k", "5"}), "--top-k needs --temperature");
+    expect_error(run({"generate", "--model", m, "--prompt", "x", "--top-p", "0.5"}), "--top-p needs --temperature");
+    // Options that mean nothing to a command are refused too.
+    expect_error(run({"embed", "--model", m, "--image", img, "--out", "/tmp/x.npy", "--frames", "2"}),
+                 "option --frames does not apply to embed");
+    expect_error(run({"tokenize", "--model", m, "--prompt", "x", "--candidate", "y"}),
+                 "option --candidate does not apply to tokenize");
+    expect_error(run({"tokenize", "--model", m, "--prompt", "x", "--weights", "f8"}), "--weights must be");
+}
+
+TEST_CASE("usage goes to stdout with --help, and is generated from the option list") {
+    auto r = run({"--help"});
+    CHECK(r.status == 0);
+    for (const char* o : {"--model DIR", "--weights", "--threads N", "--frames F", "generate", "eval"})
+        CHECK(r.out.find(o) != std::string::npos);
 }
 
 TEST_CASE("bad model directories name the tensor or field at fault") {
@@ -203,5 +223,13 @@ TEST_CASE("bad model directories name the tensor or field at fault") {
     in.close();
     patch(d / "model.safetensors", key + shape + "]", key + swapped + "]");
     expect_error(run({"tokenize", "--model", d.string(), "--prompt", "x"}), "to_q.weight");
+    fs::remove_all(d);
+
+    // A tokenizer whose ids run past the token embedding's rows.
+    d = temp_model("vocab");
+    patch(d / "tokenizer.json", "\"added_tokens\": [",
+          "\"added_tokens\": [{\"id\": 331, \"content\": \"<zz>\", \"single_word\": false, \"lstrip\": false, "
+          "\"rstrip\": false, \"normalized\": false, \"special\": true},");
+    expect_error(run({"tokenize", "--model", d.string(), "--prompt", "x"}), "is outside the model's vocabulary of 331 tokens");
     fs::remove_all(d);
 }

@@ -4,12 +4,12 @@
 #include <cstdint>
 #include <string_view>
 
-#include "flamingo/io/config.hpp"
+#include "flamingo/model/config.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     std::string_view text(reinterpret_cast<const char*>(data), size);
     try {
-        auto c = flamingo::io::parse_config(text, "fuzz/config.json");
+        auto c = flamingo::model::parse_config(text, "fuzz/config.json");
         const auto& t = c.text;
         bool sane = t.hidden_size > 0 && t.num_heads > 0 && t.hidden_size % t.num_heads == 0 &&
                     t.num_kv_heads > 0 && t.num_heads % t.num_kv_heads == 0 && t.num_layers > 0 &&

@@ -11,14 +11,14 @@ using namespace flamingo;
 namespace {
 
 struct Fixture {
-    std::unique_ptr<model::Model> model;
+    std::unique_ptr<model::Flamingo> model;
     std::unique_ptr<generate::Session> session;
     std::vector<std::int32_t> prompt;
 };
 
-Fixture open(const std::string& c, model::LoadOptions opt = {}) {
+Fixture open(const std::string& c) {
     Fixture f;
-    f.model = model::load_model(fixture::dir(c), opt);
+    f.model = model::load_flamingo(fixture::dir(c));
     f.session = std::make_unique<generate::Session>(*f.model);
     auto pixels = fixture::floats(c, "pixels.npy");
     auto s = fixture::shape(c, "pixels.npy");
@@ -86,23 +86,68 @@ TEST_CASE("candidate scores match OpenFlamingo's log-likelihood evaluation") {
 
 extern std::atomic<std::size_t> g_allocations;  // count_allocations.cpp
 
-TEST_CASE("decoding allocates nothing once the session has taken its first step") {
+// The allocation tests run on one thread: kernels keep per-thread scratch that
+// grows the first time a thread runs them, and with several threads which
+// thread runs which chunk (and so when its scratch grows) depends on timing.
+TEST_CASE("greedy decoding and sampling allocate nothing once the session has taken its first step") {
+    Executor one(1);
+    Executor::Scope use(one);
     for (std::string c : {"llama", "mpt", "gpt_neox"}) {
+        for (bool sampling : {false, true}) {
+            CAPTURE(c);
+            CAPTURE(sampling);
+            Fixture f = open(c);
+            generate::GenerateOptions o;
+            o.max_new_tokens = 12;
+            o.eos = -1;  // never stop early
+            if (sampling) o.temperature = 0.8f, o.top_k = 5, o.top_p = 0.9f, o.seed = 3;
+            std::size_t after_first_step = 0;
+            int seen = 0;
+            o.on_token = [&](std::int32_t) {
+                if (++seen == 2) after_first_step = g_allocations.load();
+            };
+            auto r = generate::generate(*f.session, f.prompt, o);
+            const std::size_t at_end = g_allocations.load();
+            CHECK(r.tokens.size() == 12);
+            CHECK(at_end == after_first_step);  // ten decoding steps, no allocation
+        }
+    }
+}
+
+TEST_CASE("beam search allocates nothing per step, finished hypotheses included") {
+    // A run's allocations do not depend on how many steps it takes: 3 new
+    // tokens cost as many as 15 (the session is sized by a first run). The
+    // stop token is the one greedy decoding picks first, so hypotheses finish
+    // (and are kept) during the search.
+    Executor one(1);
+    Executor::Scope use(one);
+    for (std::string c : {"llama", "gpt_neox"}) {
         CAPTURE(c);
         Fixture f = open(c);
         generate::GenerateOptions o;
-        o.max_new_tokens = 12;
-        o.eos = -1;  // never stop early
-        std::size_t after_first_step = 0;
-        int seen = 0;
-        o.on_token = [&](std::int32_t) {
-            if (++seen == 2) after_first_step = g_allocations.load();
+        o.num_beams = 3;
+        o.max_new_tokens = 1;
+        o.eos = generate::generate(*f.session, f.prompt, o).tokens.at(0);
+        o.early_stopping = generate::EarlyStopping::Never;
+        o.max_new_tokens = 15;
+        generate::generate(*f.session, f.prompt, o);  // sizes the session for 15
+        auto allocations = [&](std::size_t steps) {
+            o.max_new_tokens = steps;
+            const std::size_t before = g_allocations.load();
+            auto r = generate::generate(*f.session, f.prompt, o);
+            return g_allocations.load() - before;
         };
-        auto r = generate::generate(*f.session, f.prompt, o);
-        const std::size_t at_end = g_allocations.load();
-        CHECK(r.tokens.size() == 12);
-        CHECK(at_end == after_first_step);  // ten decoding steps, no allocation
+        const std::size_t few = allocations(3), many = allocations(15);
+        CHECK(many == few);
     }
+}
+
+TEST_CASE("a candidate token outside the vocabulary is an error, wherever it stands") {
+    Fixture f = open("llama");
+    const std::int32_t V = std::int32_t(f.model->vocab_size());
+    for (auto cand : {std::vector<std::int32_t>{V}, {3, V}, {3, 4, -1}})
+        CHECK_THROWS_WITH_AS(generate::score(*f.session, f.prompt, {cand}), doctest::Contains("outside the vocabulary"),
+                             Error);
 }
 
 TEST_CASE("a prompt whose <image> count differs from the media is refused") {

@@ -14,11 +14,11 @@ using namespace flamingo::generate;
 namespace {
 // Empirical frequencies of `draws` samples.
 std::vector<double> frequencies(const std::vector<float>& logits, const SamplingOptions& o, int draws) {
-    std::mt19937_64 rng(42);
+    Sampler sample(o, 42);
     std::vector<double> f(logits.size());
     for (int i = 0; i < draws; ++i) {
         std::vector<float> s = logits;
-        f[std::size_t(sample(s, o, rng))] += 1.0 / draws;
+        f[std::size_t(sample(s))] += 1.0 / draws;
     }
     return f;
 }
@@ -66,10 +66,10 @@ TEST_CASE("top-p keeps the smallest set whose probability reaches p") {
 
 TEST_CASE("the same seed gives the same draws") {
     const std::vector<float> logits = {0.1f, 0.2f, 0.3f, 0.4f};
-    std::mt19937_64 a(7), b(7);
+    Sampler a({}, 7), b({}, 7);
     for (int i = 0; i < 100; ++i) {
         std::vector<float> x = logits, y = logits;
-        CHECK(sample(x, {}, a) == sample(y, {}, b));
+        CHECK(a(x) == b(y));
     }
 }
 

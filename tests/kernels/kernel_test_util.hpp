@@ -4,7 +4,7 @@
 #include <random>
 #include <vector>
 
-#include <flamingo/core/parallel.hpp>
+#include <flamingo/core/executor.hpp>
 
 namespace ktest {
 
@@ -16,16 +16,14 @@ inline std::vector<float> randn(std::size_t n, unsigned seed, float mean = 0.0f,
     return v;
 }
 
-// Sets the pool's thread count for a scope and restores it afterwards.
+// An executor of n threads for this thread's parallel loops, for one scope.
 class Threads {
 public:
-    explicit Threads(int n) : saved_(flamingo::num_threads()) { flamingo::set_num_threads(n); }
-    ~Threads() { flamingo::set_num_threads(saved_); }
-    Threads(const Threads&) = delete;
-    Threads& operator=(const Threads&) = delete;
+    explicit Threads(int n) : ex_(n) {}
 
 private:
-    int saved_;
+    flamingo::Executor ex_;
+    flamingo::Executor::Scope use_{ex_};
 };
 
 constexpr float kSentinel = -12345.0f;

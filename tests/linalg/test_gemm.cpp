@@ -14,7 +14,7 @@
 
 #include <flamingo/core/dtype.hpp>
 #include <flamingo/core/error.hpp>
-#include <flamingo/core/parallel.hpp>
+#include <flamingo/core/executor.hpp>
 #include <flamingo/kernels/gemm.hpp>
 
 using flamingo::bf16;
@@ -43,13 +43,13 @@ std::vector<float> padded(std::size_t rows, std::size_t cols, std::size_t ld, st
     return m;
 }
 
-class ThreadCount {  // sets the pool size for one scope
+class ThreadCount {  // an executor of n threads for one scope
 public:
-    explicit ThreadCount(int n) : saved_(flamingo::num_threads()) { flamingo::set_num_threads(n); }
-    ~ThreadCount() { flamingo::set_num_threads(saved_); }
+    explicit ThreadCount(int n) : ex_(n) {}
 
 private:
-    int saved_;
+    flamingo::Executor ex_;
+    flamingo::Executor::Scope use_{ex_};
 };
 
 struct Case {

@@ -4,21 +4,23 @@
 
 #include <atomic>
 #include <cstddef>
+#include <memory>
 #include <stdexcept>
 #include <thread>
 #include <vector>
 
-#include <flamingo/core/parallel.hpp>
+#include <flamingo/core/executor.hpp>
+#include <flamingo/core/error.hpp>
 
 namespace {
 
-class ThreadCount {
+class ThreadCount {  // an executor of n threads for one scope
 public:
-    explicit ThreadCount(int n) : saved_(flamingo::num_threads()) { flamingo::set_num_threads(n); }
-    ~ThreadCount() { flamingo::set_num_threads(saved_); }
+    explicit ThreadCount(int n) : ex_(n) {}
 
 private:
-    int saved_;
+    flamingo::Executor ex_;
+    flamingo::Executor::Scope use_{ex_};
 };
 
 // Runs one parallel_for and checks that its chunks are disjoint, aligned, at most
@@ -93,22 +95,40 @@ TEST_CASE("an exception in any chunk reaches the caller and the pool keeps worki
     }
 }
 
-TEST_CASE("resizing between loops and loops from two user threads") {
-    ThreadCount keep(flamingo::num_threads());
+TEST_CASE("executors of any size, one after another and nested") {
     for (int n : {1, 3, 2, 4, 2}) {
-        flamingo::set_num_threads(n);
+        ThreadCount tc(n);
+        CHECK(flamingo::num_threads() == n);
         check_cover(257, 4);
     }
-    CHECK_THROWS(flamingo::set_num_threads(0));
+    std::thread([] {  // a thread without an executor runs its loops serially
+        CHECK(flamingo::num_threads() == 1);
+        check_cover(257, 4);
+    }).join();
+    CHECK_THROWS_AS(flamingo::Executor(0), flamingo::Error);
+    ThreadCount outer(3);
+    {
+        ThreadCount inner(2);
+        CHECK(flamingo::num_threads() == 2);
+    }
+    CHECK(flamingo::num_threads() == 3);  // the outer scope's executor again
+}
 
-    ThreadCount tc(2);
+TEST_CASE("loops from two user threads, on one shared executor and on their own") {
+    flamingo::Executor shared(2);
     std::atomic<long> total{0};
-    auto user = [&] {
+    auto user = [&](flamingo::Executor* ex) {
+        std::unique_ptr<flamingo::Executor> own;
+        if (!ex) ex = (own = std::make_unique<flamingo::Executor>(2)).get();
+        flamingo::Executor::Scope use(*ex);
         for (int it = 0; it < 2000; ++it)
             flamingo::parallel_for(10, [&](std::size_t b, std::size_t e) { total += long(e - b); });
     };
-    std::thread a(user), b(user);
-    a.join();
-    b.join();
-    CHECK(total.load() == 2L * 2000 * 10);
+    for (bool share : {true, false}) {
+        total = 0;
+        std::thread a(user, share ? &shared : nullptr), b(user, share ? &shared : nullptr);
+        a.join();
+        b.join();
+        CHECK(total.load() == 2L * 2000 * 10);
+    }
 }

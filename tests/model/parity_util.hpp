@@ -11,7 +11,7 @@
 #include <vector>
 
 #include <flamingo/io/npy.hpp>
-#include <flamingo/model/presets.hpp>
+#include <flamingo/flamingo.hpp>
 #include <flamingo/io/safetensors.hpp>
 #include <nlohmann/json.hpp>
 
@@ -55,23 +55,17 @@ inline std::vector<std::uint32_t> text_time(const std::vector<std::int32_t>& ids
 }
 
 // Teacher-forced logits [T, vocab] of a case's prompt and media on model m.
-inline std::vector<float> logits(flamingo::model::Model& m, const std::string& c) {
+inline std::vector<float> logits(const flamingo::model::Flamingo& m, const std::string& c) {
     using namespace flamingo;
+    generate::Session s(m);
     auto pixels = floats(c, "pixels.npy");
-    auto s = shape(c, "pixels.npy");
-    auto visual = m.encode_media(pixels.data(), s[0], s[1]);
+    auto sh = shape(c, "pixels.npy");
+    s.set_media(pixels.data(), sh[0], sh[1]);
     auto ids64 = ints(c, "input_ids.npy");
     std::vector<std::int32_t> ids(ids64.begin(), ids64.end());
-    auto tt = text_time(ids, m.config().media_token_id);
-    model::MediaContext media;
-    m.project_media(visual.data(), s[0], media);
-    nn::KVCache cache(m.num_layers(), ids.size(), m.kv_width());
-    nn::Segment seg{0, ids.size(), 0, &cache};
-    std::vector<std::size_t> rows(ids.size());
-    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
-    std::vector<float> out(ids.size() * m.vocab_size());
-    m.forward({ids, tt, {&seg, 1}}, media, rows, out.data());
-    return out;
+    s.prepare(1, ids.size(), ids.size());
+    auto lg = s.run(0, ids, s.prompt_text_time(ids), 0, true);
+    return {lg.begin(), lg.end()};
 }
 
 inline const std::vector<std::string>& cases() {

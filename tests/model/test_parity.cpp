@@ -7,32 +7,34 @@ using namespace flamingo;
 namespace {
 
 struct Loaded {
-    std::unique_ptr<model::Model> model;
+    std::unique_ptr<model::Flamingo> model;
     std::vector<float> pixels;
     std::size_t n_media = 0, frames = 0;
 };
 
-Loaded load(const std::string& c, model::LoadOptions opt = {}) {
+Loaded load(const std::string& c, model::WeightType w = model::WeightType::F32) {
     Loaded l;
-    l.model = model::load_model(fixture::dir(c), opt);
+    l.model = model::load_flamingo(fixture::dir(c), w);
     l.pixels = fixture::floats(c, "pixels.npy");
     auto s = fixture::shape(c, "pixels.npy");
     l.n_media = s[0], l.frames = s[1];
     return l;
 }
 
-void check_case(const std::string& c, model::LoadOptions opt, double atol, double rtol) {
+void check_case(const std::string& c, model::WeightType w, double atol, double rtol) {
     CAPTURE(c);
-    Loaded l = load(c, opt);
-    model::Model& m = *l.model;
+    Loaded l = load(c, w);
+    const model::Flamingo& m = *l.model;
     const std::size_t n_img = l.n_media * l.frames, v = m.vision_tokens_per_image(), W = m.vision_width();
 
-    std::vector<float> tokens(n_img * v * W), pooled(n_img * m.embed_dim());
-    m.vision(l.pixels.data(), n_img, tokens.data(), pooled.data());
+    nn::Workspace ws;
+    Tensor<float, dextents<2>> tokens(n_img * v, W), pooled(n_img, m.embed_dim());
+    m.vision().forward(l.pixels.data(), n_img, tokens.view(), pooled.view(), ws);
     fixture::expect_close(tokens.data(), fixture::floats(c, "vision_tokens.npy"), atol, rtol, "vision tokens");
     fixture::expect_close(pooled.data(), fixture::floats(c, "embed.npy"), atol, rtol, "CLIP embeddings");
 
-    std::vector<float> visual = m.encode_media(l.pixels.data(), l.n_media, l.frames);
+    Tensor<float, dextents<2>> visual(l.n_media * m.num_latents(), W);
+    m.encode(l.pixels.data(), l.n_media, l.frames, visual.view(), ws);
     fixture::expect_close(visual.data(), fixture::floats(c, "perceiver.npy"), atol, rtol, "perceiver");
 
     fixture::expect_close(fixture::logits(m, c).data(), fixture::floats(c, "logits.npy"), atol, rtol, "logits");
@@ -41,22 +43,14 @@ void check_case(const std::string& c, model::LoadOptions opt, double atol, doubl
 }  // namespace
 
 TEST_CASE("model parity with the PyTorch reference, f32 weights") {
-    for (const auto& c : fixture::cases()) check_case(c, {}, 1e-4, 1e-4);
-}
-
-TEST_CASE("the run-time-shaped instantiation gives the same results") {
-    model::LoadOptions opt;
-    opt.force_dynamic = true;
-    for (const auto& c : {"llama", "gpt_neox"}) check_case(c, opt, 1e-4, 1e-4);
+    for (const auto& c : fixture::cases()) check_case(c, model::WeightType::F32, 1e-4, 1e-4);
 }
 
 TEST_CASE("bf16 weights: a BF16 checkpoint runs on its stored values") {
     // Expected outputs were computed from the exact BF16 values; the kernels widen
     // bf16 to f32 in registers and accumulate in f32, so f32 tolerances hold.
-    model::LoadOptions opt;
-    opt.weights = nn::WeightType::BF16;
-    check_case("llama_bf16", opt, 1e-4, 1e-4);
-    check_case("llama_bf16", {}, 1e-4, 1e-4);  // the same file widened to f32 at load
+    check_case("llama_bf16", model::WeightType::BF16, 1e-4, 1e-4);
+    check_case("llama_bf16", model::WeightType::F32, 1e-4, 1e-4);  // the same file widened to f32 at load
 }
 
 TEST_CASE("bf16 weights: an f32 checkpoint rounded to bf16 stays close to the f32 reference") {
@@ -64,11 +58,9 @@ TEST_CASE("bf16 weights: an f32 checkpoint rounded to bf16 stays close to the f3
     // up to 2^-9 relative. On these random models (logits up to ~30) the logits
     // move by at most ~0.2 (measured), i.e. under 1% of their range: the stated
     // tolerance is 0.3 absolute + 2% relative.
-    model::LoadOptions opt;
-    opt.weights = nn::WeightType::BF16;
     for (std::string c : {"llama", "mpt", "gpt_neox"}) {
         CAPTURE(c);
-        auto m = model::load_model(fixture::dir(c), opt);
+        auto m = model::load_flamingo(fixture::dir(c), model::WeightType::BF16);
         fixture::expect_close(fixture::logits(*m, c).data(), fixture::floats(c, "logits.npy"), 0.3, 2e-2, "bf16 logits");
     }
 }
@@ -77,7 +69,6 @@ TEST_CASE("f32 weights are used in place from the memory-mapped file") {
     Loaded l = load("llama");
     CHECK(l.model->copied_weight_bytes() == 0);
     CHECK(l.model->unused_tensors().empty());
-    CHECK(l.model->preset() == "dynamic");
 }
 
 namespace {
@@ -114,11 +105,9 @@ std::filesystem::path f16_copy(const std::string& c) {
 TEST_CASE("F16 checkpoints load (widened to f32 or narrowed to bf16) and stay close to the f32 reference") {
     // f16 keeps 11 significant bits: logits of these models move by ~0.01.
     auto dir = f16_copy("gpt_neox");
-    for (auto w : {nn::WeightType::F32, nn::WeightType::BF16}) {
-        model::LoadOptions opt;
-        opt.weights = w;
-        auto m = model::load_model(dir, opt);
-        const double atol = w == nn::WeightType::F32 ? 0.05 : 0.3;
+    for (auto w : {model::WeightType::F32, model::WeightType::BF16}) {
+        auto m = model::load_flamingo(dir, w);
+        const double atol = w == model::WeightType::F32 ? 0.05 : 0.3;
         fixture::expect_close(fixture::logits(*m, "gpt_neox").data(), fixture::floats("gpt_neox", "logits.npy"), atol,
                               2e-2, "f16 logits");
     }

@@ -76,7 +76,7 @@ struct f16 {
     }
 };
 
-enum class DType { F32, F16, BF16, I64 };
+enum class DType { F32, F16, BF16, I64, I8, U8 };
 
 constexpr std::size_t dtype_size(DType t) {
     switch (t) {
@@ -84,6 +84,8 @@ constexpr std::size_t dtype_size(DType t) {
         case DType::F16: return 2;
         case DType::BF16: return 2;
         case DType::I64: return 8;
+        case DType::I8: return 1;
+        case DType::U8: return 1;
     }
     return 0;
 }
@@ -94,6 +96,8 @@ constexpr std::string_view dtype_name(DType t) {
         case DType::F16: return "F16";
         case DType::BF16: return "BF16";
         case DType::I64: return "I64";
+        case DType::I8: return "I8";
+        case DType::U8: return "U8";
     }
     return "?";
 }
@@ -103,6 +107,8 @@ template <> constexpr DType dtype_of<float>() { return DType::F32; }
 template <> constexpr DType dtype_of<f16>() { return DType::F16; }
 template <> constexpr DType dtype_of<bf16>() { return DType::BF16; }
 template <> constexpr DType dtype_of<std::int64_t>() { return DType::I64; }
+template <> constexpr DType dtype_of<std::int8_t>() { return DType::I8; }
+template <> constexpr DType dtype_of<std::uint8_t>() { return DType::U8; }
 
 inline float to_float(float x) { return x; }
 inline float to_float(bf16 x) { return float(x); }

@@ -23,7 +23,7 @@
 #include "dtype.hpp"
 #include "error.hpp"
 #include "extents.hpp"
-#include "parallel.hpp"
+#include "executor.hpp"
 #include "tensor.hpp"
 
 namespace flamingo {

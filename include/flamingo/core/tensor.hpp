@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <new>
 #include <type_traits>
@@ -199,6 +200,24 @@ auto reshape(const TensorView<T, Ext>& v, I... sizes) {
     return TensorView<T, NewExt>(v.data(), ne);
 }
 
+// The same view with its axes reordered: axis i of the result is axis Axes[i]
+// of v (NumPy's transpose(v, axes)); no data moves.
+template <std::size_t... Axes, class T, std::size_t... E>
+auto permute(const TensorView<T, extents<E...>>& v) {
+    static_assert(sizeof...(Axes) == sizeof...(E), "permute: give one axis per dimension");
+    constexpr std::array<std::size_t, sizeof...(E)> statics{E...};
+    using Out = extents<statics[Axes]...>;
+    static_assert([] {
+        std::array<bool, sizeof...(E)> seen{};
+        for (std::size_t a : {Axes...}) {
+            if (a >= sizeof...(E) || seen[a]) return false;
+            seen[a] = true;
+        }
+        return true;
+    }(), "permute: the axes must be a permutation of 0..rank-1");
+    return TensorView<T, Out>(v.data(), Out(v.extent(Axes)...), {v.stride(Axes)...});
+}
+
 // An owning tensor: 64-byte aligned, row-major, contiguous.
 template <class T, class Ext>
 class Tensor {
@@ -272,5 +291,53 @@ template <class T, class Ext>
 TensorView<T, Ext> make_view(T* data, const Ext& e) {
     return {data, e};
 }
+
+// A read-only, contiguous view whose element type is known only at run time:
+// what a checkpoint hands out. as<T, Rank>() gives the typed view after
+// checking the dtype and the rank.
+class AnyView {
+public:
+    static constexpr std::size_t kMaxRank = 4;
+
+    AnyView() = default;
+    AnyView(DType dtype, const void* data, std::initializer_list<std::size_t> shape)
+        : AnyView(dtype, data, shape.begin(), shape.size()) {}
+    AnyView(DType dtype, const void* data, const std::size_t* shape, std::size_t rank)
+        : dtype_(dtype), data_(data), rank_(rank) {
+        check(rank <= kMaxRank, "a tensor view has at most ", kMaxRank, " axes, got ", rank);
+        std::copy_n(shape, rank, shape_.begin());
+    }
+    template <class T, class Ext>
+    AnyView(const TensorView<T, Ext>& v) : AnyView(dtype_of<std::remove_const_t<T>>(), v.data(), v.extents().sizes().data(), Ext::rank()) {
+        check(v.contiguous(), "AnyView: the view of shape ", shape_string(v.extents()), " is not contiguous");
+    }
+
+    bool empty() const { return data_ == nullptr; }
+    DType dtype() const { return dtype_; }
+    const void* data() const { return data_; }
+    std::size_t rank() const { return rank_; }
+    std::size_t extent(std::size_t i) const { return i < rank_ ? shape_[i] : 1; }
+    std::size_t size() const {
+        std::size_t n = 1;
+        for (std::size_t i = 0; i < rank_; ++i) n *= shape_[i];
+        return n;
+    }
+    std::size_t bytes() const { return size() * dtype_size(dtype_); }
+
+    template <class T, std::size_t Rank>
+    TensorView<const T, dextents<Rank>> as() const {
+        check(dtype_ == dtype_of<T>(), "tensor view: holds ", dtype_name(dtype_), ", read as ", dtype_name(dtype_of<T>()));
+        check(rank_ == Rank, "tensor view: has ", rank_, " axes, read with ", Rank);
+        std::array<std::size_t, Rank> e{};
+        std::copy_n(shape_.begin(), Rank, e.begin());
+        return {static_cast<const T*>(data_), dextents<Rank>(e)};
+    }
+
+private:
+    DType dtype_ = DType::F32;
+    const void* data_ = nullptr;
+    std::array<std::size_t, kMaxRank> shape_{};
+    std::size_t rank_ = 0;
+};
 
 }  // namespace flamingo

@@ -63,34 +63,46 @@ inline std::vector<float> read_prompt(Session& s, std::span<const std::int32_t> 
     return {lg.begin(), lg.end()};
 }
 
-// Hugging Face BeamHypotheses: the num_beams best finished sequences.
+// Hugging Face BeamHypotheses: the num_beams best finished sequences, in the
+// order they were added (ties in the final ranking go to the later one). Its
+// storage is sized once: adding a hypothesis copies into a reserved slot.
 struct Hypotheses {
     std::size_t num_beams;
     float length_penalty;
     EarlyStopping early;
     std::size_t max_length;
-    std::vector<std::pair<double, std::vector<std::int32_t>>> beams;
+    std::vector<std::pair<double, std::vector<std::int32_t>>> slots;  // num_beams + 1, the first `count` in use
+    std::size_t count = 0;
     double worst = 1e9;
 
-    void add(std::vector<std::int32_t> hyp, double sum_logprobs) {
+    Hypotheses(std::size_t beams, float lp, EarlyStopping e, std::size_t max_len)
+        : num_beams(beams), length_penalty(lp), early(e), max_length(max_len), slots(beams + 1) {
+        for (auto& s : slots) s.second.reserve(max_len);
+    }
+
+    void add(std::span<const std::int32_t> hyp, double sum_logprobs) {
         // the length counts the whole sequence, prompt included, without the stop token
         const double score = sum_logprobs / std::pow(double(hyp.size()), double(length_penalty));
-        if (beams.size() < num_beams || score > worst) {
-            beams.emplace_back(score, std::move(hyp));
-            if (beams.size() > num_beams) {
+        if (count < num_beams || score > worst) {
+            slots[count].first = score;
+            slots[count].second.assign(hyp.begin(), hyp.end());
+            ++count;
+            if (count > num_beams) {  // drop the worst, keeping the others in order
                 std::size_t lo = 0;
-                for (std::size_t i = 1; i < beams.size(); ++i)
-                    if (beams[i].first < beams[lo].first) lo = i;
-                beams.erase(beams.begin() + std::ptrdiff_t(lo));
-                worst = beams[0].first;
-                for (auto& b : beams) worst = std::min(worst, b.first);
+                for (std::size_t i = 1; i < count; ++i)
+                    if (slots[i].first < slots[lo].first) lo = i;
+                std::rotate(slots.begin() + std::ptrdiff_t(lo), slots.begin() + std::ptrdiff_t(lo + 1),
+                            slots.begin() + std::ptrdiff_t(count));
+                --count;
+                worst = slots[0].first;
+                for (std::size_t i = 0; i < count; ++i) worst = std::min(worst, slots[i].first);
             } else {
                 worst = std::min(score, worst);
             }
         }
     }
     bool done(double best_sum_logprobs, std::size_t cur_len) const {
-        if (beams.size() < num_beams) return false;
+        if (count < num_beams) return false;
         if (early == EarlyStopping::True) return true;
         const double len = (early == EarlyStopping::False || length_penalty <= 0.0f) ? double(cur_len)
                                                                                      : double(max_length);
@@ -105,15 +117,15 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
     detail::check_options(o);
     const std::int32_t eos = o.eos.value_or(s.model().config().eoc_token_id);
     const std::size_t V = s.vocab_size(), B = o.num_beams, P = prompt.size();
-    check(P + o.max_new_tokens <= s.model().max_positions(), "the prompt (", P, " tokens) plus ", o.max_new_tokens,
+    check(P + o.max_new_tokens <= s.model().max_positions(), ErrorKind::Limit, "the prompt (", P, " tokens) plus ", o.max_new_tokens,
           " new tokens exceeds the model's context of ", s.model().max_positions(), " positions");
     std::vector<float> first = detail::read_prompt(s, prompt, B, o.max_new_tokens);
     GenerateResult r;
 
     if (B == 1) {
         const bool sampling = o.temperature && *o.temperature > 0.0f;
-        std::mt19937_64 rng(o.seed);
-        SamplingOptions so{sampling ? *o.temperature : 1.0f, o.top_k, o.top_p};
+        Sampler sample({sampling ? *o.temperature : 1.0f, o.top_k, o.top_p}, o.seed);
+        sample.reserve(V);
         std::vector<std::int32_t> seq(prompt.begin(), prompt.end());
         seq.reserve(P + o.max_new_tokens);
         r.tokens.reserve(o.max_new_tokens);
@@ -121,7 +133,7 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
         const std::size_t seq0 = 0;
         for (std::size_t i = 0; i < o.max_new_tokens; ++i) {
             ban_repeated_ngrams(seq, o.no_repeat_ngram_size, scores);
-            const std::int32_t tok = sampling ? sample(scores, so, rng) : std::int32_t(argmax(scores));
+            const std::int32_t tok = sampling ? sample(scores) : std::int32_t(argmax(scores));
             seq.push_back(tok);
             r.tokens.push_back(tok);
             if (o.on_token) o.on_token(tok);
@@ -139,7 +151,7 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
     // Beam search: every beam starts from the prompt's cache.
     for (std::size_t b = 1; b < B; ++b) s.cache(b).copy_from(s.cache(0), 0, P);
     const std::size_t max_length = P + o.max_new_tokens;
-    detail::Hypotheses hyps{B, o.length_penalty, o.early_stopping, max_length, {}, 1e9};
+    detail::Hypotheses hyps(B, o.length_penalty, o.early_stopping, max_length);
     std::vector<std::vector<std::int32_t>> seqs(B, std::vector<std::int32_t>(prompt.begin(), prompt.end()));
     std::vector<double> beam_scores(B, -1e9);
     beam_scores[0] = 0;
@@ -148,7 +160,7 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
     std::vector<std::size_t> order(B * V), slot(B);  // slot[b]: the cache of beam b
     for (std::size_t b = 0; b < B; ++b) slot[b] = b;
     std::vector<double> cand(B * V);
-    // Per-step bookkeeping, sized once: a step allocates only when a hypothesis finishes.
+    // Per-step bookkeeping, sized once: a step allocates nothing.
     std::vector<double> next_scores;
     std::vector<std::int32_t> next_tokens;
     std::vector<std::size_t> next_src, new_slot(B);
@@ -216,9 +228,9 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
     if (!done)
         for (std::size_t b = 0; b < B; ++b) hyps.add(seqs[b], beam_scores[b]);
     // finalize: stable sort by score, the last of equals wins
-    std::stable_sort(hyps.beams.begin(), hyps.beams.end(),
+    std::stable_sort(hyps.slots.begin(), hyps.slots.begin() + std::ptrdiff_t(hyps.count),
                      [](const auto& a, const auto& b) { return a.first < b.first; });
-    const auto& best = hyps.beams.back();
+    const auto& best = hyps.slots[hyps.count - 1];
     r.score = best.first;
     r.tokens.assign(best.second.begin() + std::ptrdiff_t(P), best.second.end());
     if (best.second.size() < max_length) {
@@ -242,9 +254,12 @@ inline std::vector<CandidateScore> score(Session& s, std::span<const std::int32_
     std::size_t longest = 0;
     for (std::size_t i = 0; i < candidates.size(); ++i) {
         check(!candidates[i].empty(), "candidate ", i + 1, " is empty");
+        for (std::int32_t id : candidates[i])
+            check(id >= 0 && std::size_t(id) < s.vocab_size(), "candidate ", i + 1, ": token id ", id,
+                  " is outside the vocabulary of ", s.vocab_size(), " tokens");
         longest = std::max(longest, candidates[i].size());
     }
-    check(prompt.size() + longest <= s.model().max_positions(), "the prompt (", prompt.size(),
+    check(prompt.size() + longest <= s.model().max_positions(), ErrorKind::Limit, "the prompt (", prompt.size(),
           " tokens) plus a candidate of ", longest, " tokens exceeds the model's context of ",
           s.model().max_positions(), " positions");
     std::vector<float> last = detail::read_prompt(s, prompt, 1, longest);
@@ -255,7 +270,6 @@ inline std::vector<CandidateScore> score(Session& s, std::span<const std::int32_
     for (const auto& c : candidates) {
         CandidateScore cs;
         cs.tokens = c;
-        check(c[0] >= 0 && std::size_t(c[0]) < V, "candidate token id ", c[0], " is outside the vocabulary");
         cs.logprob = last[std::size_t(c[0])];
         if (c.size() > 1) {
             // Feed all but the last candidate token; row i predicts token i + 1.

@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <map>
 #include <numeric>
 #include <random>
 #include <span>
@@ -48,46 +47,68 @@ struct SamplingOptions {
     float top_p = 1.0f;
 };
 
-// Hugging Face's warpers in their order (temperature, top-k, top-p), then a
-// draw from the softmax. `scores` is modified.
-inline std::int32_t sample(std::span<float> scores, const SamplingOptions& o, std::mt19937_64& rng) {
-    const float ninf = -std::numeric_limits<float>::infinity();
-    if (o.temperature != 1.0f)
-        for (float& s : scores) s /= o.temperature;
-    const std::size_t V = scores.size();
-    if (o.top_k > 0 && o.top_k < V) {
-        std::vector<float> tmp(scores.begin(), scores.end());
-        std::nth_element(tmp.begin(), tmp.begin() + std::ptrdiff_t(o.top_k - 1), tmp.end(), std::greater<>());
-        const float kth = tmp[o.top_k - 1];
-        for (float& s : scores)
-            if (s < kth) s = ninf;
-    }
-    if (o.top_p < 1.0f) {
-        // As TopPLogitsWarper: in ascending order of probability, drop tokens while
-        // the cumulative probability stays <= 1 - top_p; the most likely one stays.
-        std::vector<std::size_t> order(V);
-        std::iota(order.begin(), order.end(), 0);
-        std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return scores[a] < scores[b]; });
-        std::vector<float> p(scores.begin(), scores.end());
-        log_softmax(p);
-        float cum = 0.0f;
-        for (std::size_t i = 0; i + 1 < V; ++i) {
-            cum += std::exp(p[order[i]]);
-            if (cum > 1.0f - o.top_p) break;
-            scores[order[i]] = ninf;
+// Hugging Face's sampling warpers in their order (temperature, top-k, top-p),
+// then a draw from the softmax. Keeps its buffers between draws, so sampling
+// allocates nothing once it has seen the vocabulary.
+class Sampler {
+public:
+    explicit Sampler(const SamplingOptions& o = {}, std::uint64_t seed = 0) : o_(o), rng_(seed) {}
+
+    // `scores` is modified.
+    std::int32_t operator()(std::span<float> scores) {
+        const float ninf = -std::numeric_limits<float>::infinity();
+        if (o_.temperature != 1.0f)
+            for (float& s : scores) s /= o_.temperature;
+        const std::size_t V = scores.size();
+        if (o_.top_k > 0 && o_.top_k < V) {
+            tmp_.assign(scores.begin(), scores.end());
+            std::nth_element(tmp_.begin(), tmp_.begin() + std::ptrdiff_t(o_.top_k - 1), tmp_.end(), std::greater<>());
+            const float kth = tmp_[o_.top_k - 1];
+            for (float& s : scores)
+                if (s < kth) s = ninf;
         }
+        if (o_.top_p < 1.0f) {
+            // As TopPLogitsWarper: in ascending order of probability, drop tokens while
+            // the cumulative probability stays <= 1 - top_p; the most likely one stays.
+            // Ties keep index order, as a stable sort does.
+            order_.resize(V);
+            std::iota(order_.begin(), order_.end(), 0);
+            std::sort(order_.begin(), order_.end(), [&](std::size_t a, std::size_t b) {
+                return scores[a] < scores[b] || (scores[a] == scores[b] && a < b);
+            });
+            tmp_.assign(scores.begin(), scores.end());
+            log_softmax(tmp_);
+            float cum = 0.0f;
+            for (std::size_t i = 0; i + 1 < V; ++i) {
+                cum += std::exp(tmp_[order_[i]]);
+                if (cum > 1.0f - o_.top_p) break;
+                scores[order_[i]] = ninf;
+            }
+        }
+        log_softmax(scores);
+        std::uniform_real_distribution<double> u(0.0, 1.0);
+        double r = u(rng_), cum = 0;
+        std::size_t last = 0;
+        for (std::size_t i = 0; i < V; ++i) {
+            if (scores[i] == ninf) continue;
+            cum += std::exp(double(scores[i]));
+            last = i;
+            if (r < cum) return std::int32_t(i);
+        }
+        return std::int32_t(last);
     }
-    log_softmax(scores);
-    std::uniform_real_distribution<double> u(0.0, 1.0);
-    double r = u(rng), cum = 0;
-    std::size_t last = 0;
-    for (std::size_t i = 0; i < V; ++i) {
-        if (scores[i] == ninf) continue;
-        cum += std::exp(double(scores[i]));
-        last = i;
-        if (r < cum) return std::int32_t(i);
+
+    // Sizes the buffers for a vocabulary of V.
+    void reserve(std::size_t V) {
+        tmp_.reserve(V);
+        order_.reserve(V);
     }
-    return std::int32_t(last);
-}
+
+private:
+    SamplingOptions o_;
+    std::mt19937_64 rng_;
+    std::vector<float> tmp_;
+    std::vector<std::size_t> order_;
+};
 
 }  // namespace flamingo::generate

@@ -1,8 +1,10 @@
 #pragma once
-// An inference session: the prompt's visual tokens (encoded once), their
-// cross-attention keys/values (projected once per prompt), and one KV cache
-// per sequence (beam or candidate). Buffers are sized when the session is
-// prepared, so a decoding step allocates nothing.
+// A decoding session: one request's state on a shared, immutable model. The
+// prompt's visual tokens (encoded once), their cross-attention keys/values
+// (projected once per prompt), one KV cache per sequence (beam or candidate),
+// the working memory and the logits buffer. Buffers are sized when the session
+// is prepared, so a decoding step allocates nothing. A session is used by one
+// thread at a time; the model it runs on may be shared by many sessions.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -10,40 +12,57 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "../core/tensor.hpp"
 #include "../model/flamingo.hpp"
 
 namespace flamingo::generate {
 
 class Session {
 public:
-    explicit Session(model::Model& m) : model_(m) { model_.project_media(nullptr, 0, media_); }
+    explicit Session(const model::Flamingo& m) : model_(m) { clear_media(); }
 
-    model::Model& model() { return model_; }
+    const model::Flamingo& model() const { return model_; }
     std::size_t vocab_size() const { return model_.vocab_size(); }
     std::size_t num_media() const { return media_.n_media; }
 
     // Media as normalised pixels [n_media, frames, 3, S, S]: encoded once.
     void set_media(const float* pixels, std::size_t n_media, std::size_t frames) {
+        check(frames >= 1, "frames must be at least 1");
         const auto t0 = clock::now();
-        auto visual = model_.encode_media(pixels, n_media, frames);
+        Tensor<float, dextents<2>> visual(n_media * model_.num_latents(), model_.vision_width());
+        ws_.reserve(model_.encode_workspace(n_media, frames));
+        model_.encode(pixels, n_media, frames, visual.view(), ws_);
         stats_.media_seconds += seconds_since(t0);
         set_visual(std::move(visual), n_media);
     }
-    // Already encoded visual tokens [n_media, num_latents, width] (e.g. cached from an earlier run).
-    void set_visual(std::vector<float> visual, std::size_t n_media) {
+    // Already encoded visual tokens [n_media * num_latents, width] (e.g. cached from an earlier request).
+    void set_visual(Tensor<float, dextents<2>> visual, std::size_t n_media) {
         const auto t0 = clock::now();
-        check(visual.size() == n_media * model_.num_latents() * model_.vision_width(), "visual tokens: expected ",
-              n_media, " x ", model_.num_latents(), " x ", model_.vision_width(), " values, got ", visual.size());
+        check(visual.extent(0) == n_media * model_.num_latents() && visual.extent(1) == model_.vision_width(),
+              ErrorKind::Shape, "visual tokens: expected [", n_media * model_.num_latents(), ", ",
+              model_.vision_width(), "] for ", n_media, " media, got ", shape_string(visual.extents()));
         visual_ = std::move(visual);
-        model_.project_media(visual_.data(), n_media, media_);
+        model_.project_media(visual_.view(), n_media, media_);
         stats_.media_seconds += seconds_since(t0);
     }
-    const std::vector<float>& visual() const { return visual_; }
+    // CLIP embeddings [n, embed_dim] of n normalised images [n, 3, S, S].
+    Tensor<float, dextents<2>> embed(const float* pixels, std::size_t n) {
+        const auto t0 = clock::now();
+        Tensor<float, dextents<2>> out(n, model_.embed_dim());
+        ws_.reserve(model_.embed_workspace(n));
+        model_.embed(pixels, n, out.view(), ws_);
+        stats_.media_seconds += seconds_since(t0);
+        return out;
+    }
+
+    void clear_media() { set_visual(Tensor<float, dextents<2>>(std::size_t(0), model_.vision_width()), 0); }
+    // The visual tokens [n_media * num_latents, width] of the current media.
+    const Tensor<float, dextents<2>>& visual() const { return visual_; }
 
     // Sizes the caches and buffers: `sequences` caches of `capacity` positions,
     // steps of up to `rows` tokens.
     void prepare(std::size_t sequences, std::size_t capacity, std::size_t rows) {
-        check(capacity <= model_.max_positions(), "a sequence of ", capacity,
+        check(capacity <= model_.max_positions(), ErrorKind::Limit, "a sequence of ", capacity,
               " tokens exceeds the model's context of ", model_.max_positions(), " positions");
         if (caches_.size() != sequences || (sequences && caches_[0].capacity() < capacity)) {
             caches_.clear();
@@ -52,7 +71,9 @@ public:
         }
         rows = std::max(rows, sequences);
         tokens_.resize(rows), text_time_.resize(rows), rows_.resize(rows), segments_.resize(sequences);
+        media_ptrs_.assign(sequences, &media_);
         logits_.resize(rows * vocab_size());
+        ws_.reserve(model_.forward_workspace(rows, rows));
     }
 
     nn::KVCache& cache(std::size_t seq) { return caches_.at(seq); }
@@ -65,6 +86,8 @@ public:
     };
     const Stats& stats() const { return stats_; }
     void reset_stats() { stats_ = {}; }
+    // Allocations of working memory so far (constant while decoding).
+    std::size_t workspace_grows() const { return ws_.grows(); }
 
     // Runs `ids` as positions [pos0, pos0 + n) of sequence `seq`. text_time
     // per token (see model::Batch). Returns logits of every row when
@@ -79,7 +102,8 @@ public:
         std::span<const std::size_t> rows = all_logits ? std::span<const std::size_t>(rows_.data(), n)
                                                        : std::span<const std::size_t>(&rows_[n - 1], 1);
         const auto t0 = clock::now();
-        model_.forward({ids, tt, {&s, 1}}, media_, rows, logits_.data());
+        model_.forward({ids, tt, {&s, 1}, {media_ptrs_.data(), 1}}, rows,
+                       nn::act(logits_.data(), rows.size(), vocab_size()), ws_);
         stats_.read_seconds += seconds_since(t0), stats_.read_tokens += n;
         caches_[seq].set_length(pos0 + n);
         return {logits_.data(), rows.size() * vocab_size()};
@@ -89,7 +113,8 @@ public:
     // to the prompt's media as generated tokens do. Returns logits [n, vocab].
     std::span<const float> step(std::span<const std::int32_t> next, std::span<const std::size_t> seqs) {
         const std::size_t n = next.size();
-        check(n == seqs.size() && n <= tokens_.size(), "session not prepared for ", n, " sequences");
+        check(n == seqs.size() && n <= tokens_.size() && n <= segments_.size(), "session not prepared for ", n,
+              " sequences");
         for (std::size_t i = 0; i < n; ++i) {
             tokens_[i] = next[i];
             text_time_[i] = std::uint32_t(media_.n_media);
@@ -97,8 +122,8 @@ public:
             segments_[i] = {i, 1, caches_[seqs[i]].length(), &caches_[seqs[i]]};
         }
         const auto t0 = clock::now();
-        model_.forward({{tokens_.data(), n}, {text_time_.data(), n}, {segments_.data(), n}}, media_,
-                       {rows_.data(), n}, logits_.data());
+        model_.forward({{tokens_.data(), n}, {text_time_.data(), n}, {segments_.data(), n}, {media_ptrs_.data(), n}},
+                       {rows_.data(), n}, nn::act(logits_.data(), n, vocab_size()), ws_);
         stats_.step_seconds += seconds_since(t0), ++stats_.steps;
         for (std::size_t i = 0; i < n; ++i) caches_[seqs[i]].set_length(segments_[i].pos0 + 1);
         return {logits_.data(), n * vocab_size()};
@@ -121,10 +146,12 @@ private:
         return std::chrono::duration<double>(clock::now() - t0).count();
     }
 
-    model::Model& model_;
+    const model::Flamingo& model_;
     Stats stats_;
-    std::vector<float> visual_;
-    model::MediaContext media_;
+    nn::Workspace ws_;
+    Tensor<float, dextents<2>> visual_;
+    model::MediaKV media_;
+    std::vector<const model::MediaKV*> media_ptrs_;
     std::vector<nn::KVCache> caches_;
     std::vector<std::int32_t> tokens_;
     std::vector<std::uint32_t> text_time_;

@@ -31,7 +31,7 @@ inline json parse_json(std::string_view text, const std::string& source,
             case json::parse_event_t::object_start:
             case json::parse_event_t::array_start:
                 if (++depth > max_depth)
-                    fail(source, ": JSON nested more than ", max_depth, " levels deep");
+                    fail(ErrorKind::Limit, source, ": JSON nested more than ", max_depth, " levels deep");
                 if (event == json::parse_event_t::object_start) keys.emplace_back();
                 break;
             case json::parse_event_t::object_end:
@@ -43,7 +43,7 @@ inline json parse_json(std::string_view text, const std::string& source,
                 break;
             case json::parse_event_t::key: {
                 const std::string& k = parsed.get_ref<const std::string&>();
-                if (!keys.back().insert(k).second) fail(source, ": duplicate key \"", k, "\" in a JSON object");
+                if (!keys.back().insert(k).second) fail(ErrorKind::Format, source, ": duplicate key \"", k, "\" in a JSON object");
                 break;
             }
             case json::parse_event_t::value:
@@ -58,7 +58,7 @@ inline json parse_json(std::string_view text, const std::string& source,
         // "[json.exception.parse_error.101] parse error at line 1, column 2: ..."
         std::string_view msg = e.what();
         if (auto p = msg.find("] "); p != std::string_view::npos) msg.remove_prefix(p + 2);
-        fail(source, ": invalid JSON: ", msg);
+        fail(ErrorKind::Format, source, ": invalid JSON: ", msg);
     }
 }
 

@@ -38,8 +38,8 @@ public:
         // Look before opening: open(2) on a FIFO would block until a writer appears.
         struct stat st {};
         if (::stat(name.c_str(), &st) != 0) fail_errno(name, errno);
-        if (S_ISDIR(st.st_mode)) fail("cannot open '", name, "': is a directory, expected a file");
-        if (!S_ISREG(st.st_mode)) fail("cannot open '", name, "': not a regular file");
+        if (S_ISDIR(st.st_mode)) fail(ErrorKind::File, "cannot open '", name, "': is a directory, expected a file");
+        if (!S_ISREG(st.st_mode)) fail(ErrorKind::File, "cannot open '", name, "': not a regular file");
 
         int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         if (fd < 0) fail_errno(name, errno);
@@ -48,7 +48,7 @@ public:
             int err = errno;
             ::close(fd);
             if (err) fail_errno(name, err);
-            fail("cannot open '", name, "': not a regular file");
+            fail(ErrorKind::File, "cannot open '", name, "': not a regular file");
         }
         f.size_ = std::size_t(st.st_size);
         if (f.size_ > 0) {
@@ -57,7 +57,7 @@ public:
             ::close(fd);
             if (p == MAP_FAILED) {
                 f.size_ = 0;
-                fail("cannot map '", name, "' (", std::strerror(err), ")");
+                fail(ErrorKind::File, "cannot map '", name, "' (", std::strerror(err), ")");
             }
             f.data_ = static_cast<const std::byte*>(p);
         } else {
@@ -86,7 +86,7 @@ public:
 
 private:
     [[noreturn]] static void fail_errno(const std::string& name, int err) {
-        fail("cannot open '", name, "': ", std::strerror(err));
+        fail(ErrorKind::File, "cannot open '", name, "': ", std::strerror(err));
     }
 
     void unmap() {

@@ -68,7 +68,7 @@ struct NpyArray {
     // Integer and bool dtypes as int64; floating dtypes are an error.
     std::vector<std::int64_t> as_int64() const {
         if (dtype == NpyDType::F4 || dtype == NpyDType::F8)
-            fail(file, ": array has dtype ", npy_dtype_descr(dtype), ", expected an integer dtype");
+            fail(ErrorKind::Format, file, ": array has dtype ", npy_dtype_descr(dtype), ", expected an integer dtype");
         std::vector<std::int64_t> out(numel());
         for (std::size_t i = 0; i < out.size(); ++i) out[i] = element_as_int(i);
         return out;
@@ -124,16 +124,16 @@ inline void write_npy_bytes(const std::filesystem::path& path, std::string_view 
                             std::size_t elem_size, const std::vector<std::size_t>& shape) {
     std::size_t n = 1;
     for (auto d : shape)
-        if (__builtin_mul_overflow(n, d, &n)) fail(path.string(), ": array shape overflows");
+        if (__builtin_mul_overflow(n, d, &n)) fail(ErrorKind::Limit, path.string(), ": array shape overflows");
     std::size_t nbytes;
-    if (__builtin_mul_overflow(n, elem_size, &nbytes)) fail(path.string(), ": array shape overflows");
+    if (__builtin_mul_overflow(n, elem_size, &nbytes)) fail(ErrorKind::Limit, path.string(), ": array shape overflows");
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    if (!out) fail("cannot write '", path.string(), "': ", std::strerror(errno));
+    if (!out) fail(ErrorKind::File, "cannot write '", path.string(), "': ", std::strerror(errno));
     const std::string header = npy_header(descr, shape);
     out.write(header.data(), std::streamsize(header.size()));
     if (nbytes) out.write(static_cast<const char*>(data), std::streamsize(nbytes));
     out.close();
-    if (!out) fail("cannot write '", path.string(), "': write failed");
+    if (!out) fail(ErrorKind::File, "cannot write '", path.string(), "': write failed");
 }
 
 }  // namespace detail
@@ -156,7 +156,7 @@ public:
 
     template <class... Parts>
     [[noreturn]] void bad(Parts&&... parts) const {
-        fail(file_, ": bad .npy header: ", std::forward<Parts>(parts)...);
+        fail(ErrorKind::Format, file_, ": bad .npy header: ", std::forward<Parts>(parts)...);
     }
     void skip_ws() {
         while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
@@ -231,20 +231,20 @@ inline NpyArray read_npy(const std::filesystem::path& path) {
     MappedFile m = MappedFile::open(path);
     const auto* b = reinterpret_cast<const unsigned char*>(m.data());
     const std::size_t size = m.size();
-    if (size < 10 || std::memcmp(b, "\x93NUMPY", 6) != 0) fail(file, ": not a .npy file (bad magic)");
+    if (size < 10 || std::memcmp(b, "\x93NUMPY", 6) != 0) fail(ErrorKind::Format, file, ": not a .npy file (bad magic)");
     const int major = b[6];
     std::size_t hlen, hstart;
     if (major == 1) {
         hlen = std::size_t(b[8]) | std::size_t(b[9]) << 8;
         hstart = 10;
     } else if (major == 2 || major == 3) {
-        if (size < 12) fail(file, ": truncated .npy header");
+        if (size < 12) fail(ErrorKind::Format, file, ": truncated .npy header");
         hlen = std::size_t(b[8]) | std::size_t(b[9]) << 8 | std::size_t(b[10]) << 16 | std::size_t(b[11]) << 24;
         hstart = 12;
     } else {
-        fail(file, ": unsupported .npy version ", major, ".", int(b[7]));
+        fail(ErrorKind::Format, file, ": unsupported .npy version ", major, ".", int(b[7]));
     }
-    if (hlen > size - hstart) fail(file, ": .npy header length ", hlen, " runs past the end of the file");
+    if (hlen > size - hstart) fail(ErrorKind::Format, file, ": .npy header length ", hlen, " runs past the end of the file");
 
     detail::NpyHeaderParser p(std::string_view(reinterpret_cast<const char*>(b + hstart), hlen), file);
     NpyArray a;
@@ -262,11 +262,11 @@ inline NpyArray read_npy(const std::filesystem::path& path) {
             else if (d == "<i8") a.dtype = NpyDType::I8;
             else if (d == "|b1") a.dtype = NpyDType::Bool;
             else if (d == "|u1") a.dtype = NpyDType::U1;
-            else if (!d.empty() && d[0] == '>') fail(file, ": big-endian .npy data ('", d, "') is not supported");
-            else fail(file, ": unsupported .npy dtype '", d, "' (expected <f4, <f8, <i4, <i8, |b1 or |u1)");
+            else if (!d.empty() && d[0] == '>') fail(ErrorKind::Format, file, ": big-endian .npy data ('", d, "') is not supported");
+            else fail(ErrorKind::Format, file, ": unsupported .npy dtype '", d, "' (expected <f4, <f8, <i4, <i8, |b1 or |u1)");
             have_descr = true;
         } else if (key == "fortran_order" && !have_order) {
-            if (p.bool_literal()) fail(file, ": Fortran-order .npy arrays are not supported");
+            if (p.bool_literal()) fail(ErrorKind::Format, file, ": Fortran-order .npy arrays are not supported");
             have_order = true;
         } else if (key == "shape" && !have_shape) {
             a.shape = p.shape_tuple();
@@ -282,11 +282,11 @@ inline NpyArray read_npy(const std::filesystem::path& path) {
 
     std::size_t n = 1, nbytes;
     for (auto d : a.shape)
-        if (__builtin_mul_overflow(n, d, &n)) fail(file, ": .npy shape overflows");
-    if (__builtin_mul_overflow(n, npy_dtype_size(a.dtype), &nbytes)) fail(file, ": .npy shape overflows");
+        if (__builtin_mul_overflow(n, d, &n)) fail(ErrorKind::Limit, file, ": .npy shape overflows");
+    if (__builtin_mul_overflow(n, npy_dtype_size(a.dtype), &nbytes)) fail(ErrorKind::Limit, file, ": .npy shape overflows");
     const std::size_t have = size - hstart - hlen;
     if (have != nbytes)
-        fail(file, ": .npy data is ", have, " bytes, but ", npy_dtype_descr(a.dtype), " with shape (",
+        fail(ErrorKind::Format, file, ": .npy data is ", have, " bytes, but ", npy_dtype_descr(a.dtype), " with shape (",
              a.shape.size(), " dims, ", n, " elements) needs ", nbytes);
     a.data.resize(nbytes);
     if (nbytes) std::memcpy(a.data.data(), b + hstart + hlen, nbytes);

@@ -39,7 +39,7 @@
 
 #include "flamingo/core/dtype.hpp"
 #include "flamingo/core/error.hpp"
-#include "flamingo/core/parallel.hpp"
+#include "flamingo/core/executor.hpp"
 #include "flamingo/io/json.hpp"
 #include "flamingo/io/mmap.hpp"
 
@@ -122,7 +122,7 @@ struct TensorInfo {
             case FileDType::BF16: return DType::BF16;
             case FileDType::I64: return DType::I64;
             default:
-                fail(file, ": tensor '", name, "': dtype ", file_dtype_name(file_dtype),
+                fail(ErrorKind::Format, file, ": tensor '", name, "': dtype ", file_dtype_name(file_dtype),
                      " is not supported (expected F32, F16 or BF16)");
         }
     }
@@ -140,7 +140,7 @@ inline bool is_aligned(const TensorInfo& t) {
 // Throws "FILE: tensor 'NAME': expected shape [..], found [..]" unless the shapes agree.
 inline void check_shape(const TensorInfo& t, std::span<const std::size_t> expected) {
     if (!std::equal(t.shape.begin(), t.shape.end(), expected.begin(), expected.end()))
-        fail(t.file, ": tensor '", t.name, "': expected shape ", shape_string(expected), ", found ",
+        fail(ErrorKind::Shape, t.file, ": tensor '", t.name, "': expected shape ", shape_string(expected), ", found ",
              shape_string(t.shape));
 }
 inline void check_shape(const TensorInfo& t, std::initializer_list<std::size_t> expected) {
@@ -151,7 +151,7 @@ inline void check_shape(const TensorInfo& t, std::initializer_list<std::size_t> 
 // Other dtypes are an error naming the tensor.
 inline void read_as_float(const TensorInfo& t, float* out) {
     if (!t.is_float())
-        fail(t.file, ": tensor '", t.name, "': dtype ", file_dtype_name(t.file_dtype),
+        fail(ErrorKind::Format, t.file, ": tensor '", t.name, "': dtype ", file_dtype_name(t.file_dtype),
              " cannot be read as floats (F32, F16 and BF16 can)");
     const std::size_t n = t.numel();
     const std::byte* src = t.data;
@@ -207,7 +207,7 @@ public:
     }
     const TensorInfo& get(std::string_view name) const {
         if (auto* t = find(name)) return *t;
-        fail(source_, ": tensor '", name, "' not found");
+        fail(ErrorKind::Shape, source_, ": tensor '", name, "' not found");
     }
     // In data order (by offset).
     const std::vector<TensorInfo>& tensors() const { return tensors_; }
@@ -229,8 +229,8 @@ namespace detail {
 // A non-negative JSON integer as size_t, else an error naming what it is.
 inline std::size_t st_index(const json& v, const std::string& where) {
     if (!v.is_number_unsigned()) {
-        if (v.is_number_integer()) fail(where, " is negative (", v.get<std::int64_t>(), ")");
-        fail(where, " must be a non-negative integer, found ", json_type_name(v));
+        if (v.is_number_integer()) fail(ErrorKind::Format, where, " is negative (", v.get<std::int64_t>(), ")");
+        fail(ErrorKind::Format, where, " must be a non-negative integer, found ", json_type_name(v));
     }
     return v.get<std::size_t>();
 }
@@ -240,19 +240,19 @@ inline std::size_t st_index(const json& v, const std::string& where) {
 inline void SafeTensorsFile::parse(const std::byte* bytes, std::size_t size, const std::string& source) {
     source_ = source;
     const std::string& src = source_;
-    if (size < 8) fail(src, ": not a safetensors file: ", size, " bytes, too small to hold the 8-byte header length");
+    if (size < 8) fail(ErrorKind::Format, src, ": not a safetensors file: ", size, " bytes, too small to hold the 8-byte header length");
     std::uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = (n << 8) | std::uint64_t(std::to_integer<unsigned>(bytes[i]));
     if (n > kMaxSafetensorsHeader)
-        fail(src, ": header length ", n, " exceeds the limit of ", kMaxSafetensorsHeader, " bytes");
+        fail(ErrorKind::Limit, src, ": header length ", n, " exceeds the limit of ", kMaxSafetensorsHeader, " bytes");
     if (n > size - 8)
-        fail(src, ": header length ", n, " runs past the end of the file (", size, " bytes)");
+        fail(ErrorKind::Format, src, ": header length ", n, " runs past the end of the file (", size, " bytes)");
     const std::string_view text(reinterpret_cast<const char*>(bytes + 8), std::size_t(n));
     const std::byte* data = bytes + 8 + n;
     const std::size_t data_size = size - 8 - std::size_t(n);
 
     json header = parse_json(text, src + ": safetensors header");
-    if (!header.is_object()) fail(src, ": safetensors header is not a JSON object (found ", json_type_name(header), ")");
+    if (!header.is_object()) fail(ErrorKind::Format, src, ": safetensors header is not a JSON object (found ", json_type_name(header), ")");
 
     struct Span {
         std::size_t begin, end, index;
@@ -261,52 +261,52 @@ inline void SafeTensorsFile::parse(const std::byte* bytes, std::size_t size, con
     for (auto& [name, entry] : header.items()) {
         if (name == "__metadata__") {
             if (!entry.is_object())
-                fail(src, ": __metadata__ must be an object of strings, found ", json_type_name(entry));
+                fail(ErrorKind::Format, src, ": __metadata__ must be an object of strings, found ", json_type_name(entry));
             for (auto& [k, v] : entry.items()) {
                 if (!v.is_string())
-                    fail(src, ": __metadata__[\"", k, "\"] must be a string, found ", json_type_name(v));
+                    fail(ErrorKind::Format, src, ": __metadata__[\"", k, "\"] must be a string, found ", json_type_name(v));
                 metadata_.emplace(k, v.get<std::string>());
             }
             continue;
         }
         const std::string where = src + ": tensor '" + name + "'";
-        if (!entry.is_object()) fail(where, ": entry must be an object, found ", json_type_name(entry));
+        if (!entry.is_object()) fail(ErrorKind::Format, where, ": entry must be an object, found ", json_type_name(entry));
         for (auto& [k, v] : entry.items())
-            if (k != "dtype" && k != "shape" && k != "data_offsets") fail(where, ": unexpected field \"", k, "\"");
+            if (k != "dtype" && k != "shape" && k != "data_offsets") fail(ErrorKind::Format, where, ": unexpected field \"", k, "\"");
         for (const char* k : {"dtype", "shape", "data_offsets"})
-            if (!entry.contains(k)) fail(where, ": missing field \"", k, "\"");
+            if (!entry.contains(k)) fail(ErrorKind::Format, where, ": missing field \"", k, "\"");
 
         TensorInfo t;
         t.name = name;
         t.file = src;
         const json& dt = entry["dtype"];
-        if (!dt.is_string()) fail(where, ": dtype must be a string, found ", json_type_name(dt));
+        if (!dt.is_string()) fail(ErrorKind::Format, where, ": dtype must be a string, found ", json_type_name(dt));
         auto fd = parse_file_dtype(dt.get_ref<const std::string&>());
-        if (!fd) fail(where, ": unknown dtype \"", dt.get_ref<const std::string&>(), "\"");
+        if (!fd) fail(ErrorKind::Format, where, ": unknown dtype \"", dt.get_ref<const std::string&>(), "\"");
         t.file_dtype = *fd;
 
         const json& shape = entry["shape"];
-        if (!shape.is_array()) fail(where, ": shape must be a list of integers, found ", json_type_name(shape));
+        if (!shape.is_array()) fail(ErrorKind::Format, where, ": shape must be a list of integers, found ", json_type_name(shape));
         std::size_t numel = 1;
         for (std::size_t i = 0; i < shape.size(); ++i) {
             std::size_t d = detail::st_index(shape[i], where + ": shape[" + std::to_string(i) + "]");
             t.shape.push_back(d);
-            if (__builtin_mul_overflow(numel, d, &numel)) fail(where, ": shape ", shape.dump(), " overflows");
+            if (__builtin_mul_overflow(numel, d, &numel)) fail(ErrorKind::Format, where, ": shape ", shape.dump(), " overflows");
         }
         std::size_t expected_bytes;
         if (__builtin_mul_overflow(numel, file_dtype_size(t.file_dtype), &expected_bytes))
-            fail(where, ": shape ", shape.dump(), " overflows");
+            fail(ErrorKind::Format, where, ": shape ", shape.dump(), " overflows");
 
         const json& off = entry["data_offsets"];
         if (!off.is_array() || off.size() != 2)
-            fail(where, ": data_offsets must be a list of two integers [begin, end]");
+            fail(ErrorKind::Format, where, ": data_offsets must be a list of two integers [begin, end]");
         std::size_t begin = detail::st_index(off[0], where + ": data_offsets[0]");
         std::size_t end = detail::st_index(off[1], where + ": data_offsets[1]");
-        if (begin > end) fail(where, ": data_offsets [", begin, ", ", end, "] end before they begin");
+        if (begin > end) fail(ErrorKind::Format, where, ": data_offsets [", begin, ", ", end, "] end before they begin");
         if (end > data_size)
-            fail(where, ": data_offsets [", begin, ", ", end, "] run past the data section (", data_size, " bytes)");
+            fail(ErrorKind::Format, where, ": data_offsets [", begin, ", ", end, "] run past the data section (", data_size, " bytes)");
         if (end - begin != expected_bytes)
-            fail(where, ": data_offsets [", begin, ", ", end, "] hold ", end - begin, " bytes, but ",
+            fail(ErrorKind::Format, where, ": data_offsets [", begin, ", ", end, "] hold ", end - begin, " bytes, but ",
                  file_dtype_name(t.file_dtype), " ", shape_string(t.shape), " needs ", expected_bytes);
         t.data = data + begin;
         t.nbytes = expected_bytes;
@@ -322,15 +322,15 @@ inline void SafeTensorsFile::parse(const std::byte* bytes, std::size_t size, con
         const Span& s = spans[i];
         const std::string& name = tensors_[s.index].name;
         if (s.begin < pos)
-            fail(src, ": tensor '", name, "': data_offsets [", s.begin, ", ", s.end, "] overlap tensor '",
+            fail(ErrorKind::Format, src, ": tensor '", name, "': data_offsets [", s.begin, ", ", s.end, "] overlap tensor '",
                  tensors_[spans[i - 1].index].name, "'");
         if (s.begin > pos)
-            fail(src, ": tensor '", name, "': data_offsets [", s.begin, ", ", s.end, "] leave a gap of ",
+            fail(ErrorKind::Format, src, ": tensor '", name, "': data_offsets [", s.begin, ", ", s.end, "] leave a gap of ",
                  s.begin - pos, " bytes before them");
         pos = s.end;
     }
     if (pos != data_size)
-        fail(src, ": data section has ", data_size - pos, " bytes after the last tensor (", data_size,
+        fail(ErrorKind::Format, src, ": data section has ", data_size - pos, " bytes after the last tensor (", data_size,
              " bytes, tensors cover ", pos, ")");
 
     // Data order for tensors(), and the name index.
@@ -357,7 +357,7 @@ public:
     // Throws naming the tensor and the checkpoint when it is absent.
     const TensorInfo& get(std::string_view name) const {
         if (auto* t = find(name)) return *t;
-        fail(source_, ": tensor '", name, "' not found in the checkpoint");
+        fail(ErrorKind::Shape, source_, ": tensor '", name, "' not found in the checkpoint");
     }
     bool contains(std::string_view name) const { return index_.count(name) != 0; }
     // Sorted.
@@ -384,21 +384,21 @@ private:
 // directory (no path separators, not "." or "..").
 inline std::map<std::string, std::string> parse_shard_index(std::string_view text, const std::string& source) {
     json j = parse_json(text, source);
-    if (!j.is_object()) fail(source, ": shard index is not a JSON object (found ", json_type_name(j), ")");
+    if (!j.is_object()) fail(ErrorKind::Format, source, ": shard index is not a JSON object (found ", json_type_name(j), ")");
     if (j.contains("metadata") && !j["metadata"].is_object() && !j["metadata"].is_null())
-        fail(source, ": metadata must be an object, found ", json_type_name(j["metadata"]));
-    if (!j.contains("weight_map")) fail(source, ": missing field \"weight_map\"");
+        fail(ErrorKind::Format, source, ": metadata must be an object, found ", json_type_name(j["metadata"]));
+    if (!j.contains("weight_map")) fail(ErrorKind::Format, source, ": missing field \"weight_map\"");
     const json& wm = j["weight_map"];
-    if (!wm.is_object()) fail(source, ": weight_map must be an object, found ", json_type_name(wm));
+    if (!wm.is_object()) fail(ErrorKind::Format, source, ": weight_map must be an object, found ", json_type_name(wm));
     std::map<std::string, std::string> out;
     for (auto& [tensor, shard] : wm.items()) {
         if (!shard.is_string())
-            fail(source, ": weight_map[\"", tensor, "\"] must be a file name, found ", json_type_name(shard));
+            fail(ErrorKind::Format, source, ": weight_map[\"", tensor, "\"] must be a file name, found ", json_type_name(shard));
         const std::string& s = shard.get_ref<const std::string&>();
-        if (s.empty()) fail(source, ": weight_map[\"", tensor, "\"]: empty shard file name");
+        if (s.empty()) fail(ErrorKind::Format, source, ": weight_map[\"", tensor, "\"]: empty shard file name");
         if (s.find('/') != std::string::npos || s.find('\\') != std::string::npos || s == "." || s == ".." ||
             s.find('\0') != std::string::npos)
-            fail(source, ": weight_map[\"", tensor, "\"]: shard \"", s,
+            fail(ErrorKind::Format, source, ": weight_map[\"", tensor, "\"]: shard \"", s,
                  "\" is not a plain file name inside the model directory");
         out.emplace(tensor, s);
     }
@@ -411,7 +411,7 @@ inline void Checkpoint::add_file(SafeTensorsFile f, const std::vector<std::strin
         for (const std::string& name : *only) {
             const TensorInfo* t = f.find(name);
             if (!t)
-                fail(source_, ": tensor '", name, "' is mapped to shard ", f.source(),
+                fail(ErrorKind::Format, source_, ": tensor '", name, "' is mapped to shard ", f.source(),
                      " by the index, but that shard does not contain it");
             index_.emplace(name, std::pair{fi, std::size_t(t - f.tensors().data())});
         }
@@ -435,7 +435,7 @@ inline Checkpoint Checkpoint::open(const std::filesystem::path& path) {
         }
         index_path = path / kIndexFile;
         if (!fs::exists(index_path, ec))
-            fail(c.source_, ": no ", kSingleFile, " or ", kIndexFile, " in the model directory");
+            fail(ErrorKind::File, c.source_, ": no ", kSingleFile, " or ", kIndexFile, " in the model directory");
     } else if (path.filename().string().ends_with(".index.json")) {
         index_path = path;
     } else {
@@ -452,7 +452,7 @@ inline Checkpoint Checkpoint::open(const std::filesystem::path& path) {
     for (auto& [shard, tensors] : by_shard) {
         const fs::path shard_path = dir / shard;
         if (!fs::exists(shard_path, ec))
-            fail(index_path.string(), ": shard ", shard, " (holding '", tensors.front(), "' and ",
+            fail(ErrorKind::File, index_path.string(), ": shard ", shard, " (holding '", tensors.front(), "' and ",
                  tensors.size() - 1, " more) does not exist in ", dir.string());
         c.add_file(SafeTensorsFile::open(shard_path), &tensors);
     }

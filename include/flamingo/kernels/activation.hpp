@@ -10,7 +10,7 @@
 #include <cstddef>
 
 #include "../core/error.hpp"
-#include "../core/parallel.hpp"
+#include "../core/executor.hpp"
 #include "detail/vmath.hpp"
 
 namespace flamingo::kernels {

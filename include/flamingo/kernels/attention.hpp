@@ -30,7 +30,7 @@
 #include <vector>
 
 #include "../core/error.hpp"
-#include "../core/parallel.hpp"
+#include "../core/executor.hpp"
 #include "detail/vmath.hpp"
 
 namespace flamingo::kernels {

@@ -5,7 +5,8 @@
 //   sequential: h = x + attn; out = h + mlp(post_attention_layernorm(h))
 #include <string>
 
-#include "../io/config.hpp"
+#include "config.hpp"
+#include "weights.hpp"
 #include "../kernels/rope.hpp"
 #include "../nn/block.hpp"
 
@@ -17,29 +18,24 @@ struct GptNeox {
     static constexpr const char* final_norm = "lang_encoder.gpt_neox.final_layer_norm";
     static constexpr const char* head = "lang_encoder.embed_out.weight";
 
-    template <std::size_t H, class Ffn>
-    static nn::TransformerBlock<H, Ffn> block(nn::WeightLoader& L, const std::string& p, const io::TextConfig& t,
-                                              const kernels::RopeTable* rope) {
-        nn::TransformerBlock<H, Ffn> b;
+    static nn::TransformerBlock block(Weights& L, const std::string& p, const TextConfig& t,
+                                      const kernels::RopeTable* rope) {
+        nn::TransformerBlock b;
         const std::size_t D = std::size_t(t.hidden_size), nh = std::size_t(t.num_heads), hd = D / nh;
-        b.norm1 = nn::Norm<H>::layer_norm(L, p + "input_layernorm", D, t.norm_eps);
-        b.norm2 = nn::Norm<H>::layer_norm(L, p + "post_attention_layernorm", D, t.norm_eps);
+        b.norm1 = L.layer_norm(p + "input_layernorm", D, t.norm_eps);
+        b.norm2 = L.layer_norm(p + "post_attention_layernorm", D, t.norm_eps);
         b.parallel_residual = t.use_parallel_residual;
         auto& a = b.attn;
         a.layout = nn::QKVLayout::PerHead;
         a.heads = a.kv_heads = nh, a.head_dim = hd;
         a.scale = 1.0f / std::sqrt(float(hd));
         a.rope = rope;
-        a.qkv = nn::Linear<dyn, H>::load(L, p + "attention.query_key_value", 3 * D, D, t.attention_bias);
-        a.out = nn::Linear<H, dyn>::load(L, p + "attention.dense", D, D, t.attention_bias);
+        a.qkv = L.linear(p + "attention.query_key_value", 3 * D, D, t.attention_bias);
+        a.out = L.linear(p + "attention.dense", D, D, t.attention_bias);
         const std::size_t F = std::size_t(t.intermediate_size);
-        if constexpr (requires { b.ffn.gate; }) {
-            fail("GPT-NeoX needs the plain MLP instantiation");
-        } else {
-            b.ffn.up = decltype(b.ffn.up)::load(L, p + "mlp.dense_h_to_4h", F, D, true);
-            b.ffn.down = decltype(b.ffn.down)::load(L, p + "mlp.dense_4h_to_h", D, F, true);
-            b.ffn.act = nn::activation_from_name(t.hidden_act.empty() ? "gelu" : t.hidden_act);
-        }
+        b.ffn.up = L.linear(p + "mlp.dense_h_to_4h", F, D, true);
+        b.ffn.down = L.linear(p + "mlp.dense_4h_to_h", D, F, true);
+        b.ffn.act = nn::activation_from_name(t.hidden_act.empty() ? "gelu" : t.hidden_act);
         return b;
     }
 };

@@ -14,6 +14,7 @@
 #include "../kernels/rope.hpp"
 #include "linear.hpp"
 #include "norm.hpp"
+#include "workspace.hpp"
 
 namespace flamingo::nn {
 
@@ -29,7 +30,7 @@ public:
     std::size_t width() const { return width_; }
     std::size_t length() const { return length_; }
     void set_length(std::size_t n) {
-        check(n <= capacity_, "KV cache: length ", n, " exceeds its capacity ", capacity_);
+        check(n <= capacity_, ErrorKind::Limit, "KV cache: length ", n, " exceeds its capacity ", capacity_);
         length_ = n;
     }
     float* k(std::size_t layer, std::size_t pos) { return k_.data() + (layer * capacity_ + pos) * width_; }
@@ -66,12 +67,11 @@ enum class QKVLayout {
     Separate,   // q_proj, k_proj, v_proj (LLaMA)
 };
 
-template <std::size_t Width = dyn>
 struct SelfAttention {
     QKVLayout layout = QKVLayout::Fused;
-    Linear<dyn, Width> qkv;         // Fused / PerHead
-    Linear<dyn, Width> q, k, v;     // Separate
-    Linear<Width, dyn> out;
+    Linear qkv;         // Fused / PerHead
+    Linear q, k, v;     // Separate
+    Linear out;
     std::size_t heads = 0, kv_heads = 0, head_dim = 0;
     float scale = 1.0f;
 
@@ -79,7 +79,7 @@ struct SelfAttention {
     const kernels::RopeTable* rope = nullptr;  // rotary on the first rope->rot_dim() dims of each head
     std::vector<float> alibi_slopes;           // per head (MPT)
     std::optional<float> clip_qkv;             // MPT: clamp the projections
-    std::optional<Norm<>> q_ln, k_ln;          // MPT: LayerNorm of q and k over the whole width
+    std::optional<Norm> q_ln, k_ln;          // MPT: LayerNorm of q and k over the whole width
     bool causal = true;
 
     std::size_t q_width() const { return heads * head_dim; }
@@ -95,12 +95,14 @@ struct SelfAttention {
         return {0, q_width(), q_width() + kv_width(), head_dim};
     }
 
-    // y (+)= attention(x) over the given segments; x, y: [M, Width].
-    template <class XV, class YV>
-    void operator()(const XV& x, const YV& y, std::span<const Segment> segments, std::size_t layer, Scratch& s,
+    std::size_t workspace(std::size_t M) const { return ws_floats(M, qkv_width()) + ws_floats(M, q_width()); }
+
+    // y (+)= attention(x) over the given segments; x, y: [M, width].
+    void operator()(const CAct& x, const Act& y, std::span<const Segment> segments, std::size_t layer, Workspace& ws,
                     bool accumulate = false) const {
+        Workspace::Frame frame(ws);
         const std::size_t M = x.extent(0), W = qkv_width();
-        auto buf = s.rows(kInner0, M, W);
+        auto buf = ws.rows(M, W);
         if (layout == QKVLayout::Separate) {
             q(x, columns(buf, 0, q_width()));
             k(x, columns(buf, q_width(), kv_width()));
@@ -116,7 +118,7 @@ struct SelfAttention {
         if (k_ln) (*k_ln)(columns(buf, q_width(), kv_width()), columns(buf, q_width(), kv_width()));
 
         const Layout c = offsets();
-        auto o = s.rows(kInner1, M, q_width());
+        auto o = ws.rows(M, q_width());
         for (const Segment& seg : segments) {
             float* rows = buf.data() + seg.row0 * W;
             if (rope) {
@@ -132,7 +134,7 @@ struct SelfAttention {
             a.alibi_slopes = alibi_slopes.empty() ? nullptr : alibi_slopes.data();
             if (seg.cache) {
                 KVCache& kv = *seg.cache;
-                check(seg.pos0 + seg.rows <= kv.capacity(), "sequence of ", seg.pos0 + seg.rows,
+                check(seg.pos0 + seg.rows <= kv.capacity(), ErrorKind::Limit, "sequence of ", seg.pos0 + seg.rows,
                       " tokens exceeds the KV cache capacity ", kv.capacity());
                 for (std::size_t r = 0; r < seg.rows; ++r) {  // gather heads into the cache's [kv_heads * head_dim] rows
                     float* kd = kv.k(layer, seg.pos0 + r);

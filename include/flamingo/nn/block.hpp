@@ -2,34 +2,40 @@
 // The pre-norm transformer block every family here is made of:
 //   sequential:  x = x + attn(norm1(x));  x = x + ffn(norm2(x))
 //   parallel:    x = x + attn(norm1(x)) + ffn(norm2(x))      (GPT-NeoX)
+#include <algorithm>
+
 #include "attention.hpp"
 #include "mlp.hpp"
 #include "norm.hpp"
 
 namespace flamingo::nn {
 
-template <std::size_t Width, class Ffn>
 struct TransformerBlock {
-    Norm<Width> norm1, norm2;
-    SelfAttention<Width> attn;
-    Ffn ffn;
+    Norm norm1, norm2;
+    SelfAttention attn;
+    Mlp ffn;
     bool parallel_residual = false;
 
-    template <class XV>
-    void operator()(const XV& x, std::span<const Segment> segments, std::size_t layer, Scratch& s) const {
+    std::size_t workspace(std::size_t M) const {
+        const std::size_t D = norm1.n;
+        return ws_floats(M, D) * (parallel_residual ? 2 : 1) + std::max(attn.workspace(M), ffn.workspace(M));
+    }
+
+    void operator()(const Act& x, std::span<const Segment> segments, std::size_t layer, Workspace& ws) const {
+        Workspace::Frame frame(ws);
         const std::size_t M = x.extent(0), D = x.extent(1);
-        auto h = s.rows<Width>(kNormed, M, D);
+        auto h = ws.rows(M, D);
         norm1(x, h);
         if (parallel_residual) {
-            auto a = s.rows<Width>(kBranch, M, D);
-            attn(h, a, segments, layer, s);
+            auto a = ws.rows(M, D);
+            attn(h, a, segments, layer, ws);
             norm2(x, h);
-            ffn(h, a, s, /*accumulate=*/true);
+            ffn(h, a, ws, /*accumulate=*/true);
             x.assign(x + a);
         } else {
-            attn(h, x, segments, layer, s, /*accumulate=*/true);
+            attn(h, x, segments, layer, ws, /*accumulate=*/true);
             norm2(x, h);
-            ffn(h, x, s, /*accumulate=*/true);
+            ffn(h, x, ws, /*accumulate=*/true);
         }
     }
 };

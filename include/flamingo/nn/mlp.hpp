@@ -1,12 +1,17 @@
 #pragma once
-// Feed-forward networks: Linear, activation, Linear (GELU, QuickGELU, ReLU ...)
-// and the gated form of LLaMA (SwiGLU: down(act(gate(x)) * up(x))).
+// Feed-forward networks:
+//   Mlp:         down(act(up(x)))                  GELU, QuickGELU, ReLU ... (ViT, MPT, GPT-NeoX)
+//                down(act(gate(x)) * up(x))        when it has a gate (LLaMA's SwiGLU)
+//   FeedForward: mlp(norm(x))                      OpenFlamingo's FeedForward (LayerNorm, Linear,
+//                                                  GELU, Linear, no biases), in the Perceiver and
+//                                                  the gated cross-attention
 #include <algorithm>
 #include <string>
 
 #include "../core/expr.hpp"
 #include "../kernels/activation.hpp"
 #include "linear.hpp"
+#include "norm.hpp"
 
 namespace flamingo::nn {
 
@@ -19,7 +24,7 @@ inline Activation activation_from_name(const std::string& name) {
     if (name == "quick_gelu") return Activation::QuickGelu;
     if (name == "silu" || name == "swish") return Activation::Silu;
     if (name == "relu") return Activation::Relu;
-    fail("unsupported activation \"", name, "\"");
+    fail(ErrorKind::Config, "unsupported activation \"", name, "\"");
 }
 
 inline void activate(Activation a, float* x, std::size_t n) {
@@ -34,44 +39,45 @@ inline void activate(Activation a, float* x, std::size_t n) {
     }
 }
 
-// down(act(up(x))). Hidden is the inner width.
-template <std::size_t Width = dyn, std::size_t Hidden = dyn>
 struct Mlp {
-    Linear<Hidden, Width> up;
-    Linear<Width, Hidden> down;
+    Linear up, gate, down;  // gate empty: no gating
     Activation act = Activation::GeluErf;
 
-    // y (+)= mlp(x); x and y are [M, Width].
-    template <class XV, class YV>
-    void operator()(const XV& x, const YV& y, Scratch& s, bool accumulate = false) const {
-        auto h = s.rows<Hidden>(kInner0, x.extent(0), up.out());
+    std::size_t workspace(std::size_t M) const { return ws_floats(M, up.out()) * (gate.empty() ? 1 : 2); }
+
+    // y (+)= mlp(x); x and y are [M, width].
+    void operator()(const CAct& x, const Act& y, Workspace& ws, bool accumulate = false) const {
+        Workspace::Frame f(ws);
+        auto h = ws.rows(x.extent(0), up.out());
         up(x, h);
-        activate(act, h.data(), h.size());
+        if (gate.empty()) {
+            activate(act, h.data(), h.size());
+        } else {
+            auto g = ws.rows(x.extent(0), gate.out());
+            gate(x, g);
+            if (act == Activation::Silu) {
+                kernels::swiglu(g.data(), h.data(), h.data(), h.size());
+            } else {
+                activate(act, g.data(), g.size());
+                h.assign(g * h);
+            }
+        }
         down(h, y, accumulate);
     }
 };
 
-// down(act(gate(x)) * up(x)).
-template <std::size_t Width = dyn, std::size_t Hidden = dyn>
-struct GatedMlp {
-    Linear<Hidden, Width> gate, up;
-    Linear<Width, Hidden> down;
-    Activation act = Activation::Silu;
+struct FeedForward {
+    Norm norm;
+    Mlp mlp;
 
-    template <class XV, class YV>
-    void operator()(const XV& x, const YV& y, Scratch& s, bool accumulate = false) const {
-        const std::size_t M = x.extent(0), H = up.out();
-        auto g = s.rows<Hidden>(kInner0, M, H);
-        auto u = s.rows<Hidden>(kInner1, M, H);
-        gate(x, g);
-        up(x, u);
-        if (act == Activation::Silu) {
-            kernels::swiglu(g.data(), u.data(), g.data(), g.size());
-        } else {
-            activate(act, g.data(), g.size());
-            g.assign(g * u);
-        }
-        down(g, y, accumulate);
+    std::size_t workspace(std::size_t M) const { return ws_floats(M, norm.n) + mlp.workspace(M); }
+
+    // y (+)= mlp(norm(x))
+    void operator()(const CAct& x, const Act& y, Workspace& ws, bool accumulate = false) const {
+        Workspace::Frame f(ws);
+        auto h = ws.rows(x.extent(0), x.extent(1));
+        norm(x, h);
+        mlp(h, y, ws, accumulate);
     }
 };
 

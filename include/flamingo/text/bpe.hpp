@@ -202,6 +202,12 @@ public:
         const auto it = id_to_token_.find(id);
         return it == id_to_token_.end() ? nullptr : &it->second;
     }
+    // The largest id in the vocabulary (-1 when empty).
+    std::int32_t max_id() const {
+        std::int32_t m = -1;
+        for (const auto& [id, token] : id_to_token_) m = std::max(m, id);
+        return m;
+    }
 
     // Words in the per-word caches (bounded by cache_capacity each).
     std::size_t cached_words() const {

@@ -216,6 +216,13 @@ public:
         return n;
     }
 
+    // The largest token id encode() can produce.
+    std::int32_t max_id() const {
+        std::int32_t m = model_.max_id();
+        for (const auto& [content, id] : added_ids_) m = std::max(m, id);
+        return m;
+    }
+
     // Empties the per-word cache of the BPE model (bounded anyway; for measurements).
     void clear_cache() const { model_.clear_cache(); }
 

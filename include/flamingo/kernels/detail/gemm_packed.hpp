@@ -15,7 +15,7 @@
 #include <algorithm>
 #include <cstddef>
 
-#include "../../core/parallel.hpp"
+#include "../../core/executor.hpp"
 #include "gemm_simd.hpp"
 
 namespace flamingo::kernels::detail {

@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "../../core/parallel.hpp"
+#include "../../core/executor.hpp"
 #include "gemm_simd.hpp"
 
 namespace flamingo::kernels::detail {

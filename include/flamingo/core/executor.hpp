@@ -1,5 +1,17 @@
 #pragma once
-// A small persistent thread pool for data-parallel loops.
+// Executors: the threads that run data-parallel loops.
+//
+// An Executor owns a fixed set of threads (its size never changes, so nothing
+// can resize it under a loop in flight; to use another count, make another
+// executor). Work runs on it through a scope on the calling thread:
+//
+//   flamingo::Executor ex(4);
+//   flamingo::Executor::Scope use(ex);   // this thread's parallel loops now use ex
+//   kernels::linear(...);                // splits over ex's 4 threads
+//
+// Kernels call parallel_for(), which uses the calling thread's current
+// executor, or runs serially when there is none. Several user threads may
+// share one executor (their loops take turns) or each use their own.
 //
 // Decoding calls parallel loops thousands of times per token (one per matrix),
 // so starting one must cost well under a microsecond: workers spin briefly on a
@@ -28,18 +40,11 @@ namespace detail {
 
 class ThreadPool {
 public:
-    static ThreadPool& instance() {
-        static ThreadPool pool;
-        return pool;
-    }
+    explicit ThreadPool(int n) { start(n - 1); }
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
 
     int size() const { return int(workers_.size()) + 1; }
-
-    void resize(int n) {
-        check(n >= 1, "thread count must be at least 1, got ", n);
-        stop();
-        start(n - 1);
-    }
 
     // Runs fn(ctx, i) exactly once for every i in [0, size()): i = 0 on the caller,
     // i >= 1 on worker i, or on the caller if worker i has not claimed it by then.
@@ -97,11 +102,6 @@ private:
         }
     }
 
-    ThreadPool() {
-        unsigned hc = std::thread::hardware_concurrency();
-        start(int(hc ? hc : 1) - 1);
-    }
-
     static bool& in_worker() {
         thread_local bool flag = false;
         return flag;
@@ -113,7 +113,6 @@ private:
     }
 
     void start(int nworkers) {
-        quit_.store(false);
         slots_ = std::make_unique<Slot[]>(std::size_t(nworkers));
         // The generation is read here, not in the new thread: a thread that starts
         // late would otherwise miss the stop published before it ran.
@@ -122,7 +121,6 @@ private:
     }
 
     void stop() {
-        if (workers_.empty()) return;
         quit_.store(true);
         generation_.fetch_add(1, std::memory_order_release);
         generation_.notify_all();
@@ -156,20 +154,57 @@ private:
     void* task_ctx_ = nullptr;
 };
 
+// The executor whose threads this thread's parallel loops use (null: serial).
+inline thread_local ThreadPool* current_pool = nullptr;
+
 }  // namespace detail
 
-// Number of threads parallel loops use (default: all cores).
-inline int num_threads() { return detail::ThreadPool::instance().size(); }
-inline void set_num_threads(int n) { detail::ThreadPool::instance().resize(n); }
+class Executor {
+public:
+    // The machine's hardware threads (at least 1).
+    static int hardware_threads() {
+        unsigned hc = std::thread::hardware_concurrency();
+        return int(hc ? hc : 1);
+    }
 
-// Calls f(begin, end) on disjoint chunks covering [0, n), one chunk per thread,
-// chunk boundaries multiples of `align` (the last chunk takes the remainder).
-// Chunk i normally runs on pool thread i (the caller is thread 0); a chunk whose
-// thread has not started it when the caller is done with its own runs on the caller.
+    explicit Executor(int threads = hardware_threads()) : pool_(checked(threads)) {}
+    Executor(const Executor&) = delete;
+    Executor& operator=(const Executor&) = delete;
+
+    int threads() const { return pool_.size(); }
+
+    // Makes `ex` the calling thread's executor until the scope ends (scopes nest).
+    class Scope {
+    public:
+        explicit Scope(Executor& ex) : saved_(detail::current_pool) { detail::current_pool = &ex.pool_; }
+        Scope(const Scope&) = delete;
+        Scope& operator=(const Scope&) = delete;
+        ~Scope() { detail::current_pool = saved_; }
+
+    private:
+        detail::ThreadPool* saved_;
+    };
+
+private:
+    static int checked(int n) {
+        check(n >= 1 && n <= 4096, "thread count must be between 1 and 4096, got ", n);
+        return n;
+    }
+    detail::ThreadPool pool_;
+};
+
+// Threads of the calling thread's current executor (1 when there is none).
+inline int num_threads() { return detail::current_pool ? detail::current_pool->size() : 1; }
+
+// Calls f(begin, end) on disjoint chunks covering [0, n), one chunk per thread
+// of the current executor, chunk boundaries multiples of `align` (the last
+// chunk takes the remainder). Chunk i normally runs on executor thread i (the
+// caller is thread 0); a chunk whose thread has not started it when the caller
+// is done with its own runs on the caller. Without an executor: one chunk, here.
 template <class F>
 void parallel_for(std::size_t n, F&& f, std::size_t align = 1) {
-    auto& pool = detail::ThreadPool::instance();
-    int nt = pool.size();
+    detail::ThreadPool* pool = detail::current_pool;
+    int nt = pool ? pool->size() : 1;
     std::size_t units = (n + align - 1) / align;
     if (nt == 1 || units <= 1) {
         if (n) f(std::size_t(0), n);
@@ -181,7 +216,7 @@ void parallel_for(std::size_t n, F&& f, std::size_t align = 1) {
         std::size_t n, units, align;
         int nt;
     } ctx{&f, n, units, align, nt};
-    pool.run(
+    pool->run(
         [](void* p, int i) {
             auto& c = *static_cast<Ctx*>(p);
             if (i >= c.nt) return;

@@ -3,10 +3,11 @@
 #include <cmath>
 #include <string>
 
-#include "flamingo/io/config.hpp"
-#include "io_test_util.hpp"
+#include "flamingo/model/config.hpp"
+#include "../io/io_test_util.hpp"
 
 using namespace flamingo::io;
+using namespace flamingo::model;
 using namespace io_test;
 
 // Expected values below follow the upstream configuration classes
@@ -167,7 +168,7 @@ json minimal_mpt() {
     return j;
 }
 
-FlamingoConfig parse(const json& j) { return parse_config(j.dump(), "config.json"); }
+Config parse(const json& j) { return parse_config(j.dump(), "config.json"); }
 
 }  // namespace
 

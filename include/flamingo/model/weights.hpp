@@ -1,8 +1,10 @@
 #pragma once
-// Weights as the model sees them: views into the memory-mapped checkpoint when
-// the stored dtype is the one the model runs with (no copy), converted copies
-// otherwise. Every tensor is checked for presence and shape as it is taken,
-// with an error naming it; what the model never took is reported afterwards.
+// Weights as the model takes them from a checkpoint: dtype-tagged views into
+// the memory-mapped files when the stored dtype is the one the model runs
+// with (no copy), converted copies otherwise. Every tensor is checked for
+// presence and shape as it is taken, with an error naming it; what the model
+// never took is reported afterwards. The nn modules are built here, so that
+// nn/ knows nothing of files.
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -16,39 +18,24 @@
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 #include "../io/safetensors.hpp"
+#include "../nn/linear.hpp"
+#include "../nn/norm.hpp"
 
-namespace flamingo::nn {
+namespace flamingo::model {
 
 // The element type of the large matrices (projections, MLPs, embeddings, head);
 // norms, biases and small parameters are always float.
 enum class WeightType { F32, BF16 };
 
-// A [rows, cols] row-major matrix stored as float or bf16.
-struct Matrix {
-    const float* f32 = nullptr;
-    const bf16* b16 = nullptr;
-    std::size_t rows = 0, cols = 0;
+inline std::string_view weight_type_name(WeightType t) { return t == WeightType::F32 ? "f32" : "bf16"; }
 
-    bool empty() const { return !f32 && !b16; }
-    std::size_t bytes() const { return rows * cols * (f32 ? 4 : 2); }
-    // Row r converted to float.
-    void row(std::size_t r, float* out) const {
-        if (f32) {
-            std::memcpy(out, f32 + r * cols, cols * sizeof(float));
-        } else {
-            const bf16* p = b16 + r * cols;
-            for (std::size_t i = 0; i < cols; ++i) out[i] = float(p[i]);
-        }
-    }
-};
-
-// Owns the checkpoint (its mappings) and every converted copy, so the model
-// keeps it alive as long as it uses the weights.
-class WeightLoader {
+// Owns the checkpoint (its mappings) and every converted copy: the model keeps
+// it alive as long as it uses the weights.
+class Weights {
 public:
-    WeightLoader(io::Checkpoint ckpt, WeightType type) : ckpt_(std::move(ckpt)), type_(type) {}
-    WeightLoader(const WeightLoader&) = delete;
-    WeightLoader& operator=(const WeightLoader&) = delete;
+    Weights(io::Checkpoint ckpt, WeightType type) : ckpt_(std::move(ckpt)), type_(type) {}
+    Weights(const Weights&) = delete;
+    Weights& operator=(const Weights&) = delete;
 
     WeightType type() const { return type_; }
     bool has(const std::string& name) const { return ckpt_.contains(name); }
@@ -61,11 +48,12 @@ public:
     // The tensor, checked against the expected shape.
     const io::TensorInfo& tensor(const std::string& name, std::span<const std::size_t> shape) {
         const io::TensorInfo* t = ckpt_.find(name);
-        if (!t) fail(ckpt_.source(), ": required tensor '", name, "' is missing (expected shape ",
-                     io::shape_string(shape), ")");
+        if (!t)
+            fail(ErrorKind::Shape, ckpt_.source(), ": required tensor '", name, "' is missing (expected shape ",
+                 io::shape_string(shape), ")");
         io::check_shape(*t, shape);
         t->dtype();  // throws for non-float dtypes, naming the tensor
-        check(t->is_float(), t->file, ": tensor '", name, "' must be F32, F16 or BF16");
+        check(t->is_float(), ErrorKind::Shape, t->file, ": tensor '", name, "' must be F32, F16 or BF16");
         used_.insert(name);
         return *t;
     }
@@ -81,34 +69,50 @@ public:
         io::read_as_float(t, buf.data());
         return buf.data();
     }
-    const float* floats_or_null(const std::string& name, std::initializer_list<std::size_t> shape) {
-        return has(name) ? floats(name, shape) : nullptr;
-    }
 
-    // A large matrix in the model's weight type.
-    Matrix matrix(const std::string& name, std::size_t rows, std::size_t cols) {
+    // A large matrix [rows, cols] in the model's weight type.
+    AnyView matrix(const std::string& name, std::size_t rows, std::size_t cols) {
         const std::size_t shape[2] = {rows, cols};
         return matrix(name, shape, rows, cols);
     }
     // A tensor of the given stored shape read as a [rows, cols] matrix (a conv kernel as a linear map).
-    Matrix matrix(const std::string& name, std::span<const std::size_t> shape, std::size_t rows, std::size_t cols) {
+    AnyView matrix(const std::string& name, std::span<const std::size_t> shape, std::size_t rows, std::size_t cols) {
         const io::TensorInfo& t = tensor(name, shape);
-        check(t.numel() == rows * cols, name, ": cannot view ", io::shape_string(shape), " as [", rows, ", ", cols, "]");
-        Matrix m;
-        m.rows = rows, m.cols = cols;
+        check(t.numel() == rows * cols, ErrorKind::Shape, name, ": cannot view ", io::shape_string(shape), " as [",
+              rows, ", ", cols, "]");
         if (type_ == WeightType::F32) {
-            m.f32 = (t.file_dtype == io::FileDType::F32 && io::is_aligned(t)) ? reinterpret_cast<const float*>(t.data)
-                                                                               : convert_f32(t);
-        } else if (t.file_dtype == io::FileDType::BF16 && io::is_aligned(t)) {
-            m.b16 = reinterpret_cast<const bf16*>(t.data);
-        } else {
-            std::vector<float> tmp(t.numel());
-            io::read_as_float(t, tmp.data());
-            auto& buf = owned_b16_.emplace_back(t.numel());
-            for (std::size_t i = 0; i < tmp.size(); ++i) buf[i] = bf16(tmp[i]);
-            m.b16 = buf.data();
+            if (t.file_dtype == io::FileDType::F32 && io::is_aligned(t)) return {DType::F32, t.data, {rows, cols}};
+            auto& buf = owned_f32_.emplace_back(t.numel());
+            io::read_as_float(t, buf.data());
+            return {DType::F32, buf.data(), {rows, cols}};
         }
-        return m;
+        if (t.file_dtype == io::FileDType::BF16 && io::is_aligned(t)) return {DType::BF16, t.data, {rows, cols}};
+        std::vector<float> tmp(t.numel());
+        io::read_as_float(t, tmp.data());
+        auto& buf = owned_b16_.emplace_back(t.numel());
+        for (std::size_t i = 0; i < tmp.size(); ++i) buf[i] = bf16(tmp[i]);
+        return {DType::BF16, buf.data(), {rows, cols}};
+    }
+
+    nn::Linear linear(const std::string& prefix, std::size_t out, std::size_t in, bool bias) {
+        nn::Linear l;
+        l.w = matrix(prefix + ".weight", out, in);
+        if (bias) l.bias = floats(prefix + ".bias", {out});
+        return l;
+    }
+    nn::Norm layer_norm(const std::string& prefix, std::size_t n, float eps, bool bias = true) {
+        nn::Norm r;
+        r.n = n, r.eps = eps;
+        r.weight = floats(prefix + ".weight", {n});
+        if (bias) r.bias = floats(prefix + ".bias", {n});
+        return r;
+    }
+    nn::Norm rms_norm(const std::string& prefix, std::size_t n, float eps) {
+        nn::Norm r;
+        r.kind = nn::Norm::Kind::RMSNorm;
+        r.n = n, r.eps = eps;
+        r.weight = floats(prefix + ".weight", {n});
+        return r;
     }
 
     // Tensors the model did not take, except the duplicates PyTorch lists.
@@ -135,12 +139,6 @@ public:
     const std::string& source() const { return ckpt_.source(); }
 
 private:
-    const float* convert_f32(const io::TensorInfo& t) {
-        auto& buf = owned_f32_.emplace_back(t.numel());
-        io::read_as_float(t, buf.data());
-        return buf.data();
-    }
-
     io::Checkpoint ckpt_;
     WeightType type_;
     std::set<std::string> used_;
@@ -149,4 +147,4 @@ private:
     std::deque<std::vector<bf16>> owned_b16_;
 };
 
-}  // namespace flamingo::nn
+}  // namespace flamingo::model

@@ -36,7 +36,12 @@
 #include "flamingo/io/json.hpp"
 #include "flamingo/io/mmap.hpp"
 
-namespace flamingo::io {
+namespace flamingo::model {
+
+using io::json;
+using io::json_type_name;
+using io::parse_json;
+using io::MappedFile;
 
 enum class Family { Llama, Mpt, GptNeox };
 enum class NormType { LayerNorm, RMSNorm };
@@ -119,7 +124,7 @@ struct TextConfig {
     bool no_bias = false;
 };
 
-struct FlamingoConfig {
+struct Config {
     VisionConfig vision;
     PerceiverConfig perceiver;
     CrossAttnConfig cross_attn;
@@ -146,7 +151,7 @@ public:
 
     template <class... Parts>
     [[noreturn]] void bad(std::string_view key, Parts&&... parts) const {
-        fail(source_, ": ", where(key), ": ", std::forward<Parts>(parts)...);
+        fail(ErrorKind::Config, source_, ": ", where(key), ": ", std::forward<Parts>(parts)...);
     }
     std::string where(std::string_view key) const { return path_.empty() ? std::string(key) : path_ + "." + std::string(key); }
 
@@ -511,16 +516,16 @@ inline void read_mpt(TextConfig& t, const Fields& f, bool mosaic_gpt) {
 }  // namespace detail
 
 // Parses config.json text; `source_name` (usually the file's path) starts every error message.
-inline FlamingoConfig parse_config(std::string_view json_text, const std::string& source_name) {
+inline Config parse_config(std::string_view json_text, const std::string& source_name) {
     using detail::Fields;
     json root = parse_json(json_text, source_name);
-    if (!root.is_object()) fail(source_name, ": config must be a JSON object, found ", json_type_name(root));
+    if (!root.is_object()) fail(ErrorKind::Format, source_name, ": config must be a JSON object, found ", json_type_name(root));
     Fields top(&root, source_name, "");
 
     std::string type = top.req_str("model_type");
     if (type != "flamingo") top.bad("model_type", "unknown model type \"", type, "\" (expected \"flamingo\")");
 
-    FlamingoConfig c;
+    Config c;
     if (!top.has("vision_config")) top.bad("vision_config", "required field missing");
     c.vision = detail::read_vision(top.object("vision_config"));
     c.perceiver = detail::read_perceiver(top.object("perceiver_config"));
@@ -543,7 +548,7 @@ inline FlamingoConfig parse_config(std::string_view json_text, const std::string
         text.bad("model_type", "unknown model type \"", t.model_type, "\" (expected llama, gpt_neox, mpt or mosaic_gpt)");
     }
     if (c.cross_attn.every_n_layers > t.num_layers)
-        fail(source_name, ": cross_attn_config.every_n_layers (", c.cross_attn.every_n_layers,
+        fail(ErrorKind::Config, source_name, ": cross_attn_config.every_n_layers (", c.cross_attn.every_n_layers,
              ") exceeds the decoder's ", t.num_layers, " layers: no layer would see the images");
     c.text_config_raw = root["text_config"];
 
@@ -555,10 +560,10 @@ inline FlamingoConfig parse_config(std::string_view json_text, const std::string
 }
 
 // Reads and parses a config.json file.
-inline FlamingoConfig load_config(const std::filesystem::path& config_json) {
+inline Config load_config(const std::filesystem::path& config_json) {
     MappedFile f = MappedFile::open(config_json);
-    if (f.size() > (64u << 20)) fail(config_json.string(), ": ", f.size(), " bytes is too large for a config file");
+    if (f.size() > (64u << 20)) fail(ErrorKind::Limit, config_json.string(), ": ", f.size(), " bytes is too large for a config file");
     return parse_config(f.text(), config_json.string());
 }
 
-}  // namespace flamingo::io
+}  // namespace flamingo::model

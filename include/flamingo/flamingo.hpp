@@ -1,0 +1,264 @@
+#pragma once
+// The library's front door: load a model once, then ask it from any number of
+// contexts, on any number of threads.
+//
+//   auto model = flamingo::Model::load("models/shapes-flamingo");  // immutable, shared
+//   flamingo::Context ctx(model);                                  // one request's state
+//   ctx.set_media({"a.png", "b.png"});
+//   auto g = ctx.generate("<image>A red circle.<|endofchunk|><image>");
+//   std::cout << g.text;
+//
+// A Model holds the weights (views into the memory-mapped files), the config,
+// the tokenizer and the image preprocessing; all of it is const. A Context
+// holds what one request needs: its media and their keys/values, KV caches,
+// working memory, statistics and an executor (the threads its loops run on).
+// A context is used by one thread at a time; contexts share their model.
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/executor.hpp"
+#include "core/tensor.hpp"
+#include "generate/generate.hpp"
+#include "io/image.hpp"
+#include "io/image_preprocess.hpp"
+#include "model/flamingo.hpp"
+#include "text/tokenizer.hpp"
+
+namespace flamingo {
+
+using model::WeightType;
+
+struct LoadOptions {
+    WeightType weights = WeightType::F32;  // the format the large matrices are held and multiplied in
+};
+
+// Media as normalised pixels [n, frames, 3, S, S].
+using Pixels = Tensor<float, dextents<5>>;
+
+class Model {
+public:
+    static std::shared_ptr<const Model> load(const std::filesystem::path& dir, const LoadOptions& opt = {}) {
+        return std::shared_ptr<const Model>(new Model(dir, opt));
+    }
+
+    const model::Config& config() const { return net_->config(); }
+    const model::Flamingo& network() const { return *net_; }
+    const Tokenizer& tokenizer() const { return tokenizer_; }
+    const std::filesystem::path& directory() const { return dir_; }
+    const ImageLimits& image_limits() const { return limits_; }
+
+    std::size_t vocab_size() const { return net_->vocab_size(); }
+    std::size_t max_positions() const { return net_->max_positions(); }
+    std::size_t embed_dim() const { return net_->embed_dim(); }
+    std::size_t image_size() const { return net_->image_size(); }
+
+    // A prompt's token ids, as Hugging Face's tokenizer(text) gives them.
+    std::vector<std::int32_t> tokenize(std::string_view prompt) const {
+        check(!prompt.empty(), "the prompt is empty");
+        std::vector<std::int32_t> ids = tokenizer_.encode(prompt);
+        check(!ids.empty(), "the prompt encodes to no tokens");
+        check(ids.size() <= max_positions(), ErrorKind::Limit, "the prompt has ", ids.size(),
+              " tokens, more than the model's context of ", max_positions(), " positions");
+        return ids;
+    }
+    // Text of generated ids.
+    std::string decode(std::span<const std::int32_t> ids) const { return tokenizer_.decode(ids); }
+
+    // Media files to pixels [n, frames, 3, S, S]. A file is an image (frames =
+    // 1: an animated GIF gives its first frame), or with frames > 1 an animated
+    // GIF or a directory of frame images (sorted by name), sampled evenly.
+    Pixels load_media(const std::vector<std::string>& files, std::size_t frames = 1) const {
+        check(frames >= 1, "frames must be at least 1");
+        std::vector<std::vector<Image>> media;
+        media.reserve(files.size());
+        for (const std::string& f : files) media.push_back(frames_of(f, frames));
+        return preprocess(media);
+    }
+    // Decoded images to pixels: media[i] holds medium i's frames (all media the same count).
+    Pixels preprocess(const std::vector<std::vector<Image>>& media) const {
+        const std::size_t n = media.size(), frames = n ? media[0].size() : 1, S = image_size();
+        Pixels px(n, frames, std::size_t(3), S, S);
+        float* out = px.data();
+        for (const auto& m : media) {
+            check(m.size() == frames, "every medium needs the same number of frames: ", m.size(), " and ", frames);
+            for (const Image& im : m) {
+                std::vector<float> p = clip_preprocess(im, preprocess_);
+                out = std::copy(p.begin(), p.end(), out);
+            }
+        }
+        return px;
+    }
+
+private:
+    Model(const std::filesystem::path& dir, const LoadOptions& opt)
+        : dir_(dir), net_(model::load_flamingo(dir, opt.weights)), tokenizer_(Tokenizer::load(dir / "tokenizer.json")) {
+        const auto& c = net_->config();
+        preprocess_.image_size = c.vision.image_size;
+        preprocess_.mean = c.vision.image_mean;
+        preprocess_.std = c.vision.image_std;
+        const std::int32_t V = std::int32_t(net_->vocab_size());
+        const std::string cfg = (dir / "config.json").string(), tok = (dir / "tokenizer.json").string();
+        check(c.media_token_id < V, ErrorKind::Config, cfg, ": media_token_id ", c.media_token_id,
+              " is outside the vocabulary of ", V, " tokens");
+        check(c.eoc_token_id < V, ErrorKind::Config, cfg, ": eoc_token_id ", c.eoc_token_id,
+              " is outside the vocabulary of ", V, " tokens");
+        check(tokenizer_.max_id() < V, ErrorKind::Shape, tok, ": token id ", tokenizer_.max_id(),
+              " is outside the model's vocabulary of ", V, " tokens (the token embedding has ", V, " rows)");
+    }
+
+    std::vector<Image> frames_of(const std::string& file, std::size_t frames) const {
+        namespace fs = std::filesystem;
+        std::error_code ec;
+        if (fs::is_directory(file, ec)) {
+            std::vector<fs::path> all;
+            for (const auto& e : fs::directory_iterator(file)) if (e.is_regular_file()) all.push_back(e.path());
+            std::sort(all.begin(), all.end());
+            check(!all.empty(), ErrorKind::File, "'", file, "': the frame directory is empty");
+            check(all.size() >= frames, "'", file, "': ", all.size(), " frame files, fewer than the ", frames,
+                  " frames asked for");
+            std::vector<fs::path> pick;
+            for (std::size_t i : sample_frame_indices(all.size(), frames)) pick.push_back(all[i]);
+            return load_frame_files(pick, limits_);
+        }
+        if (frames == 1) return {load_image(file, limits_)};
+        std::vector<Image> f = load_frames_sampled(file, frames, limits_);
+        check(f.size() == frames, "'", file, "' has ", f.size(), " frame", f.size() == 1 ? "" : "s",
+              ", fewer than the ", frames, " frames asked for");
+        return f;
+    }
+
+    std::filesystem::path dir_;
+    std::unique_ptr<model::Flamingo> net_;
+    Tokenizer tokenizer_;
+    ClipPreprocess preprocess_;
+    ImageLimits limits_;
+};
+
+struct ContextOptions {
+    int threads = 0;                     // threads of the context's own executor; 0: all hardware threads
+    std::shared_ptr<Executor> executor;  // or an executor shared with other contexts
+};
+
+struct Generation {
+    std::string text;                  // the continuation, without the stop token
+    std::vector<std::int32_t> tokens;  // generated ids, the stop token included when generation ended on it
+    bool stopped = false;              // ended on the stop token
+    double score = 0;                  // beam search: the best hypothesis's score
+};
+
+struct Scored {
+    std::string candidate;
+    generate::CandidateScore score;
+};
+
+class Context {
+public:
+    explicit Context(std::shared_ptr<const Model> model, const ContextOptions& opt = {})
+        : model_(std::move(model)), session_(check_model(model_)->network()) {
+        set_executor(opt.executor ? opt.executor
+                                  : std::make_shared<Executor>(opt.threads > 0 ? opt.threads
+                                                                               : Executor::hardware_threads()));
+    }
+
+    const Model& model() const { return *model_; }
+    // The threads this context's work runs on; replace it between calls, never during one.
+    Executor& executor() { return *executor_; }
+    void set_executor(std::shared_ptr<Executor> ex) {
+        check(ex != nullptr, "a context needs an executor");
+        executor_ = std::move(ex);
+    }
+    generate::Session& session() { return session_; }
+    const generate::Session::Stats& stats() const { return session_.stats(); }
+
+    // Media for the prompts that follow, encoded once: files (see Model::load_media) or pixels.
+    void set_media(const std::vector<std::string>& files, std::size_t frames = 1) {
+        set_media(model_->load_media(files, frames));
+    }
+    void set_media(const Pixels& px) {
+        Executor::Scope use(*executor_);
+        session_.set_media(px.data(), px.extent(0), px.extent(1));
+    }
+    // Already encoded visual tokens [n_media * num_latents, width] (see visual()).
+    void set_visual(Tensor<float, dextents<2>> visual, std::size_t n_media) {
+        Executor::Scope use(*executor_);
+        session_.set_visual(std::move(visual), n_media);
+    }
+    const Tensor<float, dextents<2>>& visual() const { return session_.visual(); }
+    std::size_t num_media() const { return session_.num_media(); }
+
+    Generation generate(std::string_view prompt, const generate::GenerateOptions& opt = {}) {
+        const auto ids = model_->tokenize(prompt);
+        Executor::Scope use(*executor_);
+        const auto r = generate::generate(session_, ids, opt);
+        Generation g;
+        g.tokens = r.tokens;
+        g.stopped = r.stopped, g.score = r.score;
+        std::span<const std::int32_t> shown(r.tokens);
+        if (r.stopped) shown = shown.first(shown.size() - 1);
+        g.text = model_->decode(shown);
+        return g;
+    }
+    Generation generate(std::string_view prompt, const std::vector<std::string>& images,
+                        const generate::GenerateOptions& opt = {}) {
+        set_media(images);
+        return generate(prompt, opt);
+    }
+
+    // Log-likelihood of each candidate continuation: candidates are tokenized
+    // alone, without special tokens, and appended to the prompt.
+    std::vector<Scored> score(std::string_view prompt, const std::vector<std::string>& candidates) {
+        const auto ids = model_->tokenize(prompt);
+        check(!candidates.empty(), "score needs at least one candidate");
+        std::vector<std::vector<std::int32_t>> cand;
+        for (std::size_t i = 0; i < candidates.size(); ++i) {
+            check(!candidates[i].empty(), "candidate ", i + 1, " is empty");
+            cand.push_back(model_->tokenizer().encode(candidates[i], false));
+            check(!cand.back().empty(), "candidate ", i + 1, " (\"", candidates[i], "\") encodes to no tokens");
+        }
+        Executor::Scope use(*executor_);
+        auto s = generate::score(session_, ids, cand);
+        std::vector<Scored> out;
+        for (std::size_t i = 0; i < s.size(); ++i) out.push_back({candidates[i], std::move(s[i])});
+        return out;
+    }
+
+    // Teacher-forced logits of every prompt position: [T, vocab].
+    Tensor<float, dextents<2>> logits(std::string_view prompt) {
+        const auto ids = model_->tokenize(prompt);
+        Executor::Scope use(*executor_);
+        const auto tt = session_.prompt_text_time(ids);
+        session_.prepare(1, ids.size(), ids.size());
+        const auto lg = session_.run(0, ids, tt, 0, true);
+        Tensor<float, dextents<2>> out(ids.size(), model_->vocab_size());
+        std::copy(lg.begin(), lg.end(), out.data());
+        return out;
+    }
+
+    // CLIP embeddings (pooled, projected) of images: [n, embed_dim].
+    Tensor<float, dextents<2>> embed(const std::vector<std::string>& images) {
+        check(!images.empty(), "embed needs at least one image");
+        return embed(model_->load_media(images, 1));
+    }
+    Tensor<float, dextents<2>> embed(const Pixels& px) {
+        check(px.extent(1) == 1, "embed takes images (one frame each), not videos of ", px.extent(1), " frames");
+        Executor::Scope use(*executor_);
+        return session_.embed(px.data(), px.extent(0));
+    }
+
+private:
+    static const std::shared_ptr<const Model>& check_model(const std::shared_ptr<const Model>& m) {
+        check(m != nullptr, "a context needs a model");
+        return m;
+    }
+
+    std::shared_ptr<const Model> model_;
+    generate::Session session_;
+    std::shared_ptr<Executor> executor_;
+};
+
+}  // namespace flamingo
