@@ -1,7 +1,5 @@
 // Animated GIF frames against Pillow 9.4's seek(k) + convert("RGB"), frame
-// sampling, and the frame memory limit. (A second translation unit including
-// flamingo/io/image.hpp: the test binary only links if the header's static
-// stb_image leaves no duplicate symbols.)
+// sampling, and the frame memory limit.
 #include <doctest/doctest.h>
 
 #include <functional>
