@@ -138,24 +138,7 @@ public:
 
 private:
     std::vector<Image> frames_of(const std::string& file, std::size_t frames) const {
-        namespace fs = std::filesystem;
-        std::error_code ec;
-        if (fs::is_directory(file, ec)) {
-            std::vector<fs::path> all;
-            for (const auto& e : fs::directory_iterator(file)) if (e.is_regular_file()) all.push_back(e.path());
-            std::sort(all.begin(), all.end());
-            check(!all.empty(), "'", file, "': the frame directory is empty");
-            check(all.size() >= frames, "'", file, "': ", all.size(), " frame files, fewer than the ", frames,
-                  " frames asked for");
-            std::vector<fs::path> pick;
-            for (std::size_t i : sample_frame_indices(all.size(), frames)) pick.push_back(all[i]);
-            return load_frame_files(pick, limits_);
-        }
-        if (frames == 1) return {load_image(file, limits_)};
-        std::vector<Image> f = load_frames_sampled(file, frames, limits_);
-        check(f.size() == frames, "'", file, "' has ", f.size(), " frame", f.size() == 1 ? "" : "s", ", fewer than the ",
-              frames, " frames asked for");
-        return f;
+        return load_media_frames(file, frames, limits_);
     }
 
     std::unique_ptr<model::Model> model_;

@@ -56,18 +56,23 @@ std::vector<Image> decode_frames(std::span<const std::uint8_t> bytes, const std:
 // Ascending; frames repeat when fewer are available than wanted.
 std::vector<std::size_t> sample_frame_indices(std::size_t available, std::size_t wanted);
 
-// `wanted` evenly sampled frames (sample_frame_indices) of an animated GIF; only
-// those are kept while decoding, so long animations need little memory.
-std::vector<Image> decode_frames_sampled(std::span<const std::uint8_t> bytes, const std::string& name,
-                                         std::size_t wanted, const ImageLimits& limits = {});
-
 Image load_image(const std::filesystem::path& file, const ImageLimits& limits = {});
 std::vector<Image> load_frames(const std::filesystem::path& file, const ImageLimits& limits = {});
-std::vector<Image> load_frames_sampled(const std::filesystem::path& file, std::size_t wanted,
-                                       const ImageLimits& limits = {});
 
 // Frames given as an ordered list of image files (first frame of each).
 std::vector<Image> load_frame_files(std::span<const std::filesystem::path> files, const ImageLimits& limits = {});
+
+// A medium as exactly `frames` frames: an animated GIF's frames, or the files of
+// a directory (in name order, the first frame of each), sampled evenly
+// (sample_frame_indices). A medium with fewer frames than asked for is an error
+// ("'x.gif' has 3 frames, fewer than the 8 asked for"); a still image has one.
+// With frames == 1 a file gives its first frame, as load_image does. Only the
+// chosen frames are kept while decoding, so long animations need little memory.
+std::vector<Image> load_media_frames(const std::filesystem::path& path, std::size_t frames,
+                                     const ImageLimits& limits = {});
+// The same for a file's bytes.
+std::vector<Image> decode_media_frames(std::span<const std::uint8_t> bytes, const std::string& name,
+                                       std::size_t frames, const ImageLimits& limits = {});
 
 }  // namespace flamingo
 

@@ -407,6 +407,10 @@ std::vector<std::uint8_t> read_image_file(const std::filesystem::path& file, con
     return bytes;
 }
 
+[[noreturn]] void too_few_frames(const std::string& name, std::size_t available, std::size_t wanted) {
+    fail("'", name, "' has ", available, " frame", available == 1 ? "" : "s", ", fewer than the ", wanted, " asked for");
+}
+
 void check_total(std::size_t frames, const Image& frame, const std::string& name, const ImageLimits& lim) {
     const std::uint64_t total = static_cast<std::uint64_t>(frames) * frame.rgb.size();
     check(total <= lim.max_total_bytes, "image '", name, "': ", frames, " frames of ", frame.width, "x", frame.height,
@@ -474,29 +478,33 @@ std::vector<std::size_t> sample_frame_indices(std::size_t available, std::size_t
     return out;
 }
 
-std::vector<Image> decode_frames_sampled(std::span<const std::uint8_t> bytes, const std::string& name,
-                                         std::size_t wanted, const ImageLimits& limits) {
+std::vector<Image> decode_media_frames(std::span<const std::uint8_t> bytes, const std::string& name,
+                                       std::size_t frames, const ImageLimits& limits) {
+    check(frames > 0, "'", name, "': no frames asked for");
+    if (frames == 1) return {decode_image(bytes, name, limits)};
     if (detail::sniff(bytes) != detail::ImageFormat::Gif) {
-        const Image im = decode_image(bytes, name, limits);
-        detail::check_total(wanted, im, name, limits);
-        return std::vector<Image>(wanted, im);
+        decode_image(bytes, name, limits);  // a file that is no image says so, rather than "1 frame"
+        detail::too_few_frames(name, 1, frames);
     }
+    // Count the frames first, then decode keeping only the chosen ones, so long
+    // animations need little memory.
     std::size_t available = 0;
     {
         detail::GifDecoder counter(bytes, name, limits.max_width, limits.max_height);
         while (counter.next(false)) ++available;
     }
-    check(available > 0, "image '", name, "': GIF without any image");
-    const auto pick = sample_frame_indices(available, wanted);
-    std::vector<Image> frames;
+    if (available < frames) detail::too_few_frames(name, available, frames);
+    const auto pick = sample_frame_indices(available, frames);
+    std::vector<Image> out;
     detail::GifDecoder gif(bytes, name, limits.max_width, limits.max_height);
-    std::size_t index = 0;
-    for (std::size_t k = 0; k < pick.size(); ++index) {
+    for (std::size_t index = 0, k = 0; k < pick.size(); ++index) {
         check(gif.next(), "image '", name, "': GIF frame ", index, " is missing");
-        if (index == 0) detail::check_total(wanted, gif.canvas(), name, limits);
-        for (; k < pick.size() && pick[k] == index; ++k) frames.push_back(gif.canvas());
+        if (index == 0) detail::check_total(frames, gif.canvas(), name, limits);
+        if (pick[k] != index) continue;
+        out.push_back(gif.canvas());
+        ++k;
     }
-    return frames;
+    return out;
 }
 
 Image load_image(const std::filesystem::path& file, const ImageLimits& limits) {
@@ -509,12 +517,6 @@ std::vector<Image> load_frames(const std::filesystem::path& file, const ImageLim
     return decode_frames(bytes, file.string(), limits);
 }
 
-std::vector<Image> load_frames_sampled(const std::filesystem::path& file, std::size_t wanted,
-                                       const ImageLimits& limits) {
-    const auto bytes = detail::read_image_file(file, limits);
-    return decode_frames_sampled(bytes, file.string(), wanted, limits);
-}
-
 std::vector<Image> load_frame_files(std::span<const std::filesystem::path> files, const ImageLimits& limits) {
     std::vector<Image> frames;
     std::uint64_t total = 0;
@@ -525,6 +527,28 @@ std::vector<Image> load_frame_files(std::span<const std::filesystem::path> files
               " bytes, more than the limit of ", limits.max_total_bytes);
     }
     return frames;
+}
+
+std::vector<Image> load_media_frames(const std::filesystem::path& path, std::size_t frames, const ImageLimits& limits) {
+    namespace fs = std::filesystem;
+    const std::string name = path.string();
+    std::error_code ec;
+    if (!fs::is_directory(path, ec)) {
+        const auto bytes = detail::read_image_file(path, limits);
+        return decode_media_frames(bytes, name, frames, limits);
+    }
+    check(frames > 0, "'", name, "': no frames asked for");
+    std::vector<fs::path> files;
+    for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
+        std::error_code file_ec;
+        if (it->is_regular_file(file_ec)) files.push_back(it->path());
+    }
+    check(!ec, "'", name, "': cannot list the frame directory (", ec.message(), ")");
+    if (files.size() < frames) detail::too_few_frames(name, files.size(), frames);
+    std::sort(files.begin(), files.end());
+    std::vector<fs::path> pick;
+    for (std::size_t i : sample_frame_indices(files.size(), frames)) pick.push_back(files[i]);
+    return load_frame_files(pick, limits);
 }
 
 }  // namespace flamingo
