@@ -33,7 +33,7 @@
 #include "flamingo/io/image_preprocess.hpp"
 
 #ifdef STBI_INCLUDE_STB_IMAGE_H
-#error "the translation unit that compiles flamingo's image decoding (FLAMINGO_IMPLEMENTATION) must not include <stb_image.h> itself"
+#error "the file that compiles flamingo's image decoding (FLAMINGO_IMPLEMENTATION) must not include <stb_image.h>"
 #endif
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
