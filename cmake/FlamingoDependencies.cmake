@@ -1,4 +1,4 @@
-# Finds the header-only dependencies (all Debian packages) and names the package
+# Finds the dependencies (all Debian packages, header-only) and names the package
 # to install when one is missing. Defines the INTERFACE target flamingo_deps.
 include_guard(GLOBAL)
 
@@ -23,13 +23,16 @@ if(NOT TARGET nlohmann_json::nlohmann_json)
   _flamingo_missing("nlohmann-json" nlohmann-json3-dev)
 endif()
 
-find_path(FLAMINGO_STB_INCLUDE_DIR stb_image.h PATH_SUFFIXES stb)  # included as <stb_image.h>
-if(NOT FLAMINGO_STB_INCLUDE_DIR)
-  _flamingo_missing("stb_image.h" libstb-dev)
+if(NOT _FLAMINGO_FROM_PACKAGE)
+  # Only for building the library: stb_image is compiled into it, and no public header includes it.
+  find_path(FLAMINGO_STB_INCLUDE_DIR stb_image.h PATH_SUFFIXES stb)  # included as <stb_image.h>
+  if(NOT FLAMINGO_STB_INCLUDE_DIR)
+    _flamingo_missing("stb_image.h" libstb-dev)
+  endif()
 endif()
 
 if(NOT _FLAMINGO_FROM_PACKAGE AND NOT TARGET flamingo_deps)
   add_library(flamingo_deps INTERFACE)
   target_link_libraries(flamingo_deps INTERFACE nlohmann_json::nlohmann_json Threads::Threads)
-  target_include_directories(flamingo_deps INTERFACE ${FLAMINGO_STB_INCLUDE_DIR} ${FLAMINGO_XSIMD_INCLUDE_DIR})
+  target_include_directories(flamingo_deps INTERFACE ${FLAMINGO_XSIMD_INCLUDE_DIR})
 endif()

@@ -235,6 +235,18 @@ def cross_attn_config(ckpt, layers_path, n_layers, hidden, dim_head, every_n, on
             "only_attend_immediate_media": only_immediate}, set(with_xattn)
 
 
+def check_visual_width(visual, ckpt, clip_path, ckpt_path, xattn_layer):
+    """The CLIP tower's width (its patch tokens' size) must be what the
+    checkpoint's Perceiver and cross-attention take in (OpenFlamingo's vis_dim)."""
+    width = visual["conv1.weight"].shape[0]
+    takes = {"perceiver.latents": ckpt["perceiver.latents"].shape[1],
+             xattn_layer + "attn.to_kv.weight": ckpt[xattn_layer + "attn.to_kv.weight"].shape[1]}
+    for name, expected in takes.items():
+        if expected != width:
+            fail(f"{clip_path}: the CLIP vision tower is {width} wide, but {ckpt_path} takes "
+                 f"{expected}-wide visual features ({name}); the CLIP weights do not belong to this checkpoint")
+
+
 def text_dims(cfg):
     family = cfg.get("model_type")
     if family not in LAYERS_PATH:
@@ -339,6 +351,8 @@ def convert(args):
 
     xattn, xattn_layers = cross_attn_config(ckpt, layers_path, n_layers, hidden, args.xattn_dim_head,
                                             args.cross_attn_every_n_layers, not args.all_media)
+    check_visual_width(visual, ckpt, args.clip, args.checkpoint,
+                       f"lang_encoder.{layers_path}.{min(xattn_layers)}.gated_cross_attn_layer.")
     config = {
         "model_type": "flamingo",
         "vision_config": vision_config(visual, args.vision_head_width, not args.no_quick_gelu,

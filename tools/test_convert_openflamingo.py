@@ -35,9 +35,10 @@ torch.set_num_threads(1)
 SMALL = ["--vision-head-width", "16", "--perceiver-dim-head", "16", "--xattn-dim-head", "16"]
 
 
-def truth_model(text_cfg, tok, every_n, seed, perceiver=None):
+def truth_model(text_cfg, tok, every_n, seed, perceiver=None, vision=None):
     vocab = tok["model"]["vocab"]
-    cfg = {"model_type": "flamingo", "vision_config": mf.VISION, "perceiver_config": perceiver or mf.PERCEIVER,
+    cfg = {"model_type": "flamingo", "vision_config": vision or mf.VISION,
+           "perceiver_config": perceiver or mf.PERCEIVER,
            "cross_attn_config": dict(mf.XATTN, every_n_layers=every_n, heads=2, dim_head=16),
            "text_config": dict(text_cfg, vocab_size=len(vocab)),
            "media_token_id": vocab["<image>"], "eoc_token_id": vocab["<|endofchunk|>"]}
@@ -278,6 +279,18 @@ class ConvertTest(unittest.TestCase):
             ckpt, lm_dir, clip = write_release(truth, tok, tmp, "safetensors", False, ".bin")
             out = os.path.join(tmp, "out")
             base = ["--checkpoint", ckpt, "--lm", lm_dir, "--clip", clip, "--out", out] + SMALL
+
+            # CLIP weights of another width than the checkpoint's Perceiver and
+            # cross-attention take: refused before anything is written
+            wide = truth_model(spec["text"], tok, 2, seed=4, vision=dict(mf.VISION, width=48))
+            os.makedirs(os.path.join(tmp, "wide"))
+            _, _, wide_clip = write_release(wide, tok, os.path.join(tmp, "wide"), "safetensors", False, ".bin")
+            rc, err = run_convert(["--checkpoint", ckpt, "--lm", lm_dir, "--clip", wide_clip, "--out", out] + SMALL)
+            self.assertEqual(rc, 1)
+            self.assertIn(f"{wide_clip}: the CLIP vision tower is 48 wide, but {ckpt} takes 32-wide visual features",
+                          err)
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertFalse(os.path.exists(out))
 
             rc, err = run_convert(base + ["--cross-attn-every-n-layers", "1"])
             self.assertEqual(rc, 1)

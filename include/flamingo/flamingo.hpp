@@ -69,9 +69,9 @@ public:
     // Text of generated ids.
     std::string decode(std::span<const std::int32_t> ids) const { return tokenizer_.decode(ids); }
 
-    // Media files to pixels [n, frames, 3, S, S]. A file is an image (frames =
-    // 1: an animated GIF gives its first frame), or with frames > 1 an animated
-    // GIF or a directory of frame images (sorted by name), sampled evenly.
+    // Media files to pixels [n, frames, 3, S, S]: each an image, an animated
+    // GIF or a directory of frame images, as io::load_media_frames reads them
+    // (sampled evenly to `frames`; fewer frames than asked is an error).
     Pixels load_media(const std::vector<std::string>& files, std::size_t frames = 1) const {
         check(frames >= 1, "frames must be at least 1");
         std::vector<std::vector<Image>> media;
@@ -112,24 +112,7 @@ private:
     }
 
     std::vector<Image> frames_of(const std::string& file, std::size_t frames) const {
-        namespace fs = std::filesystem;
-        std::error_code ec;
-        if (fs::is_directory(file, ec)) {
-            std::vector<fs::path> all;
-            for (const auto& e : fs::directory_iterator(file)) if (e.is_regular_file()) all.push_back(e.path());
-            std::sort(all.begin(), all.end());
-            check(!all.empty(), ErrorKind::File, "'", file, "': the frame directory is empty");
-            check(all.size() >= frames, "'", file, "': ", all.size(), " frame files, fewer than the ", frames,
-                  " frames asked for");
-            std::vector<fs::path> pick;
-            for (std::size_t i : sample_frame_indices(all.size(), frames)) pick.push_back(all[i]);
-            return load_frame_files(pick, limits_);
-        }
-        if (frames == 1) return {load_image(file, limits_)};
-        std::vector<Image> f = load_frames_sampled(file, frames, limits_);
-        check(f.size() == frames, "'", file, "' has ", f.size(), " frame", f.size() == 1 ? "" : "s",
-              ", fewer than the ", frames, " frames asked for");
-        return f;
+        return load_media_frames(file, frames, limits_);
     }
 
     std::filesystem::path dir_;

@@ -14,7 +14,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     try {
         const std::span<const std::uint8_t> bytes(data, size);
         // Odd sizes take the sampled path (frames counted first, then some decoded).
-        const auto frames = size % 2 ? flamingo::decode_frames_sampled(bytes, "fuzz input", 1 + data[0] % 4, limits)
+        const auto frames = size % 2 ? flamingo::decode_media_frames(bytes, "fuzz input", 1 + data[0] % 4, limits)
                                      : flamingo::decode_frames(bytes, "fuzz input", limits);
         flamingo::ClipPreprocess cfg;
         cfg.image_size = 1 + (size > 0 ? data[size - 1] % 48 : 0);  // varied sizes reach every resize path

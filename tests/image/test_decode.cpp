@@ -47,7 +47,8 @@ TEST_CASE("JPEG decodes within a few levels of Pillow's libjpeg") {
     // libjpeg-turbo's; the bounds are what the fixtures measure, so a decoder
     // change shows. One known stb_image defect: with 2x1 chroma subsampling
     // (4:2:2) the last chroma sample's left output pixel is interpolated with the
-    // weights swapped, so that one column can be far off; it is reported apart.
+    // weights swapped, so that one column can be far off; it is bounded apart
+    // (its largest error in q90_422.jpg is 31 levels).
     for (const auto& c : manifest().at("jpeg")) {
         const std::string file = c.at("file");
         CAPTURE(file);
@@ -78,6 +79,7 @@ TEST_CASE("JPEG decodes within a few levels of Pillow's libjpeg") {
                                                 : std::string()));
         CHECK(max_diff <= 3);
         CHECK(mean <= 0.25);
+        CHECK(column_max <= 31);
     }
 }
 

@@ -1,10 +1,12 @@
 // Animated GIF frames against Pillow 9.4's seek(k) + convert("RGB"), frame
-// sampling, and the frame memory limit. (A second translation unit including
-// flamingo/io/image.hpp: the test binary only links if the header's static
-// stb_image leaves no duplicate symbols.)
+// sampling, and the frame memory limit.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <functional>
+#include <sstream>
 #include <string>
 
 #include "flamingo/io/image.hpp"
@@ -21,6 +23,15 @@ std::string error_of(const std::function<void()>& f) {
         return e.what();
     }
     return "(no error)";
+}
+
+// The one error for a medium with fewer frames than asked for:
+// "'x.gif' has 3 frames, fewer than the 8 asked for".
+std::string too_few(const std::filesystem::path& medium, std::size_t available, std::size_t wanted) {
+    std::ostringstream s;
+    s << "'" << medium.string() << "' has " << available << (available == 1 ? " frame" : " frames")
+      << ", fewer than the " << wanted << " asked for";
+    return s.str();
 }
 
 }  // namespace
@@ -47,13 +58,20 @@ TEST_CASE("animated GIF frames are composited as Pillow does") {
         }
         CHECK(flamingo::load_image(data_dir() / file).rgb == frames[0].rgb);
 
-        // Sampled decoding keeps exactly the chosen frames.
-        for (std::size_t wanted : {std::size_t{1}, std::size_t{3}, frames.size() + 2}) {
-            const auto sampled = flamingo::load_frames_sampled(data_dir() / file, wanted);
+        // As a medium: one frame is the first; more are sampled, keeping exactly
+        // the chosen frames; more than the GIF has is an error.
+        const auto first = flamingo::load_media_frames(data_dir() / file, 1);
+        REQUIRE(first.size() == 1);
+        CHECK(first[0].rgb == frames[0].rgb);
+        for (std::size_t wanted = 2; wanted <= frames.size(); ++wanted) {
+            CAPTURE(wanted);
+            const auto sampled = flamingo::load_media_frames(data_dir() / file, wanted);
             const auto pick = flamingo::sample_frame_indices(frames.size(), wanted);
             REQUIRE(sampled.size() == wanted);
             for (std::size_t k = 0; k < wanted; ++k) CHECK(sampled[k].rgb == frames[pick[k]].rgb);
         }
+        CHECK(error_of([&] { flamingo::load_media_frames(data_dir() / file, frames.size() + 1); }) ==
+              too_few(data_dir() / file, frames.size(), frames.size() + 1));
     }
 }
 
@@ -78,5 +96,47 @@ TEST_CASE("frames beyond the memory limit are refused") {
     const auto msg = error_of([&] { flamingo::load_frames(data_dir() / "anim_d0.gif", lim); });
     CHECK(msg.find("anim_d0.gif") != std::string::npos);
     CHECK(msg.find("limit") != std::string::npos);
-    CHECK(flamingo::load_frames_sampled(data_dir() / "anim_d0.gif", 2, lim).size() == 2);
+    CHECK(flamingo::load_media_frames(data_dir() / "anim_d0.gif", 2, lim).size() == 2);
+}
+
+TEST_CASE("a directory of frame images follows the same rule as a GIF") {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / ("flamingo_frames_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    // Named so that name order differs from the order of creation.
+    const char* sources[] = {"rgb.png", "grey.png", "palette.png"};
+    const char* names[] = {"frame_2.png", "frame_0.png", "frame_1.png"};
+    for (int i = 0; i < 3; ++i) fs::copy_file(data_dir() / sources[i], dir / names[i]);
+    const auto by_name = [&](int k) {  // frame k in name order
+        const int source = k == 0 ? 1 : k == 1 ? 2 : 0;
+        return flamingo::load_image(data_dir() / sources[source]).rgb;
+    };
+
+    const auto all = flamingo::load_media_frames(dir, 3);
+    REQUIRE(all.size() == 3);
+    for (int k = 0; k < 3; ++k) CHECK(all[k].rgb == by_name(k));
+    const auto two = flamingo::load_media_frames(dir, 2);  // sample_frame_indices(3, 2) = {0, 2}
+    REQUIRE(two.size() == 2);
+    CHECK(two[0].rgb == by_name(0));
+    CHECK(two[1].rgb == by_name(2));
+    const auto one = flamingo::load_media_frames(dir, 1);  // the middle one
+    REQUIRE(one.size() == 1);
+    CHECK(one[0].rgb == by_name(1));
+    CHECK(error_of([&] { flamingo::load_media_frames(dir, 8); }) == too_few(dir, 3, 8));
+
+    fs::create_directories(dir / "empty");
+    CHECK(error_of([&] { flamingo::load_media_frames(dir / "empty", 2); }) == too_few(dir / "empty", 0, 2));
+    fs::remove_all(dir);
+}
+
+TEST_CASE("a still image is one frame") {
+    const auto file = data_dir() / "rgb.png";
+    CHECK(flamingo::load_media_frames(file, 1).at(0).rgb == flamingo::load_image(file).rgb);
+    CHECK(error_of([&] { flamingo::load_media_frames(file, 2); }) == too_few(file, 1, 2));
+    // A file that is no image says that, not how many frames it has.
+    const auto junk = error_of([&] { flamingo::load_media_frames(data_dir() / "manifest.json", 2); });
+    CHECK(junk.find("manifest.json") != std::string::npos);
+    CHECK(junk.find("frame") == std::string::npos);
+    CHECK(error_of([&] { flamingo::load_media_frames(file, 0); }).find("no frames asked for") != std::string::npos);
 }

@@ -21,6 +21,7 @@
 // following blocks). A file that ends inside a frame's header or pixel data is
 // an error; one that ends between frames (or inside an extension) just has no
 // more frames, as for Pillow.
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -225,88 +226,122 @@ private:
         }
     }
 
-    // LZW as Pillow's decoder reads it: no leading clear code needed, codes grow
-    // to 12 bits, the table stops growing when full, decoding stops once the frame
-    // is full or at the end code.
-    void decode_lzw(int bits, int w, int h, bool interlaced) {
-        if (bits > 12) fail("image '", name_, "': corrupt GIF (LZW code size ", bits, ")");
-        const int clear = 1 << bits, end = clear + 1;
-        std::array<std::uint16_t, 4096> link{};
-        std::array<std::uint8_t, 4096> suffix{};
-        std::array<std::uint8_t, 4097> stack{};
-        int next = clear + 2, codesize = bits + 1, lastcode = 0, lastdata = 0;
-        bool first = true;
-        std::uint32_t bitbuf = 0;
-        int bitcount = 0;
-        std::size_t block_left = 0;
-        // Output position, with the interlaced row order (0, 8, ...; 4, 12, ...; 2, 6, ...; 1, 3, ...).
-        int x = 0, y = 0, pass = interlaced ? 1 : 0, step = interlaced ? 8 : 1;
-        bool full = w == 0 || h == 0;
-        auto emit = [&](std::uint8_t v) {
-            indices_[static_cast<std::size_t>(y) * w + x] = v;
-            if (++x < w) return;
-            x = 0;
-            y += step;
-            while (y >= h) {
-                if (pass == 1) { y = 4; pass = 2; }
-                else if (pass == 2) { y = 2; step = 4; pass = 3; }
-                else if (pass == 3) { y = 1; step = 2; pass = 4; }
-                else { full = true; return; }
-            }
-        };
-        while (!full) {
-            while (bitcount < codesize) {
-                if (block_left == 0) {
-                    block_left = byte("image data");
-                    if (block_left == 0) return;  // data ended early: the rest keeps the fill index
+    // ---- Pixel data: LZW codes (GIF89a, appendix F) ----
+    //
+    // The frame's indices are compressed as a stream of variable-width codes,
+    // packed least significant bit first into data sub-blocks (a length byte and
+    // that many bytes, up to an empty block). With a minimum code size of b bits,
+    // codes below 2^b stand for themselves, 2^b clears the table and 2^b + 1 ends
+    // the data; each further code stands for a string defined while decoding.
+    // Codes start b + 1 bits wide and widen when the table reaches the next power
+    // of two, up to 12 bits (4096 codes); a full table stops growing until the
+    // next clear. Beyond the spec, as Pillow: no leading clear code is needed,
+    // decoding stops once the frame is full, and b may be up to 12 (codes below
+    // 2^b then stand for their low byte; with b = 12 the table has no room left,
+    // and any code past it is an error, where Pillow accepts one more).
+
+    // Reads codes from the sub-blocks at pos_, a byte at a time as bits are needed.
+    class CodeReader {
+    public:
+        explicit CodeReader(GifDecoder& gif) : gif_(gif) {}
+        // The next code of `width` bits, or -1 when the sub-blocks end first.
+        int read(int width) {
+            while (count_ < width) {
+                if (block_left_ == 0) {
+                    block_left_ = gif_.byte("image data");
+                    if (block_left_ == 0) return -1;
                 }
-                bitbuf |= static_cast<std::uint32_t>(byte("image data")) << bitcount;
-                bitcount += 8;
-                --block_left;
+                bits_ |= static_cast<std::uint32_t>(gif_.byte("image data")) << count_;
+                count_ += 8;
+                --block_left_;
             }
-            int c = static_cast<int>(bitbuf & ((1u << codesize) - 1));
-            bitbuf >>= codesize;
-            bitcount -= codesize;
-            if (c == clear) {
-                next = clear + 2;
-                codesize = bits + 1;
-                first = true;
-                continue;
-            }
-            if (c == end) break;
-            if (first) {
-                if (c > clear) fail("image '", name_, "': corrupt GIF data in frame ", frame_);
-                lastcode = lastdata = c;
-                first = false;
-                emit(static_cast<std::uint8_t>(c));
-                continue;
-            }
-            const int thiscode = c;
-            if (c > next) fail("image '", name_, "': corrupt GIF data in frame ", frame_);
-            std::size_t depth = 0;
-            if (c == next) {  // the string being defined: previous string + its first byte
-                stack[depth++] = static_cast<std::uint8_t>(lastdata);
-                c = lastcode;
-            }
-            while (c >= clear) {
-                if (c >= 4096 || depth >= 4096) fail("image '", name_, "': corrupt GIF data in frame ", frame_);
-                stack[depth++] = suffix[c];
-                c = link[c];
-            }
-            lastdata = c;
-            if (next < 4096) {
-                suffix[next] = static_cast<std::uint8_t>(c);
-                link[next] = static_cast<std::uint16_t>(lastcode);
-                if (next == (1 << codesize) - 1 && codesize < 12) ++codesize;
-                ++next;
-            }
-            lastcode = thiscode;
-            emit(static_cast<std::uint8_t>(c));
-            while (depth > 0 && !full) emit(stack[--depth]);
+            const int code = static_cast<int>(bits_ & ((1u << width) - 1));
+            bits_ >>= width;
+            count_ -= width;
+            return code;
         }
-        // Skip what is left of the data; a file that just ends here is fine.
-        pos_ += block_left <= data_.size() - pos_ ? block_left : data_.size() - pos_;
-        skip_blocks();  // a file that just ends after the pixels is fine, as for Pillow
+        // Skips the rest of the data (the file may end before its terminator).
+        void skip_rest() {
+            gif_.pos_ += std::min(block_left_, gif_.data_.size() - gif_.pos_);
+            gif_.skip_blocks();
+        }
+
+    private:
+        GifDecoder& gif_;
+        std::uint32_t bits_ = 0;  // read but not yet used, lowest first
+        int count_ = 0;           // how many
+        std::size_t block_left_ = 0;
+    };
+
+    void decode_lzw(int min_bits, int w, int h, bool interlaced) {
+        if (min_bits > 12) fail("image '", name_, "': corrupt GIF (LZW code size ", min_bits, ")");
+        constexpr int capacity = 4096;
+        const int clear = 1 << min_bits, stop = clear + 1;
+
+        // The string of each code: the string of `prefix` followed by `last`; its
+        // length and first byte are kept so it can be written out back to front.
+        struct Entry {
+            std::uint16_t prefix, length;
+            std::uint8_t first, last;
+        };
+        std::vector<Entry> table(capacity);
+        for (int c = 0; c < std::min(clear, capacity); ++c) {
+            const auto byte = static_cast<std::uint8_t>(c);
+            table[c] = {0, 1, byte, byte};
+        }
+        std::array<std::uint8_t, capacity> text;  // one code's string
+
+        // Row order: as stored, or interlaced in four passes (rows 0, 8, 16, ...;
+        // 4, 12, ...; 2, 6, ...; 1, 3, ...).
+        std::vector<int> rows;
+        rows.reserve(h);
+        if (interlaced) {
+            constexpr int passes[4][2] = {{0, 8}, {4, 8}, {2, 4}, {1, 2}};  // first row, step
+            for (const auto& pass : passes)
+                for (int y = pass[0]; y < h; y += pass[1]) rows.push_back(y);
+        } else {
+            for (int y = 0; y < h; ++y) rows.push_back(y);
+        }
+        const std::size_t pixels = static_cast<std::size_t>(w) * h;
+        std::size_t done = 0;  // pixels written
+        auto write = [&](const std::uint8_t* s, std::size_t n) {
+            for (n = std::min(n, pixels - done); n > 0; --n, ++done)
+                indices_[static_cast<std::size_t>(rows[done / w]) * w + done % w] = *s++;
+        };
+
+        CodeReader reader(*this);
+        int width = min_bits + 1, defined = clear + 2;
+        int prev = -1;  // the previous code; none after a clear
+        while (done < pixels) {
+            const int code = reader.read(width);
+            if (code < 0) return;  // data ended early: the rest keeps the fill index
+            if (code == clear) {
+                width = min_bits + 1;
+                defined = clear + 2;
+                prev = -1;
+                continue;
+            }
+            if (code == stop) break;
+            // After a clear only a single byte can follow; later, a defined code or
+            // the one about to be defined.
+            const bool known = prev < 0 ? code < clear : code < defined;
+            const bool next_one = prev >= 0 && code == defined && defined < capacity;
+            if (!known && !next_one) fail("image '", name_, "': corrupt GIF data in frame ", frame_);
+            if (prev >= 0 && defined < capacity) {
+                // The new string is the previous one and the first byte of this
+                // one, which for the code being defined is the previous one's first.
+                const Entry& p = table[prev];
+                const std::uint8_t first = next_one ? p.first : table[code].first;
+                table[defined] = {static_cast<std::uint16_t>(prev), static_cast<std::uint16_t>(p.length + 1), p.first,
+                                  first};
+                if (++defined == 1 << width && width < 12) ++width;
+            }
+            const std::size_t n = table[code].length;
+            for (int c = code, i = static_cast<int>(n); i > 0; c = table[c].prefix) text[--i] = table[c].last;
+            write(text.data(), n);
+            prev = code;
+        }
+        reader.skip_rest();  // a file that just ends after the pixels is fine, as for Pillow
     }
 
     struct Dispose {

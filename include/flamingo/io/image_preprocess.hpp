@@ -3,13 +3,10 @@
 // with Pillow 9.4's Image.resize(..., BICUBIC) on 8-bit RGB) and open_clip's eval
 // transform (torchvision Resize(size, BICUBIC) -> CenterCrop -> ToTensor -> Normalize).
 //
-// Resampling is separable, as in Pillow: per output sample a window of input
-// samples is weighted by a bicubic kernel (a = -0.5) stretched by the downscale
-// factor (that stretch is the antialiasing), the weights are normalised to sum 1
-// and turned into 22-bit fixed point; the horizontal pass writes a clipped 8-bit
-// intermediate, the vertical pass reads it. A pass is skipped when its size does
-// not change. Every double and integer operation below mirrors Pillow's order so
-// that the results agree to the bit.
+// Resizing is separable: a horizontal pass into a clipped 8-bit intermediate,
+// then a vertical pass; a pass whose size does not change is skipped. Each pass
+// is an AxisFilter (below): per output sample, a run of input samples and their
+// fixed-point weights.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -36,80 +33,104 @@ struct ClipPreprocess {
 
 namespace detail {
 
-// Returns v through memory, so the compiler cannot fuse the multiply that
-// produced it with a following add (an FMA would round differently from Pillow).
-inline double unfused(double v) {
-    volatile double t = v;
-    return t;
+// ---- The resampling filter of one axis ----
+//
+// Output sample i of an axis resized from n to m samples sits at
+// centre = (i + 0.5) * n / m in input coordinates (input sample j covers
+// [j, j + 1)). Its value is a weighted sum of the inputs near it, weighted by
+// the cubic kernel at their distance. Downscaling stretches the kernel by n / m,
+// so that every input under the output's footprint contributes (antialiasing);
+// upscaling uses it as is. The weights of each output are normalised to sum 1
+// (the kernel's samples do not quite, and the image border cuts off part of
+// it), then stored as 22-bit fixed point.
+//
+// Pillow's numbers are what the tests pin, bit for bit, so the floating-point
+// steps below are done in the order that gives them: a different but
+// mathematically equal order changes some weights in their last bit and, after
+// rounding to fixed point, an occasional pixel.
+
+// Passes a product through memory so that the compiler cannot contract it with
+// the next addition into one FMA (which rounds once where we need two roundings).
+inline double rounded(double v) {
+    volatile double r = v;
+    return r;
 }
 
-// Pillow's bicubic kernel with a = -0.5, evaluated in Pillow's operation order.
-inline double bicubic_kernel(double x) {
-    if (x < 0.0) x = -x;
-    if (x < 1.0) {
-        const double t = unfused(1.5 * x) - 2.5;  // ((a + 2) x - (a + 3))
-        return unfused(t * x * x) + 1.0;
-    }
-    if (x < 2.0) {
-        const double t = unfused((x - 5.0) * x) + 8.0;
-        return (unfused(t * x) - 4.0) * -0.5;
-    }
-    return 0.0;
+// Keys' cubic convolution kernel with a = -0.5, zero from |x| = 2 on:
+//   |x| < 1:  (a + 2)|x|^3 - (a + 3)|x|^2 + 1
+//   |x| < 2:  a|x|^3 - 5a|x|^2 + 8a|x| - 4a
+// each evaluated as a Horner chain from the highest power.
+inline double cubic_kernel(double x) {
+    constexpr double a = -0.5;
+    constexpr double near[] = {a + 2, -(a + 3), 0, 1}, far[] = {a, -5 * a, 8 * a, -4 * a};
+    x = std::fabs(x);
+    if (x >= 2.0) return 0.0;
+    const double* c = x < 1.0 ? near : far;
+    double v = c[0];
+    for (int k = 1; k < 4; ++k) v = rounded(v * x) + c[k];
+    return v;
 }
 
-constexpr int resample_precision_bits = 32 - 8 - 2;  // Pillow's PRECISION_BITS for 8-bit images
+// 22 fractional bits leave 10 of an int32 accumulator for the 8-bit sample, the
+// sign and the overshoot of the kernel's negative lobes.
+constexpr int weight_bits = 22;
 constexpr std::uint64_t max_output_pixels = std::uint64_t{1} << 28;  // bounds what a bad argument can allocate
 constexpr int max_clip_image_size = 4096;
 
-// Fixed-point taps of one resampling axis, for the outputs [first_out, first_out + count).
-struct ResampleTaps {
-    int ksize = 0;                     // taps per output (stride of weights)
-    std::vector<int> start, length;    // first input index and number of taps, per output
-    std::vector<std::int32_t> weights; // count * ksize
-};
-
-// Pillow's precompute_coeffs + normalize_coeffs_8bpc for a box (0, in_size),
-// restricted to some of the outputs (each output's taps depend only on its index).
-inline ResampleTaps bicubic_taps(int in_size, int out_size, int first_out, int count) {
-    // Pillow computes the scale from float box coordinates.
-    const double scale = static_cast<double>(static_cast<float>(in_size)) / out_size;
-    const double filterscale = scale < 1.0 ? 1.0 : scale;
-    const double support = 2.0 * filterscale;
-    const double inv = 1.0 / filterscale;
-    ResampleTaps taps;
-    taps.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
-    taps.start.resize(count);
-    taps.length.resize(count);
-    taps.weights.assign(static_cast<std::size_t>(count) * taps.ksize, 0);
-    std::vector<double> k(taps.ksize);
-    for (int i = 0; i < count; ++i) {
-        const int xx = first_out + i;
-        const double center = (xx + 0.5) * scale;
-        int xmin = static_cast<int>(center - support + 0.5);  // truncation, as Pillow's (int) cast
-        if (xmin < 0) xmin = 0;
-        int xmax = static_cast<int>(center + support + 0.5);
-        if (xmax > in_size) xmax = in_size;
-        xmax -= xmin;
-        double ww = 0.0;
-        for (int x = 0; x < xmax; ++x) {
-            k[x] = bicubic_kernel((x + xmin - center + 0.5) * inv);
-            ww += k[x];
-        }
-        std::int32_t* w = &taps.weights[static_cast<std::size_t>(i) * taps.ksize];
-        for (int x = 0; x < xmax; ++x) {
-            const double v = ww != 0.0 ? k[x] / ww : k[x];
-            const double s = v * (1 << resample_precision_bits);
-            w[x] = static_cast<std::int32_t>(v < 0 ? -0.5 + s : 0.5 + s);
-        }
-        taps.start[i] = xmin;
-        taps.length[i] = xmax;
-    }
-    return taps;
+// Weight v as fixed point, rounded half away from zero by adding +-0.5 and
+// truncating (std::lround, rounding exactly, differs for a few weights).
+inline std::int32_t to_fixed(double v) {
+    const double scaled = v * (1 << weight_bits);
+    return static_cast<std::int32_t>(v < 0 ? scaled - 0.5 : scaled + 0.5);
 }
 
-inline std::uint8_t clip_fixed(std::int32_t acc) {
-    const std::int32_t v = acc >> resample_precision_bits;  // arithmetic shift: floor, as Pillow
-    return static_cast<std::uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
+// A weighted sum back to an 8-bit sample: the sum started at one half (see
+// fixed_half), so flooring rounds it; then it is clipped to 0..255.
+constexpr std::int32_t fixed_half = std::int32_t{1} << (weight_bits - 1);
+inline std::uint8_t from_fixed(std::int32_t sum) {
+    return static_cast<std::uint8_t>(std::clamp(sum >> weight_bits, 0, 255));
+}
+
+// The inputs and weights of some outputs of one axis.
+struct AxisFilter {
+    struct Window {
+        int first = 0, size = 0;  // input samples first .. first + size - 1
+    };
+    int stride = 0;                      // weights stored per output: the widest window
+    std::vector<Window> windows;         // per output
+    std::vector<std::int32_t> weights;   // per output, `stride` of them, the first window.size used
+
+    const std::int32_t* weights_of(int i) const { return &weights[static_cast<std::size_t>(i) * stride]; }
+};
+
+// The filter for outputs [first_out, first_out + count) of an axis resized from
+// in_size to out_size samples (an output's window depends only on its index).
+inline AxisFilter bicubic_axis(int in_size, int out_size, int first_out, int count) {
+    const double scale = static_cast<double>(static_cast<float>(in_size)) / out_size;  // Pillow's box is float
+    const double stretch = std::max(scale, 1.0);
+    const double inv_stretch = 1.0 / stretch;  // multiplied by, not divided by, as Pillow does
+    const double radius = 2.0 * stretch;       // the stretched kernel's support
+    AxisFilter f;
+    f.stride = 2 * static_cast<int>(std::ceil(radius)) + 1;
+    f.windows.resize(count);
+    f.weights.assign(static_cast<std::size_t>(count) * f.stride, 0);
+    std::vector<double> kernel(f.stride);
+    for (int i = 0; i < count; ++i) {
+        const double centre = (first_out + i + 0.5) * scale;
+        // Inputs j with centre - radius <= j + 0.5 < centre + radius, as floor(x + 0.5)
+        // bounds (a negative lower bound truncates towards 0, clamped to 0 anyway).
+        const int lo = std::max(0, static_cast<int>(centre - radius + 0.5));
+        const int hi = std::min(in_size, static_cast<int>(centre + radius + 0.5));
+        double total = 0.0;
+        for (int j = lo; j < hi; ++j) {
+            kernel[j - lo] = cubic_kernel((j - centre + 0.5) * inv_stretch);
+            total += kernel[j - lo];
+        }
+        std::int32_t* w = &f.weights[static_cast<std::size_t>(i) * f.stride];
+        for (int j = lo; j < hi; ++j) w[j - lo] = to_fixed(total != 0.0 ? kernel[j - lo] / total : kernel[j - lo]);
+        f.windows[i] = {lo, hi - lo};
+    }
+    return f;
 }
 
 inline void check_image(const Image& im, const char* what) {
@@ -129,12 +150,12 @@ inline Image resize_bicubic_window(const Image& in, int out_w, int out_h, int x0
     out.rgb.resize(static_cast<std::size_t>(w) * h * 3);
 
     // Input rows that the vertical pass reads (all of the window's rows when it is skipped).
-    ResampleTaps vt;
+    AxisFilter vf;
     int row0 = y0, rows = h;
     if (need_v) {
-        vt = bicubic_taps(in.height, out_h, y0, h);
-        row0 = vt.start.front();
-        rows = vt.start.back() + vt.length.back() - row0;
+        vf = bicubic_axis(in.height, out_h, y0, h);
+        row0 = vf.windows.front().first;
+        rows = vf.windows.back().first + vf.windows.back().size - row0;
     }
 
     // Horizontal pass into an 8-bit intermediate of the needed rows (or a view of the input).
@@ -143,24 +164,23 @@ inline Image resize_bicubic_window(const Image& in, int out_w, int out_h, int x0
     std::size_t src_stride = 0;
     int src_x0 = 0;  // column of the intermediate that is output column x0
     if (need_h) {
-        const ResampleTaps ht = bicubic_taps(in.width, out_w, x0, w);
+        const AxisFilter hf = bicubic_axis(in.width, out_w, x0, w);
         mid.resize(static_cast<std::size_t>(rows) * w * 3);
-        const std::int32_t half = 1 << (resample_precision_bits - 1);
         for (int r = 0; r < rows; ++r) {
             const std::uint8_t* row = &in.rgb[static_cast<std::size_t>(row0 + r) * in.width * 3];
             std::uint8_t* dst = &mid[static_cast<std::size_t>(r) * w * 3];
             for (int i = 0; i < w; ++i) {
-                const std::int32_t* k = &ht.weights[static_cast<std::size_t>(i) * ht.ksize];
-                const std::uint8_t* p = row + static_cast<std::size_t>(ht.start[i]) * 3;
-                std::int32_t s0 = half, s1 = half, s2 = half;
-                for (int t = 0; t < ht.length[i]; ++t) {
+                const std::int32_t* k = hf.weights_of(i);
+                const std::uint8_t* p = row + static_cast<std::size_t>(hf.windows[i].first) * 3;
+                std::int32_t s0 = fixed_half, s1 = fixed_half, s2 = fixed_half;
+                for (int t = 0; t < hf.windows[i].size; ++t) {
                     s0 += p[3 * t + 0] * k[t];
                     s1 += p[3 * t + 1] * k[t];
                     s2 += p[3 * t + 2] * k[t];
                 }
-                dst[3 * i + 0] = clip_fixed(s0);
-                dst[3 * i + 1] = clip_fixed(s1);
-                dst[3 * i + 2] = clip_fixed(s2);
+                dst[3 * i + 0] = from_fixed(s0);
+                dst[3 * i + 1] = from_fixed(s1);
+                dst[3 * i + 2] = from_fixed(s2);
             }
         }
         src = mid.data();
@@ -182,16 +202,16 @@ inline Image resize_bicubic_window(const Image& in, int out_w, int out_h, int x0
     // Vertical pass: one accumulator row, taps outermost so the inner loop vectorises.
     std::vector<std::int32_t> acc(row_bytes);
     for (int j = 0; j < h; ++j) {
-        std::fill(acc.begin(), acc.end(), 1 << (resample_precision_bits - 1));
-        const std::int32_t* k = &vt.weights[static_cast<std::size_t>(j) * vt.ksize];
-        for (int t = 0; t < vt.length[j]; ++t) {
-            const std::uint8_t* p = src + static_cast<std::size_t>(vt.start[j] + t - row0) * src_stride +
+        std::fill(acc.begin(), acc.end(), fixed_half);
+        const std::int32_t* k = vf.weights_of(j);
+        for (int t = 0; t < vf.windows[j].size; ++t) {
+            const std::uint8_t* p = src + static_cast<std::size_t>(vf.windows[j].first + t - row0) * src_stride +
                                     static_cast<std::size_t>(src_x0) * 3;
             const std::int32_t kt = k[t];
             for (std::size_t i = 0; i < row_bytes; ++i) acc[i] += p[i] * kt;
         }
         std::uint8_t* dst = &out.rgb[j * row_bytes];
-        for (std::size_t i = 0; i < row_bytes; ++i) dst[i] = clip_fixed(acc[i]);
+        for (std::size_t i = 0; i < row_bytes; ++i) dst[i] = from_fixed(acc[i]);
     }
     return out;
 }
