@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 what=${1:-demo}
 jobs=$(nproc)
 
-packages="cmake make g++ libeigen3-dev libxsimd-dev libstb-dev doctest-dev nlohmann-json3-dev"
-[ "$what" = bench ] && packages="$packages libbenchmark-dev"
+packages="cmake make g++ libxsimd-dev libstb-dev doctest-dev nlohmann-json3-dev"
+[ "$what" = bench ] && packages="$packages libbenchmark-dev libeigen3-dev"
 # The tests also check the PyTorch reference, its fixtures and the converter.
 [ "$what" = test ] && packages="$packages python3-torch python3-numpy python3-pil"
 missing=""
@@ -48,6 +48,12 @@ case "$what" in
     for t in core linalg kernels; do build-portable/tests/test_$t; done
     build build-sanitize -DFLAMINGO_BUILD_TESTS=ON -DFLAMINGO_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
     (cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j"$jobs")
+    # Many contexts on one model, and the executors under them, under ThreadSanitizer.
+    cmake -S . -B build-tsan -DFLAMINGO_BUILD_TESTS=ON -DFLAMINGO_BUILD_EXAMPLES=OFF -DFLAMINGO_TSAN=ON \
+          -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+    cmake --build build-tsan -j"$jobs" --target test_concurrency test_linalg
+    TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_concurrency
+    TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_linalg --test-case="*executor*,*user threads*,*parallel_for*,*nested*,*exception*"
     ;;
   bench)
     build build -DFLAMINGO_BUILD_BENCH=ON
