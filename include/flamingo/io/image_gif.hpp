@@ -99,8 +99,8 @@ public:
         if (frame_ == 0) {
             // Pillow's image is as large as the screen and the first frame together.
             const int cw = std::max(screen_w_, x0 + w), ch = std::max(screen_h_, y0 + h);
-            check(cw > 0 && ch > 0, "image '", name_, "': ", cw, "x", ch, " image has no pixels");
-            check(cw <= max_w_ && ch <= max_h_, "image '", name_, "': ", cw, "x", ch, " exceeds the size limit ",
+            check(cw > 0 && ch > 0, ErrorKind::Format, "image '", name_, "': ", cw, "x", ch, " image has no pixels");
+            check(cw <= max_w_ && ch <= max_h_, ErrorKind::Limit, "image '", name_, "': ", cw, "x", ch, " exceeds the size limit ",
                   max_w_, "x", max_h_);
             canvas_.width = cw;
             canvas_.height = ch;
@@ -111,7 +111,7 @@ public:
             apply_dispose();
         }
         // Bounds the work on a frame rectangle far larger than the canvas.
-        check(w <= max_w_ && h <= max_h_, "image '", name_, "': GIF frame ", frame_, " is ", w, "x", h,
+        check(w <= max_w_ && h <= max_h_, ErrorKind::Format, "image '", name_, "': GIF frame ", frame_, " is ", w, "x", h,
               ", larger than the size limit ", max_w_, "x", max_h_);
         plan_dispose(x0, y0, w, h, *pal, transparency);
 
@@ -142,7 +142,7 @@ public:
 
 private:
     [[noreturn]] void fail_truncated(const char* where) const {
-        fail("image '", name_, "': truncated GIF (file ends inside the ", where, ")");
+        fail(ErrorKind::Format, "image '", name_, "': truncated GIF (file ends inside the ", where, ")");
     }
     int le16(std::size_t at) const { return data_[at] | (data_[at + 1] << 8); }
     std::uint8_t byte(const char* where) {
@@ -274,7 +274,7 @@ private:
     };
 
     void decode_lzw(int min_bits, int w, int h, bool interlaced) {
-        if (min_bits > 12) fail("image '", name_, "': corrupt GIF (LZW code size ", min_bits, ")");
+        if (min_bits > 12) fail(ErrorKind::Format, "image '", name_, "': corrupt GIF (LZW code size ", min_bits, ")");
         constexpr int capacity = 4096;
         const int clear = 1 << min_bits, stop = clear + 1;
 
@@ -326,7 +326,7 @@ private:
             // the one about to be defined.
             const bool known = prev < 0 ? code < clear : code < defined;
             const bool next_one = prev >= 0 && code == defined && defined < capacity;
-            if (!known && !next_one) fail("image '", name_, "': corrupt GIF data in frame ", frame_);
+            if (!known && !next_one) fail(ErrorKind::Format, "image '", name_, "': corrupt GIF data in frame ", frame_);
             if (prev >= 0 && defined < capacity) {
                 // The new string is the previous one and the first byte of this
                 // one, which for the code being defined is the previous one's first.

@@ -68,8 +68,8 @@ namespace detail {
 namespace {
 
 void check_size(int w, int h, const std::string& name, const ImageLimits& lim) {
-    check(w > 0 && h > 0, "image '", name, "': ", w, "x", h, " image has no pixels");
-    check(w <= lim.max_width && h <= lim.max_height, "image '", name, "': ", w, "x", h, " exceeds the size limit ",
+    check(w > 0 && h > 0, ErrorKind::Format, "image '", name, "': ", w, "x", h, " image has no pixels");
+    check(w <= lim.max_width && h <= lim.max_height, ErrorKind::Limit, "image '", name, "': ", w, "x", h, " exceeds the size limit ",
           lim.max_width, "x", lim.max_height);
 }
 
@@ -201,7 +201,7 @@ void check_jpeg_huffman_tables(std::span<const std::uint8_t> b, const std::strin
             for (long left = static_cast<long>(len) - 2; left > 0 && at < b.size();) {
                 std::size_t codes = 0;
                 for (std::size_t i = at + 1; i <= at + 16 && i < b.size(); ++i) codes += b[i];
-                check(codes <= 256, "image '", name, "': corrupt JPEG (Huffman table with ", codes, " codes)");
+                check(codes <= 256, ErrorKind::Format, "image '", name, "': corrupt JPEG (Huffman table with ", codes, " codes)");
                 left -= static_cast<long>(17 + codes);
                 at += 17 + codes;
             }
@@ -220,7 +220,7 @@ Image decode_stb(std::span<const std::uint8_t> bytes, const std::string& name, c
     int w = 0, h = 0, comp = 0;
     StbSource info{bytes};
     if (!stbi_info_from_callbacks(&StbSource::callbacks, &info, &w, &h, &comp))
-        fail("image '", name, "': not a readable image (", stbi_failure_reason(), ")");
+        fail(ErrorKind::Format, "image '", name, "': not a readable image (", stbi_failure_reason(), ")");
     check_size(w, h, name, lim);
     StbSource probe{bytes};
     const bool wide = stbi_is_16_bit_from_callbacks(&StbSource::callbacks, &probe);
@@ -230,9 +230,9 @@ Image decode_stb(std::span<const std::uint8_t> bytes, const std::string& name, c
     std::unique_ptr<void, StbFree> pixels(
         wide ? static_cast<void*>(stbi_load_16_from_callbacks(&StbSource::callbacks, &src, &dw, &dh, &n, 0))
              : static_cast<void*>(stbi_load_from_callbacks(&StbSource::callbacks, &src, &dw, &dh, &n, 0)));
-    if (src.overrun) fail("image '", name, "': truncated (the file ends before the image data does)");
-    if (!pixels) fail("image '", name, "': corrupt image (", stbi_failure_reason(), ")");
-    check(dw == w && dh == h && n >= 1 && n <= 4, "image '", name, "': inconsistent image header");
+    if (src.overrun) fail(ErrorKind::Format, "image '", name, "': truncated (the file ends before the image data does)");
+    if (!pixels) fail(ErrorKind::Format, "image '", name, "': corrupt image (", stbi_failure_reason(), ")");
+    check(dw == w && dh == h && n >= 1 && n <= 4, ErrorKind::Format, "image '", name, "': inconsistent image header");
 
     Image im = blank_image(w, h);
     const std::size_t count = static_cast<std::size_t>(w) * h;
@@ -278,23 +278,23 @@ Image decode_pnm(std::span<const std::uint8_t> b, const std::string& name, const
                 if (pos < b.size()) ++pos;
                 continue;
             }
-            check(c >= '0' && c <= '9', "image '", name, "': bad PNM header (", what, ")");
+            check(c >= '0' && c <= '9', ErrorKind::Format, "image '", name, "': bad PNM header (", what, ")");
             t += static_cast<char>(c);
         }
-        check(!t.empty(), "image '", name, "': truncated PNM header");
-        check(t.size() <= 10, "image '", name, "': bad PNM header (", what, " too long)");
+        check(!t.empty(), ErrorKind::Format, "image '", name, "': truncated PNM header");
+        check(t.size() <= 10, ErrorKind::Format, "image '", name, "': bad PNM header (", what, " too long)");
         return std::stol(t);
     };
     const long w = token("width"), h = token("height");
     check_size(static_cast<int>(std::min<long>(w, std::numeric_limits<int>::max())),
                static_cast<int>(std::min<long>(h, std::numeric_limits<int>::max())), name, lim);
     const long maxval = kind == '4' ? 1 : token("maxval");
-    check(maxval > 0 && maxval < 65536, "image '", name, "': PNM maxval ", maxval, " is not in 1..65535");
+    check(maxval > 0 && maxval < 65536, ErrorKind::Format, "image '", name, "': PNM maxval ", maxval, " is not in 1..65535");
 
     const std::size_t count = static_cast<std::size_t>(w) * h;
     const std::size_t bands = kind == '6' ? 3 : 1, sample = maxval < 256 ? 1 : 2;
     const std::size_t row_bytes = kind == '4' ? (static_cast<std::size_t>(w) + 7) / 8 : w * bands * sample;
-    check(b.size() - pos >= row_bytes * h, "image '", name, "': truncated PNM data");
+    check(b.size() - pos >= row_bytes * h, ErrorKind::Format, "image '", name, "': truncated PNM data");
     Image im = blank_image(static_cast<int>(w), static_cast<int>(h));
     const std::uint8_t* d = b.data() + pos;
     if (kind == '4') {  // 1 bit per pixel, 1 = black
@@ -392,28 +392,28 @@ std::vector<std::uint8_t> read_image_file(const std::filesystem::path& file, con
     const std::string name = file.string();
     std::error_code ec;
     const auto status = std::filesystem::status(file, ec);
-    check(std::filesystem::exists(status), "image '", name, "': no such file");
-    check(!std::filesystem::is_directory(status), "image '", name, "': is a directory, not an image file");
-    check(std::filesystem::is_regular_file(status), "image '", name, "': not a regular file");
+    check(std::filesystem::exists(status), ErrorKind::File, "image '", name, "': no such file");
+    check(!std::filesystem::is_directory(status), ErrorKind::File, "image '", name, "': is a directory, not an image file");
+    check(std::filesystem::is_regular_file(status), ErrorKind::File, "image '", name, "': not a regular file");
     const auto size = std::filesystem::file_size(file, ec);
-    check(!ec, "image '", name, "': cannot read the file size (", ec.message(), ")");
-    check(size <= lim.max_file_bytes, "image '", name, "': file of ", size, " bytes exceeds the limit of ",
+    check(!ec, ErrorKind::File, "image '", name, "': cannot read the file size (", ec.message(), ")");
+    check(size <= lim.max_file_bytes, ErrorKind::Limit, "image '", name, "': file of ", size, " bytes exceeds the limit of ",
           lim.max_file_bytes, " bytes");
     std::ifstream in(file, std::ios::binary);
-    check(in.good(), "image '", name, "': cannot open the file");
+    check(in.good(), ErrorKind::File, "image '", name, "': cannot open the file");
     std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
     in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
-    check(static_cast<std::uint64_t>(in.gcount()) == size, "image '", name, "': could not read the whole file");
+    check(static_cast<std::uint64_t>(in.gcount()) == size, ErrorKind::File, "image '", name, "': could not read the whole file");
     return bytes;
 }
 
 [[noreturn]] void too_few_frames(const std::string& name, std::size_t available, std::size_t wanted) {
-    fail("'", name, "' has ", available, " frame", available == 1 ? "" : "s", ", fewer than the ", wanted, " asked for");
+    fail(ErrorKind::Input, "'", name, "' has ", available, " frame", available == 1 ? "" : "s", ", fewer than the ", wanted, " asked for");
 }
 
 void check_total(std::size_t frames, const Image& frame, const std::string& name, const ImageLimits& lim) {
     const std::uint64_t total = static_cast<std::uint64_t>(frames) * frame.rgb.size();
-    check(total <= lim.max_total_bytes, "image '", name, "': ", frames, " frames of ", frame.width, "x", frame.height,
+    check(total <= lim.max_total_bytes, ErrorKind::Limit, "image '", name, "': ", frames, " frames of ", frame.width, "x", frame.height,
           " take ", total, " bytes, more than the limit of ", lim.max_total_bytes);
 }
 
@@ -424,11 +424,11 @@ void check_total(std::size_t frames, const Image& frame, const std::string& name
 
 Image decode_image(std::span<const std::uint8_t> bytes, const std::string& name, const ImageLimits& limits) {
     using detail::ImageFormat;
-    check(!bytes.empty(), "image '", name, "': empty file");
+    check(!bytes.empty(), ErrorKind::Format, "image '", name, "': empty file");
     switch (detail::sniff(bytes)) {
         case ImageFormat::Gif: {
             detail::GifDecoder gif(bytes, name, limits.max_width, limits.max_height);
-            check(gif.next(), "image '", name, "': GIF without any image");
+            check(gif.next(), ErrorKind::Format, "image '", name, "': GIF without any image");
             return gif.canvas();
         }
         case ImageFormat::Pnm: return detail::decode_pnm(bytes, name, limits);
@@ -443,11 +443,11 @@ Image decode_image(std::span<const std::uint8_t> bytes, const std::string& name,
             return detail::decode_stb(fixed.empty() ? bytes : std::span<const std::uint8_t>(fixed), name, limits);
         }
         case ImageFormat::Jpeg: detail::check_jpeg_huffman_tables(bytes, name); return detail::decode_stb(bytes, name, limits);
-        case ImageFormat::PlainPnm: fail("image '", name, "': plain (ASCII) PNM is not supported");
-        case ImageFormat::Unknown: fail("image '", name, "': not an image (unrecognised format)");
+        case ImageFormat::PlainPnm: fail(ErrorKind::Format, "image '", name, "': plain (ASCII) PNM is not supported");
+        case ImageFormat::Unknown: fail(ErrorKind::Format, "image '", name, "': not an image (unrecognised format)");
         case ImageFormat::Tga: return detail::decode_stb(bytes, name, limits);
     }
-    fail("image '", name, "': unhandled format");
+    fail(ErrorKind::Format, "image '", name, "': unhandled format");
 }
 
 std::vector<Image> decode_frames(std::span<const std::uint8_t> bytes, const std::string& name,
@@ -462,14 +462,14 @@ std::vector<Image> decode_frames(std::span<const std::uint8_t> bytes, const std:
         detail::check_total(frames.size() + 1, gif.canvas(), name, limits);
         frames.push_back(gif.canvas());
     }
-    check(!frames.empty(), "image '", name, "': GIF without any image");
+    check(!frames.empty(), ErrorKind::Format, "image '", name, "': GIF without any image");
     return frames;
 }
 
 std::vector<std::size_t> sample_frame_indices(std::size_t available, std::size_t wanted) {
     std::vector<std::size_t> out;
     if (wanted == 0) return out;
-    check(available > 0, "sample_frame_indices: no frames to sample ", wanted, " from");
+    check(available > 0, ErrorKind::Input, "sample_frame_indices: no frames to sample ", wanted, " from");
     out.reserve(wanted);
     for (std::size_t k = 0; k < wanted; ++k) {
         const unsigned __int128 num = static_cast<unsigned __int128>(2 * static_cast<unsigned __int128>(k) + 1) * available;
@@ -480,7 +480,7 @@ std::vector<std::size_t> sample_frame_indices(std::size_t available, std::size_t
 
 std::vector<Image> decode_media_frames(std::span<const std::uint8_t> bytes, const std::string& name,
                                        std::size_t frames, const ImageLimits& limits) {
-    check(frames > 0, "'", name, "': no frames asked for");
+    check(frames > 0, ErrorKind::Input, "'", name, "': no frames asked for");
     if (frames == 1) return {decode_image(bytes, name, limits)};
     if (detail::sniff(bytes) != detail::ImageFormat::Gif) {
         decode_image(bytes, name, limits);  // a file that is no image says so, rather than "1 frame"
@@ -498,7 +498,7 @@ std::vector<Image> decode_media_frames(std::span<const std::uint8_t> bytes, cons
     std::vector<Image> out;
     detail::GifDecoder gif(bytes, name, limits.max_width, limits.max_height);
     for (std::size_t index = 0, k = 0; k < pick.size(); ++index) {
-        check(gif.next(), "image '", name, "': GIF frame ", index, " is missing");
+        check(gif.next(), ErrorKind::Format, "image '", name, "': GIF frame ", index, " is missing");
         if (index == 0) detail::check_total(frames, gif.canvas(), name, limits);
         if (pick[k] != index) continue;
         out.push_back(gif.canvas());
@@ -523,7 +523,7 @@ std::vector<Image> load_frame_files(std::span<const std::filesystem::path> files
     for (const auto& f : files) {
         frames.push_back(load_image(f, limits));
         total += frames.back().rgb.size();
-        check(total <= limits.max_total_bytes, "image '", f.string(), "': frames so far take ", total,
+        check(total <= limits.max_total_bytes, ErrorKind::Limit, "image '", f.string(), "': frames so far take ", total,
               " bytes, more than the limit of ", limits.max_total_bytes);
     }
     return frames;
@@ -537,13 +537,13 @@ std::vector<Image> load_media_frames(const std::filesystem::path& path, std::siz
         const auto bytes = detail::read_image_file(path, limits);
         return decode_media_frames(bytes, name, frames, limits);
     }
-    check(frames > 0, "'", name, "': no frames asked for");
+    check(frames > 0, ErrorKind::Input, "'", name, "': no frames asked for");
     std::vector<fs::path> files;
     for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
         std::error_code file_ec;
         if (it->is_regular_file(file_ec)) files.push_back(it->path());
     }
-    check(!ec, "'", name, "': cannot list the frame directory (", ec.message(), ")");
+    check(!ec, ErrorKind::File, "'", name, "': cannot list the frame directory (", ec.message(), ")");
     if (files.size() < frames) detail::too_few_frames(name, files.size(), frames);
     std::sort(files.begin(), files.end());
     std::vector<fs::path> pick;

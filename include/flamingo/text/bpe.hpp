@@ -141,14 +141,14 @@ public:
         for (std::size_t rank = 0; rank < config.merges.size(); ++rank) {
             const auto& [a, b] = config.merges[rank];
             const auto ia = vocab_.find(a), ib = vocab_.find(b);
-            check(ia != vocab_.end(), source_, ": model.merges[", rank, "]: token \"", a, "\" is not in the vocabulary");
-            check(ib != vocab_.end(), source_, ": model.merges[", rank, "]: token \"", b, "\" is not in the vocabulary");
+            check(ia != vocab_.end(), ErrorKind::Format, source_, ": model.merges[", rank, "]: token \"", a, "\" is not in the vocabulary");
+            check(ib != vocab_.end(), ErrorKind::Format, source_, ": model.merges[", rank, "]: token \"", b, "\" is not in the vocabulary");
             const std::string& prefix = config.continuing_subword_prefix;
-            check(b.compare(0, prefix.size(), prefix) == 0, source_, ": model.merges[", rank, "]: \"", b,
+            check(b.compare(0, prefix.size(), prefix) == 0, ErrorKind::Format, source_, ": model.merges[", rank, "]: \"", b,
                   "\" does not start with the continuing_subword_prefix");
             std::string merged = a + b.substr(config.continuing_subword_prefix.size());
             const auto im = vocab_.find(merged);
-            check(im != vocab_.end(), source_, ": model.merges[", rank, "]: merged token \"", merged,
+            check(im != vocab_.end(), ErrorKind::Format, source_, ": model.merges[", rank, "]: merged token \"", merged,
                   "\" is not in the vocabulary");
             // A later duplicate pair overrides an earlier one, as upstream's map collection does.
             merges_.insert_or_assign(pair_key(static_cast<std::uint32_t>(ia->second), static_cast<std::uint32_t>(ib->second)),
@@ -331,7 +331,7 @@ private:
     }
 
     std::int32_t unk_id() const {
-        if (!unk_id_) fail(source_, ": model.unk_token \"", *unk_token_, "\" is not in the vocabulary");
+        if (!unk_id_) fail(ErrorKind::Format, source_, ": model.unk_token \"", *unk_token_, "\" is not in the vocabulary");
         return *unk_id_;
     }
 

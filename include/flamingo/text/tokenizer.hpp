@@ -116,16 +116,16 @@ public:
     static Tokenizer load(const std::filesystem::path& tokenizer_json) {
         const std::string name = tokenizer_json.string();
         std::error_code ec;
-        check(std::filesystem::is_regular_file(tokenizer_json, ec), name, ": not a readable file");
+        check(std::filesystem::is_regular_file(tokenizer_json, ec), ErrorKind::File, name, ": not a readable file");
         const auto size = std::filesystem::file_size(tokenizer_json, ec);
-        check(!ec, name, ": cannot read the file size");
-        check(size <= text::max_tokenizer_file_bytes, name, ": ", size, " bytes is larger than the limit of ",
+        check(!ec, ErrorKind::File, name, ": cannot read the file size");
+        check(size <= text::max_tokenizer_file_bytes, ErrorKind::Limit, name, ": ", size, " bytes is larger than the limit of ",
               text::max_tokenizer_file_bytes, " bytes for a tokenizer.json");
         std::ifstream in(tokenizer_json, std::ios::binary);
-        check(static_cast<bool>(in), name, ": cannot open");
+        check(static_cast<bool>(in), ErrorKind::File, name, ": cannot open");
         std::string data(static_cast<std::size_t>(size), '\0');
         in.read(data.data(), static_cast<std::streamsize>(size));
-        check(in.gcount() == static_cast<std::streamsize>(size), name, ": short read");
+        check(in.gcount() == static_cast<std::streamsize>(size), ErrorKind::File, name, ": short read");
         return from_json(data, name);
     }
 
@@ -306,7 +306,7 @@ private:
     // ---- tokenizer.json --------------------------------------------------
 
     [[noreturn]] void bad(const std::string& where, const std::string& problem) const {
-        fail(source_, ": ", where, ": ", problem);
+        fail(ErrorKind::Format, source_, ": ", where, ": ", problem);
     }
     static std::string type_name(const json& j) { return j.type_name(); }
 
@@ -381,18 +381,18 @@ private:
     }
 
     void parse(std::string_view data) {
-        check(data.size() <= text::max_tokenizer_file_bytes, source_, ": ", data.size(), " bytes is larger than the limit of ",
+        check(data.size() <= text::max_tokenizer_file_bytes, ErrorKind::Limit, source_, ": ", data.size(), " bytes is larger than the limit of ",
               text::max_tokenizer_file_bytes, " bytes for a tokenizer.json");
         json root;
         try {
             // The callback bounds nesting so that a hostile file cannot exhaust the stack later.
             root = json::parse(data.begin(), data.end(), [this](int depth, json::parse_event_t, json&) {
                 if (depth > text::max_json_depth)
-                    fail(source_, ": JSON nested deeper than ", text::max_json_depth, " levels");
+                    fail(ErrorKind::Format, source_, ": JSON nested deeper than ", text::max_json_depth, " levels");
                 return true;
             });
         } catch (const json::exception& e) {
-            fail(source_, ": malformed JSON: ", e.what());
+            fail(ErrorKind::Format, source_, ": malformed JSON: ", e.what());
         }
         object(root, "top level");
         if (const json* v = optional(root, "version")) {
