@@ -27,7 +27,7 @@
 #include <string>
 #include <vector>
 
-#include <flamingo/core/parallel.hpp>
+#include <flamingo/core/executor.hpp>
 #include <flamingo/kernels/attention.hpp>
 #include <flamingo/kernels/softmax.hpp>
 
@@ -246,6 +246,8 @@ private:
 }  // namespace
 
 int main(int argc, char** argv) {
+    flamingo::Executor executor;  // all hardware threads, as the command uses by default
+    flamingo::Executor::Scope use(executor);
     register_all();
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -45,12 +45,12 @@
 #include <xsimd/xsimd.hpp>
 
 #include <flamingo/core/dtype.hpp>
-#include <flamingo/core/parallel.hpp>
+#include <flamingo/core/executor.hpp>
 #include <flamingo/generate/session.hpp>
 #include <flamingo/io/json.hpp>
 #include <flamingo/io/npy.hpp>
 #include <flamingo/io/safetensors.hpp>
-#include <flamingo/model/presets.hpp>
+#include <flamingo/model/flamingo.hpp>
 
 namespace fs = std::filesystem;
 using flamingo::check;
@@ -373,12 +373,11 @@ void make_model(const fs::path& out, const GenSizes& g) {
     }
     f32.close();
     f16.close();
-    // What the benchmark will see: both directories load and pick the static preset.
-    for (auto [dir, type] : {std::pair{d32, flamingo::nn::WeightType::F32}, std::pair{d16, flamingo::nn::WeightType::BF16}}) {
-        auto m = flamingo::model::load_model(dir, {type});
+    // What the benchmark will see: both directories load, every tensor used.
+    for (auto [dir, type] : {std::pair{d32, flamingo::model::WeightType::F32}, std::pair{d16, flamingo::model::WeightType::BF16}}) {
+        auto m = flamingo::model::load_flamingo(dir, type);
         if (!m->unused_tensors().empty()) fail(dir.string(), ": unused tensor ", m->unused_tensors().front());
-        std::fprintf(stderr, "%s: loads as preset %s, vocabulary %zu, %zu layers\n", dir.c_str(),
-                     std::string(m->preset()).c_str(), m->vocab_size(), m->num_layers());
+        std::fprintf(stderr, "%s: loads, vocabulary %zu, %zu layers\n", dir.c_str(), m->vocab_size(), m->num_layers());
     }
 }
 
@@ -489,7 +488,6 @@ std::int32_t argmax(std::span<const float> v) {
 struct Result {
     bool ok = false;
     char error[512] = {};
-    char preset[32] = {};
     double load_s = 0;
     Timing img1, img5, project, prompt;
     double decode_wall = 0, decode_cpu = 0;  // per token
@@ -511,16 +509,17 @@ struct Options {
     bool run_f32 = true, run_bf16 = true, save_logits = false;
 };
 
-void run_one(const fs::path& model_dir, flamingo::nn::WeightType type, const Options& o, Result& r) {
+void run_one(const fs::path& model_dir, flamingo::model::WeightType type, const Options& o, Result& r) {
     auto note_load = [&] {
         const double l = load_average();
         r.load_min = std::min(r.load_min, l), r.load_max = std::max(r.load_max, l);
     };
-    flamingo::set_num_threads(o.threads);
+    flamingo::Executor executor(o.threads);
+    flamingo::Executor::Scope use(executor);
     note_load();
 
     // Weight bytes as the model holds them: matrices in the weight type, the rest as float.
-    const std::size_t wsize = type == flamingo::nn::WeightType::F32 ? 4 : 2;
+    const std::size_t wsize = type == flamingo::model::WeightType::F32 ? 4 : 2;
     for (const auto& t : flamingo::io::list_tensors(model_dir)) {
         const std::size_t bytes = t.numel() * (t.rank() >= 2 ? wsize : 4);
         r.params += t.numel();
@@ -532,9 +531,8 @@ void run_one(const fs::path& model_dir, flamingo::nn::WeightType type, const Opt
     }
 
     auto t0 = Clock::now();
-    auto model = flamingo::model::load_model(model_dir, {type});
+    auto model = flamingo::model::load_flamingo(model_dir, type);
     r.load_s = std::chrono::duration<double>(Clock::now() - t0).count();
-    std::snprintf(r.preset, sizeof r.preset, "%s", std::string(model->preset()).c_str());
     r.copied_bytes = model->copied_weight_bytes();
     const auto& cfg = model->config();
 
@@ -542,16 +540,16 @@ void run_one(const fs::path& model_dir, flamingo::nn::WeightType type, const Opt
     const std::size_t S = model->image_size(), per = 3 * S * S;
     std::vector<float> pixels(5 * per);
     for (std::size_t i = 0; i < pixels.size(); ++i) pixels[i] = 0.5f * approx_normal(7, i);
-    model->encode_media(pixels.data(), 1, 1);  // warm-up: maps the vision weights in
-    std::vector<float> visual;
+    flamingo::generate::Session s(*model);
+    s.set_media(pixels.data(), 1, 1);  // warm-up: maps the vision weights in
     for (int rep = 0; rep < o.reps; ++rep) {
         note_load();
-        time_best(r.img1, [&] { model->encode_media(pixels.data(), 1, 1); });
-        time_best(r.img5, [&] { visual = model->encode_media(pixels.data(), 5, 1); });
+        time_best(r.img1, [&] { s.set_media(pixels.data(), 1, 1); });
+        time_best(r.img5, [&] { s.set_media(pixels.data(), 5, 1); });
     }
+    const flamingo::Tensor<float, flamingo::dextents<2>> visual = s.visual();
 
     // Prompt reading.
-    flamingo::generate::Session s(*model);
     const auto ids = four_shot_prompt(cfg.media_token_id, cfg.eoc_token_id);
     r.prompt_tokens = ids.size();
     s.set_visual(visual, 5);
@@ -563,7 +561,7 @@ void run_one(const fs::path& model_dir, flamingo::nn::WeightType type, const Opt
                                 first.data(), {first.size()});
     for (int rep = 0; rep < o.reps; ++rep) {
         note_load();
-        std::vector<float> v = visual;
+        auto v = visual;
         time_best(r.project, [&] { s.set_visual(std::move(v), 5); });
         time_best(r.prompt, [&] { s.run(0, ids, tt, 0, false); });
     }
@@ -599,7 +597,7 @@ void run_one(const fs::path& model_dir, flamingo::nn::WeightType type, const Opt
 }
 
 // Runs one weight type in a child process; its result comes back through a pipe.
-Result run_child(const fs::path& dir, flamingo::nn::WeightType type, const Options& o) {
+Result run_child(const fs::path& dir, flamingo::model::WeightType type, const Options& o) {
     Result r;
     int fd[2];
     check(pipe(fd) == 0, "pipe failed");
@@ -667,7 +665,6 @@ void print_table(const Options& o, const std::vector<std::pair<std::string, Resu
     std::printf("%-42s", "");
     for (const auto& [name, r] : cols) std::printf(" %-30s", name.c_str());
     std::printf("\n");
-    row("preset", [](const Result& r) { return std::string(r.preset); });
     row("parameters", [](const Result& r) { return fmt("%.3f B", double(r.params) / 1e9); });
     row("weights in memory", [](const Result& r) { return gb(double(r.weight_bytes)); });
     row("  of which copied out of the mapping", [](const Result& r) { return gb(double(r.copied_bytes)); });
@@ -708,8 +705,6 @@ void print_table(const Options& o, const std::vector<std::pair<std::string, Resu
         if (!r.ok) std::printf("%s: FAILED: %s\n", name.c_str(), r.error);
         else if (!r.peak_reset)
             std::printf("%s: note: could not reset VmHWM; the peak includes the 1 GiB bandwidth buffer\n", name.c_str());
-        else if (std::string(r.preset) != "openflamingo-3b")
-            std::printf("%s: note: loaded as preset '%s', not openflamingo-3b\n", name.c_str(), r.preset);
     }
 }
 
@@ -788,11 +783,11 @@ int main(int argc, char** argv) try {
     std::vector<std::pair<std::string, Result>> cols;
     if (o.run_f32) {
         std::fprintf(stderr, "f32 weights (%s)...\n", d32.c_str());
-        cols.emplace_back("f32 weights", run_child(d32, flamingo::nn::WeightType::F32, o));
+        cols.emplace_back("f32 weights", run_child(d32, flamingo::model::WeightType::F32, o));
     }
     if (o.run_bf16) {
         std::fprintf(stderr, "bf16 weights (%s)...\n", d16.c_str());
-        cols.emplace_back("bf16 weights", run_child(d16, flamingo::nn::WeightType::BF16, o));
+        cols.emplace_back("bf16 weights", run_child(d16, flamingo::model::WeightType::BF16, o));
     }
     print_table(o, cols);
     for (const auto& [name, r] : cols)

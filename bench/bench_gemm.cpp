@@ -16,12 +16,13 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <map>
 #include <random>
 #include <string>
 #include <vector>
 
-#include <flamingo/core/parallel.hpp>
+#include <flamingo/core/executor.hpp>
 #include <flamingo/kernels/gemm.hpp>
 
 namespace {
@@ -42,18 +43,16 @@ struct Shape {
 };
 const Shape kGemmShapes[] = {{1, 2048, 2048}, {64, 2048, 8192}, {320, 1024, 1024}, {1024, 1024, 1024}};
 
-// Runs a benchmark with the pool at a given size (0: leave it).
+// Runs a benchmark on an executor of a given size (0: the one main() set up).
 class PoolSize {
 public:
-    explicit PoolSize(int n) : saved_(flamingo::num_threads()) {
-        if (n) flamingo::set_num_threads(n);
-    }
-    ~PoolSize() {
-        if (flamingo::num_threads() != saved_) flamingo::set_num_threads(saved_);
+    explicit PoolSize(int n) {
+        if (n) ex_ = std::make_unique<flamingo::Executor>(n), use_ = std::make_unique<flamingo::Executor::Scope>(*ex_);
     }
 
 private:
-    int saved_;
+    std::unique_ptr<flamingo::Executor> ex_;
+    std::unique_ptr<flamingo::Executor::Scope> use_;
 };
 
 void set_gemm_counters(benchmark::State& st, const Shape& s) {
@@ -386,6 +385,8 @@ void print_summary(const Recorder& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    flamingo::Executor executor;  // all hardware threads, as the command uses by default
+    flamingo::Executor::Scope use(executor);
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
     register_all();

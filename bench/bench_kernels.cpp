@@ -13,12 +13,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <map>
 #include <random>
 #include <string>
 #include <vector>
 
-#include <flamingo/core/parallel.hpp>
+#include <flamingo/core/executor.hpp>
 #include <flamingo/kernels/activation.hpp>
 #include <flamingo/kernels/norm.hpp>
 #include <flamingo/kernels/softmax.hpp>
@@ -82,14 +83,12 @@ void scalar_gelu(float* x, std::size_t n) {
 enum class Impl { kernel, kernel_1t, scalar };
 const char* impl_name(Impl i) { return i == Impl::kernel ? "kernel" : i == Impl::kernel_1t ? "kernel_1t" : "scalar"; }
 
-// Sets the pool to one thread for the kernel_1t variant, restoring it after.
+// One thread for the kernel_1t variant: an executor of one thread for the scope.
 struct ThreadScope {
-    int saved = flamingo::num_threads();
+    flamingo::Executor one{1};
+    std::optional<flamingo::Executor::Scope> use;
     explicit ThreadScope(Impl impl) {
-        if (impl == Impl::kernel_1t) flamingo::set_num_threads(1);
-    }
-    ~ThreadScope() {
-        if (flamingo::num_threads() != saved) flamingo::set_num_threads(saved);
+        if (impl == Impl::kernel_1t) use.emplace(one);
     }
 };
 
@@ -231,6 +230,8 @@ private:
 }  // namespace
 
 int main(int argc, char** argv) {
+    flamingo::Executor executor;  // all hardware threads, as the command uses by default
+    flamingo::Executor::Scope use(executor);
     register_all();
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
