@@ -142,6 +142,26 @@ TEST_CASE("beam search allocates nothing per step, finished hypotheses included"
     }
 }
 
+TEST_CASE("every module declares the working memory it takes") {
+    // A declaration that falls short still runs (from an overflow block), so
+    // only this count shows it: encoding, prompts, beams and candidates of every
+    // fixture must fit the plans the session reserved.
+    for (const auto& c : fixture::cases()) {
+        CAPTURE(c);
+        Fixture f = open(c);
+        generate::GenerateOptions o;
+        o.max_new_tokens = 4;
+        generate::generate(*f.session, f.prompt, o);
+        o.num_beams = 3;
+        generate::generate(*f.session, f.prompt, o);
+        generate::score(*f.session, f.prompt, {{3, 4, 5}, {6}});
+        auto pixels = fixture::floats(c, "pixels.npy");
+        auto s = fixture::shape(c, "pixels.npy");
+        f.session->embed(pixels.data(), s[0] * s[1]);
+        CHECK(f.session->workspace_overflows() == 0);
+    }
+}
+
 TEST_CASE("a candidate token outside the vocabulary is an error, wherever it stands") {
     Fixture f = open("llama");
     const std::int32_t V = std::int32_t(f.model->vocab_size());

@@ -86,8 +86,10 @@ public:
     };
     const Stats& stats() const { return stats_; }
     void reset_stats() { stats_ = {}; }
-    // Allocations of working memory so far (constant while decoding).
+    // Allocations of working memory so far (constant while decoding), and how
+    // many of them a module's declared needs did not foresee (zero).
     std::size_t workspace_grows() const { return ws_.grows(); }
+    std::size_t workspace_overflows() const { return ws_.overflows(); }
 
     // Runs `ids` as positions [pos0, pos0 + n) of sequence `seq`. text_time
     // per token (see model::Batch). Returns logits of every row when

@@ -83,7 +83,7 @@ public:
         }
         // Beyond the plan: a block of its own, freed when its frame ends.
         top_ += need;
-        ++grows_;
+        ++grows_, ++overflows_;
         overflow_.emplace_back(static_cast<float*>(::operator new(need * sizeof(float), std::align_val_t(64))));
         return overflow_.back().get();
     }
@@ -96,6 +96,8 @@ public:
     std::size_t capacity() const { return capacity_; }
     // Allocations so far: constant once the context has seen its largest step.
     std::size_t grows() const { return grows_; }
+    // Requests beyond the reserved plan so far (zero when every module declares enough).
+    std::size_t overflows() const { return overflows_; }
 
 private:
     struct Free {
@@ -103,7 +105,7 @@ private:
     };
     std::unique_ptr<float, Free> main_;
     std::vector<std::unique_ptr<float, Free>> overflow_;
-    std::size_t capacity_ = 0, top_ = 0, high_water_ = 0, grows_ = 0;
+    std::size_t capacity_ = 0, top_ = 0, high_water_ = 0, grows_ = 0, overflows_ = 0;
 };
 
 }  // namespace flamingo::nn
