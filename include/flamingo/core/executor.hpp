@@ -20,7 +20,8 @@
 // own chunk and finds another still unclaimed (that worker is asleep, or the OS
 // has not scheduled it), it runs that chunk itself instead of waiting, so a busy
 // or oversubscribed machine degrades to serial speed rather than to a stall.
-// Nested calls run serially on the calling thread.
+// Inside a chunk, num_threads() is 1 and nested loops run as one chunk on the
+// calling thread, whichever thread that is.
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
@@ -106,6 +107,12 @@ private:
         thread_local bool flag = false;
         return flag;
     }
+
+public:
+    // True on a thread that is running a chunk of some parallel loop.
+    static bool inside_loop() { return in_worker(); }
+
+private:
 
     bool claim(std::size_t w, unsigned g) {
         std::uint64_t open = slot_value(g, kOpen);
@@ -193,8 +200,11 @@ private:
     detail::ThreadPool pool_;
 };
 
-// Threads of the calling thread's current executor (1 when there is none).
-inline int num_threads() { return detail::current_pool ? detail::current_pool->size() : 1; }
+// Threads of the calling thread's current executor (1 when there is none, and
+// inside a chunk of a parallel loop).
+inline int num_threads() {
+    return detail::current_pool && !detail::ThreadPool::inside_loop() ? detail::current_pool->size() : 1;
+}
 
 // Calls f(begin, end) on disjoint chunks covering [0, n), one chunk per thread
 // of the current executor, chunk boundaries multiples of `align` (the last
@@ -204,7 +214,7 @@ inline int num_threads() { return detail::current_pool ? detail::current_pool->s
 template <class F>
 void parallel_for(std::size_t n, F&& f, std::size_t align = 1) {
     detail::ThreadPool* pool = detail::current_pool;
-    int nt = pool ? pool->size() : 1;
+    int nt = num_threads();
     std::size_t units = (n + align - 1) / align;
     if (nt == 1 || units <= 1) {
         if (n) f(std::size_t(0), n);
