@@ -167,6 +167,13 @@ TEST_CASE("chat: a template's stop strings end the reply") {
     CHECK(conv.prompt() == "<image>A photo of" + std::string(" ") + conv.messages()[1].content + ".<|endofchunk|>");
     // the next turn still equals a fresh context
     converse(model, conv, {{"A photo of", {image("two_red_circles.png")}}}, false, {image("three_green_triangles.png")});
+    // beam search stops at the template's stop token too, and keeps it last
+    conv.add_user("A photo of", {image("four_dotted_orange_squares.png")});
+    opt.num_beams = 3;
+    const auto beams = conv.reply(opt);
+    CHECK(beams.stopped);
+    CHECK(beams.tokens.back() == dot);
+    CHECK(beams.text.find('.') == std::string::npos);
 
     const fs::path bad = model_copy(kModel, "long_stop", [](nlohmann::json& c) {
         c["chat_template"] = {{"stop", {"A photo of"}}};
