@@ -17,7 +17,9 @@
 // all images, while reading only the new tokens whenever the earlier text
 // tokenizes the same (with the default template it does: every message ends
 // with the added token <|endofchunk|>, which tokenization never merges across).
+#include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
