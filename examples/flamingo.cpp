@@ -21,6 +21,8 @@
 #include <flamingo/flamingo.hpp>
 #include <flamingo/io/npy.hpp>
 
+#include "batch.hpp"
+#include "chat.hpp"
 #include "eval.hpp"
 
 namespace {
@@ -49,6 +51,10 @@ const Command kCommands[] = {
     {"embed", "--out FILE.npy", "CLIP embeddings [images, dim] of the --image files as float32 .npy"},
     {"eval", "--data DIR [--limit N] [--out TABLE.md] [--predictions FILE.jsonl]",
      "few-shot accuracy per task and shot count on an evaluation set"},
+    {"chat", "[--image PATH ...] [generation options of generate]",
+     "a conversation on stdin, one message per line (/image PATH, /reset, /quit)"},
+    {"batch", "[--in FILE.jsonl] [--out FILE.jsonl] [--parallel N] [--resume]",
+     "JSON Lines of generate/score/embed/tokenize tasks, one result line each, in order"},
 };
 
 // Every option, once: the parser, the checks and the usage text read this list.
@@ -61,7 +67,7 @@ struct Option {
 
 const Option kOptions[] = {
     {"model", "DIR", "*", "model directory (config.json, tokenizer.json, *.safetensors)"},
-    {"image", "PATH", "generate score logits embed",
+    {"image", "PATH", "generate score logits embed chat",
      "an image per <image> in the prompt, in order (repeatable); with\n"
      "                      --frames F > 1, an animated GIF or a directory of frames"},
     {"frames", "F", "generate score logits eval",
@@ -72,18 +78,21 @@ const Option kOptions[] = {
     {"verbose", nullptr, "*", "timings on stderr"},
     {"help", nullptr, "*", "this text"},
     {"prompt", "TEXT", "generate score logits tokenize", nullptr},
-    {"max-new-tokens", "N", "generate", nullptr},
-    {"num-beams", "B", "generate", nullptr},
-    {"length-penalty", "L", "generate", nullptr},
-    {"no-repeat-ngram-size", "K", "generate", nullptr},
-    {"early-stopping", "true|false|never", "generate", nullptr},
-    {"temperature", "T", "generate", nullptr},
-    {"top-k", "K", "generate", nullptr},
-    {"top-p", "P", "generate", nullptr},
-    {"seed", "S", "generate", nullptr},
+    {"max-new-tokens", "N", "generate chat", nullptr},
+    {"num-beams", "B", "generate chat", nullptr},
+    {"length-penalty", "L", "generate chat", nullptr},
+    {"no-repeat-ngram-size", "K", "generate chat", nullptr},
+    {"early-stopping", "true|false|never", "generate chat", nullptr},
+    {"temperature", "T", "generate chat", nullptr},
+    {"top-k", "K", "generate chat", nullptr},
+    {"top-p", "P", "generate chat", nullptr},
+    {"seed", "S", "generate chat", nullptr},
     {"json", nullptr, "generate", nullptr},
     {"candidate", "TEXT", "score", nullptr},
-    {"out", "FILE", "logits embed eval", nullptr},
+    {"out", "FILE", "logits embed eval batch", nullptr},
+    {"in", "FILE", "batch", nullptr},
+    {"parallel", "N", "batch", nullptr},
+    {"resume", nullptr, "batch", nullptr},
     {"data", "DIR", "eval", nullptr},
     {"limit", "N", "eval", nullptr},
     {"predictions", "FILE", "eval", nullptr},
@@ -152,10 +161,12 @@ Args parse(int argc, char** argv) {
         a.values[name].push_back(value);
     }
     if (a.has("help")) return a;
-    if (a.command.empty()) fail("no command given (generate, score, logits, tokenize, embed, eval; flamingo --help)");
+    if (a.command.empty())
+        fail("no command given (generate, score, logits, tokenize, embed, eval, chat, batch; flamingo --help)");
     bool known = false;
     for (const Command& c : kCommands) known = known || a.command == c.name;
-    if (!known) fail("unknown command '", a.command, "' (generate, score, logits, tokenize, embed, eval)");
+    if (!known)
+        fail("unknown command '", a.command, "' (generate, score, logits, tokenize, embed, eval, chat, batch)");
     for (const auto& [name, v] : a.values)
         if (!applies(*find_option(name), a.command)) fail("option --", name, " does not apply to ", a.command);
     return a;
@@ -251,7 +262,9 @@ int run(int argc, char** argv) {
 
     // Validate the options before the (slow) load.
     flamingo::generate::GenerateOptions go;
-    if (cmd == "generate") go = generate_options(a);
+    if (cmd == "generate" || cmd == "chat") go = generate_options(a);
+    const std::size_t parallel = std::size_t(integer(a, "parallel", 1, 1, 256));
+    if (a.has("resume") && !a.has("out")) fail("--resume needs --out (the file whose ids are skipped)");
     if (cmd == "embed" && images.empty()) fail("embed needs at least one --image");
     if (cmd == "logits" || cmd == "embed") required(a, "out");
     if (cmd == "score" && list(a, "candidate").empty()) fail("score needs at least one --candidate");
@@ -262,18 +275,31 @@ int run(int argc, char** argv) {
     auto t0 = clock_type::now();
     if (progress) std::cerr << "loading " << model_dir << "...\r" << std::flush;
     const auto model = flamingo::Model::load(model_dir, lo);
-    flamingo::Context ctx(model, {threads, nullptr});
+    // chat and batch run on contexts of their own
+    flamingo::Context ctx(model, {cmd == "chat" || cmd == "batch" ? 1 : threads, nullptr});
     if (progress) std::cerr << "\33[2K" << std::flush;
     const auto& net = model->network();
     if (verbose) {
         std::cerr << "load: " << since(t0) << " s (weights " << flamingo::model::weight_type_name(lo.weights) << ", "
-                  << ctx.executor().threads() << " threads)\n";
+                  << threads << " threads)\n";
         for (const auto& n : net.unused_tensors()) std::cerr << "warning: unused tensor " << n << "\n";
     } else if (!net.unused_tensors().empty()) {
         std::cerr << "warning: " << net.unused_tensors().size() << " tensors in the checkpoint are not used"
                   << " (e.g. " << net.unused_tensors()[0] << "; --verbose lists them)\n";
     }
 
+    if (cmd == "chat") {
+        flamingo::chat::Options co;
+        co.threads = threads, co.images = images, co.generate = go, co.verbose = verbose;
+        return flamingo::chat::run(model, co);
+    }
+    if (cmd == "batch") {
+        flamingo::batch::Options bo;
+        if (const std::string* in = a.get("in")) bo.in = *in;
+        if (const std::string* out = a.get("out")) bo.out = *out;
+        bo.parallel = parallel, bo.threads = threads, bo.resume = a.has("resume"), bo.progress = progress;
+        return flamingo::batch::run(model, bo);
+    }
     if (cmd == "tokenize") {
         std::cout << nlohmann::json(model->tokenize(required(a, "prompt"))).dump() << "\n";
         return 0;

@@ -31,14 +31,27 @@ std::string quote(const std::string& s) {
     return q + "'";
 }
 
-Result run(const std::vector<std::string>& args) {
-    static int counter = 0;
+fs::path scratch() {
     const fs::path dir = fs::temp_directory_path() / ("flamingo_cli_test_" + std::to_string(::getpid()));
     fs::create_directories(dir);
-    const fs::path out = dir / ("out" + std::to_string(counter)), err = dir / ("err" + std::to_string(counter++));
+    return dir;
+}
+
+// Runs the command with `input` on its stdin (nothing when absent).
+Result run(const std::vector<std::string>& args, const std::string* input = nullptr) {
+    static int counter = 0;
+    const fs::path dir = scratch();
+    const int n = counter++;
+    const fs::path out = dir / ("out" + std::to_string(n)), err = dir / ("err" + std::to_string(n));
+    fs::path in = "/dev/null";
+    if (input) {
+        in = dir / ("in" + std::to_string(n));
+        std::ofstream(in, std::ios::binary) << *input;
+    }
     std::string cmd = quote(FLAMINGO_CLI);
-    for (const auto& a : args) cmd += " " + quote(a);
-    cmd += " >" + quote(out.string()) + " 2>" + quote(err.string()) + " </dev/null";
+    for (const auto& a : args) cmd.append(" ").append(quote(a));
+    cmd.append(" >").append(quote(out.string())).append(" 2>").append(quote(err.string()));
+    cmd.append(" <").append(quote(in.string()));
     Result r;
     int s = std::system(cmd.c_str());
     r.status = WIFEXITED(s) ? WEXITSTATUS(s) : -1;
@@ -232,4 +245,145 @@ TEST_CASE("bad model directories name the tensor or field at fault") {
           "\"rstrip\": false, \"normalized\": false, \"special\": true},");
     expect_error(run({"tokenize", "--model", d.string(), "--prompt", "x"}), "is outside the model's vocabulary of 331 tokens");
     fs::remove_all(d);
+}
+
+// ---- chat and batch on the bundled model ----
+
+namespace {
+
+const fs::path kBundled = fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
+std::string example(const char* name) { return (kBundled / "examples" / name).string(); }
+
+std::vector<std::string> lines_of(const std::string& text) {
+    std::vector<std::string> out;
+    std::istringstream is(text);
+    for (std::string l; std::getline(is, l);) out.push_back(l);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("chat through a pipe: one answer per line; /image, /reset, /quit; a bad line does not end it") {
+    const std::string input = "/image " + example("two_red_circles.png") + "\n" +
+                              "A photo of\n"
+                              "What colour?\n"
+                              "/image /no/such/image.png\n"
+                              "/frobnicate\n"
+                              "/reset\n"
+                              "/image " + example("two_red_circles.png") + "\n" +
+                              "A photo of\n"
+                              "/quit\n"
+                              "Never read\n";
+    auto r = run({"chat", "--model", kBundled.string(), "--threads", "1", "--max-new-tokens", "8"}, &input);
+    INFO("stderr: " << r.err);
+    CHECK(r.status == 0);
+    const auto answers = lines_of(r.out);
+    REQUIRE(answers.size() == 3);
+    CHECK(answers[2] == answers[0]);  // after /reset, the same first turn
+    const auto errors = lines_of(r.err);
+    REQUIRE(errors.size() == 2);
+    CHECK(errors[0].find("/no/such/image.png") != std::string::npos);
+    CHECK(errors[1].find("unknown chat command /frobnicate") != std::string::npos);
+
+    // --image attaches to the first message; a message with too many <image> fails alone
+    const std::string two = "<image>A photo of\nA photo of\n";
+    auto r2 = run({"chat", "--model", kBundled.string(), "--threads", "1", "--max-new-tokens", "8", "--image",
+                   example("two_red_circles.png")}, &two);
+    INFO("stderr: " << r2.err);
+    CHECK(r2.status == 0);
+    CHECK(lines_of(r2.out) == std::vector<std::string>{answers[0]});  // the image went to the second line
+    CHECK(r2.err.find("<image> tokens but 1 image") != std::string::npos);
+    expect_error(run({"chat", "--model", kBundled.string(), "--candidate", "x"}), "does not apply to chat");
+}
+
+TEST_CASE("batch: mixed good and bad lines in order, the single commands' answers, --parallel, --resume") {
+    const fs::path dir = scratch() / "batch";
+    fs::create_directories(dir / "img");
+    fs::copy_file(example("two_red_circles.png"), dir / "img" / "a.png", fs::copy_options::overwrite_existing);
+    fs::copy_file(example("three_green_triangles.png"), dir / "img" / "b.png", fs::copy_options::overwrite_existing);
+    const std::string a = (dir / "img" / "a.png").string(), b = (dir / "img" / "b.png").string();
+    const std::vector<std::string> in = {
+        R"({"id": 1, "task": "generate", "prompt": "<image>A photo of", "images": ["img/a.png"], "max_new_tokens": 8})",
+        R"({"id": "two", "task": "score", "prompt": "<image>A photo of", "images": ["img/b.png"], "candidates": [" three green triangles.", " two red circles."]})",
+        R"(this is not JSON)",
+        R"({"id": 4, "task": "generate", "prompt": "<image>A photo of", "images": ["img/missing.png"]})",
+        R"({"id": 5, "task": "generate", "prompt": "<image><image>A photo of", "images": ["img/a.png", "img/b.png"], "num_beams": 3, "max_new_tokens": 10})",
+        R"({"id": 6, "task": "dance"})",
+        R"({"id": 7, "task": "generate", "prompt": ["<image>"], "images": ["img/a.png"]})",
+        R"({"id": 8, "task": "tokenize", "prompt": "<image>A photo of"})",
+        R"({"id": 9, "task": "embed", "images": ["img/a.png", "img/b.png"]})",
+        R"({"id": 10, "task": "generate", "prompt": "<image>A photo of", "images": ["img/b.png"], "temperature": 0.8, "top_k": 5, "seed": 3})",
+        R"({"id": 11, "task": "generate", "prompt": "<image>A photo of", "images": ["img/b.png"], "max_new_tokens": 0})",
+    };
+    std::string text;
+    for (const auto& l : in) text += l + "\n";
+    std::ofstream(dir / "in.jsonl") << text;
+    const std::vector<std::string> base = {"batch", "--model", kBundled.string(), "--in", (dir / "in.jsonl").string()};
+
+    auto one = run(base);
+    INFO("stderr: " << one.err);
+    CHECK(one.status == 3);  // some lines failed
+    CHECK(one.err.empty());  // no progress when stderr is not a terminal
+    const auto out = lines_of(one.out);
+    REQUIRE(out.size() == in.size());
+    std::vector<nlohmann::json> j;
+    for (const auto& l : out) j.push_back(nlohmann::json::parse(l));
+    const std::vector<nlohmann::json> ids = {1, "two", nullptr, 4, 5, 6, 7, 8, 9, 10, 11};
+    for (std::size_t i = 0; i < in.size(); ++i) CHECK(j[i]["id"] == ids[i]);
+    for (std::size_t i : {2, 3, 5, 6, 10}) CHECK(j[i]["error"]["message"].is_string());
+    CHECK(j[3]["error"]["message"].get<std::string>().find("missing.png") != std::string::npos);
+    CHECK(j[5]["error"]["message"].get<std::string>().find("unknown task") != std::string::npos);
+    CHECK(j[6]["error"]["message"] == "\"prompt\" must be a string");
+
+    // the single commands' answers
+    auto gen = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {"generate", "--model", kBundled.string(), "--json"});
+        auto r = run(args);
+        REQUIRE(r.status == 0);
+        return nlohmann::json::parse(r.out);
+    };
+    auto g1 = gen({"--prompt", "<image>A photo of", "--image", a, "--max-new-tokens", "8"});
+    CHECK(j[0]["result"]["text"] == g1["text"]);
+    CHECK(j[0]["result"]["tokens"] == g1["tokens"]);
+    CHECK(j[0]["result"]["usage"]["completion_tokens"] == g1["tokens"].size());
+    auto g5 = gen({"--prompt", "<image><image>A photo of", "--image", a, "--image", b, "--num-beams", "3",
+                   "--max-new-tokens", "10"});
+    CHECK(j[4]["result"]["tokens"] == g5["tokens"]);
+    auto g10 = gen({"--prompt", "<image>A photo of", "--image", b, "--temperature", "0.8", "--top-k", "5", "--seed", "3"});
+    CHECK(j[9]["result"]["tokens"] == g10["tokens"]);
+    auto sc = run({"score", "--model", kBundled.string(), "--prompt", "<image>A photo of", "--image", b,
+                   "--candidate", " three green triangles.", "--candidate", " two red circles."});
+    REQUIRE(sc.status == 0);
+    CHECK(j[1]["result"]["scores"] == nlohmann::json::parse(sc.out));
+    auto tk = run({"tokenize", "--model", kBundled.string(), "--prompt", "<image>A photo of"});
+    CHECK(j[7]["result"]["tokens"] == nlohmann::json::parse(tk.out));
+    CHECK(j[8]["result"]["embeddings"].size() == 2);
+
+    // --parallel 2 writes the same lines
+    auto base2 = base;
+    base2.insert(base2.end(), {"--parallel", "2"});
+    auto two = run(base2);
+    CHECK(two.status == 3);
+    CHECK(two.out == one.out);
+
+    // --resume: the ids already in --out are skipped, the rest appended (a cut-off last line is dropped)
+    const fs::path partial = dir / "out.jsonl";
+    std::ofstream(partial) << out[0] << "\n" << out[1] << "\n" << out[2].substr(0, 10);
+    auto base3 = base;
+    base3.insert(base3.end(), {"--out", partial.string(), "--resume"});
+    auto resumed = run(base3);
+    CHECK(resumed.status == 3);
+    CHECK(resumed.out.empty());
+    std::ifstream pin(partial);
+    std::stringstream all;
+    all << pin.rdbuf();
+    CHECK(all.str() == one.out);  // the null-id line has no id to skip: it is written again
+
+    // all good: exit 0; from stdin, images relative to the current directory
+    const std::string good = R"({"id": "t", "task": "tokenize", "prompt": "A photo of"})" "\n";
+    auto ok = run({"batch", "--model", kBundled.string()}, &good);
+    CHECK(ok.status == 0);
+    CHECK(nlohmann::json::parse(ok.out)["result"]["tokens"].is_array());
+    expect_error(run({"batch", "--model", kBundled.string(), "--resume"}), "--resume needs --out");
+    expect_error(run({"batch", "--model", kBundled.string(), "--parallel", "0"}), "--parallel must be between");
 }

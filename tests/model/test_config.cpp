@@ -438,3 +438,40 @@ TEST_CASE("config: file errors name the file") {
     write_file(dir / "config.json", minimal().dump());
     CHECK(load_config(dir / "config.json").text.hidden_size == 64);
 }
+
+TEST_CASE("config: chat template, given or the default") {
+    json j = minimal();
+    auto d = parse_config(j.dump(), "config.json");
+    CHECK_FALSE(d.chat_template.from_config);
+    CHECK(d.chat_template.user == "User: {content}<|endofchunk|>");
+    CHECK(d.chat_template.assistant == "Assistant: {content}<|endofchunk|>");
+    CHECK(d.chat_template.generation_prompt == "Assistant:");
+    CHECK(d.chat_template.stop == std::vector<std::string>{"<|endofchunk|>"});
+
+    j["chat_template"] = {{"user", "Q: {content}\n"}, {"generation_prompt", "A:"}, {"stop", {"\n", "<|endofchunk|>"}}};
+    auto c = parse_config(j.dump(), "config.json");
+    CHECK(c.chat_template.from_config);
+    CHECK(c.chat_template.user == "Q: {content}\n");
+    CHECK(c.chat_template.system == "{content}\n");  // fields not given keep the default
+    CHECK(c.chat_template.generation_prompt == "A:");
+    CHECK(c.chat_template.stop == std::vector<std::string>{"\n", "<|endofchunk|>"});
+
+    j = minimal();
+    j["chat_template"] = "User: {content}";
+    CHECK_CONFIG_ERROR(j, "chat_template: must be an object");
+    j = minimal();
+    j["chat_template"] = {{"user", 3}};
+    CHECK_CONFIG_ERROR(j, "chat_template.user: must be a string, found integer");
+    j = minimal();
+    j["chat_template"] = {{"assistant", "Assistant:"}};
+    CHECK_CONFIG_ERROR(j, "chat_template.assistant: must contain {content}");
+    j = minimal();
+    j["chat_template"] = {{"stop", "<|endofchunk|>"}};
+    CHECK_CONFIG_ERROR(j, "chat_template.stop: must be a list of strings, found string");
+    j = minimal();
+    j["chat_template"] = {{"stop", {"a", 1}}};
+    CHECK_CONFIG_ERROR(j, "chat_template.stop: must be a list of strings, found an element of type integer");
+    j = minimal();
+    j["chat_template"] = {{"stop", {""}}};
+    CHECK_CONFIG_ERROR(j, "chat_template.stop: contains an empty string");
+}

@@ -32,6 +32,7 @@ struct GenerateOptions {
     float top_p = 1.0f;
     std::uint64_t seed = 0;
     std::optional<std::int32_t> eos;  // default: the model's eoc_token_id
+    std::vector<std::int32_t> stop_tokens;  // more tokens that end generation (a chat template's stop strings)
     // Called with each new token of greedy search / sampling as it is chosen.
     std::function<void(std::int32_t)> on_token;
 };
@@ -53,15 +54,24 @@ inline void check_options(const GenerateOptions& o) {
           "sampling with several beams is not supported: choose --num-beams 1 or no --temperature");
 }
 
-// Reads the prompt into sequence 0; returns the logits of its last position.
+// Reads the prompt into sequence 0, whose cache already holds its first
+// `cached` positions; returns the logits of its last position.
 inline std::vector<float> read_prompt(Session& s, std::span<const std::int32_t> prompt, std::size_t sequences,
-                                      std::size_t extra) {
+                                      std::size_t extra, std::size_t cached = 0) {
     check(!prompt.empty(), "the prompt is empty");
+    check(cached < prompt.size(), "at least one prompt token must be read (", cached, " of ", prompt.size(),
+          " are cached)");
     auto tt = s.prompt_text_time(prompt);
-    s.prepare(sequences, prompt.size() + extra, prompt.size());
-    auto lg = s.run(0, prompt, tt, 0, false);
+    s.prepare(sequences, prompt.size() + extra, prompt.size() - cached, cached);
+    auto lg = s.run(0, prompt.subspan(cached), std::span<const std::uint32_t>(tt).subspan(cached), cached, false);
     return {lg.begin(), lg.end()};
 }
+
+struct StopSet {
+    std::int32_t eos;
+    std::span<const std::int32_t> more;
+    bool operator()(std::int32_t t) const { return t == eos || std::find(more.begin(), more.end(), t) != more.end(); }
+};
 
 // Hugging Face BeamHypotheses: the num_beams best finished sequences, in the
 // order they were added (ties in the final ranking go to the later one). Its
@@ -80,12 +90,14 @@ struct Hypotheses {
         for (auto& s : slots) s.second.reserve(max_len);
     }
 
-    void add(std::span<const std::int32_t> hyp, double sum_logprobs) {
+    // `stop`: the token that finished the hypothesis (kept after it), or -1.
+    void add(std::span<const std::int32_t> hyp, double sum_logprobs, std::int32_t stop = -1) {
         // the length counts the whole sequence, prompt included, without the stop token
         const double score = sum_logprobs / std::pow(double(hyp.size()), double(length_penalty));
         if (count < num_beams || score > worst) {
             slots[count].first = score;
             slots[count].second.assign(hyp.begin(), hyp.end());
+            if (stop >= 0) slots[count].second.push_back(stop);
             ++count;
             if (count > num_beams) {  // drop the worst, keeping the others in order
                 std::size_t lo = 0;
@@ -112,14 +124,17 @@ struct Hypotheses {
 
 }  // namespace detail
 
-// Greedy search or sampling (num_beams == 1), or beam search.
-inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt, const GenerateOptions& o) {
+// Greedy search or sampling (num_beams == 1), or beam search. Sequence 0's
+// cache may already hold the prompt's first `cached` positions (a
+// conversation's earlier turns); only the rest is read.
+inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt, const GenerateOptions& o,
+                               std::size_t cached = 0) {
     detail::check_options(o);
-    const std::int32_t eos = o.eos.value_or(s.model().config().eoc_token_id);
+    const detail::StopSet is_stop{o.eos.value_or(s.model().config().eoc_token_id), o.stop_tokens};
     const std::size_t V = s.vocab_size(), B = o.num_beams, P = prompt.size();
     check(P + o.max_new_tokens <= s.model().max_positions(), ErrorKind::Limit, "the prompt (", P, " tokens) plus ", o.max_new_tokens,
           " new tokens exceeds the model's context of ", s.model().max_positions(), " positions");
-    std::vector<float> first = detail::read_prompt(s, prompt, B, o.max_new_tokens);
+    std::vector<float> first = detail::read_prompt(s, prompt, B, o.max_new_tokens, cached);
     GenerateResult r;
 
     if (B == 1) {
@@ -137,7 +152,7 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
             seq.push_back(tok);
             r.tokens.push_back(tok);
             if (o.on_token) o.on_token(tok);
-            if (tok == eos) {
+            if (is_stop(tok)) {
                 r.stopped = true;
                 break;
             }
@@ -187,9 +202,9 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
         for (std::size_t rank = 0; rank < K && next_tokens.size() < B; ++rank) {
             const std::size_t src = order[rank] / V;
             const std::int32_t tok = std::int32_t(order[rank] % V);
-            if (tok == eos) {
+            if (is_stop(tok)) {
                 if (rank >= B) continue;
-                hyps.add(seqs[src], cand[order[rank]]);
+                hyps.add(seqs[src], cand[order[rank]], tok);
             } else {
                 next_scores.push_back(cand[order[rank]]);
                 next_tokens.push_back(tok);
@@ -232,11 +247,9 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
                      [](const auto& a, const auto& b) { return a.first < b.first; });
     const auto& best = hyps.slots[hyps.count - 1];
     r.score = best.first;
+    // a finished hypothesis ends with its stop token; a live beam never holds one
     r.tokens.assign(best.second.begin() + std::ptrdiff_t(P), best.second.end());
-    if (best.second.size() < max_length) {
-        r.tokens.push_back(eos);
-        r.stopped = true;
-    }
+    r.stopped = !r.tokens.empty() && is_stop(r.tokens.back());
     return r;
 }
 

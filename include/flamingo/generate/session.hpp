@@ -32,7 +32,7 @@ public:
         Tensor<float, dextents<2>> visual(n_media * model_.num_latents(), model_.vision_width());
         ws_.reserve(model_.encode_workspace(n_media, frames));
         model_.encode(pixels, n_media, frames, visual.view(), ws_);
-        stats_.media_seconds += seconds_since(t0);
+        stats_.media_seconds += seconds_since(t0), stats_.media_encoded += n_media;
         set_visual(std::move(visual), n_media);
     }
     // Already encoded visual tokens [n_media * num_latents, width] (e.g. cached from an earlier request).
@@ -55,20 +55,64 @@ public:
         return out;
     }
 
+    // More media after the current ones, encoded alone; the media already there
+    // keep their visual tokens and keys/values (a conversation adding images turn by turn).
+    void add_media(const float* pixels, std::size_t n_new, std::size_t frames) {
+        check(frames >= 1, "frames must be at least 1");
+        if (n_new == 0) return;
+        const auto t0 = clock::now();
+        const std::size_t L = model_.num_latents(), W = model_.vision_width(), n0 = media_.n_media;
+        Tensor<float, dextents<2>> fresh(n_new * L, W);
+        ws_.reserve(model_.encode_workspace(n_new, frames));
+        model_.encode(pixels, n_new, frames, fresh.view(), ws_);
+        model::MediaKV kv;
+        model_.project_media(fresh.view(), n_new, kv);
+        Tensor<float, dextents<2>> visual((n0 + n_new) * L, W);
+        std::copy_n(visual_.data(), n0 * L * W, visual.data());
+        std::copy_n(fresh.data(), n_new * L * W, visual.data() + n0 * L * W);
+        visual_ = std::move(visual);
+        for (std::size_t l = 0; l < media_.kv.size(); ++l)
+            media_.kv[l].insert(media_.kv[l].end(), kv.kv[l].begin(), kv.kv[l].end());
+        media_.n_media = n0 + n_new;
+        stats_.media_seconds += seconds_since(t0), stats_.media_encoded += n_new;
+    }
+    // Keeps the first n media and drops the rest.
+    void keep_media(std::size_t n) {
+        if (n >= media_.n_media) return;
+        const std::size_t L = model_.num_latents(), W = model_.vision_width();
+        Tensor<float, dextents<2>> visual(n * L, W);
+        std::copy_n(visual_.data(), n * L * W, visual.data());
+        visual_ = std::move(visual);
+        for (auto& kv : media_.kv)
+            if (!kv.empty()) kv.resize(kv.size() / media_.n_media * n);
+        media_.n_media = n;
+    }
+
     void clear_media() { set_visual(Tensor<float, dextents<2>>(std::size_t(0), model_.vision_width()), 0); }
     // The visual tokens [n_media * num_latents, width] of the current media.
     const Tensor<float, dextents<2>>& visual() const { return visual_; }
 
     // Sizes the caches and buffers: `sequences` caches of `capacity` positions,
-    // steps of up to `rows` tokens.
-    void prepare(std::size_t sequences, std::size_t capacity, std::size_t rows) {
+    // steps of up to `rows` tokens. The first `keep` positions of cache 0 are
+    // kept (a conversation's history); the other caches start empty.
+    void prepare(std::size_t sequences, std::size_t capacity, std::size_t rows, std::size_t keep = 0) {
         check(capacity <= model_.max_positions(), ErrorKind::Limit, "a sequence of ", capacity,
               " tokens exceeds the model's context of ", model_.max_positions(), " positions");
+        check(keep == 0 || (!caches_.empty() && keep <= caches_[0].length() && keep <= capacity && sequences >= 1),
+              "session: cannot keep ", keep, " positions of its cache");
         if (caches_.size() != sequences || (sequences && caches_[0].capacity() < capacity)) {
+            std::vector<nn::KVCache> old;
+            if (keep) {
+                old.push_back(std::move(caches_[0]));
+                // kept histories grow: leave room for a few more turns
+                capacity = std::max(capacity, std::min(model_.max_positions(), 2 * old[0].capacity()));
+            }
             caches_.clear();
             for (std::size_t i = 0; i < sequences; ++i)
                 caches_.emplace_back(model_.num_layers(), capacity, model_.kv_width());
+            if (keep) caches_[0].copy_prefix(old[0], keep);
         }
+        if (!caches_.empty()) caches_[0].set_length(keep);
         rows = std::max(rows, sequences);
         tokens_.resize(rows), text_time_.resize(rows), rows_.resize(rows), segments_.resize(sequences);
         media_ptrs_.assign(sequences, &media_);
@@ -83,6 +127,7 @@ public:
     struct Stats {
         double read_seconds = 0, step_seconds = 0, media_seconds = 0;
         std::size_t read_tokens = 0, steps = 0;
+        std::size_t media_encoded = 0;  // media run through the vision encoder
     };
     const Stats& stats() const { return stats_; }
     void reset_stats() { stats_ = {}; }

@@ -31,6 +31,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "flamingo/core/error.hpp"
 #include "flamingo/io/json.hpp"
@@ -124,12 +125,27 @@ struct TextConfig {
     bool no_bias = false;
 };
 
+// How a conversation becomes an interleaved prompt (config.json "chat_template",
+// SPEC section 5): each message is its role's string with {content} replaced by
+// the message's text (images as <image> in place); the prompt ends with
+// generation_prompt; generation stops at any stop string's token or at
+// eoc_token_id. A model without one gets these defaults.
+struct ChatTemplate {
+    std::string system = "{content}\n";
+    std::string user = "User: {content}<|endofchunk|>";
+    std::string assistant = "Assistant: {content}<|endofchunk|>";
+    std::string generation_prompt = "Assistant:";
+    std::vector<std::string> stop = {"<|endofchunk|>"};
+    bool from_config = false;  // false: the defaults above
+};
+
 struct Config {
     VisionConfig vision;
     PerceiverConfig perceiver;
     CrossAttnConfig cross_attn;
     TextConfig text;
     int media_token_id = 0, eoc_token_id = 0;
+    ChatTemplate chat_template;
     json text_config_raw;  // text_config as written
 };
 
@@ -513,6 +529,30 @@ inline void read_mpt(TextConfig& t, const Fields& f, bool mosaic_gpt) {
     t.rotary_dim = 0;
 }
 
+inline ChatTemplate read_chat_template(const Fields& f) {
+    ChatTemplate t;
+    t.from_config = true;
+    auto role = [&](const char* key, std::string& out) {
+        out = f.opt_str(key, out);
+        if (std::string_view(key) != "generation_prompt" && out.find("{content}") == std::string::npos)
+            f.bad(key, "must contain {content}");
+    };
+    role("system", t.system);
+    role("user", t.user);
+    role("assistant", t.assistant);
+    role("generation_prompt", t.generation_prompt);
+    if (const json* v = f.get("stop")) {
+        if (!v->is_array()) f.bad("stop", "must be a list of strings, found ", json_type_name(*v));
+        t.stop.clear();
+        for (const json& s : *v) {
+            if (!s.is_string()) f.bad("stop", "must be a list of strings, found an element of type ", json_type_name(s));
+            if (s.get_ref<const std::string&>().empty()) f.bad("stop", "contains an empty string");
+            t.stop.push_back(s.get<std::string>());
+        }
+    }
+    return t;
+}
+
 }  // namespace detail
 
 // Parses config.json text; `source_name` (usually the file's path) starts every error message.
@@ -556,6 +596,7 @@ inline Config parse_config(std::string_view json_text, const std::string& source
     c.eoc_token_id = top.req_int("eoc_token_id", 0, detail::kMaxVocab - 1);
     if (c.media_token_id == c.eoc_token_id)
         top.bad("eoc_token_id", "equals media_token_id (", c.media_token_id, ")");
+    if (top.has("chat_template")) c.chat_template = detail::read_chat_template(top.object("chat_template"));
     return c;
 }
 

@@ -45,6 +45,18 @@ public:
         }
         length_ = src.length_;
     }
+    // Takes over the first n positions of a cache of any capacity (the same layers and width).
+    void copy_prefix(const KVCache& src, std::size_t n) {
+        check(src.layers_ == layers_ && src.width_ == width_ && n <= src.length_ && n <= capacity_, ErrorKind::Shape,
+              "KV cache: cannot take ", n, " positions from a cache of another shape or length");
+        for (std::size_t l = 0; l < layers_; ++l) {
+            std::memcpy(k_.data() + l * capacity_ * width_, src.k_.data() + l * src.capacity_ * width_,
+                        n * width_ * sizeof(float));
+            std::memcpy(v_.data() + l * capacity_ * width_, src.v_.data() + l * src.capacity_ * width_,
+                        n * width_ * sizeof(float));
+        }
+        length_ = n;
+    }
 
 private:
     std::size_t layers_ = 0, capacity_ = 0, width_ = 0, length_ = 0;
