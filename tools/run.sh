@@ -26,6 +26,9 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
 fi
 
+start=$SECONDS
+stage() { echo "== [$(( (SECONDS - start) / 60 )) min] $*"; }  # CI logs show where the time goes
+
 build() {  # build DIR [cmake options...]
   local dir=$1; shift
   cmake -S . -B "$dir" "$@" >/dev/null
@@ -39,21 +42,26 @@ case "$what" in
     ./build/examples/demo
     ;;
   test)
+    stage "optimised build and tests"
     build build -DFLAMINGO_BUILD_TESTS=ON
     (cd build && ctest --output-on-failure -j"$jobs")
     # Kernels and the tensor library again without -march=native: the portable
     # SIMD paths (SSE2 baseline) must give the same answers.
+    stage "portable kernels"
     cmake -S . -B build-portable -DFLAMINGO_BUILD_TESTS=ON -DFLAMINGO_BUILD_EXAMPLES=OFF -DFLAMINGO_NATIVE=OFF >/dev/null
     cmake --build build-portable -j"$jobs" --target test_core test_linalg test_kernels
     for t in core linalg kernels; do build-portable/tests/test_$t; done
+    stage "AddressSanitizer + UndefinedBehaviorSanitizer"
     build build-sanitize -DFLAMINGO_BUILD_TESTS=ON -DFLAMINGO_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
     (cd build-sanitize && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j"$jobs")
     # Many contexts on one model, and the executors under them, under ThreadSanitizer.
+    stage "ThreadSanitizer"
     cmake -S . -B build-tsan -DFLAMINGO_BUILD_TESTS=ON -DFLAMINGO_BUILD_EXAMPLES=OFF -DFLAMINGO_TSAN=ON \
           -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
     cmake --build build-tsan -j"$jobs" --target test_concurrency test_linalg
     TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_concurrency
     TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_linalg --test-case="*executor*,*user threads*,*parallel_for*,*nested*,*exception*"
+    stage "done"
     ;;
   bench)
     build build -DFLAMINGO_BUILD_BENCH=ON
