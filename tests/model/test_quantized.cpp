@@ -104,3 +104,45 @@ TEST_CASE("q8 and q4: every linear layer is quantised, the embedding stays float
     CHECK(model::parse_weight_type("q4") == WeightType::Q4);
     CHECK(!model::parse_weight_type("q5"));
 }
+
+TEST_CASE("q8 and q4: a non-finite weight is a one-line error naming the tensor") {
+    // A copy of the llama fixture with one NaN written into an MLP matrix.
+    const fs::path src = fixture::dir("llama");
+    const fs::path d = fs::temp_directory_path() / "flamingo_quant_nan";
+    fs::remove_all(d);
+    fs::create_directories(d);
+    for (const char* f : {"config.json", "tokenizer.json", "model.safetensors"}) fs::copy_file(src / f, d / f);
+    std::fstream io(d / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    std::uint64_t hlen = 0;
+    io.read(reinterpret_cast<char*>(&hlen), 8);  // little-endian, as on this machine
+    std::string header(hlen, '\0');
+    io.read(header.data(), std::streamsize(hlen));
+    const auto h = nlohmann::json::parse(header);
+    std::string name;
+    for (const auto& [k, v] : h.items())
+        if (k.ends_with("mlp.down_proj.weight") && v.at("dtype") == "F32") {
+            name = k;
+            io.seekp(std::streamoff(8 + hlen + v.at("data_offsets")[0].get<std::uint64_t>() + 4 * 5));
+            break;
+        }
+    REQUIRE(!name.empty());
+    const float nan = std::nanf("");
+    io.write(reinterpret_cast<const char*>(&nan), 4);
+    io.close();
+
+    for (WeightType w : {WeightType::Q8, WeightType::Q4}) {
+        try {
+            model::load_flamingo(d, w);
+            FAIL("no error");
+        } catch (const Error& e) {
+            const std::string msg = e.what();
+            INFO(msg);
+            CHECK(e.kind() == ErrorKind::Format);
+            CHECK(msg.find(name) != std::string::npos);
+            CHECK(msg.find("non-finite value at [0, 5]") != std::string::npos);
+            CHECK(msg.find('\n') == std::string::npos);
+        }
+    }
+    CHECK_NOTHROW(model::load_flamingo(d, WeightType::F32));  // float weights are taken as stored
+    fs::remove_all(d);
+}

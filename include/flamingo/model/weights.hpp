@@ -5,6 +5,7 @@
 // presence and shape as it is taken, with an error naming it; what the model
 // never took is reported afterwards. The nn modules are built here, so that
 // nn/ knows nothing of files.
+#include <cmath>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -136,7 +137,7 @@ public:
             io::read_as_float(t, tmp.data());
             f = tmp.data();
         }
-        return quantized(f, rows, cols);
+        return quantized(f, rows, cols, t.file, name);
     }
     // A linear layer sharing a float matrix of the model (a tied output head):
     // the same view, or a quantised copy for q8/q4.
@@ -146,7 +147,7 @@ public:
             l.w = m;
             return l;
         }
-        return quantized(m.as<float, 2>().data(), m.extent(0), m.extent(1));
+        return quantized(m.as<float, 2>().data(), m.extent(0), m.extent(1), source(), "(tied output head)");
     }
 
     nn::Linear linear(const std::string& prefix, std::size_t out, std::size_t in, bool bias) {
@@ -202,7 +203,14 @@ private:
     std::deque<std::vector<bf16>> owned_b16_;
     std::deque<kernels::QBuffer> owned_q_;
 
-    nn::Linear quantized(const float* f, std::size_t rows, std::size_t cols) {
+    // A NaN or infinity would spread over its whole block (through the scale):
+    // refused, naming the tensor and the element.
+    nn::Linear quantized(const float* f, std::size_t rows, std::size_t cols, const std::string& file,
+                         const std::string& name) {
+        for (std::size_t i = 0; i < rows * cols; ++i)
+            if (!std::isfinite(f[i]))
+                fail(ErrorKind::Format, file, ": tensor '", name, "' has a non-finite value at [", i / cols, ", ",
+                     i % cols, "] and cannot be quantised to ", weight_type_name(type_));
         const auto fmt = type_ == WeightType::Q8 ? kernels::QFormat::Q8 : kernels::QFormat::Q4;
         auto& buf = owned_q_.emplace_back(kernels::quantize(fmt, f, rows, cols, cols));
         nn::Linear l;
