@@ -73,7 +73,7 @@ const Option kOptions[] = {
     {"frames", "F", "generate score logits eval",
      "frames per medium (video), sampled evenly (default 1; eval: records may say)"},
     {"threads", "N", "*", "threads (default: all cores)"},
-    {"weights", "f32|bf16", "*", "the format the large matrices are held and multiplied in (default f32)"},
+    {"weights", "f32|bf16|q8|q4", "*", "the format the large matrices are held and multiplied in (default f32; q8/q4 quantise at load)"},
     {"bf16", nullptr, "*", "same as --weights bf16"},
     {"verbose", nullptr, "*", "timings on stderr"},
     {"help", nullptr, "*", "this text"},
@@ -251,9 +251,8 @@ int run(int argc, char** argv) {
     const std::vector<std::string> images = list(a, "image");
     flamingo::LoadOptions lo;
     if (const std::string* w = a.get("weights")) {
-        if (*w == "f32") lo.weights = flamingo::WeightType::F32;
-        else if (*w == "bf16") lo.weights = flamingo::WeightType::BF16;
-        else fail("--weights must be f32 or bf16, got '", *w, "'");
+        if (auto t = flamingo::model::parse_weight_type(*w)) lo.weights = *t;
+        else fail("--weights must be f32, bf16, q8 or q4, got '", *w, "'");
     }
     if (a.has("bf16")) {
         if (a.has("weights") && lo.weights != flamingo::WeightType::BF16) fail("--bf16 contradicts --weights");

@@ -153,11 +153,11 @@ private:
             check(hs->size() == 2 && (*hs)[0] == V && (*hs)[1] == D, ErrorKind::Shape, L.source(), ": tensor '",
                   head, "': expected shape [", V, ", ", D, "] (the token embedding's vocabulary), found ",
                   io::shape_string(*hs));
-            head_.w = L.matrix(head, V, D);
+            head_ = L.projection(head, V, D);
         } else {
             check(head.empty() || t.tie_word_embeddings, ErrorKind::Shape, L.source(), ": required tensor '", head,
                   "' is missing (the config does not tie it to the token embedding)");
-            head_.w = embed_.table;
+            head_ = L.projection_of(embed_.table);
         }
         if (t.logit_scale) logit_scale_ = *t.logit_scale;
     }

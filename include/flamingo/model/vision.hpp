@@ -25,7 +25,7 @@ public:
         tokens_ = G * G + 1;
         // conv1 (stride = kernel = patch, no bias) is a linear map of each flattened [3, P, P] patch.
         const std::size_t conv_shape[4] = {W, 3, P, P};
-        patch_embed_.w = L.matrix(p + "conv1.weight", conv_shape, W, 3 * P * P);
+        patch_embed_ = L.projection(p + "conv1.weight", conv_shape, W, 3 * P * P);
         class_embedding_ = L.floats(p + "class_embedding", {W});
         positional_embedding_ = L.floats(p + "positional_embedding", {tokens_, W});
         ln_pre_ = L.layer_norm(p + "ln_pre", W, 1e-5f);
@@ -40,7 +40,7 @@ public:
             a.head_dim = std::size_t(c.head_width);
             a.causal = false;
             a.scale = 1.0f / std::sqrt(float(a.head_dim));
-            a.qkv.w = L.matrix(b + "attn.in_proj_weight", 3 * W, W);
+            a.qkv = L.projection(b + "attn.in_proj_weight", 3 * W, W);
             a.qkv.bias = L.floats(b + "attn.in_proj_bias", {3 * W});
             a.out = L.linear(b + "attn.out_proj", W, W, true);
             const std::size_t H = std::size_t(c.mlp_width);

@@ -5,6 +5,7 @@
 // presence and shape as it is taken, with an error naming it; what the model
 // never took is reported afterwards. The nn modules are built here, so that
 // nn/ knows nothing of files.
+#include <cmath>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -24,10 +25,27 @@
 namespace flamingo::model {
 
 // The element type of the large matrices (projections, MLPs, embeddings, head);
-// norms, biases and small parameters are always float.
-enum class WeightType { F32, BF16 };
+// norms, biases and small parameters are always float. Q8 and Q4 quantise every
+// linear layer's matrix at load (kernels/quant.hpp) and keep the token
+// embedding in f32.
+enum class WeightType { F32, BF16, Q8, Q4 };
 
-inline std::string_view weight_type_name(WeightType t) { return t == WeightType::F32 ? "f32" : "bf16"; }
+inline std::string_view weight_type_name(WeightType t) {
+    switch (t) {
+        case WeightType::F32: return "f32";
+        case WeightType::BF16: return "bf16";
+        case WeightType::Q8: return "q8";
+        case WeightType::Q4: return "q4";
+    }
+    return "?";
+}
+// "f32", "bf16", "q8" or "q4".
+inline std::optional<WeightType> parse_weight_type(std::string_view s) {
+    for (WeightType t : {WeightType::F32, WeightType::BF16, WeightType::Q8, WeightType::Q4})
+        if (weight_type_name(t) == s) return t;
+    return std::nullopt;
+}
+inline bool is_quantized(WeightType t) { return t == WeightType::Q8 || t == WeightType::Q4; }
 
 // Owns the checkpoint (its mappings) and every converted copy: the model keeps
 // it alive as long as it uses the weights.
@@ -70,7 +88,7 @@ public:
         return buf.data();
     }
 
-    // A large matrix [rows, cols] in the model's weight type.
+    // A large matrix [rows, cols] in the model's float weight type (f32 when quantised).
     AnyView matrix(const std::string& name, std::size_t rows, std::size_t cols) {
         const std::size_t shape[2] = {rows, cols};
         return matrix(name, shape, rows, cols);
@@ -80,7 +98,7 @@ public:
         const io::TensorInfo& t = tensor(name, shape);
         check(t.numel() == rows * cols, ErrorKind::Shape, name, ": cannot view ", io::shape_string(shape), " as [",
               rows, ", ", cols, "]");
-        if (type_ == WeightType::F32) {
+        if (type_ != WeightType::BF16) {
             if (t.file_dtype == io::FileDType::F32 && io::is_aligned(t)) return {DType::F32, t.data, {rows, cols}};
             auto& buf = owned_f32_.emplace_back(t.numel());
             io::read_as_float(t, buf.data());
@@ -94,9 +112,46 @@ public:
         return {DType::BF16, buf.data(), {rows, cols}};
     }
 
+    // The weights of a linear layer [rows, cols] (no bias): the model's weight
+    // type, quantised at load for q8/q4.
+    nn::Linear projection(const std::string& name, std::size_t rows, std::size_t cols) {
+        const std::size_t shape[2] = {rows, cols};
+        return projection(name, shape, rows, cols);
+    }
+    nn::Linear projection(const std::string& name, std::span<const std::size_t> shape, std::size_t rows,
+                          std::size_t cols) {
+        if (!is_quantized(type_)) {
+            nn::Linear l;
+            l.w = matrix(name, shape, rows, cols);
+            return l;
+        }
+        const io::TensorInfo& t = tensor(name, shape);
+        check(t.numel() == rows * cols, ErrorKind::Shape, name, ": cannot view ", io::shape_string(shape), " as [",
+              rows, ", ", cols, "]");
+        const float* f = nullptr;
+        std::vector<float> tmp;
+        if (t.file_dtype == io::FileDType::F32 && io::is_aligned(t)) {
+            f = reinterpret_cast<const float*>(t.data);
+        } else {
+            tmp.resize(t.numel());
+            io::read_as_float(t, tmp.data());
+            f = tmp.data();
+        }
+        return quantized(f, rows, cols, t.file, name);
+    }
+    // A linear layer sharing a float matrix of the model (a tied output head):
+    // the same view, or a quantised copy for q8/q4.
+    nn::Linear projection_of(const AnyView& m) {
+        if (!is_quantized(type_)) {
+            nn::Linear l;
+            l.w = m;
+            return l;
+        }
+        return quantized(m.as<float, 2>().data(), m.extent(0), m.extent(1), source(), "(tied output head)");
+    }
+
     nn::Linear linear(const std::string& prefix, std::size_t out, std::size_t in, bool bias) {
-        nn::Linear l;
-        l.w = matrix(prefix + ".weight", out, in);
+        nn::Linear l = projection(prefix + ".weight", out, in);
         if (bias) l.bias = floats(prefix + ".bias", {out});
         return l;
     }
@@ -133,6 +188,7 @@ public:
         std::size_t n = 0;
         for (auto& b : owned_f32_) n += b.size() * sizeof(float);
         for (auto& b : owned_b16_) n += b.size() * sizeof(bf16);
+        for (auto& b : owned_q_) n += b.data.size() + (b.scales.size() + b.offsets.size()) * sizeof(float);
         return n;
     }
 
@@ -145,6 +201,22 @@ private:
     // Deques keep element addresses stable as buffers are added.
     std::deque<std::vector<float>> owned_f32_;
     std::deque<std::vector<bf16>> owned_b16_;
+    std::deque<kernels::QBuffer> owned_q_;
+
+    // A NaN or infinity would spread over its whole block (through the scale):
+    // refused, naming the tensor and the element.
+    nn::Linear quantized(const float* f, std::size_t rows, std::size_t cols, const std::string& file,
+                         const std::string& name) {
+        for (std::size_t i = 0; i < rows * cols; ++i)
+            if (!std::isfinite(f[i]))
+                fail(ErrorKind::Format, file, ": tensor '", name, "' has a non-finite value at [", i / cols, ", ",
+                     i % cols, "] and cannot be quantised to ", weight_type_name(type_));
+        const auto fmt = type_ == WeightType::Q8 ? kernels::QFormat::Q8 : kernels::QFormat::Q4;
+        auto& buf = owned_q_.emplace_back(kernels::quantize(fmt, f, rows, cols, cols));
+        nn::Linear l;
+        l.q = buf.view(fmt, rows, cols);
+        return l;
+    }
 };
 
 }  // namespace flamingo::model

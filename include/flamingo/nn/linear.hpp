@@ -1,24 +1,28 @@
 #pragma once
 // nn.Linear and nn.Embedding over weights held as dtype-tagged views (F32 or
-// BF16, usually straight into the memory-mapped checkpoint).
+// BF16, usually straight into the memory-mapped checkpoint), or for Linear as
+// block-quantised q8/q4 matrices (kernels/quant.hpp).
 #include <cstddef>
 #include <cstring>
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 #include "../kernels/gemm.hpp"
+#include "../kernels/quant.hpp"
 #include "workspace.hpp"
 
 namespace flamingo::nn {
 
 // y = x W^T + b with W stored [out, in] (PyTorch nn.Linear).
 struct Linear {
-    AnyView w;  // [out, in], F32 or BF16
+    AnyView w;          // [out, in], F32 or BF16; empty when q holds the weights
+    kernels::QMatrix q;  // [out, in] quantised (q8/q4), used when w is empty
     const float* bias = nullptr;
 
-    bool empty() const { return w.empty(); }
-    std::size_t out() const { return w.extent(0); }
-    std::size_t in() const { return w.extent(1); }
+    bool quantized() const { return w.empty() && !q.empty(); }
+    bool empty() const { return w.empty() && q.empty(); }
+    std::size_t out() const { return quantized() ? q.rows : w.extent(0); }
+    std::size_t in() const { return quantized() ? q.cols : w.extent(1); }
 
     // y[M, out] = x[M, in] W^T + b   (accumulate: y += ...)
     void operator()(const CAct& x, const Act& y, bool accumulate = false) const {
@@ -27,6 +31,7 @@ struct Linear {
               ErrorKind::Shape, "Linear ", out(), "x", in(), ": cannot map ", shape_string(x.extents()), " to ",
               shape_string(y.extents()));
         const std::size_t M = x.extent(0), ldx = std::size_t(x.stride(0)), ldy = std::size_t(y.stride(0));
+        if (quantized()) return kernels::linear_q(M, x.data(), ldx, q, bias, y.data(), ldy, accumulate);
         switch (w.dtype()) {
             case DType::F32:
                 return kernels::linear(M, out(), in(), x.data(), ldx, static_cast<const float*>(w.data()), in(), bias,
