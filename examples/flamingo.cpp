@@ -283,7 +283,7 @@ int run(int argc, char** argv) {
     for (const auto& c : list(a, "candidate"))
         if (c.empty()) fail("a --candidate is empty");
     if (cmd == "eval") required(a, "data");
-    const int port = int(integer(a, "port", 8080, 0, 65535));
+    [[maybe_unused]] const int port = int(integer(a, "port", 8080, 0, 65535));
     if (const std::string* k = a.get("api-key"); k && k->empty()) fail("--api-key is empty");
 #ifndef FLAMINGO_SERVE
     if (cmd == "serve") fail("this flamingo was built without serve (it needs cpp-httplib: libcpp-httplib-dev)");

@@ -305,12 +305,16 @@ public:
                                               "authentication_error")), "application/json");
             return httplib::Server::HandlerResponse::Handled;
         });
-        http_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+        http_.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
             if (!res.body.empty()) return;
-            const std::string message = res.status == 413 ? "the request body is over the limit of " +
-                                                                std::to_string(kMaxBody) + " bytes"
-                                        : res.status == 404 ? "no such endpoint"
-                                                            : "the request failed (HTTP " + std::to_string(res.status) + ")";
+            // cpp-httplib takes form-encoded bodies (curl -d's default) only up to 8 KiB.
+            const bool form = req.get_header_value("Content-Type").starts_with("application/x-www-form-urlencoded");
+            const std::string message =
+                res.status == 413 && form ? "a body sent as application/x-www-form-urlencoded is limited to 8192 "
+                                            "bytes: send it as Content-Type: application/json"
+                : res.status == 413 ? "the request body is over the limit of " + std::to_string(kMaxBody) + " bytes"
+                : res.status == 404 ? "no such endpoint"
+                                    : "the request failed (HTTP " + std::to_string(res.status) + ")";
             res.set_content(dump(error_object(message, "invalid_request_error")), "application/json");
         });
         http_.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
@@ -332,10 +336,10 @@ public:
         for (const char* task : {"generate", "score", "embed", "tokenize"})
             http_.Post(std::string("/v1/") + task, [this, task = std::string(task)](const httplib::Request& req,
                                                                                    httplib::Response& res) {
-                handle(req, res, [this, task](json body, Exchange& ex) { return task_work(task, std::move(body), ex); });
+                handle(req, res, [this, task](json body) { return task_work(task, std::move(body)); });
             });
         http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-            handle(req, res, [this](json body, Exchange& ex) { return chat_work(std::move(body), ex); });
+            handle(req, res, [this](json body) { return chat_work(std::move(body)); });
         });
     }
 
@@ -371,7 +375,7 @@ private:
 
     // Parses the body, queues the work, and answers (at once or as events).
     void handle(const httplib::Request& req, httplib::Response& res,
-                std::function<Work(json, Exchange&)> make) {
+                std::function<Work(json)> make) {
         json body = json::parse(req.body, nullptr, false);
         if (body.is_discarded()) return answer_error(res, 400, "malformed JSON in the request body");
         if (!body.is_object()) return answer_error(res, 400, "the request body must be a JSON object");
@@ -383,7 +387,7 @@ private:
         body.erase("stream");
         Work work;
         try {
-            work = make(std::move(body), *ex);
+            work = make(std::move(body));
         } catch (const std::exception& e) {
             return answer_error(res, 400, e.what());
         }
@@ -432,7 +436,7 @@ private:
     static std::string event(const ojson& data) { return "data: " + dump(data) + "\n\n"; }
 
     // generate, score, embed, tokenize: batch's tasks on base64 images.
-    Work task_work(const std::string& task, json body, Exchange& exchange) {
+    Work task_work(const std::string& task, json body) {
         body["task"] = task;
         return [this, body = std::move(body)](Worker& w, Exchange& ex) -> ojson {
             Context& ctx = w.conv.context();
@@ -464,7 +468,7 @@ private:
     }
 
     // OpenAI's chat completions on the model's chat template.
-    Work chat_work(json body, Exchange& exchange) {
+    Work chat_work(json body) {
         const Model& m = *model_;
         // Fields this server does not use (model, user, ...) are OpenAI's and let be.
         auto need = [&](bool ok, const std::string& msg) { check(ok, msg); };
