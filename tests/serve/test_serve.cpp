@@ -247,6 +247,27 @@ TEST_CASE("generate equals the flamingo generate command, streamed or not") {
     CHECK(result == r.j);
 }
 
+TEST_CASE("requests at once on two workers give the single answer") {
+    const json e = expected_generate();
+    const std::string body = generate_body().dump();
+    std::vector<Reply> replies(6);
+    std::vector<std::thread> threads;
+    for (auto& r : replies)
+        threads.emplace_back([&r, &body] {
+            httplib::Client c("127.0.0.1", server().port);
+            c.set_read_timeout(120, 0);
+            c.set_default_headers({{"Authorization", "Bearer " + kKey}});
+            if (auto res = c.Post("/v1/generate", body, "application/json")) r = {res->status, res->body, {}};
+        });
+    for (auto& t : threads) t.join();
+    for (const auto& r : replies) {
+        INFO(r.body);
+        CHECK(r.status == 200);
+        const json j = json::parse(r.body, nullptr, false);
+        CHECK((j.is_object() && j["tokens"] == e["tokens"]));
+    }
+}
+
 TEST_CASE("chat completions equal generate on the template's prompt, streamed or not") {
     const std::string prompt = "User: <image>Question: What colour are the shapes? Answer:<|endofchunk|>Assistant:";
     std::string e = command({"generate", "--model", kModel.string(), "--prompt", prompt, "--image",
