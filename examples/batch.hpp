@@ -104,23 +104,43 @@ private:
     const json& j_;
 };
 
-// The images of a task as pixels: files relative to `base`, or data URIs.
+// Where a task's images may come from and what a task may ask; batch and serve
+// share the tasks and differ here.
+struct TaskHooks {
+    // Images may name files relative to this directory (batch); nullptr: only
+    // base64, bare or as a data URI (serve: a server never opens a path).
+    const std::filesystem::path* files = nullptr;
+    std::size_t max_images = std::numeric_limits<std::size_t>::max();
+    std::function<void(std::int32_t)> on_token;  // generate: each new token as it is chosen
+};
+
+// Bytes of a data:image/...;base64,... URI or (without files) of bare base64.
+inline std::vector<std::uint8_t> inline_image(const std::string& s, std::size_t i) {
+    if (s.rfind("data:", 0) == 0) {
+        const auto comma = s.find(',');
+        check(comma != std::string::npos && s.substr(0, comma).ends_with(";base64"), "images[", i,
+              "]: a data URI must be data:image/...;base64,...");
+        return base64(std::string_view(s).substr(comma + 1), i);
+    }
+    check(!s.empty(), "images[", i, "] is empty");
+    return base64(s, i);
+}
+
+// The images of a task as pixels: files relative to hooks.files, or base64.
 inline Pixels media(const Model& model, const std::vector<std::string>& images, std::size_t frames,
-                    const std::filesystem::path& base) {
+                    const TaskHooks& hooks) {
+    check(images.size() <= hooks.max_images, "a request takes at most ", hooks.max_images, " images, got ",
+          images.size());
     std::vector<std::vector<Image>> media;
     for (std::size_t i = 0; i < images.size(); ++i) {
         const std::string& s = images[i];
-        if (s.rfind("data:", 0) == 0) {
-            const auto comma = s.find(',');
-            check(comma != std::string::npos && s.substr(0, comma).ends_with(";base64"), "images[", i,
-                  "]: a data URI must be data:image/...;base64,...");
-            const auto bytes = base64(std::string_view(s).substr(comma + 1), i);
-            media.push_back(decode_media_frames(bytes, "images[" + std::to_string(i) + "]", frames,
-                                                model.image_limits()));
+        const std::string name = "images[" + std::to_string(i) + "]";
+        if (s.rfind("data:", 0) == 0 || !hooks.files) {
+            media.push_back(decode_media_frames(inline_image(s, i), name, frames, model.image_limits()));
         } else {
             check(!s.empty(), "images[", i, "] is empty");
             std::filesystem::path p(s);
-            if (p.is_relative()) p = base / p;
+            if (p.is_relative()) p = *hooks.files / p;
             media.push_back(load_media_frames(p, frames, model.image_limits()));
         }
     }
@@ -151,7 +171,7 @@ inline generate::GenerateOptions generate_options(const Body& b) {
 }
 
 // Runs one task on `ctx`; returns the HTTP answer's object, or throws.
-inline ojson run_task(Context& ctx, const json& task, const std::filesystem::path& base) {
+inline ojson run_task(Context& ctx, const json& task, const TaskHooks& hooks) {
     const Model& model = ctx.model();
     check(task.is_object(), "a line must be a JSON object");
     check(task.contains("task"), "missing field \"task\"");
@@ -166,7 +186,7 @@ inline ojson run_task(Context& ctx, const json& task, const std::filesystem::pat
         Body b(task, {"images"});
         const auto images = b.strings("images");
         check(!images.empty(), "embed needs at least one image in \"images\"");
-        const auto e = ctx.embed(media(model, images, 1, base));
+        const auto e = ctx.embed(media(model, images, 1, hooks));
         ojson out = ojson::array();
         for (std::size_t i = 0; i < e.extent(0); ++i)
             out.push_back(std::vector<float>(e.data() + i * e.extent(1), e.data() + (i + 1) * e.extent(1)));
@@ -176,10 +196,11 @@ inline ojson run_task(Context& ctx, const json& task, const std::filesystem::pat
         Body b(task, {"prompt", "images", "frames", "max_new_tokens", "num_beams", "length_penalty",
                       "no_repeat_ngram_size", "temperature", "top_k", "top_p", "seed"});
         const std::string prompt = b.text("prompt");
-        const auto go = generate_options(b);
+        auto go = generate_options(b);
+        go.on_token = hooks.on_token;
         const std::size_t frames = std::size_t(b.integer("frames", 1, 1, 4096));
         const std::size_t prompt_tokens = model.tokenize(prompt).size();
-        ctx.set_media(media(model, b.strings("images"), frames, base));
+        ctx.set_media(media(model, b.strings("images"), frames, hooks));
         const auto g = ctx.generate(prompt, go);
         return {{"text", g.text},
                 {"tokens", g.tokens},
@@ -192,7 +213,7 @@ inline ojson run_task(Context& ctx, const json& task, const std::filesystem::pat
         check(b.has("candidates"), "missing field \"candidates\"");
         const auto candidates = b.strings("candidates");
         const std::size_t frames = std::size_t(b.integer("frames", 1, 1, 4096));
-        ctx.set_media(media(model, b.strings("images"), frames, base));
+        ctx.set_media(media(model, b.strings("images"), frames, hooks));
         ojson scores = ojson::array();
         for (const auto& c : ctx.score(prompt, candidates))
             scores.push_back({{"candidate", c.candidate}, {"logprob", c.score.logprob},
@@ -285,6 +306,8 @@ inline int run(const std::shared_ptr<const Model>& model, const Options& o) {
     const std::size_t workers = std::max<std::size_t>(1, std::min(o.parallel, items.size()));
     const int per_worker = std::max(1, o.threads / int(workers));
 
+    TaskHooks hooks;
+    hooks.files = &base;
     auto work = [&] {
         std::optional<Context> ctx;
         std::string setup_error;
@@ -299,7 +322,7 @@ inline int run(const std::shared_ptr<const Model>& model, const Options& o) {
             try {
                 check(setup_error.empty(), setup_error);
                 check(it.parse_error.empty(), it.parse_error);
-                line = {{"id", ojson(it.id)}, {"result", run_task(*ctx, it.task, base)}};
+                line = {{"id", ojson(it.id)}, {"result", run_task(*ctx, it.task, hooks)}};
             } catch (const std::bad_alloc&) {
                 line = {{"id", ojson(it.id)}, {"error", {{"message", "out of memory"}}}};
             } catch (const std::exception& e) {

@@ -24,6 +24,9 @@
 #include "batch.hpp"
 #include "chat.hpp"
 #include "eval.hpp"
+#ifdef FLAMINGO_SERVE
+#include "serve.hpp"
+#endif
 
 namespace {
 
@@ -55,6 +58,12 @@ const Command kCommands[] = {
      "a conversation on stdin, one message per line (/image PATH, /reset, /quit)"},
     {"batch", "[--in FILE.jsonl] [--out FILE.jsonl] [--parallel N] [--resume]",
      "JSON Lines of generate/score/embed/tokenize tasks, one result line each, in order"},
+    {"serve", "[--host 127.0.0.1] [--port 8080] [--parallel N] [--api-key KEY]",
+     "HTTP server: /v1/generate, score, embed, tokenize, chat/completions, /health, /metrics"
+#ifndef FLAMINGO_SERVE
+     "\n           (not in this build: it needs cpp-httplib)"
+#endif
+    },
 };
 
 // Every option, once: the parser, the checks and the usage text read this list.
@@ -91,7 +100,10 @@ const Option kOptions[] = {
     {"candidate", "TEXT", "score", nullptr},
     {"out", "FILE", "logits embed eval batch", nullptr},
     {"in", "FILE", "batch", nullptr},
-    {"parallel", "N", "batch", nullptr},
+    {"parallel", "N", "batch serve", nullptr},
+    {"host", "ADDR", "serve", nullptr},
+    {"port", "N", "serve", nullptr},
+    {"api-key", "KEY", "serve", nullptr},
     {"resume", nullptr, "batch", nullptr},
     {"data", "DIR", "eval", nullptr},
     {"limit", "N", "eval", nullptr},
@@ -162,11 +174,11 @@ Args parse(int argc, char** argv) {
     }
     if (a.has("help")) return a;
     if (a.command.empty())
-        fail("no command given (generate, score, logits, tokenize, embed, eval, chat, batch; flamingo --help)");
+        fail("no command given (generate, score, logits, tokenize, embed, eval, chat, batch, serve; flamingo --help)");
     bool known = false;
     for (const Command& c : kCommands) known = known || a.command == c.name;
     if (!known)
-        fail("unknown command '", a.command, "' (generate, score, logits, tokenize, embed, eval, chat, batch)");
+        fail("unknown command '", a.command, "' (generate, score, logits, tokenize, embed, eval, chat, batch, serve)");
     for (const auto& [name, v] : a.values)
         if (!applies(*find_option(name), a.command)) fail("option --", name, " does not apply to ", a.command);
     return a;
@@ -270,12 +282,17 @@ int run(int argc, char** argv) {
     for (const auto& c : list(a, "candidate"))
         if (c.empty()) fail("a --candidate is empty");
     if (cmd == "eval") required(a, "data");
+    [[maybe_unused]] const int port = int(integer(a, "port", 8080, 0, 65535));
+    if (const std::string* k = a.get("api-key"); k && k->empty()) fail("--api-key is empty");
+#ifndef FLAMINGO_SERVE
+    if (cmd == "serve") fail("this flamingo was built without serve (it needs cpp-httplib: libcpp-httplib-dev)");
+#endif
 
     auto t0 = clock_type::now();
     if (progress) std::cerr << "loading " << model_dir << "...\r" << std::flush;
     const auto model = flamingo::Model::load(model_dir, lo);
-    // chat and batch run on contexts of their own
-    flamingo::Context ctx(model, {cmd == "chat" || cmd == "batch" ? 1 : threads, nullptr});
+    // chat, batch and serve run on contexts of their own
+    flamingo::Context ctx(model, {cmd == "chat" || cmd == "batch" || cmd == "serve" ? 1 : threads, nullptr});
     if (progress) std::cerr << "\33[2K" << std::flush;
     const auto& net = model->network();
     if (verbose) {
@@ -299,6 +316,15 @@ int run(int argc, char** argv) {
         bo.parallel = parallel, bo.threads = threads, bo.resume = a.has("resume"), bo.progress = progress;
         return flamingo::batch::run(model, bo);
     }
+#ifdef FLAMINGO_SERVE
+    if (cmd == "serve") {
+        flamingo::serve::Options so;
+        if (const std::string* h = a.get("host")) so.host = *h;
+        if (const std::string* k = a.get("api-key")) so.api_key = *k;
+        so.port = port, so.parallel = parallel, so.threads = threads;
+        return flamingo::serve::run(model, so);
+    }
+#endif
     if (cmd == "tokenize") {
         std::cout << nlohmann::json(model->tokenize(required(a, "prompt"))).dump() << "\n";
         return 0;

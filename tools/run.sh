@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 what=${1:-demo}
 jobs=$(nproc)
 
-packages="cmake make g++ libxsimd-dev libstb-dev doctest-dev nlohmann-json3-dev"
+packages="cmake make g++ libxsimd-dev libstb-dev doctest-dev nlohmann-json3-dev libcpp-httplib-dev"
 [ "$what" = bench ] && packages="$packages libbenchmark-dev libeigen3-dev"
 # The tests also check the PyTorch reference, its fixtures and the converter.
 [ "$what" = test ] && packages="$packages python3-torch python3-numpy python3-pil"

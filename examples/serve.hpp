@@ -1,0 +1,25 @@
+#pragma once
+// `flamingo serve`: the model over HTTP (SPEC section 5). Compiled on its own
+// (serve.cpp, built when cpp-httplib is installed) so the rest of the command
+// does not depend on the HTTP library.
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include <flamingo/flamingo.hpp>
+
+namespace flamingo::serve {
+
+struct Options {
+    std::string host = "127.0.0.1";
+    int port = 8080;            // 0: any free port (the one taken is printed on stderr)
+    std::size_t parallel = 1;   // workers, each with a context of its own on the one model
+    int threads = 1;            // all workers together
+    std::string api_key;        // when set, /v1/* and /metrics need "Authorization: Bearer KEY"
+    std::size_t queue = 8;      // requests waiting for a worker before 503
+};
+
+// Serves until SIGINT or SIGTERM; returns the process's exit status.
+int run(const std::shared_ptr<const Model>& model, const Options& o);
+
+}  // namespace flamingo::serve

@@ -1,0 +1,409 @@
+// `flamingo serve` end to end: the test starts the real server on 127.0.0.1
+// (a free port it picks itself), talks to it with cpp-httplib's client, and
+// stops it with SIGTERM. Answers must equal the `flamingo generate` command's;
+// hostile requests get their documented 4xx and the server keeps answering.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+const fs::path kModel = fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
+const std::string kKey = "test-key";
+
+std::string slurp(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+std::string base64(const std::string& bytes) {
+    static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    std::size_t i = 0;
+    for (; i + 2 < bytes.size(); i += 3) {
+        const unsigned v = (unsigned(std::uint8_t(bytes[i])) << 16) | (unsigned(std::uint8_t(bytes[i + 1])) << 8) |
+                           unsigned(std::uint8_t(bytes[i + 2]));
+        for (int k = 18; k >= 0; k -= 6) out += a[(v >> k) & 63];
+    }
+    if (i + 1 == bytes.size()) {
+        const unsigned v = unsigned(std::uint8_t(bytes[i])) << 16;
+        out += a[(v >> 18) & 63], out += a[(v >> 12) & 63], out += "==";
+    } else if (i + 2 == bytes.size()) {
+        const unsigned v = (unsigned(std::uint8_t(bytes[i])) << 16) | (unsigned(std::uint8_t(bytes[i + 1])) << 8);
+        out += a[(v >> 18) & 63], out += a[(v >> 12) & 63], out += a[(v >> 6) & 63], out += "=";
+    }
+    return out;
+}
+
+fs::path image(const char* name) { return kModel / "examples" / name; }
+std::string b64_image(const char* name) { return base64(slurp(image(name))); }
+
+// The command's stdout.
+std::string command(const std::vector<std::string>& args) {
+    std::string cmd = FLAMINGO_CLI;
+    for (const auto& a : args) {
+        cmd += " '";
+        for (char c : a) cmd += c == '\'' ? std::string("'\\''") : std::string(1, c);
+        cmd += "'";
+    }
+    cmd += " 2>/dev/null";
+    FILE* p = popen(cmd.c_str(), "r");
+    REQUIRE(p != nullptr);
+    std::string out;
+    char buf[4096];
+    for (std::size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+    REQUIRE(pclose(p) == 0);
+    return out;
+}
+
+// The server process, started once for the whole file.
+struct Server {
+    pid_t pid = -1;
+    int port = 0;
+    fs::path log = fs::temp_directory_path() / ("flamingo_serve_test_" + std::to_string(::getpid()) + ".log");
+
+    Server() {
+        pid = fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            std::freopen(log.c_str(), "w", stderr);
+            std::freopen("/dev/null", "w", stdout);
+            execl(FLAMINGO_CLI, FLAMINGO_CLI, "serve", "--model", kModel.c_str(), "--port", "0", "--parallel", "2",
+                  "--threads", "2", "--api-key", kKey.c_str(), (char*)nullptr);
+            _exit(127);
+        }
+        // The server names its port on stderr once it listens (bounded wait).
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        while (std::chrono::steady_clock::now() < deadline) {
+            const std::string s = slurp(log);
+            if (const auto at = s.find("http://127.0.0.1:"); at != std::string::npos && s.find('\n', at) != std::string::npos) {
+                port = std::stoi(s.substr(at + 17));
+                break;
+            }
+            int status = 0;
+            if (waitpid(pid, &status, WNOHANG) == pid) {
+                pid = -1;
+                FAIL("the server exited: " << s);
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        REQUIRE(port > 0);
+        // Listening starts right after the line: wait for /health.
+        httplib::Client c("127.0.0.1", port);
+        for (int i = 0; i < 200; ++i) {
+            if (auto r = c.Get("/health"); r && r->status == 200) return;
+            std::this_thread::sleep_for(std::chrono::milliseconds(25));
+        }
+        FAIL("the server does not answer /health");
+    }
+    // SIGTERM, then the exit status (-1 if it had to be killed).
+    int stop() {
+        if (pid < 0) return -1;
+        kill(pid, SIGTERM);
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+        int status = 0;
+        while (std::chrono::steady_clock::now() < deadline) {
+            if (waitpid(pid, &status, WNOHANG) == pid) {
+                pid = -1;
+                return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        pid = -1;
+        return -1;
+    }
+    ~Server() {
+        stop();
+        std::error_code ec;
+        fs::remove(log, ec);
+    }
+};
+
+Server& server() {
+    static Server s;
+    return s;
+}
+
+httplib::Client client(const std::string& key = kKey) {
+    httplib::Client c("127.0.0.1", server().port);
+    c.set_read_timeout(120, 0);
+    c.set_write_timeout(60, 0);
+    if (!key.empty()) c.set_default_headers({{"Authorization", "Bearer " + key}});
+    return c;
+}
+
+struct Reply {
+    int status = 0;
+    std::string body;
+    json j;
+};
+
+Reply post(const std::string& path, const std::string& body, const std::string& key = kKey) {
+    auto c = client(key);
+    auto r = c.Post(path.c_str(), body, "application/json");
+    REQUIRE(r);
+    Reply out{r->status, r->body, json::parse(r->body, nullptr, false)};
+    return out;
+}
+
+// SSE blocks: (event name, data).
+std::vector<std::pair<std::string, std::string>> events(const std::string& body) {
+    std::vector<std::pair<std::string, std::string>> out;
+    std::size_t at = 0;
+    while (at < body.size()) {
+        auto end = body.find("\n\n", at);
+        if (end == std::string::npos) end = body.size();
+        std::string name, data;
+        std::istringstream lines(body.substr(at, end - at));
+        for (std::string l; std::getline(lines, l);) {
+            if (l.rfind("event: ", 0) == 0) name = l.substr(7);
+            if (l.rfind("data: ", 0) == 0) data = l.substr(6);
+        }
+        if (!data.empty()) out.emplace_back(name, data);
+        at = end + 2;
+    }
+    return out;
+}
+
+const std::string kPrompt =
+    "<image>A photo of two red circles.<|endofchunk|><image>A photo of one striped blue star.<|endofchunk|><image>";
+
+json generate_body() {
+    return {{"prompt", kPrompt},
+            {"images", {b64_image("two_red_circles.png"), "data:image/png;base64," + b64_image("one_striped_blue_star.png"),
+                        b64_image("three_green_triangles.png")}}};
+}
+
+json expected_generate() {
+    static const json e = json::parse(command({"generate", "--model", kModel.string(), "--prompt", kPrompt, "--image",
+                                               image("two_red_circles.png").string(), "--image",
+                                               image("one_striped_blue_star.png").string(), "--image",
+                                               image("three_green_triangles.png").string(), "--json", "--threads", "1"}));
+    return e;
+}
+
+int metric(const std::string& text, const std::string& series) {
+    const auto at = text.find("\n" + series + " ");
+    return at == std::string::npos ? 0 : std::stoi(text.substr(at + series.size() + 2));
+}
+
+}  // namespace
+
+TEST_CASE("health answers without a key") {
+    auto c = client("");
+    auto r = c.Get("/health");
+    REQUIRE(r);
+    CHECK(r->status == 200);
+    const json j = json::parse(r->body);
+    CHECK(j["status"] == "ok");
+    CHECK(j["model"] == "shapes-flamingo");
+}
+
+TEST_CASE("generate equals the flamingo generate command, streamed or not") {
+    const json e = expected_generate();
+    CHECK(e["text"] == "A photo of three green triangles.");  // the README's demo answer
+    const Reply r = post("/v1/generate", generate_body().dump());
+    REQUIRE(r.status == 200);
+    CHECK(r.j["text"] == e["text"]);
+    CHECK(r.j["tokens"] == e["tokens"]);
+    CHECK(r.j["stopped"] == true);
+    CHECK(r.j["usage"]["completion_tokens"] == e["tokens"].size());
+
+    json body = generate_body();
+    body["stream"] = true;
+    const Reply s = post("/v1/generate", body.dump());
+    REQUIRE(s.status == 200);
+    std::string text;
+    json result;
+    std::size_t pieces = 0;
+    for (const auto& [name, data] : events(s.body)) {
+        if (name == "result") result = json::parse(data);
+        else text += json::parse(data)["text"].get<std::string>(), ++pieces;
+    }
+    CHECK(pieces > 1);
+    CHECK(text == e["text"].get<std::string>());
+    CHECK(result == r.j);
+}
+
+TEST_CASE("requests at once on two workers give the single answer") {
+    const json e = expected_generate();
+    const std::string body = generate_body().dump();
+    std::vector<Reply> replies(6);
+    std::vector<std::thread> threads;
+    for (auto& r : replies)
+        threads.emplace_back([&r, &body] {
+            httplib::Client c("127.0.0.1", server().port);
+            c.set_read_timeout(120, 0);
+            c.set_default_headers({{"Authorization", "Bearer " + kKey}});
+            if (auto res = c.Post("/v1/generate", body, "application/json")) r = {res->status, res->body, {}};
+        });
+    for (auto& t : threads) t.join();
+    for (const auto& r : replies) {
+        INFO(r.body);
+        CHECK(r.status == 200);
+        const json j = json::parse(r.body, nullptr, false);
+        CHECK((j.is_object() && j["tokens"] == e["tokens"]));
+    }
+}
+
+TEST_CASE("chat completions equal generate on the template's prompt, streamed or not") {
+    const std::string prompt = "User: <image>Question: What colour are the shapes? Answer:<|endofchunk|>Assistant:";
+    std::string e = command({"generate", "--model", kModel.string(), "--prompt", prompt, "--image",
+                             image("four_dotted_orange_squares.png").string(), "--max-new-tokens", "12", "--threads",
+                             "1"});
+    e.pop_back();  // the newline
+    e.erase(0, e.find_first_not_of(" \t\n"));
+    REQUIRE(!e.empty());
+
+    json body = {{"model", "shapes-flamingo"},
+                 {"max_tokens", 12},
+                 {"messages",
+                  {{{"role", "user"},
+                    {"content",
+                     {{{"type", "image_url"},
+                       {"image_url", {{"url", "data:image/png;base64," + b64_image("four_dotted_orange_squares.png")}}}},
+                      {{"type", "text"}, {"text", "Question: What colour are the shapes? Answer:"}}}}}}}};
+    const Reply r = post("/v1/chat/completions", body.dump());
+    REQUIRE(r.status == 200);
+    CHECK(r.j["object"] == "chat.completion");
+    CHECK(r.j["choices"][0]["message"]["role"] == "assistant");
+    CHECK(r.j["choices"][0]["message"]["content"] == e);
+    CHECK(r.j["choices"][0]["finish_reason"] == "stop");
+
+    body["stream"] = true;
+    const Reply s = post("/v1/chat/completions", body.dump());
+    REQUIRE(s.status == 200);
+    const auto ev = events(s.body);
+    REQUIRE(!ev.empty());
+    CHECK(ev.back().second == "[DONE]");
+    std::string text, finish;
+    for (std::size_t i = 0; i + 1 < ev.size(); ++i) {
+        const json c = json::parse(ev[i].second);
+        CHECK(c["object"] == "chat.completion.chunk");
+        const json& ch = c["choices"][0];
+        if (ch["delta"].contains("content")) text += ch["delta"]["content"].get<std::string>();
+        if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"].get<std::string>();
+    }
+    CHECK(text == e);
+    CHECK(finish == "stop");
+}
+
+TEST_CASE("score, embed and tokenize answer batch's objects") {
+    const Reply t = post("/v1/tokenize", R"({"prompt": "<image>A photo of"})");
+    REQUIRE(t.status == 200);
+    CHECK(t.j["tokens"] == json::parse(command({"tokenize", "--model", kModel.string(), "--prompt", "<image>A photo of"})));
+
+    const Reply e = post("/v1/embed", json({{"images", {b64_image("yellow_diamond.png")}}}).dump());
+    REQUIRE(e.status == 200);
+    CHECK(e.j["embeddings"].size() == 1);
+
+    const Reply s = post("/v1/score", json({{"prompt", "<image>A photo of"},
+                                            {"images", {b64_image("yellow_diamond.png")}},
+                                            {"candidates", {" one yellow diamond.", " two red circles."}}})
+                                          .dump());
+    REQUIRE(s.status == 200);
+    REQUIRE(s.j["scores"].size() == 2);
+    CHECK(s.j["scores"][0]["logprob"].get<double>() > s.j["scores"][1]["logprob"].get<double>());
+}
+
+TEST_CASE("hostile requests get their documented status and the server keeps answering") {
+    auto expect = [](const Reply& r, int status, const char* what) {
+        INFO(what << ": " << r.body);
+        CHECK(r.status == status);
+        REQUIRE(r.j.is_object());
+        CHECK(r.j["error"]["message"].is_string());
+        CHECK(r.j["error"]["type"].is_string());
+    };
+    const std::string good = generate_body().dump();
+    expect(post("/v1/generate", "{\"prompt\": 3"), 400, "malformed JSON");
+    expect(post("/v1/generate", good.substr(0, good.size() / 2)), 400, "truncated JSON");
+    expect(post("/v1/generate", "[1, 2]"), 400, "not an object");
+    expect(post("/v1/generate", R"({"prompt": 3})"), 400, "prompt not a string");
+    expect(post("/v1/generate", R"({"prompt": "x", "max_new_tokens": "5"})"), 400, "max_new_tokens a string");
+    expect(post("/v1/generate", R"({"prompt": "x", "stream": "yes"})"), 400, "stream not a boolean");
+    expect(post("/v1/generate", R"({"prompt": "x", "bogus": 1})"), 400, "unknown field");
+    expect(post("/v1/generate", R"({"prompt": "<image>x", "images": ["!!!!"]})"), 400, "bad base64");
+    expect(post("/v1/generate", json({{"prompt", "<image>x"}, {"images", {base64("not an image at all")}}}).dump()), 400,
+           "base64 of no image");
+    expect(post("/v1/generate", R"({"prompt": "<image>x", "images": ["/etc/passwd"]})"), 400, "a path");
+    expect(post("/v1/generate", json({{"prompt", "<image><image>x"}, {"images", {b64_image("yellow_diamond.png")}}}).dump()),
+           400, "<image> count mismatch");
+    std::string long_prompt;
+    for (int i = 0; i < 2000; ++i) long_prompt += "circle ";
+    expect(post("/v1/generate", json({{"prompt", long_prompt}}).dump()), 400, "prompt too long");
+    expect(post("/v1/chat/completions", R"({"messages": "hi"})"), 400, "messages not a list");
+    expect(post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": 7}]})"), 400, "content a number");
+    expect(post("/v1/chat/completions",
+                R"({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}]})"),
+           400, "an image URL");
+    expect(post("/v1/generate", std::string(17u << 20, ' ')), 413, "body over the limit");
+    {
+        // curl -d's default type, which cpp-httplib limits to 8 KiB: the message says what to send instead
+        auto c = client();
+        auto r = c.Post("/v1/generate", good + std::string(9000, ' '), "application/x-www-form-urlencoded");
+        REQUIRE(r);
+        CHECK(r->status == 413);
+        CHECK(r->body.find("Content-Type: application/json") != std::string::npos);
+    }
+    expect(post("/v1/generate", good, "wrong-key"), 401, "wrong key");
+    expect(post("/v1/generate", good, ""), 401, "no key");
+    {
+        auto c = client();
+        auto r = c.Get("/nowhere");
+        REQUIRE(r);
+        CHECK(r->status == 404);
+    }
+
+    // Still answering, and the same answer.
+    const Reply r = post("/v1/generate", good);
+    REQUIRE(r.status == 200);
+    CHECK(r.j["text"] == expected_generate()["text"]);
+
+    auto c = client();
+    auto m = c.Get("/metrics");
+    REQUIRE(m);
+    CHECK(m->status == 200);
+    INFO(m->body);
+    CHECK(metric(m->body, R"(flamingo_requests_total{endpoint="/v1/generate",status="400"})") >= 12);
+    CHECK(metric(m->body, R"(flamingo_requests_total{endpoint="/v1/generate",status="413"})") == 2);
+    CHECK(metric(m->body, R"(flamingo_requests_total{endpoint="/v1/generate",status="401"})") == 2);
+    CHECK(metric(m->body, R"(flamingo_requests_total{endpoint="/v1/chat/completions",status="400"})") == 3);
+    // A request is counted once its answer is written, so the last may not be yet.
+    CHECK(metric(m->body, R"(flamingo_requests_total{endpoint="/v1/generate",status="200"})") >= 2);
+    CHECK(metric(m->body, "flamingo_generated_tokens_total") > 0);
+    CHECK(m->body.find("flamingo_queue_depth ") != std::string::npos);
+    CHECK(m->body.find("flamingo_request_duration_seconds_bucket{endpoint=\"/v1/generate\",le=\"+Inf\"}") !=
+          std::string::npos);
+}
+
+TEST_CASE("SIGTERM ends the server cleanly, one log line per request") {
+    Server& s = server();
+    const fs::path log = s.log;
+    CHECK(s.stop() == 0);
+    const std::string text = slurp(log);
+    CHECK(text.find("POST /v1/generate 200 20+8 tokens") != std::string::npos);
+    CHECK(text.find("POST /v1/generate 413") != std::string::npos);
+    CHECK(text.find("GET /health 200") != std::string::npos);
+}
