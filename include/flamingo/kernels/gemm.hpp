@@ -24,6 +24,7 @@
 // FLAMINGO_BF16_GEMM=widen in the environment, the weights are widened to f32
 // and the f32 contract holds for every M. bf16_gemm_kind() names the path.
 // Scratch buffers are per thread and only grow: steady-state calls allocate nothing.
+#include <atomic>
 #include <cstddef>
 #include <cstdlib>
 #include <string_view>
@@ -56,19 +57,17 @@ inline void empty_product(std::size_t M, std::size_t N, const float* bias, float
         }
 }
 
-// Whether bf16 weights with more than kSmallM rows multiply in bf16 (vdpbf16ps):
-// compiled in, and not switched off by FLAMINGO_BF16_GEMM=widen (read once).
-inline bool bf16_dot_enabled() {
-    if constexpr (!kBf16Dot) {
-        return false;
-    } else {
-        static const bool on = [] {
-            const char* e = std::getenv("FLAMINGO_BF16_GEMM");
-            return !(e && std::string_view(e) == "widen");
-        }();
-        return on;
-    }
+// Whether bf16 weights with more than kSmallM rows multiply in bf16 (vdpbf16ps)
+// when compiled in: yes unless FLAMINGO_BF16_GEMM=widen (read at first use).
+// Tests flip it to hold both paths to their contracts in one process.
+inline std::atomic<bool>& bf16_dot_switch() {
+    static std::atomic<bool> on{[] {
+        const char* e = std::getenv("FLAMINGO_BF16_GEMM");
+        return !(e && std::string_view(e) == "widen");
+    }()};
+    return on;
 }
+inline bool bf16_dot_enabled() { return kBf16Dot && bf16_dot_switch().load(std::memory_order_relaxed); }
 
 }  // namespace detail
 
