@@ -10,6 +10,7 @@
 // while packing. One k-pair step of the MR x NR micro-kernel is MR*NV vdpbf16ps
 // from NV vector loads and MR broadcasts: twice the multiply-adds of an f32 step
 // for the same instruction count.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 

@@ -12,6 +12,10 @@
 //    read start to end) and for matmul when B is in cache or M is large.
 //  - gemm_packed packs B in K-blocks of long row pieces (classic GotoBLAS order),
 //    for matmul with few rows of A and a large row-major B coming from DRAM.
+//
+// gemm_panels also runs with bf16 weights multiplied in bf16 (Bf16Dot,
+// AVX512-BF16): the same drivers and tiles over operands packed in k-pairs of
+// bf16 (gemm_bf16.hpp) instead of floats.
 #include <algorithm>
 #include <cstddef>
 
