@@ -208,14 +208,20 @@ void BM_LinearSmallM(benchmark::State& st, std::size_t M, std::size_t N, std::si
 }
 
 // Compute-bound linear (prompt, Perceiver, ViT shapes): W stored [out, in].
+// widen: bf16 weights through the widening f32 path whatever the CPU has (the
+// path FLAMINGO_BF16_GEMM=widen selects), next to linear()'s choice.
 template <class W>
-void BM_LinearGemm(benchmark::State& st, std::size_t M, std::size_t N, std::size_t K) {
+void BM_LinearGemm(benchmark::State& st, std::size_t M, std::size_t N, std::size_t K, bool widen) {
     auto X = random_floats(M * K, 1), f = random_floats(N * K, 2), bias = random_floats(N, 3);
     std::vector<W> w(N * K);
     for (std::size_t i = 0; i < N * K; ++i) w[i] = W(f[i]);
     std::vector<float> Y(M * N);
     for (auto _ : st) {
-        fk::linear(M, N, K, X.data(), K, w.data(), K, bias.data(), Y.data(), N);
+        if (widen)
+            fk::detail::gemm_panels(M, N, K, X.data(), K, fk::detail::WeightRows<W>{w.data(), K}, Y.data(), N, false,
+                                    bias.data());
+        else
+            fk::linear(M, N, K, X.data(), K, w.data(), K, bias.data(), Y.data(), N);
         benchmark::DoNotOptimize(Y.data());
     }
     set_gemm_counters(st, {M, N, K});
@@ -277,6 +283,10 @@ void BM_SmallGemv(benchmark::State& st, std::size_t N, std::size_t K, int thread
 std::string shape_name(const Shape& s) {
     return std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
 }
+// Linear GEMM shapes: Perceiver / ViT ones, then an OpenFlamingo-3B prompt of
+// 165 tokens (d_model 2048, MLP 8192): attention projection, MLP up, MLP down.
+const Shape kLinearShapes[] = {{64, 1024, 1024},  {257, 4096, 1024}, {1300, 2048, 2048},
+                               {165, 2048, 2048}, {165, 8192, 2048}, {165, 2048, 8192}};
 const std::pair<std::size_t, std::size_t> kGemvShapes[] = {{2048, 2048}, {2048, 8192}, {8192, 2048}, {50280, 2048}};
 
 void register_all() {
@@ -307,11 +317,14 @@ void register_all() {
         benchmark::RegisterBenchmark(("LinearSmallM/bf16/" + shape).c_str(), BM_LinearSmallM<bf16>, M, 8192, 2048)
             ->UseRealTime();
     }
-    for (const Shape& s : {Shape{64, 1024, 1024}, Shape{257, 4096, 1024}, Shape{1300, 2048, 2048}}) {
+    for (const Shape& s : kLinearShapes) {
         const std::string shape = shape_name(s);
-        benchmark::RegisterBenchmark(("Linear/f32/" + shape).c_str(), BM_LinearGemm<float>, s.M, s.N, s.K)
+        benchmark::RegisterBenchmark(("Linear/f32/" + shape).c_str(), BM_LinearGemm<float>, s.M, s.N, s.K, false)
             ->UseRealTime();
-        benchmark::RegisterBenchmark(("Linear/bf16/" + shape).c_str(), BM_LinearGemm<bf16>, s.M, s.N, s.K)
+        benchmark::RegisterBenchmark(("Linear/bf16_widen/" + shape).c_str(), BM_LinearGemm<bf16>, s.M, s.N, s.K,
+                                     true)
+            ->UseRealTime();
+        benchmark::RegisterBenchmark(("Linear/bf16/" + shape).c_str(), BM_LinearGemm<bf16>, s.M, s.N, s.K, false)
             ->UseRealTime();
     }
     benchmark::RegisterBenchmark("Pool/empty_parallel_for", BM_EmptyParallelFor)->UseRealTime();
@@ -357,6 +370,16 @@ void print_summary(const Recorder& r) {
         if (o == 0) continue;
         std::printf("%-16s %8.1f %8.1f %8.1f %8.1f %8.1f %10.2f %10.2f %10.2f\n", shape.c_str(), o, o1, e, e2, n,
                     e ? o / e : 0, e ? o1 / e : 0, e2 ? o / e2 : 0);
+    }
+    std::printf("\nLinear (bf16: %s). GFLOP/s, wall time\n", fk::bf16_gemm_kind());
+    std::printf("%-16s %8s %10s %8s %11s %9s\n", "linear MxNxK", "f32", "bf16_widen", "bf16", "bf16/widen",
+                "bf16/f32");
+    for (const Shape& s : kLinearShapes) {
+        const std::string shape = shape_name(s);
+        auto g = [&](const char* who) { return r.counter(std::string("Linear/") + who + "/" + shape, "GFLOP/s"); };
+        double f = g("f32"), w = g("bf16_widen"), b = g("bf16");
+        if (f == 0 && w == 0 && b == 0) continue;
+        std::printf("%-16s %8.1f %10.1f %8.1f %11.2f %9.2f\n", shape.c_str(), f, w, b, w ? b / w : 0, f ? b / f : 0);
     }
     const double bw = r.counter("Bandwidth/read", "GB/s"), bw1 = r.counter("Bandwidth/read_1t", "GB/s");
     std::printf("\nread bandwidth: %.1f GB/s (all threads, wall), %.1f GB/s (1 thread, CPU time)\n", bw, bw1);

@@ -298,6 +298,9 @@ int run(int argc, char** argv) {
     if (verbose) {
         std::cerr << "load: " << since(t0) << " s (weights " << flamingo::model::weight_type_name(lo.weights) << ", "
                   << threads << " threads)\n";
+        if (lo.weights == flamingo::WeightType::BF16)
+            std::cerr << "bf16 GEMM (9+ rows; FLAMINGO_BF16_GEMM=widen forces widening): "
+                      << flamingo::kernels::bf16_gemm_kind() << "\n";
         for (const auto& n : net.unused_tensors()) std::cerr << "warning: unused tensor " << n << "\n";
     } else if (!net.unused_tensors().empty()) {
         std::cerr << "warning: " << net.unused_tensors().size() << " tensors in the checkpoint are not used"

@@ -4,6 +4,11 @@
 // when present). f32 accumulation of K <= 1000 products of random signs stays
 // near sqrt(K) * 2^-24 (~2e-6); dropping, duplicating or misplacing a single
 // term, or rounding the activations to bf16, is off by ~1e-3 or more.
+//
+// bf16 weights with more than 8 rows multiply in bf16 where the CPU has
+// AVX512-BF16 (gemm.hpp): there the reference is computed from the activations
+// rounded to bf16 (same 1e-5 bound), and the result is also held against the
+// unrounded product within 2^-8 * sum_k |a_ik| |b_kj|.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -23,6 +28,7 @@ namespace fk = flamingo::kernels;
 namespace {
 
 constexpr double kTol = 1e-5;
+const double kBf16Tol = std::ldexp(1.0, -8);  // activations rounded to bf16: <= 2^-9 relative each
 constexpr float kSentinel = -12345.0f;  // fills the padding between rows; must survive untouched
 
 const std::size_t kSizes[] = {1, 2, 3, 7, 15, 16, 17, 63, 65, 100, 257, 1000};
@@ -66,14 +72,14 @@ struct Case {
 
 // Compares C (with padding) against ref/mag; returns the worst error relative to mag.
 double compare(const Case& c, const std::vector<float>& C, std::size_t ldc, const std::vector<double>& ref,
-               const std::vector<double>& mag) {
+               const std::vector<double>& mag, double tol = kTol) {
     double worst = 0;
     std::size_t bad = 0;
     for (std::size_t i = 0; i < c.M; ++i) {
         for (std::size_t j = 0; j < c.N; ++j) {
             double err = std::fabs(double(C[i * ldc + j]) - ref[i * c.N + j]);
             double rel = err / (mag[i * c.N + j] + 1e-30);
-            if (!(rel <= kTol) && bad++ < 3)
+            if (!(rel <= tol) && bad++ < 3)
                 FAIL_CHECK(c.str(), ": C[", i, ",", j, "] = ", C[i * ldc + j], ", expected ", ref[i * c.N + j]);
             if (rel > worst) worst = rel;
         }
@@ -85,9 +91,13 @@ double compare(const Case& c, const std::vector<float>& C, std::size_t ldc, cons
     return worst;
 }
 
-// x_chunk_bytes > 0 calls the packed weight path directly with that chunk size.
+// Whether linear() multiplies these operands in bf16 (rounding the activations).
+bool bf16_products(const Case& c) { return c.bf16_weights && c.M > fk::detail::kSmallM && fk::detail::bf16_dot_enabled(); }
+
+// x_chunk_bytes > 0 calls the packed weight path directly with that chunk size:
+// widening bf16 weights, or (dot, bf16 weights, AVX512-BF16 only) multiplying in bf16.
 template <class W>
-double run_linear(const Case& c, std::mt19937& gen, std::size_t x_chunk_bytes = 0) {
+double run_linear(const Case& c, std::mt19937& gen, std::size_t x_chunk_bytes = 0, bool dot = false) {
     const std::size_t ldx = c.K + c.pad, ldw = c.K + c.pad, ldy = c.N + c.pad;
     auto X = padded(c.M, c.K, ldx, gen);
     auto wf = padded(c.N, c.K, ldw, gen);
@@ -96,26 +106,43 @@ double run_linear(const Case& c, std::mt19937& gen, std::size_t x_chunk_bytes = 
     auto bias = random_floats(c.N, gen);
     auto Y = padded(c.M, c.N, ldy, gen);
 
-    std::vector<double> ref(c.M * c.N), mag(c.M * c.N);
-    for (std::size_t i = 0; i < c.M; ++i)
-        for (std::size_t j = 0; j < c.N; ++j) {
-            double s = 0, a = 0;
-            for (std::size_t k = 0; k < c.K; ++k) {
-                double p = double(X[i * ldx + k]) * double(float(w[j * ldw + k]));
-                s += p;
-                a += std::fabs(p);
+    const bool rounded = x_chunk_bytes ? dot : bf16_products(c);
+    auto reference = [&](bool round_x, std::vector<double>& ref, std::vector<double>& mag) {
+        ref.assign(c.M * c.N, 0.0), mag.assign(c.M * c.N, 0.0);
+        for (std::size_t i = 0; i < c.M; ++i)
+            for (std::size_t j = 0; j < c.N; ++j) {
+                double s = 0, a = 0;
+                for (std::size_t k = 0; k < c.K; ++k) {
+                    float x = X[i * ldx + k];
+                    if (round_x) x = float(bf16(x));
+                    double p = double(x) * double(float(w[j * ldw + k]));
+                    s += p;
+                    a += std::fabs(p);
+                }
+                if (c.bias) s += bias[j], a += std::fabs(bias[j]);
+                if (c.accumulate) s += Y[i * ldy + j], a += std::fabs(Y[i * ldy + j]);
+                ref[i * c.N + j] = s;
+                mag[i * c.N + j] = a;
             }
-            if (c.bias) s += bias[j], a += std::fabs(bias[j]);
-            if (c.accumulate) s += Y[i * ldy + j], a += std::fabs(Y[i * ldy + j]);
-            ref[i * c.N + j] = s;
-            mag[i * c.N + j] = a;
-        }
-    if (x_chunk_bytes)
-        fk::detail::gemm_panels(c.M, c.N, c.K, X.data(), ldx, fk::detail::WeightRows<W>{w.data(), ldw}, Y.data(), ldy, c.accumulate,
-                                c.bias ? bias.data() : nullptr, x_chunk_bytes);
-    else
+    };
+    std::vector<double> ref, mag, exact_ref, exact_mag;
+    reference(rounded, ref, mag);
+    if (rounded) reference(false, exact_ref, exact_mag);
+    if (x_chunk_bytes && dot) {
+#if defined(__AVX512BF16__)
+        if constexpr (std::is_same_v<W, bf16>)
+            fk::detail::gemm_panels<fk::detail::WeightPairs, fk::detail::Bf16Dot>(
+                c.M, c.N, c.K, X.data(), ldx, fk::detail::WeightPairs{w.data(), ldw}, Y.data(), ldy, c.accumulate,
+                c.bias ? bias.data() : nullptr, x_chunk_bytes);
+#endif
+    } else if (x_chunk_bytes) {
+        fk::detail::gemm_panels(c.M, c.N, c.K, X.data(), ldx, fk::detail::WeightRows<W>{w.data(), ldw}, Y.data(),
+                                ldy, c.accumulate, c.bias ? bias.data() : nullptr, x_chunk_bytes);
+    } else {
         fk::linear(c.M, c.N, c.K, X.data(), ldx, w.data(), ldw, c.bias ? bias.data() : nullptr, Y.data(), ldy,
                    c.accumulate);
+    }
+    if (rounded) compare(c, Y, ldy, exact_ref, exact_mag, kBf16Tol);
     return compare(c, Y, ldy, ref, mag);
 }
 
@@ -217,6 +244,7 @@ TEST_CASE("the weight path over several chunks of rows") {
             for (std::size_t M : {9, 50, 100}) {
                 run_linear<float>(Case{M, 70, 300, false, true, false, 2}, gen, chunk);
                 run_linear<bf16>(Case{M, 70, 300, true, false, true, 0}, gen, chunk);
+                if (fk::detail::kBf16Dot) run_linear<bf16>(Case{M, 70, 301, true, true, true, 3}, gen, chunk, true);
             }
     }
 }
@@ -230,17 +258,58 @@ TEST_CASE("large products") {
     run_case(Case{8, 4096, 1000, true, true, true, 2}, true, gen);
 }
 
-TEST_CASE("bf16 weights keep the activations exact") {
+TEST_CASE("bf16 weights keep the activations exact up to 8 rows, and beyond unless multiplying in bf16") {
     // x = 1 + 2^-12 is not representable in bf16 (8 significant bits) but every
     // partial sum of up to 64 of them is exact in f32; with weights 1.0 each
-    // output is 64 * x exactly, which rounding x to bf16 would turn into 64.
-    for (std::size_t M : {1, 4, 64}) {
+    // output is 64 * x exactly, which rounding x to bf16 turns into 64.
+    const float x = 1.0f + std::ldexp(1.0f, -12);
+    for (std::size_t M : {1, 4, 8, 9, 64}) {
+        CAPTURE(M);
         const std::size_t N = 33, K = 64;
-        std::vector<float> X(M * K, 1.0f + std::ldexp(1.0f, -12)), Y(M * N);
+        std::vector<float> X(M * K, x), Y(M * N);
         std::vector<bf16> w(N * K, bf16(1.0f));
         fk::linear(M, N, K, X.data(), K, w.data(), K, nullptr, Y.data(), N);
-        for (float y : Y) REQUIRE(y == 64.0f * (1.0f + std::ldexp(1.0f, -12)));
+        const bool rounds = M > fk::detail::kSmallM && fk::detail::bf16_dot_enabled();
+        for (float y : Y) REQUIRE(y == (rounds ? 64.0f : 64.0f * x));
     }
+}
+
+TEST_CASE("bf16 products: threads, and the widening path, in one binary") {
+    // Each output's sum runs in the same order whatever the thread count, so 1 and
+    // 2 threads agree bit for bit; the widening path (what FLAMINGO_BF16_GEMM=widen
+    // selects) keeps the f32 contract on the same operands.
+    if (!fk::detail::bf16_dot_enabled()) return;  // not compiled in, or FLAMINGO_BF16_GEMM=widen
+    const std::size_t M = 37, N = 150, K = 1001;  // no dimension a multiple of a tile; K odd
+    std::mt19937 gen(13);
+    auto X = random_floats(M * K, gen), wf = random_floats(N * K, gen), bias = random_floats(N, gen);
+    std::vector<bf16> w(N * K);
+    for (std::size_t i = 0; i < N * K; ++i) w[i] = bf16(wf[i]);
+    auto product = [&](int threads) {
+        ThreadCount tc(threads);
+        std::vector<float> Y(M * N, 0.5f);
+        fk::linear(M, N, K, X.data(), K, w.data(), K, bias.data(), Y.data(), N, true);
+        return Y;
+    };
+    auto y1 = product(1), y2 = product(2);
+    CHECK(y1 == y2);
+    std::vector<float> yw(M * N, 0.5f);
+    fk::detail::gemm_panels(M, N, K, X.data(), K, fk::detail::WeightRows<bf16>{w.data(), K}, yw.data(), N, true,
+                            bias.data());
+    double worst_dot = 0, worst_widen = 0;
+    for (std::size_t i = 0; i < M; ++i)
+        for (std::size_t j = 0; j < N; ++j) {
+            double s = 0.5 + bias[j], a = 0.5 + std::fabs(bias[j]);
+            for (std::size_t k = 0; k < K; ++k) {
+                double p = double(X[i * K + k]) * double(float(w[j * K + k]));
+                s += p, a += std::fabs(p);
+            }
+            worst_dot = std::max(worst_dot, std::fabs(y1[i * N + j] - s) / a);
+            worst_widen = std::max(worst_widen, std::fabs(yw[i * N + j] - s) / a);
+        }
+    MESSAGE("vs the unrounded product: bf16 products ", worst_dot, ", widened ", worst_widen, " x sum|a||b|");
+    CHECK(worst_dot <= kBf16Tol);
+    CHECK(worst_widen <= kTol);
+    CHECK(worst_dot > worst_widen);  // the bf16 path did run (rounding shows)
 }
 
 TEST_CASE("empty products") {

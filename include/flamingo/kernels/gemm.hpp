@@ -8,13 +8,26 @@
 // up to 8 rows (decoding, beam search) the weights are streamed once for all
 // rows; beyond that a packed, register-blocked GEMM runs. Work is split over
 // flamingo::num_threads() threads; nested inside a parallel_for it runs serially.
-// bf16 weights are widened to f32 in registers (exact) and accumulated in f32;
-// the activations are never rounded (AVX512-BF16's vdpbf16ps would need them in
-// bf16, a 2^-9 relative error per product, and decoding is bound by memory, not
-// by arithmetic, so it is not used). Accuracy: f32 accumulation, error of the
-// order of sqrt(K) * 2^-24 * sum|x||w| (tests allow 1e-5 * sum|x||w|).
+// Accuracy: f32 accumulation, error of the order of sqrt(K) * 2^-24 * sum|x||w|
+// (tests allow 1e-5 * sum|x||w|).
+//
+// bf16 weights, up to 8 rows (decoding, bound by memory): widened to f32 in
+// registers (exact), the activations are not rounded, the f32 contract holds.
+// bf16 weights, 9+ rows (prompts, image encoding: bound by arithmetic): on a
+// CPU with AVX512-BF16 (compiled in with -march=native) the product runs on
+// vdpbf16ps, which multiplies bf16 pairs at twice the f32 rate. The activations
+// are then rounded to bf16 (nearest even; denormals flushed to zero), and the
+// result is the f32-accumulated product of bf16-rounded activations and the
+// bf16 weights: within the f32 bound above of that product (tests: 1e-5), and
+// within 2^-8 * sum|x||w| of the product of the unrounded activations (each
+// rounding is at most 2^-9 relative), as oneDNN's bf16 GEMM. Elsewhere, or with
+// FLAMINGO_BF16_GEMM=widen in the environment, the weights are widened to f32
+// and the f32 contract holds for every M. bf16_gemm_kind() names the path.
 // Scratch buffers are per thread and only grow: steady-state calls allocate nothing.
+#include <atomic>
 #include <cstddef>
+#include <cstdlib>
+#include <string_view>
 #include <type_traits>
 
 #include "../core/dtype.hpp"
@@ -44,7 +57,25 @@ inline void empty_product(std::size_t M, std::size_t N, const float* bias, float
         }
 }
 
+// Whether bf16 weights with more than kSmallM rows multiply in bf16 (vdpbf16ps)
+// when compiled in: yes unless FLAMINGO_BF16_GEMM=widen (read at first use).
+// Tests flip it to hold both paths to their contracts in one process.
+inline std::atomic<bool>& bf16_dot_switch() {
+    static std::atomic<bool> on{[] {
+        const char* e = std::getenv("FLAMINGO_BF16_GEMM");
+        return !(e && std::string_view(e) == "widen");
+    }()};
+    return on;
+}
+inline bool bf16_dot_enabled() { return kBf16Dot && bf16_dot_switch().load(std::memory_order_relaxed); }
+
 }  // namespace detail
+
+// The product bf16 weights get beyond a few rows, for logs.
+inline const char* bf16_gemm_kind() {
+    return detail::bf16_dot_enabled() ? "bf16 products (AVX512-BF16 vdpbf16ps, activations rounded to bf16)"
+                                      : "bf16 weights widened to f32, f32 products";
+}
 
 // C[M,N] = A[M,K] · B[K,N]   (accumulate: C += ...)
 inline void matmul(std::size_t M, std::size_t N, std::size_t K, const float* A, std::size_t lda, const float* B,
@@ -65,7 +96,7 @@ inline void matmul(std::size_t M, std::size_t N, std::size_t K, const float* A, 
 }
 
 // Y[M,N] = X[M,K] · W[N,K]^T + bias[N]  -- PyTorch nn.Linear, W stored [out, in].
-// W is float or flamingo::bf16 (converted in registers, f32 accumulation); bias may be nullptr.
+// W is float or flamingo::bf16 (see the header comment for the arithmetic); bias may be nullptr.
 template <class W>
 void linear(std::size_t M, std::size_t N, std::size_t K, const float* X, std::size_t ldx, const W* w,
             std::size_t ldw, const float* bias, float* Y, std::size_t ldy, bool accumulate = false) {
@@ -77,6 +108,12 @@ void linear(std::size_t M, std::size_t N, std::size_t K, const float* X, std::si
     detail::check_matrix("linear", "Y", Y, M, N, ldy);
     if (K == 0) return detail::empty_product(M, N, bias, Y, ldy, accumulate);
     if (M <= detail::kSmallM) return detail::linear_small(M, N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+#if defined(__AVX512BF16__)
+    if constexpr (std::is_same_v<W, bf16>)
+        if (detail::bf16_dot_enabled())
+            return detail::gemm_panels<detail::WeightPairs, detail::Bf16Dot>(M, N, K, X, ldx, detail::WeightPairs{w, ldw},
+                                                                            Y, ldy, accumulate, bias);
+#endif
     detail::gemm_panels(M, N, K, X, ldx, detail::WeightRows<W>{w, ldw}, Y, ldy, accumulate, bias);
 }
 

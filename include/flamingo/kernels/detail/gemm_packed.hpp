@@ -12,10 +12,15 @@
 //    read start to end) and for matmul when B is in cache or M is large.
 //  - gemm_packed packs B in K-blocks of long row pieces (classic GotoBLAS order),
 //    for matmul with few rows of A and a large row-major B coming from DRAM.
+//
+// gemm_panels also runs with bf16 weights multiplied in bf16 (Bf16Dot,
+// AVX512-BF16): the same drivers and tiles over operands packed in k-pairs of
+// bf16 (gemm_bf16.hpp) instead of floats.
 #include <algorithm>
 #include <cstddef>
 
 #include "../../core/executor.hpp"
+#include "gemm_bf16.hpp"
 #include "gemm_simd.hpp"
 
 namespace flamingo::kernels::detail {
@@ -56,25 +61,15 @@ inline void micro_kernel(std::size_t kc, const float* __restrict a, const float*
         a += MR;
         b += NV * kV;
     }
-    if (bias) {
-        for (std::size_t j = 0; j < NV; ++j) {
-            fbatch bj = fbatch::load_unaligned(bias + j * kV);
-            for (std::size_t i = 0; i < MR; ++i) acc[i][j] += bj;
-        }
-    }
-    for (std::size_t i = 0; i < MR; ++i) {
-        float* ci = c + i * ldc;
-        for (std::size_t j = 0; j < NV; ++j) {
-            fbatch v = acc[i][j];
-            if (load_c) v += fbatch::load_unaligned(ci + j * kV);
-            v.store_unaligned(ci + j * kV);
-        }
-    }
+    store_tile<MR, NV>(acc, c, ldc, load_c, bias);
 }
 
+// The tile functions take packed f32 slivers, or packed bf16 k-pairs (uint32_t,
+// gemm_bf16.hpp); kc counts k steps of the packing (elements or pairs).
+//
 // One MR x nr tile at the edges: computed in full into a buffer, merged element-wise.
-template <std::size_t NV>
-inline void edge_tile(std::size_t kc, const float* a, const float* b, float* c, std::size_t ldc, std::size_t mr,
+template <std::size_t NV, class T>
+inline void edge_tile(std::size_t kc, const T* a, const T* b, float* c, std::size_t ldc, std::size_t mr,
                       std::size_t nr, bool load_c, const float* bias) {
     alignas(64) float tile[kMR * NV * kV];
     micro_kernel<kMR, NV>(kc, a, b, tile, NV * kV, false, nullptr);
@@ -85,8 +80,8 @@ inline void edge_tile(std::size_t kc, const float* a, const float* b, float* c, 
         }
 }
 
-template <std::size_t NV>
-inline void tile(std::size_t kc, const float* a, const float* b, float* c, std::size_t ldc, std::size_t mr,
+template <std::size_t NV, class T>
+inline void tile(std::size_t kc, const T* a, const T* b, float* c, std::size_t ldc, std::size_t mr,
                  std::size_t nr, bool load_c, const float* bias) {
     if (mr == kMR && nr == NV * kV)
         micro_kernel<kMR, NV>(kc, a, b, c, ldc, load_c, bias);
@@ -95,8 +90,8 @@ inline void tile(std::size_t kc, const float* a, const float* b, float* c, std::
 }
 
 // Dispatches on the sliver's vector count (only the last sliver is narrower).
-template <std::size_t NV = kNV>
-inline void tile_any(std::size_t nv, std::size_t kc, const float* a, const float* b, float* c, std::size_t ldc,
+template <std::size_t NV = kNV, class T>
+inline void tile_any(std::size_t nv, std::size_t kc, const T* a, const T* b, float* c, std::size_t ldc,
                      std::size_t mr, std::size_t nr, bool load_c, const float* bias) {
     if constexpr (NV > 1)
         if (nv < NV) return tile_any<NV - 1>(nv, kc, a, b, c, ldc, mr, nr, load_c, bias);
@@ -265,6 +260,29 @@ inline Scratch& panel_scratch() {
     return s;
 }
 
+// The arithmetic of gemm_panels: the packed element type T, how many k steps
+// of T K takes, the K-block per micro-kernel call (in k steps), and how X is
+// packed into MR-row slivers [k step][MR].
+struct F32Dot {  // f32 products, f32 accumulation
+    using T = float;
+    static constexpr std::size_t kKC = kPanelKC;
+    static std::size_t steps(std::size_t K) { return K; }
+    static void pack_x(const float* x, std::size_t ldx, std::size_t rows, std::size_t K, T* dst) {
+        pack_interleaved(x, ldx, rows, kMR, K, dst);
+    }
+};
+
+#if defined(__AVX512BF16__)
+struct Bf16Dot {  // products of bf16 pairs (X rounded to bf16), f32 accumulation
+    using T = std::uint32_t;                         // a k-pair of bf16
+    static constexpr std::size_t kKC = kPanelKC / 2;  // the same bytes of B per call as F32Dot
+    static std::size_t steps(std::size_t K) { return (K + 1) / 2; }
+    static void pack_x(const float* x, std::size_t ldx, std::size_t rows, std::size_t K, T* dst) {
+        pack_pairs(x, ldx, rows, kMR, K, dst);
+    }
+};
+#endif
+
 // Sources of the B operand for gemm_panels: pack_panel() writes columns
 // [n0, n0 + nr) over all of K as [k][wd] (zero-padded to wd), source() names the
 // memory that packing columns [n0, n1) reads.
@@ -279,6 +297,19 @@ struct WeightRows {  // B = W^T, W[N, K] row-major (a weight stored [out, in])
         return {reinterpret_cast<const char*>(p + n0 * ld), K * sizeof(W), ld * sizeof(W), n1 - n0};
     }
 };
+
+#if defined(__AVX512BF16__)
+struct WeightPairs {  // B = W^T, W[N, K] bf16 row-major, packed as k-pairs [K/2][wd] for Bf16Dot
+    const bf16* p;
+    std::size_t ld;
+    void pack_panel(std::size_t n0, std::size_t nr, std::size_t wd, std::size_t K, std::uint32_t* dst) const {
+        pack_pairs(p + n0 * ld, ld, nr, wd, K, dst);
+    }
+    LinePrefetcher source(std::size_t n0, std::size_t n1, std::size_t K) const {
+        return WeightRows<bf16>{p, ld}.source(n0, n1, K);
+    }
+};
+#endif
 
 struct RowMajorPanels {  // B[K, N] row-major
     const float* p;
@@ -299,16 +330,22 @@ struct RowMajorPanels {  // B[K, N] row-major
 // weight this reads NR rows start to end, which keeps DRAM streaming: packing a
 // K-block of many weight rows instead reads short pieces of thousands of rows,
 // and measured several times slower.
-template <class BSrc>
+//
+// Dot is the arithmetic (F32Dot, or Bf16Dot with BSrc = WeightPairs); positions
+// along K (pc, kc) count Dot's k steps, D of them.
+template <class BSrc, class Dot = F32Dot>
 void gemm_panels(std::size_t M, std::size_t N, std::size_t K, const float* X, std::size_t ldx, const BSrc& B,
                  float* Y, std::size_t ldy, bool accumulate, const float* bias,
                  std::size_t x_chunk_bytes = kAChunkBytes) {
+    using T = typename Dot::T;
+    static_assert(sizeof(T) == sizeof(float));  // the scratch buffers hold floats
     constexpr std::size_t MR = kMR, NR = kNR;
-    const std::size_t kblocks = (K + kPanelKC - 1) / kPanelKC;
-    const std::size_t kc_max = (K + kblocks - 1) / kblocks;
-    std::size_t mchunk = std::max<std::size_t>(1, x_chunk_bytes / (K * sizeof(float) * MR)) * MR;
+    const std::size_t D = Dot::steps(K);
+    const std::size_t kblocks = (D + Dot::kKC - 1) / Dot::kKC;
+    const std::size_t kc_max = (D + kblocks - 1) / kblocks;
+    std::size_t mchunk = std::max<std::size_t>(1, x_chunk_bytes / (D * sizeof(T) * MR)) * MR;
     mchunk = std::min(mchunk, (M + MR - 1) / MR * MR);
-    float* xp = shared_scratch().get(mchunk * K);
+    T* xp = reinterpret_cast<T*>(shared_scratch().get(mchunk * D));
     const std::size_t slivers = (N + NR - 1) / NR;
 
     for (std::size_t i0 = 0; i0 < M; i0 += mchunk) {
@@ -316,25 +353,25 @@ void gemm_panels(std::size_t M, std::size_t N, std::size_t K, const float* X, st
         // X sliver a holds rows i0 + a*MR.., laid out [k][MR] over the whole of K.
         parallel_for(xs, [&](std::size_t a0, std::size_t a1) {
             for (std::size_t a = a0; a < a1; ++a)
-                pack_interleaved(X + (i0 + a * MR) * ldx, ldx, std::min(MR, mcur - a * MR), MR, K, xp + a * MR * K);
+                Dot::pack_x(X + (i0 + a * MR) * ldx, ldx, std::min(MR, mcur - a * MR), K, xp + a * MR * D);
         });
         parallel_for(slivers, [&](std::size_t s0, std::size_t s1) {
-            float* bp = panel_scratch().get(K * NR);
+            T* bp = reinterpret_cast<T*>(panel_scratch().get(D * NR));
             for (std::size_t s = s0; s < s1; ++s) {
                 const std::size_t n0 = s * NR, nr = std::min(NR, N - n0);
                 const std::size_t nv = (nr + kV - 1) / kV, wd = nv * kV;
-                B.pack_panel(n0, nr, wd, K, bp);  // [k][wd]
+                B.pack_panel(n0, nr, wd, K, bp);  // [k step][wd]
                 // The next sliver's source: fetched from DRAM while this one is multiplied.
                 LinePrefetcher pf;
                 if (s + 1 < s1) pf = B.source(n0 + NR, std::min(N, n0 + 2 * NR), K);
                 const std::size_t per_call = pf.lines_left() / (kblocks * xs) + 1;
-                for (std::size_t pc = 0; pc < K; pc += kc_max) {
-                    const std::size_t kc = std::min(kc_max, K - pc);
+                for (std::size_t pc = 0; pc < D; pc += kc_max) {
+                    const std::size_t kc = std::min(kc_max, D - pc);
                     const bool load_c = accumulate || pc > 0;
                     const float* bias_s = pc == 0 && bias ? bias + n0 : nullptr;
                     for (std::size_t a = 0; a < xs; ++a) {
                         pf.issue(per_call);
-                        tile_any(nv, kc, xp + a * MR * K + pc * MR, bp + pc * wd, Y + (i0 + a * MR) * ldy + n0, ldy,
+                        tile_any(nv, kc, xp + a * MR * D + pc * MR, bp + pc * wd, Y + (i0 + a * MR) * ldy + n0, ldy,
                                  std::min(MR, mcur - a * MR), nr, load_c, bias_s);
                     }
                 }
