@@ -279,7 +279,7 @@ int run(int argc, char** argv) {
     if (progress) std::cerr << "\33[2K" << std::flush;
     const auto& net = model->network();
     if (verbose) {
-        std::cerr << "load: " << since(t0) << " s (weights " << flamingo::model::weight_type_name(lo.weights) << ", "
+        std::cerr << "load: " << since(t0) << " s (weights " << flamingo::model::weight_type_name(net.weight_type()) << ", "
                   << threads << " threads)\n";
         for (const auto& n : net.unused_tensors()) std::cerr << "warning: unused tensor " << n << "\n";
     } else if (!net.unused_tensors().empty()) {
