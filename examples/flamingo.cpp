@@ -20,6 +20,7 @@
 
 #include <flamingo/flamingo.hpp>
 #include <flamingo/io/npy.hpp>
+#include <flamingo/model/quantize.hpp>
 
 #include "batch.hpp"
 #include "chat.hpp"
@@ -55,6 +56,8 @@ const Command kCommands[] = {
      "a conversation on stdin, one message per line (/image PATH, /reset, /quit)"},
     {"batch", "[--in FILE.jsonl] [--out FILE.jsonl] [--parallel N] [--resume]",
      "JSON Lines of generate/score/embed/tokenize tasks, one result line each, in order"},
+    {"quantize", "--weights q8|q4 --out DIR",
+     "writes the model quantised into a new model directory, which then loads as q8/q4 without --weights"},
 };
 
 // Every option, once: the parser, the checks and the usage text read this list.
@@ -73,7 +76,9 @@ const Option kOptions[] = {
     {"frames", "F", "generate score logits eval",
      "frames per medium (video), sampled evenly (default 1; eval: records may say)"},
     {"threads", "N", "*", "threads (default: all cores)"},
-    {"weights", "f32|bf16|q8|q4", "*", "the format the large matrices are held and multiplied in (default f32; q8/q4 quantise at load)"},
+    {"weights", "f32|bf16|q8|q4", "*",
+     "the format the large matrices are held and multiplied in (default: as stored,\n"
+     "                      f32 unless the directory was written by quantize; q8/q4 quantise at load)"},
     {"bf16", nullptr, "*", "same as --weights bf16"},
     {"verbose", nullptr, "*", "timings on stderr"},
     {"help", nullptr, "*", "this text"},
@@ -89,7 +94,7 @@ const Option kOptions[] = {
     {"seed", "S", "generate chat", nullptr},
     {"json", nullptr, "generate", nullptr},
     {"candidate", "TEXT", "score", nullptr},
-    {"out", "FILE", "logits embed eval batch", nullptr},
+    {"out", "FILE", "logits embed eval batch quantize", nullptr},
     {"in", "FILE", "batch", nullptr},
     {"parallel", "N", "batch", nullptr},
     {"resume", nullptr, "batch", nullptr},
@@ -162,11 +167,11 @@ Args parse(int argc, char** argv) {
     }
     if (a.has("help")) return a;
     if (a.command.empty())
-        fail("no command given (generate, score, logits, tokenize, embed, eval, chat, batch; flamingo --help)");
+        fail("no command given (generate, score, logits, tokenize, embed, eval, chat, batch, quantize; flamingo --help)");
     bool known = false;
     for (const Command& c : kCommands) known = known || a.command == c.name;
     if (!known)
-        fail("unknown command '", a.command, "' (generate, score, logits, tokenize, embed, eval, chat, batch)");
+        fail("unknown command '", a.command, "' (generate, score, logits, tokenize, embed, eval, chat, batch, quantize)");
     for (const auto& [name, v] : a.values)
         if (!applies(*find_option(name), a.command)) fail("option --", name, " does not apply to ", a.command);
     return a;
@@ -270,6 +275,19 @@ int run(int argc, char** argv) {
     for (const auto& c : list(a, "candidate"))
         if (c.empty()) fail("a --candidate is empty");
     if (cmd == "eval") required(a, "data");
+
+    if (cmd == "quantize") {
+        const std::string& out = required(a, "out");
+        if (!lo.weights || !flamingo::model::is_quantized(*lo.weights))
+            fail("quantize needs --weights q8 or --weights q4");
+        auto t0 = clock_type::now();
+        const auto s = flamingo::model::quantize_model(model_dir, out, *lo.weights);
+        std::cout << "wrote " << out << ": " << s.matrices << " matrices quantised to "
+                  << flamingo::model::weight_type_name(*lo.weights) << ", " << s.tensors << " tensors, "
+                  << double(s.bytes_out) / 1e6 << " MB (from " << double(s.bytes_in) / 1e6 << " MB)\n";
+        if (verbose) std::cerr << "quantize: " << since(t0) << " s\n";
+        return 0;
+    }
 
     auto t0 = clock_type::now();
     if (progress) std::cerr << "loading " << model_dir << "...\r" << std::flush;
