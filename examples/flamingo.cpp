@@ -20,6 +20,7 @@
 
 #include <flamingo/flamingo.hpp>
 #include <flamingo/io/npy.hpp>
+#include <flamingo/model/quantize.hpp>
 
 #include "batch.hpp"
 #include "chat.hpp"
@@ -64,6 +65,8 @@ const Command kCommands[] = {
      "\n           (not in this build: it needs cpp-httplib)"
 #endif
     },
+    {"quantize", "--weights q8|q4 --out DIR",
+     "writes the model quantised into a new model directory, which then loads as q8/q4 without --weights"},
 };
 
 // Every option, once: the parser, the checks and the usage text read this list.
@@ -82,7 +85,9 @@ const Option kOptions[] = {
     {"frames", "F", "generate score logits eval",
      "frames per medium (video), sampled evenly (default 1; eval: records may say)"},
     {"threads", "N", "*", "threads (default: all cores)"},
-    {"weights", "f32|bf16|q8|q4", "*", "the format the large matrices are held and multiplied in (default f32; q8/q4 quantise at load)"},
+    {"weights", "f32|bf16|q8|q4", "*",
+     "the format the large matrices are held and multiplied in (default: as stored,\n"
+     "                      f32 unless the directory was written by quantize; q8/q4 quantise at load)"},
     {"bf16", nullptr, "*", "same as --weights bf16"},
     {"verbose", nullptr, "*", "timings on stderr"},
     {"help", nullptr, "*", "this text"},
@@ -98,7 +103,7 @@ const Option kOptions[] = {
     {"seed", "S", "generate chat", nullptr},
     {"json", nullptr, "generate", nullptr},
     {"candidate", "TEXT", "score", nullptr},
-    {"out", "FILE", "logits embed eval batch", nullptr},
+    {"out", "FILE", "logits embed eval batch quantize", nullptr},
     {"in", "FILE", "batch", nullptr},
     {"parallel", "N", "batch serve", nullptr},
     {"host", "ADDR", "serve", nullptr},
@@ -174,11 +179,11 @@ Args parse(int argc, char** argv) {
     }
     if (a.has("help")) return a;
     if (a.command.empty())
-        fail("no command given (generate, score, logits, tokenize, embed, eval, chat, batch, serve; flamingo --help)");
+        fail("no command given (generate, score, logits, tokenize, embed, eval, chat, batch, serve, quantize; flamingo --help)");
     bool known = false;
     for (const Command& c : kCommands) known = known || a.command == c.name;
     if (!known)
-        fail("unknown command '", a.command, "' (generate, score, logits, tokenize, embed, eval, chat, batch, serve)");
+        fail("unknown command '", a.command, "' (generate, score, logits, tokenize, embed, eval, chat, batch, serve, quantize)");
     for (const auto& [name, v] : a.values)
         if (!applies(*find_option(name), a.command)) fail("option --", name, " does not apply to ", a.command);
     return a;
@@ -288,6 +293,19 @@ int run(int argc, char** argv) {
     if (cmd == "serve") fail("this flamingo was built without serve (it needs cpp-httplib: libcpp-httplib-dev)");
 #endif
 
+    if (cmd == "quantize") {
+        const std::string& out = required(a, "out");
+        if (!lo.weights || !flamingo::model::is_quantized(*lo.weights))
+            fail("quantize needs --weights q8 or --weights q4");
+        auto t0 = clock_type::now();
+        const auto s = flamingo::model::quantize_model(model_dir, out, *lo.weights);
+        std::cout << "wrote " << out << ": " << s.matrices << " matrices quantised to "
+                  << flamingo::model::weight_type_name(*lo.weights) << ", " << s.tensors << " tensors, "
+                  << double(s.bytes_out) / 1e6 << " MB (from " << double(s.bytes_in) / 1e6 << " MB)\n";
+        if (verbose) std::cerr << "quantize: " << since(t0) << " s\n";
+        return 0;
+    }
+
     auto t0 = clock_type::now();
     if (progress) std::cerr << "loading " << model_dir << "...\r" << std::flush;
     const auto model = flamingo::Model::load(model_dir, lo);
@@ -296,9 +314,9 @@ int run(int argc, char** argv) {
     if (progress) std::cerr << "\33[2K" << std::flush;
     const auto& net = model->network();
     if (verbose) {
-        std::cerr << "load: " << since(t0) << " s (weights " << flamingo::model::weight_type_name(lo.weights) << ", "
+        std::cerr << "load: " << since(t0) << " s (weights " << flamingo::model::weight_type_name(net.weight_type()) << ", "
                   << threads << " threads)\n";
-        if (lo.weights == flamingo::WeightType::BF16)
+        if (net.weight_type() == flamingo::WeightType::BF16)
             std::cerr << "bf16 GEMM (9+ rows; FLAMINGO_BF16_GEMM=widen forces widening): "
                       << flamingo::kernels::bf16_gemm_kind() << "\n";
         for (const auto& n : net.unused_tensors()) std::cerr << "warning: unused tensor " << n << "\n";

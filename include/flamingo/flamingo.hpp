@@ -17,6 +17,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,7 +35,9 @@ namespace flamingo {
 using model::WeightType;
 
 struct LoadOptions {
-    WeightType weights = WeightType::F32;  // the format the large matrices are held and multiplied in
+    // The format the large matrices are held and multiplied in; unset: as
+    // stored (a quantised directory's q8/q4, else f32).
+    std::optional<WeightType> weights;
 };
 
 // Media as normalised pixels [n, frames, 3, S, S].

@@ -387,3 +387,48 @@ TEST_CASE("batch: mixed good and bad lines in order, the single commands' answer
     expect_error(run({"batch", "--model", kBundled.string(), "--resume"}), "--resume needs --out");
     expect_error(run({"batch", "--model", kBundled.string(), "--parallel", "0"}), "--parallel must be between");
 }
+
+TEST_CASE("quantize: the written directory generates as --weights q8|q4 on the original, without --weights") {
+    const fs::path bundled = fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
+    const fs::path ex = bundled / "examples";
+    const std::vector<std::string> gen = {"generate", "--prompt",
+                                          "<image>An image of two red circles.<|endofchunk|><image>An image of",
+                                          "--image", (ex / "two_red_circles.png").string(), "--image",
+                                          (ex / "yellow_diamond.png").string(), "--json", "--threads", "1"};
+    for (const std::string w : {"q8", "q4"}) {
+        CAPTURE(w);
+        const fs::path out = scratch() / ("quantized-" + w);
+        fs::remove_all(out);
+        auto r = run({"quantize", "--model", bundled.string(), "--weights", w, "--out", out.string()});
+        INFO("stderr: " << r.err);
+        REQUIRE(r.status == 0);
+        CHECK(r.out.find("85 matrices quantised to " + w) != std::string::npos);
+        CHECK(fs::exists(out / "model.safetensors"));
+        CHECK(fs::exists(out / "tokenizer.json"));
+
+        auto args = gen;
+        args.insert(args.end(), {"--model", bundled.string(), "--weights", w});
+        const Result at_load = run(args);
+        REQUIRE(at_load.status == 0);
+        args = gen;
+        args.insert(args.end(), {"--model", out.string()});
+        const Result stored = run(args);
+        INFO("stderr: " << stored.err);
+        REQUIRE(stored.status == 0);
+        CHECK(stored.out == at_load.out);
+        CHECK(stored.err.empty());  // no unused tensors
+
+        // Not over a non-empty directory; a quantised directory loads only as itself.
+        expect_error(run({"quantize", "--model", bundled.string(), "--weights", w, "--out", out.string()}),
+                     "is not empty");
+        expect_error(run({"tokenize", "--model", out.string(), "--prompt", "x", "--weights", "f32"}),
+                     "stored quantised to " + w);
+        fs::remove_all(out);
+    }
+    expect_error(run({"quantize", "--model", bundled.string(), "--out", (scratch() / "q").string()}),
+                 "quantize needs --weights q8 or --weights q4");
+    expect_error(run({"quantize", "--model", bundled.string(), "--weights", "bf16", "--out", (scratch() / "q").string()}),
+                 "quantize needs --weights q8 or --weights q4");
+    expect_error(run({"quantize", "--model", bundled.string(), "--weights", "q8"}), "quantize needs --out");
+    CHECK(!fs::exists(scratch() / "q"));
+}

@@ -368,3 +368,35 @@ TEST_CASE("safetensors: read_as_float on tensors large enough to be split across
     }
     CHECK(bad == 0);
 }
+
+TEST_CASE("safetensors: write_safetensors reads back, tensors aligned in the order given, bad entries refused") {
+    const std::filesystem::path p = std::filesystem::temp_directory_path() /
+                                    ("flamingo_write_" + std::to_string(::getpid()) + ".safetensors");
+    const std::vector<float> f = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, 8.0f};
+    const std::vector<std::uint8_t> u = {1, 2, 3};
+    const std::vector<std::uint16_t> h = {0x3f80, 0xc000};
+    write_safetensors(p,
+                      {{"f", FileDType::F32, {2, 3}, f.data(), 24},
+                       {"h", FileDType::BF16, {2}, h.data(), 4},
+                       {"u", FileDType::U8, {3}, u.data(), 3}},
+                      {{"k", "v"}});
+    {
+        const auto file = SafeTensorsFile::open(p);
+        CHECK(file.metadata().at("k") == "v");
+        REQUIRE(file.tensors().size() == 3);
+        CHECK(file.tensors()[0].name == "f");  // data order is the order given
+        CHECK(file.tensors()[2].name == "u");
+        CHECK(reinterpret_cast<std::uintptr_t>(file.get("f").data) % 64 == 0);
+        CHECK(read_as_float(file.get("f")) == f);
+        CHECK(read_as_float(file.get("h")) == std::vector<float>{1.0f, -2.0f});
+        CHECK(std::memcmp(file.get("u").data, u.data(), 3) == 0);
+        CHECK(file.get("u").shape == std::vector<std::size_t>{3});
+    }
+    CHECK_THROWS_WITH_AS(write_safetensors(p, {{"a", FileDType::F32, {2}, f.data(), 4}}),
+                         doctest::Contains("F32 [2] needs 8 bytes, given 4"), flamingo::Error);
+    CHECK_THROWS_WITH_AS(write_safetensors(p, {{"a", FileDType::U8, {1}, u.data(), 1}, {"a", FileDType::U8, {1}, u.data(), 1}}),
+                         doctest::Contains("used twice"), flamingo::Error);
+    CHECK_THROWS_WITH_AS(write_safetensors("/nonexistent-dir/x.safetensors", {}), doctest::Contains("cannot write"),
+                         flamingo::Error);
+    std::filesystem::remove(p);
+}

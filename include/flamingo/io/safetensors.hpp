@@ -1,7 +1,7 @@
 #pragma once
 // safetensors files: a single file, or a model directory with one file or
 // several shards. Tensors are handed out as views into the memory-mapped
-// files; nothing is copied at load.
+// files; nothing is copied at load. write_safetensors (at the end) writes one file.
 //
 // The format: an 8-byte little-endian u64 N, N bytes of JSON header
 //   {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...,
@@ -23,6 +23,8 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -472,6 +474,64 @@ inline std::vector<TensorInfo> list_tensors(const std::filesystem::path& file_or
         out.push_back(std::move(t));
     }
     return out;
+}
+
+// ---- writing -----------------------------------------------------------------
+
+// One tensor to write: its bytes (little-endian, C order) are not copied.
+struct TensorToWrite {
+    std::string name;
+    FileDType dtype = FileDType::F32;
+    std::vector<std::size_t> shape;
+    const void* data = nullptr;
+    std::size_t nbytes = 0;
+};
+
+// Writes a safetensors file holding `tensors` in the order given (the data
+// section is theirs back to back, so a tensor is aligned for its dtype when
+// those before it fill whole elements of it: order them by falling element
+// size) and `metadata` as __metadata__. The header is padded with spaces so
+// the data section starts 64-byte aligned. Sizes and names are checked
+// first; errors name the file and the tensor.
+inline void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
+                              const std::map<std::string, std::string>& metadata = {}) {
+    static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian");
+    const std::string file = path.string();
+    json h = json::object();
+    if (!metadata.empty()) {
+        json m = json::object();
+        for (const auto& [k, v] : metadata) m[k] = v;
+        h["__metadata__"] = std::move(m);
+    }
+    std::size_t off = 0;
+    for (const TensorToWrite& t : tensors) {
+        if (t.name == "__metadata__" || h.contains(t.name))
+            fail(ErrorKind::Input, file, ": cannot write tensor '", t.name, "': ",
+                 t.name == "__metadata__" ? "the name is reserved" : "the name is used twice");
+        std::size_t n = file_dtype_size(t.dtype);
+        for (auto d : t.shape)
+            if (__builtin_mul_overflow(n, d, &n)) fail(ErrorKind::Limit, file, ": tensor '", t.name, "': shape overflows");
+        if (n != t.nbytes)
+            fail(ErrorKind::Input, file, ": cannot write tensor '", t.name, "': ", file_dtype_name(t.dtype), " ",
+                 shape_string(t.shape), " needs ", n, " bytes, given ", t.nbytes);
+        h[t.name] = {{"dtype", std::string(file_dtype_name(t.dtype))}, {"shape", t.shape}, {"data_offsets", {off, off + n}}};
+        off += n;
+    }
+    std::string text = h.dump();
+    while ((8 + text.size()) % 64 != 0) text += ' ';
+    std::string head(8, '\0');
+    for (int i = 0; i < 8; ++i) head[std::size_t(i)] = char((std::uint64_t(text.size()) >> (8 * i)) & 0xff);
+    head += text;
+
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f) fail(ErrorKind::File, "cannot write '", file, "': ", std::strerror(errno));
+    std::setvbuf(f, nullptr, _IOFBF, 1 << 22);
+    bool ok = std::fwrite(head.data(), 1, head.size(), f) == head.size();
+    for (const TensorToWrite& t : tensors)
+        if (ok && t.nbytes) ok = std::fwrite(t.data, 1, t.nbytes, f) == t.nbytes;
+    const int err = ok ? 0 : errno;
+    if (std::fclose(f) != 0 && ok) ok = false;
+    if (!ok) fail(ErrorKind::File, "cannot write '", file, "': ", std::strerror(err ? err : errno));
 }
 
 }  // namespace flamingo::io

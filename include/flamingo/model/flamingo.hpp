@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -24,7 +25,8 @@ public:
     Flamingo(Config c, std::unique_ptr<Weights> weights)
         : config_(std::move(c)), weights_(std::move(weights)), vision_(*weights_, config_.vision),
           perceiver_(*weights_, config_.perceiver, std::size_t(config_.vision.width)), lm_(*weights_, config_),
-          unused_(weights_->unused()), copied_bytes_(weights_->copied_bytes()) {}
+          unused_(weights_->unused()), copied_bytes_(weights_->copied_bytes()),
+          copied_quantized_bytes_(weights_->copied_quantized_bytes()) {}
 
     const Config& config() const { return config_; }
     WeightType weight_type() const { return weights_->type(); }
@@ -89,6 +91,11 @@ public:
     const std::vector<std::string>& unused_tensors() const { return unused_; }
     // Bytes of weights held outside the memory-mapped files (converted copies).
     std::size_t copied_weight_bytes() const { return copied_bytes_; }
+    // Of those, the quantised matrices' (quantised at load): 0 when all are
+    // views into a quantised checkpoint's mapping.
+    std::size_t copied_quantized_bytes() const { return copied_quantized_bytes_; }
+    // The weights as loaded (the checkpoint and the quantised matrices by name).
+    const Weights& weights() const { return *weights_; }
 
 private:
     Config config_;
@@ -97,11 +104,14 @@ private:
     PerceiverResampler perceiver_;
     LanguageModel lm_;
     std::vector<std::string> unused_;
-    std::size_t copied_bytes_ = 0;
+    std::size_t copied_bytes_ = 0, copied_quantized_bytes_ = 0;
 };
 
-// Loads a model directory's config.json and weights.
-inline std::unique_ptr<Flamingo> load_flamingo(const std::filesystem::path& dir, WeightType type = WeightType::F32) {
+// Loads a model directory's config.json and weights, with the weight type
+// asked for, or when none is, the one the directory is stored in
+// (resolve_weight_type: a quantised directory's format, else f32).
+inline std::unique_ptr<Flamingo> load_flamingo(const std::filesystem::path& dir,
+                                               std::optional<WeightType> type = std::nullopt) {
     namespace fs = std::filesystem;
     std::error_code ec;
     if (!fs::exists(dir, ec)) fail(ErrorKind::File, dir.string(), ": model directory does not exist");
@@ -109,7 +119,9 @@ inline std::unique_ptr<Flamingo> load_flamingo(const std::filesystem::path& dir,
         fail(ErrorKind::File, dir.string(),
              ": not a directory (a model is a directory with config.json, tokenizer.json and safetensors weights)");
     Config cfg = load_config(dir / "config.json");
-    auto weights = std::make_unique<Weights>(io::Checkpoint::open(dir), type);
+    io::Checkpoint ckpt = io::Checkpoint::open(dir);
+    const WeightType t = resolve_weight_type(ckpt, type);
+    auto weights = std::make_unique<Weights>(std::move(ckpt), t);
     return std::make_unique<Flamingo>(std::move(cfg), std::move(weights));
 }
 

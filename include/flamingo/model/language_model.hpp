@@ -150,7 +150,9 @@ private:
         // Output head: its own matrix, or the tied token embedding.
         if (!head.empty() && L.has(head)) {
             auto hs = L.shape_of(head);
-            check(hs->size() == 2 && (*hs)[0] == V && (*hs)[1] == D, ErrorKind::Shape, L.source(), ": tensor '",
+            // (a matrix stored quantised has its packed shape; projection checks it)
+            check(L.stored_quantized(head) || (hs->size() == 2 && (*hs)[0] == V && (*hs)[1] == D), ErrorKind::Shape,
+                  L.source(), ": tensor '",
                   head, "': expected shape [", V, ", ", D, "] (the token embedding's vocabulary), found ",
                   io::shape_string(*hs));
             head_ = L.projection(head, V, D);

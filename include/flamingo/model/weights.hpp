@@ -7,7 +7,9 @@
 // nn/ knows nothing of files.
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -25,9 +27,11 @@
 namespace flamingo::model {
 
 // The element type of the large matrices (projections, MLPs, embeddings, head);
-// norms, biases and small parameters are always float. Q8 and Q4 quantise every
-// linear layer's matrix at load (kernels/quant.hpp) and keep the token
-// embedding in f32.
+// norms, biases and small parameters are always float. Q8 and Q4 hold every
+// linear layer's matrix quantised (kernels/quant.hpp) and keep the token
+// embedding in f32: a matrix stored quantised (`<name>` with `<name>.scales`,
+// as `flamingo quantize` writes it) is viewed in place in the mapping, a float
+// one is quantised at load.
 enum class WeightType { F32, BF16, Q8, Q4 };
 
 inline std::string_view weight_type_name(WeightType t) {
@@ -47,16 +51,58 @@ inline std::optional<WeightType> parse_weight_type(std::string_view s) {
 }
 inline bool is_quantized(WeightType t) { return t == WeightType::Q8 || t == WeightType::Q4; }
 
+// The safetensors __metadata__ key by which a quantised model directory (as
+// `flamingo quantize` writes it) states its format: "q8" or "q4".
+inline constexpr const char* kQuantizationKey = "flamingo.quantization";
+
+// The format a checkpoint's files state under kQuantizationKey, if any; files
+// that disagree, or an unknown value, are an error naming the file.
+inline std::optional<WeightType> stored_quantization(const io::Checkpoint& ckpt) {
+    std::optional<WeightType> found;
+    std::string first;
+    for (const io::SafeTensorsFile& f : ckpt.files()) {
+        auto it = f.metadata().find(kQuantizationKey);
+        if (it == f.metadata().end()) continue;
+        auto t = parse_weight_type(it->second);
+        if (!t || !is_quantized(*t))
+            fail(ErrorKind::Format, f.source(), ": __metadata__[\"", kQuantizationKey, "\"] is \"", it->second,
+                 "\" (expected \"q8\" or \"q4\")");
+        if (found && *found != *t)
+            fail(ErrorKind::Format, f.source(), ": __metadata__[\"", kQuantizationKey, "\"] is \"", it->second,
+                 "\" but ", first, " says \"", weight_type_name(*found), "\"");
+        found = t, first = f.source();
+    }
+    return found;
+}
+
+// The weight type a load uses: the one asked for, else the stored
+// quantisation, else f32. Asking a quantised checkpoint for another type is
+// an error (its matrices are not dequantised or requantised).
+inline WeightType resolve_weight_type(const io::Checkpoint& ckpt, std::optional<WeightType> asked) {
+    const std::optional<WeightType> stored = stored_quantization(ckpt);
+    if (stored && asked && *asked != *stored)
+        fail(ErrorKind::Input, ckpt.source(), ": the model's weights are stored quantised to ",
+             weight_type_name(*stored), " and load only as ", weight_type_name(*stored), ", not as ",
+             weight_type_name(*asked), " (leave out --weights, or load the unquantised model)");
+    return asked.value_or(stored.value_or(WeightType::F32));
+}
+
 // Owns the checkpoint (its mappings) and every converted copy: the model keeps
 // it alive as long as it uses the weights.
 class Weights {
 public:
+    // Suffixes of a quantised matrix's scales and (q4) offsets (README, "Quantised weights").
+    static constexpr const char* kScales = ".scales";
+    static constexpr const char* kOffsets = ".offsets";
+
     Weights(io::Checkpoint ckpt, WeightType type) : ckpt_(std::move(ckpt)), type_(type) {}
     Weights(const Weights&) = delete;
     Weights& operator=(const Weights&) = delete;
 
     WeightType type() const { return type_; }
     bool has(const std::string& name) const { return ckpt_.contains(name); }
+    // True when the tensor is stored quantised (`name.scales` is present).
+    bool stored_quantized(const std::string& name) const { return ckpt_.contains(name + kScales); }
     // The stored shape, when the tensor exists (does not count as taking it).
     std::optional<std::vector<std::size_t>> shape_of(const std::string& name) const {
         if (const io::TensorInfo* t = ckpt_.find(name)) return t->shape;
@@ -69,6 +115,12 @@ public:
         if (!t)
             fail(ErrorKind::Shape, ckpt_.source(), ": required tensor '", name, "' is missing (expected shape ",
                  io::shape_string(shape), ")");
+        if (const io::TensorInfo* s = ckpt_.find(name + kScales))
+            fail(ErrorKind::Shape, s->file, ": tensor '", name, "' is stored quantised ('", name, kScales,
+                 "' is present) but the model takes it as float (",
+                 is_quantized(type_) ? "only linear layers' matrices may be quantised"
+                                     : "weights " + std::string(weight_type_name(type_)) + "; load it with --weights q8|q4",
+                 ")");
         io::check_shape(*t, shape);
         t->dtype();  // throws for non-float dtypes, naming the tensor
         check(t->is_float(), ErrorKind::Shape, t->file, ": tensor '", name, "' must be F32, F16 or BF16");
@@ -125,6 +177,7 @@ public:
             l.w = matrix(name, shape, rows, cols);
             return l;
         }
+        if (stored_quantized(name)) return mapped_quantized(name, rows, cols);
         const io::TensorInfo& t = tensor(name, shape);
         check(t.numel() == rows * cols, ErrorKind::Shape, name, ": cannot view ", io::shape_string(shape), " as [",
               rows, ", ", cols, "]");
@@ -147,7 +200,7 @@ public:
             l.w = m;
             return l;
         }
-        return quantized(m.as<float, 2>().data(), m.extent(0), m.extent(1), source(), "(tied output head)");
+        return quantized(m.as<float, 2>().data(), m.extent(0), m.extent(1), source(), "(tied output head)", false);
     }
 
     nn::Linear linear(const std::string& prefix, std::size_t out, std::size_t in, bool bias) {
@@ -191,6 +244,18 @@ public:
         for (auto& b : owned_q_) n += b.data.size() + (b.scales.size() + b.offsets.size()) * sizeof(float);
         return n;
     }
+    // Of those, the bytes of quantised matrices (quantised at load, or their
+    // scales realigned): 0 when every quantised matrix is a view into the mapping.
+    std::size_t copied_quantized_bytes() const {
+        std::size_t n = copied_scale_bytes_;
+        for (auto& b : owned_q_) n += b.data.size() + (b.scales.size() + b.offsets.size()) * sizeof(float);
+        return n;
+    }
+
+    // The quantised matrices of named linear layers, by tensor name (for
+    // writing them out; the tied output head has no name of its own).
+    const std::map<std::string, kernels::QMatrix>& quantized_matrices() const { return quantized_; }
+    const io::Checkpoint& checkpoint() const { return ckpt_; }
 
     const std::string& source() const { return ckpt_.source(); }
 
@@ -202,19 +267,85 @@ private:
     std::deque<std::vector<float>> owned_f32_;
     std::deque<std::vector<bf16>> owned_b16_;
     std::deque<kernels::QBuffer> owned_q_;
+    std::map<std::string, kernels::QMatrix> quantized_;
+    std::size_t copied_scale_bytes_ = 0;
+
+    kernels::QFormat qformat() const { return type_ == WeightType::Q8 ? kernels::QFormat::Q8 : kernels::QFormat::Q4; }
+
+    // An F32 [rows, blocks] companion of a stored quantised matrix, in place
+    // when aligned (a copy otherwise).
+    const float* block_floats(const std::string& name, const std::string& what, const kernels::QMatrix& m,
+                              const std::string& matrix_file) {
+        const io::TensorInfo* t = ckpt_.find(name);
+        if (!t)
+            fail(ErrorKind::Shape, matrix_file, ": tensor '", name, "' is missing (", what, " of the ",
+                 kernels::qformat_name(m.format), " matrix '", name.substr(0, name.rfind('.')), "', F32 [", m.rows,
+                 ", ", m.blocks(), "])");
+        if (t->file_dtype != io::FileDType::F32)
+            fail(ErrorKind::Shape, t->file, ": tensor '", name, "': ", what, " must be F32, found ",
+                 io::file_dtype_name(t->file_dtype));
+        const std::size_t want[2] = {m.rows, m.blocks()};
+        if (!std::equal(t->shape.begin(), t->shape.end(), want, want + 2))
+            fail(ErrorKind::Shape, t->file, ": tensor '", name, "': expected shape ", io::shape_string(want), " (",
+                 what, ": one per block of 32 inputs of each of ", m.rows, " rows of ", m.cols, " inputs), found ",
+                 io::shape_string(t->shape));
+        used_.insert(name);
+        if (io::is_aligned(*t)) return reinterpret_cast<const float*>(t->data);
+        auto& buf = owned_f32_.emplace_back(t->numel());
+        io::read_as_float(*t, buf.data());
+        copied_scale_bytes_ += buf.size() * sizeof(float);
+        return buf.data();
+    }
+
+    // A linear layer's matrix [rows, cols] stored quantised: `name` I8 [rows,
+    // in32] (q8) or U8 [rows, in32 / 2] (q4), `name.scales` F32 [rows, in32 /
+    // 32], for q4 `name.offsets` likewise; in32 is cols rounded up to a
+    // multiple of 32. Viewed in place: nothing is copied.
+    nn::Linear mapped_quantized(const std::string& name, std::size_t rows, std::size_t cols) {
+        const kernels::QFormat fmt = qformat();
+        const io::FileDType want = fmt == kernels::QFormat::Q8 ? io::FileDType::I8 : io::FileDType::U8;
+        const io::TensorInfo* t = ckpt_.find(name);
+        if (!t)
+            fail(ErrorKind::Shape, ckpt_.source(), ": tensor '", name, kScales, "' is present but the matrix '", name,
+                 "' is missing");
+        if (t->file_dtype != want)
+            fail(ErrorKind::Shape, t->file, ": tensor '", name, "': a ", kernels::qformat_name(fmt),
+                 " matrix must be ", io::file_dtype_name(want), ", found ", io::file_dtype_name(t->file_dtype),
+                 " (it has '", name, kScales, "')");
+        kernels::QMatrix m{fmt, rows, cols};
+        const std::size_t per_byte = fmt == kernels::QFormat::Q8 ? 1 : 2;
+        if (t->rank() == 2 && (t->shape[1] * per_byte) % kernels::kQBlock != 0)
+            fail(ErrorKind::Shape, t->file, ": tensor '", name, "': ", io::file_dtype_name(want), " ",
+                 io::shape_string(t->shape), " holds ", t->shape[1] * per_byte, " inputs per row, not a multiple of ",
+                 kernels::kQBlock);
+        const std::size_t want_shape[2] = {rows, m.row_bytes()};
+        if (!std::equal(t->shape.begin(), t->shape.end(), want_shape, want_shape + 2))
+            fail(ErrorKind::Shape, t->file, ": tensor '", name, "': expected shape ", io::shape_string(want_shape),
+                 " (", kernels::qformat_name(fmt), " of [", rows, ", ", cols, "]), found ", io::shape_string(t->shape));
+        used_.insert(name);
+        m.data = t->data;
+        m.scales = block_floats(name + kScales, "scales", m, t->file);
+        if (fmt == kernels::QFormat::Q4) m.offsets = block_floats(name + kOffsets, "offsets", m, t->file);
+        quantized_[name] = m;
+        nn::Linear l;
+        l.q = m;
+        return l;
+    }
 
     // A NaN or infinity would spread over its whole block (through the scale):
     // refused, naming the tensor and the element.
+    // `named`: the matrix is the checkpoint tensor `name` (not the tied head).
     nn::Linear quantized(const float* f, std::size_t rows, std::size_t cols, const std::string& file,
-                         const std::string& name) {
+                         const std::string& name, bool named = true) {
         for (std::size_t i = 0; i < rows * cols; ++i)
             if (!std::isfinite(f[i]))
                 fail(ErrorKind::Format, file, ": tensor '", name, "' has a non-finite value at [", i / cols, ", ",
                      i % cols, "] and cannot be quantised to ", weight_type_name(type_));
-        const auto fmt = type_ == WeightType::Q8 ? kernels::QFormat::Q8 : kernels::QFormat::Q4;
+        const auto fmt = qformat();
         auto& buf = owned_q_.emplace_back(kernels::quantize(fmt, f, rows, cols, cols));
         nn::Linear l;
         l.q = buf.view(fmt, rows, cols);
+        if (named) quantized_[name] = l.q;
         return l;
     }
 };
