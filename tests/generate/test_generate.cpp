@@ -162,6 +162,37 @@ TEST_CASE("every module declares the working memory it takes") {
     }
 }
 
+TEST_CASE("a candidate longer than the prompt scores as one forward over prompt and candidate does") {
+    Fixture f = open("llama");
+    const std::size_t P = f.prompt.size(), L = P + 7;
+    std::vector<std::int32_t> cand(L);
+    for (std::size_t i = 0; i < L; ++i) cand[i] = std::int32_t(10 + (i * 37) % 300);  // no <image>, no eoc
+    const auto got = generate::score(*f.session, f.prompt, {cand, {cand[0]}});
+
+    // Reference: the whole sequence in one forward, log-softmax in double.
+    std::vector<std::int32_t> all(f.prompt);
+    all.insert(all.end(), cand.begin(), cand.end());
+    generate::Session s(*f.model);
+    auto pixels = fixture::floats("llama", "pixels.npy");
+    auto shape = fixture::shape("llama", "pixels.npy");
+    s.set_media(pixels.data(), shape[0], shape[1]);
+    const auto tt = s.prompt_text_time(all);
+    s.prepare(1, all.size(), all.size());
+    const auto lg = s.run(0, all, tt, 0, true);
+    const std::size_t V = f.model->vocab_size();
+    double want = 0;
+    for (std::size_t i = 0; i < L; ++i) {
+        const float* row = lg.data() + (P - 1 + i) * V;
+        double mx = row[0], sum = 0;
+        for (std::size_t v = 0; v < V; ++v) mx = std::max(mx, double(row[v]));
+        for (std::size_t v = 0; v < V; ++v) sum += std::exp(double(row[v]) - mx);
+        want += double(row[cand[i]]) - mx - std::log(sum);
+    }
+    REQUIRE(got.size() == 2);
+    CHECK(std::fabs(got[0].logprob - want) <= 1e-3 * (1 + std::fabs(want)));
+    CHECK(got[0].tokens.size() == L);
+}
+
 TEST_CASE("a candidate token outside the vocabulary is an error, wherever it stands") {
     Fixture f = open("llama");
     const std::int32_t V = std::int32_t(f.model->vocab_size());

@@ -55,14 +55,15 @@ inline void check_options(const GenerateOptions& o) {
 }
 
 // Reads the prompt into sequence 0, whose cache already holds its first
-// `cached` positions; returns the logits of its last position.
+// `cached` positions; returns the logits of its last position. Later runs of
+// up to `rows` tokens at once fit too.
 inline std::vector<float> read_prompt(Session& s, std::span<const std::int32_t> prompt, std::size_t sequences,
-                                      std::size_t extra, std::size_t cached = 0) {
+                                      std::size_t extra, std::size_t cached = 0, std::size_t rows = 0) {
     check(!prompt.empty(), "the prompt is empty");
     check(cached < prompt.size(), "at least one prompt token must be read (", cached, " of ", prompt.size(),
           " are cached)");
     auto tt = s.prompt_text_time(prompt);
-    s.prepare(sequences, prompt.size() + extra, prompt.size() - cached, cached);
+    s.prepare(sequences, prompt.size() + extra, std::max(prompt.size() - cached, rows), cached);
     auto lg = s.run(0, prompt.subspan(cached), std::span<const std::uint32_t>(tt).subspan(cached), cached, false);
     return {lg.begin(), lg.end()};
 }
@@ -275,7 +276,8 @@ inline std::vector<CandidateScore> score(Session& s, std::span<const std::int32_
     check(prompt.size() + longest <= s.model().max_positions(), ErrorKind::Limit, "the prompt (", prompt.size(),
           " tokens) plus a candidate of ", longest, " tokens exceeds the model's context of ",
           s.model().max_positions(), " positions");
-    std::vector<float> last = detail::read_prompt(s, prompt, 1, longest);
+    // each candidate but its last token is read at once, after the prompt
+    std::vector<float> last = detail::read_prompt(s, prompt, 1, longest, 0, longest - 1);
     log_softmax(last);
     const std::size_t P = prompt.size(), V = s.vocab_size();
     const std::uint32_t media = std::uint32_t(s.num_media());
