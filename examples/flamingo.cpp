@@ -59,7 +59,7 @@ const Command kCommands[] = {
      "a conversation on stdin, one message per line (/image PATH, /reset, /quit)"},
     {"batch", "[--in FILE.jsonl] [--out FILE.jsonl] [--parallel N] [--resume]",
      "JSON Lines of generate/score/embed/tokenize tasks, one result line each, in order"},
-    {"serve", "[--host 127.0.0.1] [--port 8080] [--parallel N] [--api-key KEY]",
+    {"serve", "[--host 127.0.0.1] [--port 8080] [--parallel N] [--queue N] [--api-key KEY]",
      "HTTP server: /v1/generate, score, embed, tokenize, chat/completions, /health, /metrics"
 #ifndef FLAMINGO_SERVE
      "\n           (not in this build: it needs cpp-httplib)"
@@ -108,6 +108,7 @@ const Option kOptions[] = {
     {"parallel", "N", "batch serve", nullptr},
     {"host", "ADDR", "serve", nullptr},
     {"port", "N", "serve", nullptr},
+    {"queue", "N", "serve", nullptr},
     {"api-key", "KEY", "serve", nullptr},
     {"resume", nullptr, "batch", nullptr},
     {"data", "DIR", "eval", nullptr},
@@ -288,6 +289,7 @@ int run(int argc, char** argv) {
         if (c.empty()) fail("a --candidate is empty");
     if (cmd == "eval") required(a, "data");
     [[maybe_unused]] const int port = int(integer(a, "port", 8080, 0, 65535));
+    [[maybe_unused]] const std::size_t queue = std::size_t(integer(a, "queue", 8, 0, 1024));
     if (const std::string* k = a.get("api-key"); k && k->empty()) fail("--api-key is empty");
 #ifndef FLAMINGO_SERVE
     if (cmd == "serve") fail("this flamingo was built without serve (it needs cpp-httplib: libcpp-httplib-dev)");
@@ -342,7 +344,7 @@ int run(int argc, char** argv) {
         flamingo::serve::Options so;
         if (const std::string* h = a.get("host")) so.host = *h;
         if (const std::string* k = a.get("api-key")) so.api_key = *k;
-        so.port = port, so.parallel = parallel, so.threads = threads;
+        so.port = port, so.parallel = parallel, so.threads = threads, so.queue = queue;
         return flamingo::serve::run(model, so);
     }
 #endif

@@ -153,11 +153,12 @@ public:
     }
     ~Pool() { stop(); }
 
-    // False when the queue is full.
+    // False when every worker is taken and the queue is full (with a queue of
+    // 0, whenever no worker is free).
     bool submit(Job job) {
         {
             std::lock_guard lock(mu_);
-            if (stopping_ || queue_.size() >= capacity_) return false;
+            if (stopping_ || busy_ + queue_.size() >= workers_.size() + capacity_) return false;
             queue_.push_back(std::move(job));
         }
         cv_.notify_one();
@@ -180,7 +181,10 @@ public:
         std::lock_guard lock(mu_);
         return queue_.size();
     }
-    std::size_t busy() const { return busy_; }
+    std::size_t busy() const {
+        std::lock_guard lock(mu_);
+        return busy_;
+    }
 
 private:
     void loop(Worker& w) {
@@ -192,13 +196,17 @@ private:
                 if (queue_.empty()) return;
                 job = std::move(queue_.front());
                 queue_.pop_front();
+                ++busy_;  // with the pop, so that submit counts the job as taken or waiting, never neither
             }
-            ++busy_;
-            execute(w, job);
-            --busy_;
+            auto [status, body] = execute(w, job);
+            {
+                std::lock_guard lock(mu_);
+                --busy_;  // before the answer, so that the client's next request finds the worker free
+            }
+            job.ex->finish(status, std::move(body));
         }
     }
-    static void execute(Worker& w, Job& job) {
+    static std::pair<int, std::string> execute(Worker& w, Job& job) {
         Exchange& ex = *job.ex;
         int status = 200;
         ojson answer;
@@ -215,7 +223,7 @@ private:
         } catch (const std::exception& e) {
             status = 500, answer = error_object(e.what(), "server_error");
         }
-        ex.finish(status, dump(answer));
+        return {status, dump(answer)};
     }
 
     std::size_t capacity_;
@@ -225,7 +233,7 @@ private:
     std::condition_variable cv_;
     std::deque<Job> queue_;
     bool stopping_ = false;
-    std::atomic<std::size_t> busy_{0};
+    std::size_t busy_ = 0;  // workers running a request
 };
 
 // Text pieces of a generation as its tokens come: each piece is what the

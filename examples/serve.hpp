@@ -16,7 +16,7 @@ struct Options {
     std::size_t parallel = 1;   // workers, each with a context of its own on the one model
     int threads = 1;            // all workers together
     std::string api_key;        // when set, /v1/* and /metrics need "Authorization: Bearer KEY"
-    std::size_t queue = 8;      // requests waiting for a worker before 503
+    std::size_t queue = 8;      // requests that may wait for a worker (0: none); past them 503
 };
 
 // Serves until SIGINT or SIGTERM; returns the process's exit status.

@@ -28,6 +28,7 @@ namespace {
 
 const fs::path kModel = fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
 const std::string kKey = "test-key";
+constexpr int kSlowBeams = 128;  // of the long request in the 503 test
 
 std::string slurp(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
@@ -76,20 +77,28 @@ std::string command(const std::vector<std::string>& args) {
     return out;
 }
 
-// The server process, started once for the whole file.
+// A server process on a free port of 127.0.0.1 with the options given
+// (besides --model and --port); the file's main one is started once, by server().
 struct Server {
     pid_t pid = -1;
     int port = 0;
-    fs::path log = fs::temp_directory_path() / ("flamingo_serve_test_" + std::to_string(::getpid()) + ".log");
+    fs::path log;
 
-    Server() {
+    explicit Server(std::vector<std::string> options) {
+        static int servers = 0;
+        log = fs::temp_directory_path() /
+              ("flamingo_serve_test_" + std::to_string(::getpid()) + "_" + std::to_string(servers++) + ".log");
+        std::vector<std::string> args = {FLAMINGO_CLI, "serve", "--model", kModel.string(), "--port", "0"};
+        args.insert(args.end(), options.begin(), options.end());
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(a.data());
+        argv.push_back(nullptr);
         pid = fork();
         REQUIRE(pid >= 0);
         if (pid == 0) {
             std::freopen(log.c_str(), "w", stderr);
             std::freopen("/dev/null", "w", stdout);
-            execl(FLAMINGO_CLI, FLAMINGO_CLI, "serve", "--model", kModel.c_str(), "--port", "0", "--parallel", "2",
-                  "--threads", "2", "--api-key", kKey.c_str(), (char*)nullptr);
+            execv(FLAMINGO_CLI, argv.data());
             _exit(127);
         }
         // The server names its port on stderr once it listens (bounded wait).
@@ -142,7 +151,7 @@ struct Server {
 };
 
 Server& server() {
-    static Server s;
+    static Server s({"--parallel", "2", "--threads", "2", "--api-key", kKey});
     return s;
 }
 
@@ -396,6 +405,104 @@ TEST_CASE("hostile requests get their documented status and the server keeps ans
     CHECK(m->body.find("flamingo_queue_depth ") != std::string::npos);
     CHECK(m->body.find("flamingo_request_duration_seconds_bucket{endpoint=\"/v1/generate\",le=\"+Inf\"}") !=
           std::string::npos);
+}
+
+TEST_CASE("past the workers and the queue a request gets 503 with Retry-After, and the server recovers") {
+    // One worker and no queue: while one request runs, every other one gets 503.
+    Server s({"--parallel", "1", "--queue", "0", "--threads", "1"});
+    auto connect = [&s] {
+        httplib::Client c("127.0.0.1", s.port);
+        c.set_read_timeout(300, 0);
+        c.set_write_timeout(60, 0);
+        return c;
+    };
+    auto metrics = [&] {
+        auto c = connect();
+        auto r = c.Get("/metrics");
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        return r->body;
+    };
+    const json e = expected_generate();
+    const std::string body = generate_body().dump();
+    // The long request: a beam search of many beams, far longer (about a second) than sending the
+    // flood below.
+    const std::string slow = json({{"prompt", "<image>A photo of"},
+                                   {"images", {b64_image("yellow_diamond.png")}},
+                                   {"num_beams", kSlowBeams},
+                                   {"max_new_tokens", 400}})
+                                 .dump();
+
+    struct Answer {
+        int status = 0;
+        std::string body, retry_after;
+    };
+    std::vector<Answer> flood;
+    int refused = 0;
+    // The flood comes once the worker is busy with the long request, so it is refused unless that
+    // request is already over; then the round is repeated (a few times at most).
+    for (int round = 0; round < 5 && refused == 0; ++round) {
+        Answer long_answer;
+        std::thread runner([&] {
+            auto c = connect();
+            if (auto r = c.Post("/v1/generate", slow, "application/json")) long_answer = {r->status, r->body, ""};
+        });
+        for (int i = 0; i < 2000 && metric(metrics(), "flamingo_workers_busy") == 0; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        std::vector<Answer> answers(8);
+        std::vector<std::thread> threads;
+        for (auto& a : answers)
+            threads.emplace_back([&a, &connect, &body] {
+                auto c = connect();
+                if (auto r = c.Post("/v1/generate", body, "application/json"))
+                    a = {r->status, r->body, r->get_header_value("Retry-After")};
+            });
+        for (auto& t : threads) t.join();
+        runner.join();
+        CHECK(long_answer.status == 200);
+        for (const auto& a : answers) refused += a.status == 503;
+        flood.insert(flood.end(), answers.begin(), answers.end());
+    }
+    CHECK(refused > 0);
+    for (const auto& a : flood) {
+        INFO(a.status << " " << a.body);
+        CHECK((a.status == 200 || a.status == 503));
+        const json j = json::parse(a.body, nullptr, false);
+        REQUIRE(j.is_object());
+        if (a.status == 503) {
+            CHECK(a.retry_after == "1");
+            CHECK(j["error"]["type"] == "server_busy");
+            CHECK(j["error"]["message"].is_string());
+        } else {
+            CHECK(j["tokens"] == e["tokens"]);
+        }
+    }
+
+    // Free again: the worker is counted free before its answer is sent, so this is not refused.
+    {
+        auto c = connect();
+        auto h = c.Get("/health");
+        REQUIRE(h);
+        CHECK(h->status == 200);
+        auto r = c.Post("/v1/generate", body, "application/json");
+        REQUIRE(r);
+        INFO(r->body);
+        REQUIRE(r->status == 200);
+        CHECK(json::parse(r->body)["tokens"] == e["tokens"]);
+    }
+    // Every 503 counted (a request is counted once its answer is written: bounded wait).
+    const std::string series = R"(flamingo_requests_total{endpoint="/v1/generate",status="503"})";
+    std::string m;
+    for (int i = 0; i < 400; ++i) {
+        m = metrics();
+        if (metric(m, series) >= refused) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    INFO(m);
+    CHECK(metric(m, series) == refused);
+    CHECK(metric(m, "flamingo_workers_busy") == 0);
+    CHECK(metric(m, "flamingo_queue_depth") == 0);
+    CHECK(s.stop() == 0);
 }
 
 TEST_CASE("SIGTERM ends the server cleanly, one log line per request") {
