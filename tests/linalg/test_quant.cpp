@@ -57,7 +57,7 @@ double ref_weight_terms(const fk::QMatrix& m, std::size_t r, std::size_t k) {
     return m.format == QFormat::Q8 ? dv : dv + std::fabs(double(m.offsets[r * m.blocks() + b]));
 }
 
-// y = W x by the documented GEMV rule, in double; bound = 1e-5 * sum of |terms|.
+// y = W x by the documented GEMV rule, in double; bound = 1e-5 * sum over elements of |terms|.
 void ref_gemv(const fk::QMatrix& m, const float* x, std::vector<double>& y, std::vector<double>& bound) {
     const std::size_t K = m.cols, nb = m.blocks();
     std::vector<int> xq(nb * 32, 0);
@@ -74,15 +74,18 @@ void ref_gemv(const fk::QMatrix& m, const float* x, std::vector<double>& y, std:
     bound.assign(m.rows, 0.0);
     for (std::size_t r = 0; r < m.rows; ++r)
         for (std::size_t b = 0; b < nb; ++b) {
-            long dot = 0, sum = 0;
+            long dot = 0, sum = 0, absdot = 0, abssum = 0;
             for (std::size_t k = b * 32; k < b * 32 + 32; ++k) {
-                dot += long(k < K ? stored_value(m, r, k) : 0) * xq[k];
-                sum += xq[k];
+                const long p = long(k < K ? stored_value(m, r, k) : 0) * xq[k];
+                dot += p, sum += xq[k];
+                absdot += std::labs(p), abssum += std::labs(xq[k]);
             }
-            const double t1 = double(m.scales[r * nb + b]) * xd[b] * double(dot);
-            const double t2 = m.format == QFormat::Q4 ? double(m.offsets[r * nb + b]) * xd[b] * double(sum) : 0.0;
-            y[r] += t1 + t2;
-            bound[r] += 1e-5 * (std::fabs(t1) + std::fabs(t2)) + 1e-30;
+            const double dw = m.scales[r * nb + b], mw = m.format == QFormat::Q4 ? m.offsets[r * nb + b] : 0.0;
+            y[r] += dw * xd[b] * double(dot) + mw * xd[b] * double(sum);
+            // The kernels add a block's partial dots (a few elements each) in
+            // float, so rounding is relative to the elements' magnitudes, not
+            // to the block's (possibly cancelled) total.
+            bound[r] += 1e-5 * (std::fabs(dw) * xd[b] * double(absdot) + std::fabs(mw) * xd[b] * double(abssum)) + 1e-30;
         }
 }
 
