@@ -156,9 +156,10 @@ fl::generate::GenerateOptions options_of(const GenerateArgs& a) {
     go.max_new_tokens = a.max_new_tokens, go.num_beams = a.num_beams;
     go.length_penalty = float(a.length_penalty);
     go.no_repeat_ngram_size = a.no_repeat_ngram_size;
-    if (!a.temperature)
-        fl::check(!a.top_k && !a.top_p && !a.seed,
-                  "top_k, top_p and seed need temperature (without it generation is greedy)");
+    const std::pair<const char*, bool> sampling[] = {{"top_k", bool(a.top_k)}, {"top_p", bool(a.top_p)},
+                                                     {"seed", bool(a.seed)}};
+    for (const auto& [name, given] : sampling)
+        fl::check(!given || a.temperature, name, " needs temperature (without it generation is greedy)");
     if (a.temperature) {
         fl::check(*a.temperature >= 0, "temperature must not be negative, got ", *a.temperature);
         go.temperature = float(*a.temperature);
