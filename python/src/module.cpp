@@ -188,6 +188,19 @@ py::array_t<float> numpy_of(fl::Tensor<float, fl::dextents<2>>&& t) {
     return py::array_t<float>({rows, cols}, {cols * sizeof(float), sizeof(float)}, owned->data(), free);
 }
 
+// A generation and the timings of the call that made it (the figures the
+// command prints with --verbose).
+struct PyGeneration : fl::Generation {
+    fl::generate::Session::Stats stats;
+};
+
+PyGeneration with_stats(fl::Generation g, const fl::generate::Session::Stats& st) {
+    PyGeneration out;
+    static_cast<fl::Generation&>(out) = std::move(g);
+    out.stats = st;
+    return out;
+}
+
 class PyModel {
 public:
     PyModel(const std::filesystem::path& dir, const std::optional<std::string>& weights, int threads)
@@ -220,13 +233,15 @@ public:
         std::unique_ptr<fl::Context> ctx_;
     };
 
-    fl::Generation generate(const std::string& prompt, const py::object& images, const GenerateArgs& a) {
+    PyGeneration generate(const std::string& prompt, const py::object& images, const GenerateArgs& a) {
         const auto go = options_of(a);
         const auto media = media_of(images);
         py::gil_scoped_release nogil;
         Lease ctx(*this);
+        ctx->session().reset_stats();
         ctx->set_media(pixels_of(*model_, media, a.frames));
-        return ctx->generate(prompt, go);
+        auto g = ctx->generate(prompt, go);
+        return with_stats(std::move(g), ctx->stats());
     }
 
     py::list score(const std::string& prompt, const py::object& images, const std::vector<std::string>& candidates,
@@ -327,14 +342,16 @@ public:
         if (system) chat_.add_system(*system);
     }
 
-    fl::Generation send(const std::string& text, const py::object& images, const GenerateArgs& a) {
+    PyGeneration send(const std::string& text, const py::object& images, const GenerateArgs& a) {
         const auto go = options_of(a);
         const auto media = media_of(images);
         py::gil_scoped_release nogil;
         std::lock_guard lock(mu_);
         chat_.add_user(text, pixels_of(*model_, media, 1));
         try {
-            return chat_.reply(go);
+            chat_.context().session().reset_stats();
+            auto g = chat_.reply(go);
+            return with_stats(std::move(g), chat_.stats());
         } catch (...) {
             chat_.pop();  // as `flamingo chat`: a failed turn leaves the conversation as it was
             throw;
@@ -435,13 +452,24 @@ PYBIND11_MODULE(_flamingo, m) {
         }
     });
 
-    py::class_<fl::Generation>(m, "Generation", "The result of Model.generate or Chat.send.")
-        .def_readonly("text", &fl::Generation::text, "the continuation, without the stop token")
-        .def_readonly("tokens", &fl::Generation::tokens,
+    py::class_<PyGeneration>(m, "Generation", "The result of Model.generate or Chat.send.")
+        .def_readonly("text", &PyGeneration::text, "the continuation, without the stop token")
+        .def_readonly("tokens", &PyGeneration::tokens,
                       "generated token ids, the stop token included when generation ended on it")
-        .def_readonly("stopped", &fl::Generation::stopped, "True when generation ended on the stop token")
-        .def_readonly("score", &fl::Generation::score, "beam search: the best hypothesis's score (else 0)")
-        .def("__repr__", [](const fl::Generation& g) {
+        .def_readonly("stopped", &PyGeneration::stopped, "True when generation ended on the stop token")
+        .def_readonly("score", &PyGeneration::score, "beam search: the best hypothesis's score (else 0)")
+        .def_property_readonly(
+            "timings",
+            [](const PyGeneration& g) {
+                py::dict d;
+                d["media_seconds"] = g.stats.media_seconds, d["media_encoded"] = g.stats.media_encoded;
+                d["read_tokens"] = g.stats.read_tokens, d["read_seconds"] = g.stats.read_seconds;
+                d["steps"] = g.stats.steps, d["step_seconds"] = g.stats.step_seconds;
+                return d;
+            },
+            "this call's timings, as the command's --verbose prints them: media_seconds (encoding),\n"
+            "media_encoded, read_tokens, read_seconds (the prompt), steps, step_seconds (decoding)")
+        .def("__repr__", [](const PyGeneration& g) {
             return "Generation(text=" + std::string(py::repr(py::str(g.text))) + ", tokens=" +
                    std::to_string(g.tokens.size()) + ", stopped=" + (g.stopped ? "True" : "False") + ")";
         });

@@ -122,3 +122,11 @@ def test_logits_share_the_buffer(bundled):
     # a view of the library's tensor (held by a capsule), not a NumPy-owned copy
     assert not lg.flags["OWNDATA"] and lg.base is not None
     assert lg.flags["C_CONTIGUOUS"] and lg.shape == (len(bundled.tokenize(SHAPES_PROMPT)), bundled.vocab_size)
+
+
+def test_timings_count_this_call(bundled):
+    g = bundled.generate(SHAPES_PROMPT, SHAPES_IMAGES, max_new_tokens=6)
+    t = g.timings
+    # greedy: the prompt is read once, then one step per generated token but the last
+    assert t["read_tokens"] == len(bundled.tokenize(SHAPES_PROMPT)) and t["media_encoded"] == 2
+    assert t["steps"] == len(g.tokens) - 1
