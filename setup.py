@@ -8,6 +8,7 @@ measured up to 2.7x slower, see bench/README.md): a wheel built here may not
 run on an older CPU. FLAMINGO_CXXFLAGS replaces "-O3 -march=native" (e.g.
 "-O3" for a portable build).
 """
+import glob
 import os
 import shlex
 
@@ -22,6 +23,11 @@ ext = Pybind11Extension(
     # Relative paths: setuptools wants sources inside the project.
     ["python/src/module.cpp", "src/image.cpp"],
     include_dirs=[os.path.join(here, "include"), os.path.join(here, "examples"), "/usr/include/stb"],
+    # setuptools rebuilds only when a source or one of these is newer than the
+    # module; without the headers, a second install after editing one would
+    # keep the old module (build-setuptools/ persists in the tree).
+    depends=sorted(glob.glob("include/flamingo/**/*.hpp", recursive=True))
+    + ["examples/batch.hpp", "examples/eval.hpp"],
     cxx_std=20,
     extra_compile_args=flags + ["-Wno-unused-parameter"],
 )
