@@ -15,7 +15,7 @@ packages="cmake make g++ libxsimd-dev libstb-dev doctest-dev nlohmann-json3-dev 
 # The tests also check the PyTorch reference, its fixtures and the converter.
 [ "$what" = test ] && packages="$packages python3-torch python3-numpy python3-pil"
 # ... and the Python package: its module (pybind11), its tests, and pip in a venv.
-[ "$what" = test ] && packages="$packages pybind11-dev python3-pybind11 python3-dev python3-pytest python3-venv python3-setuptools python3-pip"
+[ "$what" = test ] && packages="$packages pybind11-dev python3-pybind11 python3-dev python3-pytest python3-venv python3-setuptools python3-pip python3-distributed"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

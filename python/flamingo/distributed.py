@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import logging
 import os
 import sys
 import time
@@ -268,7 +269,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if a.local is not None:
             cluster = LocalCluster(n_workers=a.local, threads_per_worker=1, processes=True,
-                                   host="127.0.0.1", dashboard_address=a.dashboard)
+                                   host="127.0.0.1", dashboard_address=a.dashboard,
+                                   silence_logs=logging.ERROR)  # a failing task's error is ours to print
             client = Client(cluster)
         else:
             client = Client(a.scheduler)

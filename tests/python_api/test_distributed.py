@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import cloudpickle
 import pytest
 
 distributed = pytest.importorskip("distributed")
+import cloudpickle  # noqa: E402  (a dependency of distributed)
 from dask.distributed import Client, LocalCluster  # noqa: E402
 
 import flamingo  # noqa: E402
