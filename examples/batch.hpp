@@ -223,6 +223,44 @@ inline ojson run_task(Context& ctx, const json& task, const TaskHooks& hooks) {
     fail("unknown task \"", kind, "\" (generate, score, embed or tokenize)");
 }
 
+// One input line, parsed (a line that is not JSON keeps its error for its answer).
+struct Item {
+    json task;
+    json id;
+    std::string parse_error;
+};
+
+inline Item parse_line(const std::string& line) {
+    Item it;
+    try {
+        it.task = json::parse(line);
+        if (it.task.is_object() && it.task.contains("id")) it.id = it.task["id"];
+    } catch (const json::exception& e) {
+        it.parse_error = std::string("malformed JSON: ") + e.what();
+    }
+    return it;
+}
+
+// The output line (without its newline) for one item: {"id", "result"} or
+// {"id", "error"}; `failed` tells which. `ctx` is null when the worker's
+// context could not be made, and `setup_error` then says why. The command's
+// workers and the Python module's Model.batch_line both answer through here.
+inline std::string answer_line(Context* ctx, const Item& it, const TaskHooks& hooks, const std::string& setup_error,
+                               bool& failed) {
+    ojson line;
+    try {
+        check(setup_error.empty() && ctx, setup_error);
+        check(it.parse_error.empty(), it.parse_error);
+        line = {{"id", ojson(it.id)}, {"result", run_task(*ctx, it.task, hooks)}};
+    } catch (const std::bad_alloc&) {
+        line = {{"id", ojson(it.id)}, {"error", {{"message", "out of memory"}}}};
+    } catch (const std::exception& e) {
+        line = {{"id", ojson(it.id)}, {"error", {{"message", e.what()}}}};
+    }
+    failed = line.contains("error");
+    return line.dump(-1, ' ', false, ojson::error_handler_t::replace);
+}
+
 struct Options {
     std::optional<std::filesystem::path> in, out;
     std::size_t parallel = 1;
@@ -273,20 +311,9 @@ inline int run(const std::shared_ptr<const Model>& model, const Options& o) {
     // Parse every line first; lines whose id is already done are skipped.
     std::set<std::string> done;
     if (o.resume && o.out) done = finished_ids(*o.out);
-    struct Item {
-        json task;
-        json id;
-        std::string parse_error;
-    };
     std::vector<Item> items;
     for (const std::string& line : lines) {
-        Item it;
-        try {
-            it.task = json::parse(line);
-            if (it.task.is_object() && it.task.contains("id")) it.id = it.task["id"];
-        } catch (const json::exception& e) {
-            it.parse_error = std::string("malformed JSON: ") + e.what();
-        }
+        Item it = parse_line(line);
         if (o.resume && done.count(it.id.dump()) && it.parse_error.empty() && !it.id.is_null()) continue;
         items.push_back(std::move(it));
     }
@@ -317,19 +344,9 @@ inline int run(const std::shared_ptr<const Model>& model, const Options& o) {
             setup_error = e.what();
         }
         for (std::size_t i; (i = next++) < items.size();) {
-            const Item& it = items[i];
-            ojson line;
-            try {
-                check(setup_error.empty(), setup_error);
-                check(it.parse_error.empty(), it.parse_error);
-                line = {{"id", ojson(it.id)}, {"result", run_task(*ctx, it.task, hooks)}};
-            } catch (const std::bad_alloc&) {
-                line = {{"id", ojson(it.id)}, {"error", {{"message", "out of memory"}}}};
-            } catch (const std::exception& e) {
-                line = {{"id", ojson(it.id)}, {"error", {{"message", e.what()}}}};
-            }
-            if (line.contains("error")) any_failed = true;
-            std::string text = line.dump(-1, ' ', false, ojson::error_handler_t::replace);
+            bool failed = false;
+            std::string text = answer_line(ctx ? &*ctx : nullptr, items[i], hooks, setup_error, failed);
+            if (failed) any_failed = true;
             {
                 std::lock_guard lock(mu);
                 results[i] = std::move(text);

@@ -37,11 +37,11 @@ struct Outcome {
     std::string prediction;
 };
 
-// Runs every record of every <task>.jsonl in `data` (with limit > 0, the
-// first `limit` records of each task and shot count); media are videos of
-// the record's "frames" (default `frames`). `progress` is called after each record.
-inline std::vector<Outcome> run(Context& p, const std::filesystem::path& data, std::size_t limit, std::size_t frames,
-                                const std::function<void(std::size_t)>& progress = {}) {
+// The records `run` evaluates, in its order: every record of every
+// <task>.jsonl in `data` (files by name; with limit > 0, the first `limit`
+// records of each task and shot count of a file). A record without "task"
+// gets its file's name there, so that each record stands on its own.
+inline std::vector<nlohmann::json> records(const std::filesystem::path& data, std::size_t limit) {
     namespace fs = std::filesystem;
     check(fs::is_directory(data), ErrorKind::File, data.string(), ": evaluation data directory does not exist");
     std::vector<fs::path> files;
@@ -49,12 +49,12 @@ inline std::vector<Outcome> run(Context& p, const std::filesystem::path& data, s
         if (e.path().extension() == ".jsonl") files.push_back(e.path());
     std::sort(files.begin(), files.end());
     check(!files.empty(), ErrorKind::File, data.string(), ": no .jsonl files");
-    std::vector<Outcome> out;
+    std::vector<nlohmann::json> out;
     for (const auto& file : files) {
         std::ifstream in(file);
         std::string line;
         std::size_t lineno = 0;
-        std::map<std::pair<std::string, int>, std::size_t> taken;  // (task, shots) -> records run
+        std::map<std::pair<std::string, int>, std::size_t> taken;  // (task, shots) -> records taken
         while (std::getline(in, line)) {
             ++lineno;
             if (strip(line).empty()) continue;
@@ -64,29 +64,47 @@ inline std::vector<Outcome> run(Context& p, const std::filesystem::path& data, s
             } catch (const nlohmann::json::exception& e) {
                 fail(ErrorKind::Format, file.string(), ":", lineno, ": not JSON: ", e.what());
             }
-            Outcome o;
-            o.id = r.value("id", ""), o.task = r.value("task", file.stem().string()), o.shots = r.value("shots", 0);
-            if (limit && taken[{o.task, o.shots}]++ >= limit) continue;
-            std::vector<std::string> images;
-            for (const auto& im : r.at("images")) images.push_back((data / "images" / im.get<std::string>()).string());
-            p.set_media(images, r.value("frames", frames));
-            const std::string prompt = r.at("prompt"), answer = r.at("answer");
-            if (r.value("judge", "generate") == "score") {
-                auto scores = p.score(prompt, r.at("candidates").get<std::vector<std::string>>());
-                auto best = std::max_element(scores.begin(), scores.end(), [](const auto& a, const auto& b) {
-                    return a.score.logprob < b.score.logprob;
-                });
-                o.prediction = best->candidate;
-                o.correct = o.prediction == answer;
-            } else {
-                generate::GenerateOptions g;
-                g.max_new_tokens = r.value("max_new_tokens", 20);
-                o.prediction = strip(p.generate(prompt, g).text);
-                o.correct = o.prediction == strip(answer);
-            }
-            out.push_back(std::move(o));
-            if (progress) progress(out.size());
+            if (!r.contains("task")) r["task"] = file.stem().string();
+            if (limit && taken[{r.value("task", ""), r.value("shots", 0)}]++ >= limit) continue;
+            out.push_back(std::move(r));
         }
+    }
+    return out;
+}
+
+// One record's outcome on `p`; its images are files in <data>/images, media
+// videos of the record's "frames" (default `frames`).
+inline Outcome evaluate_one(Context& p, const std::filesystem::path& data, const nlohmann::json& r,
+                            std::size_t frames) {
+    Outcome o;
+    o.id = r.value("id", ""), o.task = r.value("task", ""), o.shots = r.value("shots", 0);
+    std::vector<std::string> images;
+    for (const auto& im : r.at("images")) images.push_back((data / "images" / im.get<std::string>()).string());
+    p.set_media(images, r.value("frames", frames));
+    const std::string prompt = r.at("prompt"), answer = r.at("answer");
+    if (r.value("judge", "generate") == "score") {
+        auto scores = p.score(prompt, r.at("candidates").get<std::vector<std::string>>());
+        auto best = std::max_element(scores.begin(), scores.end(), [](const auto& a, const auto& b) {
+            return a.score.logprob < b.score.logprob;
+        });
+        o.prediction = best->candidate;
+        o.correct = o.prediction == answer;
+    } else {
+        generate::GenerateOptions g;
+        g.max_new_tokens = r.value("max_new_tokens", 20);
+        o.prediction = strip(p.generate(prompt, g).text);
+        o.correct = o.prediction == strip(answer);
+    }
+    return o;
+}
+
+// Runs every record of `records(data, limit)`; `progress` is called after each.
+inline std::vector<Outcome> run(Context& p, const std::filesystem::path& data, std::size_t limit, std::size_t frames,
+                                const std::function<void(std::size_t)>& progress = {}) {
+    std::vector<Outcome> out;
+    for (const auto& r : records(data, limit)) {
+        out.push_back(evaluate_one(p, data, r, frames));
+        if (progress) progress(out.size());
     }
     return out;
 }

@@ -14,6 +14,8 @@ packages="cmake make g++ libxsimd-dev libstb-dev doctest-dev nlohmann-json3-dev 
 [ "$what" = bench ] && packages="$packages libbenchmark-dev libeigen3-dev"
 # The tests also check the PyTorch reference, its fixtures and the converter.
 [ "$what" = test ] && packages="$packages python3-torch python3-numpy python3-pil"
+# ... and the Python package: its module (pybind11), its tests, and pip in a venv.
+[ "$what" = test ] && packages="$packages pybind11-dev python3-pybind11 python3-dev python3-pytest python3-venv python3-setuptools python3-pip"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -52,6 +54,16 @@ case "$what" in
     stage "optimised build and tests"
     build build -DFLAMINGO_BUILD_TESTS=ON -DFLAMINGO_NATIVE=OFF  # explicit: an old cache may say ON
     (cd build && ctest --output-on-failure -j"$jobs")
+    # The README's install path: pip in a throwaway venv that sees Debian's
+    # packages (offline, no build isolation), then an import and a generation.
+    stage "pip install in a venv"
+    venv=$(mktemp -d) root=$PWD
+    /usr/bin/python3 -m venv --system-site-packages "$venv"
+    "$venv/bin/pip" install -q --no-build-isolation --no-index .
+    (cd "$venv" && "$venv/bin/python" -c "import flamingo, sys; m = flamingo.Model(sys.argv[1], threads=1); \
+print(m.generate('<image>A photo of', [sys.argv[2]], max_new_tokens=8).text)" \
+      "$root/models/shapes-flamingo" "$root/models/shapes-flamingo/examples/yellow_diamond.png")
+    rm -rf "$venv"
     # Kernels and the tensor library again compiled for this CPU, as a
     # -DFLAMINGO_NATIVE=ON build (or a consumer with -march) calls them inline.
     stage "native kernels"
