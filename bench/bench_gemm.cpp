@@ -209,21 +209,23 @@ void BM_LinearSmallM(benchmark::State& st, std::size_t M, std::size_t N, std::si
 
 // Compute-bound linear (prompt, Perceiver, ViT shapes): W stored [out, in].
 // widen: bf16 weights through the widening f32 path whatever the CPU has (the
-// path FLAMINGO_BF16_GEMM=widen selects), next to linear()'s choice.
+// path FLAMINGO_BF16_GEMM=widen selects), next to linear()'s choice. Through the
+// switch rather than the internal kernel, so that a build that picks its kernels
+// at run time measures the chosen set's widening path, not its own baseline copy.
 template <class W>
 void BM_LinearGemm(benchmark::State& st, std::size_t M, std::size_t N, std::size_t K, bool widen) {
     auto X = random_floats(M * K, 1), f = random_floats(N * K, 2), bias = random_floats(N, 3);
     std::vector<W> w(N * K);
     for (std::size_t i = 0; i < N * K; ++i) w[i] = W(f[i]);
     std::vector<float> Y(M * N);
+    auto& dot = fk::bf16_dot_switch();
+    const bool was = dot.load();
+    dot.store(was && !widen);
     for (auto _ : st) {
-        if (widen)
-            fk::detail::gemm_panels(M, N, K, X.data(), K, fk::detail::WeightRows<W>{w.data(), K}, Y.data(), N, false,
-                                    bias.data());
-        else
-            fk::linear(M, N, K, X.data(), K, w.data(), K, bias.data(), Y.data(), N);
+        fk::linear(M, N, K, X.data(), K, w.data(), K, bias.data(), Y.data(), N);
         benchmark::DoNotOptimize(Y.data());
     }
+    dot.store(was);
     set_gemm_counters(st, {M, N, K});
 }
 

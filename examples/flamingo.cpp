@@ -318,6 +318,7 @@ int run(int argc, char** argv) {
     if (verbose) {
         std::cerr << "load: " << since(t0) << " s (weights " << flamingo::model::weight_type_name(net.weight_type()) << ", "
                   << threads << " threads)\n";
+        std::cerr << "kernels: " << flamingo::kernels::kernel_set() << "\n";
         if (net.weight_type() == flamingo::WeightType::BF16)
             std::cerr << "bf16 GEMM (9+ rows; FLAMINGO_BF16_GEMM=widen forces widening): "
                       << flamingo::kernels::bf16_gemm_kind() << "\n";

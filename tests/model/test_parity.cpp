@@ -50,7 +50,7 @@ TEST_CASE("bf16 weights: a BF16 checkpoint runs on its stored values") {
     // Expected outputs were computed in f32 from the exact BF16 values. Widening
     // bf16 to f32 in registers with f32 accumulation (decoding always; every
     // product with FLAMINGO_BF16_GEMM=widen or without AVX512-BF16): f32 tolerances hold.
-    auto& dot = kernels::detail::bf16_dot_switch();
+    auto& dot = kernels::bf16_dot_switch();
     const bool was = dot.exchange(false);
     check_case("llama_bf16", model::WeightType::BF16, 1e-4, 1e-4);
     check_case("llama_bf16", model::WeightType::F32, 1e-4, 1e-4);  // the same file widened to f32 at load

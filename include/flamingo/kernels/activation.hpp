@@ -15,6 +15,8 @@
 
 namespace flamingo::kernels {
 
+FLAMINGO_KERNELS_BEGIN
+
 namespace detail::act_impl {
 
 using vmath::vf;
@@ -48,19 +50,46 @@ inline vf quick_gelu(vf x) { return x / (vf(1.0f) + xsimd::exp(x * vf(-1.702f)))
 }  // namespace detail::act_impl
 
 // GELU with the exact erf form (PyTorch's default nn.GELU()).
-inline void gelu_erf(float* x, std::size_t n) { detail::act_impl::map(x, n, detail::act_impl::gelu_erf); }
+inline void gelu_erf(float* x, std::size_t n) {
+#if FLAMINGO_KERNELS_DISPATCHED
+    active_kernels().gelu_erf(x, n);
+#else
+    detail::act_impl::map(x, n, detail::act_impl::gelu_erf);
+#endif
+}
 
 // GELU with the tanh approximation (nn.GELU(approximate="tanh"), GPT-2's "gelu_new").
-inline void gelu_tanh(float* x, std::size_t n) { detail::act_impl::map(x, n, detail::act_impl::gelu_tanh); }
+inline void gelu_tanh(float* x, std::size_t n) {
+#if FLAMINGO_KERNELS_DISPATCHED
+    active_kernels().gelu_tanh(x, n);
+#else
+    detail::act_impl::map(x, n, detail::act_impl::gelu_tanh);
+#endif
+}
 
 // x * sigmoid(1.702 x), OpenAI CLIP's QuickGELU.
-inline void quick_gelu(float* x, std::size_t n) { detail::act_impl::map(x, n, detail::act_impl::quick_gelu); }
+inline void quick_gelu(float* x, std::size_t n) {
+#if FLAMINGO_KERNELS_DISPATCHED
+    active_kernels().quick_gelu(x, n);
+#else
+    detail::act_impl::map(x, n, detail::act_impl::quick_gelu);
+#endif
+}
 
 // x * sigmoid(x) (SiLU / swish).
-inline void silu(float* x, std::size_t n) { detail::act_impl::map(x, n, detail::act_impl::silu); }
+inline void silu(float* x, std::size_t n) {
+#if FLAMINGO_KERNELS_DISPATCHED
+    active_kernels().silu(x, n);
+#else
+    detail::act_impl::map(x, n, detail::act_impl::silu);
+#endif
+}
 
 // out = silu(gate) * up (LLaMA's MLP); out may alias gate or up.
 inline void swiglu(const float* gate, const float* up, float* out, std::size_t n) {
+#if FLAMINGO_KERNELS_DISPATCHED
+    active_kernels().swiglu(gate, up, out, n);
+#else
     using namespace detail::act_impl;
     using vmath::W;
     for_range(n, [&](std::size_t b, std::size_t e) {
@@ -73,6 +102,8 @@ inline void swiglu(const float* gate, const float* up, float* out, std::size_t n
             vmath::store_tail(out + i, silu(g) * u, t);
         }
     });
+#endif
 }
 
+FLAMINGO_KERNELS_END
 }  // namespace flamingo::kernels

@@ -54,6 +54,8 @@ struct AttentionArgs {
     const std::uint32_t* kv_end = nullptr;        // intersected with the causal limit
 };
 
+FLAMINGO_KERNELS_BEGIN
+
 namespace detail::attn_impl {
 
 using vmath::Buffer;
@@ -538,6 +540,9 @@ inline void run_rows(const Problem& P, bool parallel) {
 // out may share memory with q (each head's query row is read before its output
 // row is written), not with k or v.
 inline void attention(const AttentionArgs& a) {
+#if FLAMINGO_KERNELS_DISPATCHED
+    active_kernels().attention(a);
+#else
     using namespace detail::attn_impl;
     if (a.n_q == 0 || a.n_heads == 0) return;
     check(a.head_dim > 0, "attention: head_dim must be positive");
@@ -570,6 +575,8 @@ inline void attention(const AttentionArgs& a) {
         run_rows(P, parallel);
     else
         run_blocks(P, parallel);
+#endif
 }
 
+FLAMINGO_KERNELS_END
 }  // namespace flamingo::kernels

@@ -27,6 +27,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdlib>
+#include <string>
 #include <string_view>
 #include <type_traits>
 
@@ -36,6 +37,20 @@
 #include "detail/gemm_small.hpp"
 
 namespace flamingo::kernels {
+
+// Whether bf16 weights with more than kSmallM rows multiply in bf16 (vdpbf16ps)
+// when compiled in: yes unless FLAMINGO_BF16_GEMM=widen (read at first use).
+// Tests flip it to hold both paths to their contracts in one process.
+// One switch for every kernel set, hence outside the instruction-set namespace.
+inline std::atomic<bool>& bf16_dot_switch() {
+    static std::atomic<bool> on{[] {
+        const char* e = std::getenv("FLAMINGO_BF16_GEMM");
+        return !(e && std::string_view(e) == "widen");
+    }()};
+    return on;
+}
+
+FLAMINGO_KERNELS_BEGIN
 
 namespace detail {
 
@@ -57,17 +72,13 @@ inline void empty_product(std::size_t M, std::size_t N, const float* bias, float
         }
 }
 
-// Whether bf16 weights with more than kSmallM rows multiply in bf16 (vdpbf16ps)
-// when compiled in: yes unless FLAMINGO_BF16_GEMM=widen (read at first use).
-// Tests flip it to hold both paths to their contracts in one process.
-inline std::atomic<bool>& bf16_dot_switch() {
-    static std::atomic<bool> on{[] {
-        const char* e = std::getenv("FLAMINGO_BF16_GEMM");
-        return !(e && std::string_view(e) == "widen");
-    }()};
-    return on;
+inline bool bf16_dot_enabled() {
+#if FLAMINGO_KERNELS_DISPATCHED
+    return active_kernels().bf16_dot && bf16_dot_switch().load(std::memory_order_relaxed);
+#else
+    return kBf16Dot && bf16_dot_switch().load(std::memory_order_relaxed);
+#endif
 }
-inline bool bf16_dot_enabled() { return kBf16Dot && bf16_dot_switch().load(std::memory_order_relaxed); }
 
 }  // namespace detail
 
@@ -77,9 +88,23 @@ inline const char* bf16_gemm_kind() {
                                       : "bf16 weights widened to f32, f32 products";
 }
 
+// The kernel set in use, for logs (kernels/dispatch.hpp).
+inline std::string kernel_set() {
+#if FLAMINGO_KERNELS_DISPATCHED
+    return std::string(active_kernels().description) + ", chosen at run time (FLAMINGO_ISA=avx2|sse2 lowers it)";
+#else
+#define FLAMINGO_KERNELS_STR2(x) #x
+#define FLAMINGO_KERNELS_STR(x) FLAMINGO_KERNELS_STR2(x)
+    return FLAMINGO_KERNELS_STR(FLAMINGO_KERNELS_NS) ", fixed by the compiler flags of this build";
+#endif
+}
+
 // C[M,N] = A[M,K] · B[K,N]   (accumulate: C += ...)
 inline void matmul(std::size_t M, std::size_t N, std::size_t K, const float* A, std::size_t lda, const float* B,
                    std::size_t ldb, float* C, std::size_t ldc, bool accumulate = false) {
+#if FLAMINGO_KERNELS_DISPATCHED
+    active_kernels().matmul(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+#else
     if (M == 0 || N == 0) return;
     detail::check_matrix("matmul", "A", A, M, K, lda);
     detail::check_matrix("matmul", "B", B, K, N, ldb);
@@ -93,6 +118,7 @@ inline void matmul(std::size_t M, std::size_t N, std::size_t K, const float* A, 
         detail::gemm_panels(M, N, K, A, lda, detail::RowMajorPanels{B, ldb}, C, ldc, accumulate, nullptr);
     else
         detail::gemm_packed(M, N, K, A, lda, detail::BRowMajor{B, ldb}, C, ldc, accumulate, nullptr);
+#endif
 }
 
 // Y[M,N] = X[M,K] · W[N,K]^T + bias[N]  -- PyTorch nn.Linear, W stored [out, in].
@@ -102,6 +128,12 @@ void linear(std::size_t M, std::size_t N, std::size_t K, const float* X, std::si
             std::size_t ldw, const float* bias, float* Y, std::size_t ldy, bool accumulate = false) {
     static_assert(std::is_same_v<W, float> || std::is_same_v<W, bf16>,
                   "linear: weights must be float or flamingo::bf16");
+#if FLAMINGO_KERNELS_DISPATCHED
+    if constexpr (std::is_same_v<W, bf16>)
+        active_kernels().linear_bf16(M, N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+    else
+        active_kernels().linear_f32(M, N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+#else
     if (M == 0 || N == 0) return;
     detail::check_matrix("linear", "X", X, M, K, ldx);
     detail::check_matrix("linear", "W", w, N, K, ldw);
@@ -115,6 +147,8 @@ void linear(std::size_t M, std::size_t N, std::size_t K, const float* X, std::si
                                                                             Y, ldy, accumulate, bias);
 #endif
     detail::gemm_panels(M, N, K, X, ldx, detail::WeightRows<W>{w, ldw}, Y, ldy, accumulate, bias);
+#endif
 }
 
+FLAMINGO_KERNELS_END
 }  // namespace flamingo::kernels

@@ -13,6 +13,8 @@
 
 namespace flamingo::kernels {
 
+FLAMINGO_KERNELS_BEGIN
+
 namespace detail::norm_impl {
 
 using vmath::vf;
@@ -62,6 +64,9 @@ inline void for_rows(std::size_t rows, std::size_t n, Row row) {
 // gamma and beta (n floats each) may be nullptr. y may equal x (with ldy == ldx).
 inline void layer_norm_rows(const float* x, std::size_t ldx, float* y, std::size_t ldy, std::size_t rows,
                             std::size_t n, const float* gamma, const float* beta, float eps) {
+#if FLAMINGO_KERNELS_DISPATCHED
+    active_kernels().layer_norm_rows(x, ldx, y, ldy, rows, n, gamma, beta, eps);
+#else
     using namespace detail::norm_impl;
     if (rows == 0 || n == 0) return;
     check(rows == 1 || (ldx >= n && ldy >= n), "layer_norm_rows: row strides ", ldx, ", ", ldy,
@@ -72,11 +77,15 @@ inline void layer_norm_rows(const float* x, std::size_t ldx, float* y, std::size
         const float var = float(sum_pow<2>(xr, n, mean) / double(n));
         affine(xr, y + r * ldy, n, mean, 1.0f / std::sqrt(var + eps), gamma, beta);
     });
+#endif
 }
 
 // y[r, :] = x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * gamma (LLaMA's RMSNorm); gamma may be nullptr.
 inline void rms_norm_rows(const float* x, std::size_t ldx, float* y, std::size_t ldy, std::size_t rows,
                           std::size_t n, const float* gamma, float eps) {
+#if FLAMINGO_KERNELS_DISPATCHED
+    active_kernels().rms_norm_rows(x, ldx, y, ldy, rows, n, gamma, eps);
+#else
     using namespace detail::norm_impl;
     if (rows == 0 || n == 0) return;
     check(rows == 1 || (ldx >= n && ldy >= n), "rms_norm_rows: row strides ", ldx, ", ", ldy,
@@ -86,6 +95,8 @@ inline void rms_norm_rows(const float* x, std::size_t ldx, float* y, std::size_t
         const float ms = float(sum_pow<2>(xr, n, 0.0f) / double(n));
         affine(xr, y + r * ldy, n, 0.0f, 1.0f / std::sqrt(ms + eps), gamma, nullptr);
     });
+#endif
 }
 
+FLAMINGO_KERNELS_END
 }  // namespace flamingo::kernels

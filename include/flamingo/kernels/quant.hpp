@@ -73,6 +73,18 @@ struct QMatrix {
     const std::uint8_t* row(std::size_t r) const { return static_cast<const std::uint8_t*>(data) + r * row_bytes(); }
 };
 
+// Owns a quantised matrix's storage.
+struct QBuffer {
+    std::vector<std::uint8_t> data;
+    std::vector<float> scales, offsets;
+
+    QMatrix view(QFormat f, std::size_t rows, std::size_t cols) const {
+        return {f, rows, cols, data.data(), scales.data(), f == QFormat::Q4 ? offsets.data() : nullptr};
+    }
+};
+
+FLAMINGO_KERNELS_BEGIN
+
 // ---- quantisation of one row ------------------------------------------------
 
 // x[cols] -> q[padded cols] int8, scales[blocks].
@@ -126,16 +138,6 @@ inline void dequantize_row(const QMatrix& m, std::size_t r, float* out) {
         }
     }
 }
-
-// Owns a quantised matrix's storage.
-struct QBuffer {
-    std::vector<std::uint8_t> data;
-    std::vector<float> scales, offsets;
-
-    QMatrix view(QFormat f, std::size_t rows, std::size_t cols) const {
-        return {f, rows, cols, data.data(), scales.data(), f == QFormat::Q4 ? offsets.data() : nullptr};
-    }
-};
 
 // Quantises a row-major float matrix [rows, cols] (leading dimension ld).
 inline QBuffer quantize(QFormat f, const float* w, std::size_t rows, std::size_t cols, std::size_t ld) {
@@ -319,6 +321,9 @@ inline void check_qmatrix(const QMatrix& m) {
 // Y[M,N] = X[M,K] · W^T + bias with W a quantised [N, K] matrix (see the contracts above).
 inline void linear_q(std::size_t M, const float* X, std::size_t ldx, const QMatrix& W, const float* bias, float* Y,
                      std::size_t ldy, bool accumulate = false) {
+#if FLAMINGO_KERNELS_DISPATCHED
+    active_kernels().linear_q(M, X, ldx, W, bias, Y, ldy, accumulate);
+#else
     const std::size_t N = W.rows, K = W.cols;
     if (M == 0 || N == 0) return;
     detail::check_matrix("linear", "X", X, M, K, ldx);
@@ -360,6 +365,8 @@ inline void linear_q(std::size_t M, const float* X, std::size_t ldx, const QMatr
             }
         },
         16);
+#endif
 }
 
+FLAMINGO_KERNELS_END
 }  // namespace flamingo::kernels

@@ -69,6 +69,8 @@ private:
     std::vector<float> inv_freq_, cos_, sin_;
 };
 
+FLAMINGO_KERNELS_BEGIN
+
 namespace detail::rope_impl {
 
 inline void rotate(float* x, const float* c, const float* s, std::size_t h) {
@@ -102,6 +104,9 @@ inline void rotate(float* x, const float* c, const float* s, std::size_t h) {
 // and row r is at position pos0 + r.
 inline void apply_rope(float* x, std::size_t n_rows, std::size_t row_stride, std::size_t n_heads,
                        std::size_t head_stride, std::size_t rot_dim, std::size_t pos0, const RopeTable& table) {
+#if FLAMINGO_KERNELS_DISPATCHED
+    active_kernels().apply_rope(x, n_rows, row_stride, n_heads, head_stride, rot_dim, pos0, table);
+#else
     if (n_rows == 0 || n_heads == 0) return;
     check(rot_dim == table.rot_dim(), "apply_rope: rotary dimension ", rot_dim, " but the table is for ",
           table.rot_dim());
@@ -118,6 +123,8 @@ inline void apply_rope(float* x, std::size_t n_rows, std::size_t row_stride, std
         parallel_for(n_rows, body);
     else
         body(0, n_rows);
+#endif
 }
 
+FLAMINGO_KERNELS_END
 }  // namespace flamingo::kernels

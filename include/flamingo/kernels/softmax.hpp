@@ -8,6 +8,8 @@
 
 namespace flamingo::kernels {
 
+FLAMINGO_KERNELS_BEGIN
+
 namespace detail::softmax_impl {
 
 inline float row_max(const float* x, std::size_t n) {
@@ -53,6 +55,9 @@ inline void softmax_row(float* x, std::size_t n) {
 // Softmax over each of `rows` rows of `cols` floats, rows `ld` floats apart.
 // Like PyTorch, a row whose maximum is -inf or +inf becomes NaN.
 inline void softmax_rows(float* x, std::size_t rows, std::size_t cols, std::size_t ld) {
+#if FLAMINGO_KERNELS_DISPATCHED
+    active_kernels().softmax_rows(x, rows, cols, ld);
+#else
     if (rows == 0 || cols == 0) return;
     check(rows == 1 || ld >= cols, "softmax_rows: row stride ", ld, " is smaller than the row length ", cols);
     auto body = [&](std::size_t begin, std::size_t end) {
@@ -62,6 +67,8 @@ inline void softmax_rows(float* x, std::size_t rows, std::size_t cols, std::size
         parallel_for(rows, body);
     else
         body(0, rows);
+#endif
 }
 
+FLAMINGO_KERNELS_END
 }  // namespace flamingo::kernels

@@ -16,7 +16,11 @@
 
 #include "gemm_simd.hpp"
 
-namespace flamingo::kernels::detail {
+#include "isa.hpp"
+
+namespace flamingo::kernels {
+FLAMINGO_KERNELS_BEGIN
+namespace detail {
 
 // Adds bias and stores an MR x NV tile of accumulators to C (or adds it to C).
 template <std::size_t MR, std::size_t NV>
@@ -128,4 +132,6 @@ inline void pack_pairs(const T* src, std::size_t ld, std::size_t rows, std::size
 inline constexpr bool kBf16Dot = false;
 #endif
 
-}  // namespace flamingo::kernels::detail
+}  // namespace detail
+FLAMINGO_KERNELS_END
+}  // namespace flamingo::kernels

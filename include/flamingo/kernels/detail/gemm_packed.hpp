@@ -23,7 +23,11 @@
 #include "gemm_bf16.hpp"
 #include "gemm_simd.hpp"
 
-namespace flamingo::kernels::detail {
+#include "isa.hpp"
+
+namespace flamingo::kernels {
+FLAMINGO_KERNELS_BEGIN
+namespace detail {
 
 // Register blocking: MR x (NV vectors). 32 vector registers (AVX-512) hold an
 // 8 x 48 tile (24 accumulators); 16 registers hold 6 x 16 (12 accumulators).
@@ -380,4 +384,6 @@ void gemm_panels(std::size_t M, std::size_t N, std::size_t K, const float* X, st
     }
 }
 
-}  // namespace flamingo::kernels::detail
+}  // namespace detail
+FLAMINGO_KERNELS_END
+}  // namespace flamingo::kernels

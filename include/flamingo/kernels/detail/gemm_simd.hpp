@@ -19,7 +19,11 @@
 
 #include "../../core/dtype.hpp"
 
-namespace flamingo::kernels::detail {
+#include "isa.hpp"
+
+namespace flamingo::kernels {
+FLAMINGO_KERNELS_BEGIN
+namespace detail {
 
 using fbatch = xsimd::batch<float>;
 inline constexpr std::size_t kV = fbatch::size;  // floats per vector register
@@ -220,4 +224,6 @@ inline void pack_interleaved(const T* src, std::size_t ld, std::size_t rows, std
     }
 }
 
-}  // namespace flamingo::kernels::detail
+}  // namespace detail
+FLAMINGO_KERNELS_END
+}  // namespace flamingo::kernels

@@ -11,7 +11,11 @@
 #include "../../core/executor.hpp"
 #include "gemm_simd.hpp"
 
-namespace flamingo::kernels::detail {
+#include "isa.hpp"
+
+namespace flamingo::kernels {
+FLAMINGO_KERNELS_BEGIN
+namespace detail {
 
 inline constexpr std::size_t kSmallM = 8;
 // Accumulator registers the small kernels may use (leaves room for loads).
@@ -265,4 +269,6 @@ inline void matmul_small(std::size_t M, std::size_t N, std::size_t K, const floa
     }
 }
 
-}  // namespace flamingo::kernels::detail
+}  // namespace detail
+FLAMINGO_KERNELS_END
+}  // namespace flamingo::kernels

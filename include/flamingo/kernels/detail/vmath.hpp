@@ -24,7 +24,11 @@
 #pragma GCC diagnostic pop
 #endif
 
-namespace flamingo::kernels::vmath {
+#include "isa.hpp"
+
+namespace flamingo::kernels {
+FLAMINGO_KERNELS_BEGIN
+namespace vmath {
 
 using vf = xsimd::batch<float>;
 using vb = xsimd::batch_bool<float>;
@@ -136,4 +140,6 @@ private:
     std::size_t cap_ = 0;
 };
 
-}  // namespace flamingo::kernels::vmath
+}  // namespace vmath
+FLAMINGO_KERNELS_END
+}  // namespace flamingo::kernels
