@@ -17,6 +17,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -25,6 +26,7 @@
 #include "core/executor.hpp"
 #include "core/tensor.hpp"
 #include "generate/generate.hpp"
+#include "generate/prefix_cache.hpp"
 #include "io/image.hpp"
 #include "io/image_preprocess.hpp"
 #include "model/flamingo.hpp"
@@ -33,6 +35,7 @@
 namespace flamingo {
 
 using model::WeightType;
+using generate::PrefixCache;
 
 struct LoadOptions {
     // The format the large matrices are held and multiplied in; unset: as
@@ -144,11 +147,15 @@ struct Scored {
 
 class Context {
 public:
-    explicit Context(std::shared_ptr<const Model> model, const ContextOptions& opt = {})
+    // prefix_cache: prompt prefixes and encoded media shared with the model's
+    // other contexts (see generate/prefix_cache.hpp); null: none.
+    explicit Context(std::shared_ptr<const Model> model, const ContextOptions& opt = {},
+                     std::shared_ptr<PrefixCache> prefix_cache = nullptr)
         : model_(std::move(model)), session_(check_model(model_)->network()) {
         set_executor(opt.executor ? opt.executor
                                   : std::make_shared<Executor>(opt.threads > 0 ? opt.threads
                                                                                : Executor::hardware_threads()));
+        set_prefix_cache(std::move(prefix_cache));
     }
 
     const Model& model() const { return *model_; }
@@ -159,6 +166,14 @@ public:
         executor_ = std::move(ex);
     }
     generate::Session& session() { return session_; }
+    // The prefix cache generate() and score() use (null: none); the cache
+    // serves this context's model only. Set it between calls, never during one.
+    void set_prefix_cache(std::shared_ptr<PrefixCache> cache) {
+        if (cache) cache->bind(model_->network());
+        cache_ = std::move(cache);
+        keys_version_ = 0;  // the media's keys are computed when media are next given
+    }
+    const std::shared_ptr<PrefixCache>& prefix_cache() const { return cache_; }
     const generate::Session::Stats& stats() const { return session_.stats(); }
 
     // Media for the prompts that follow, encoded once: files (see Model::load_media) or pixels.
@@ -167,12 +182,61 @@ public:
     }
     void set_media(const Pixels& px) {
         Executor::Scope use(*executor_);
-        session_.set_media(px.data(), px.extent(0), px.extent(1));
+        if (!cache_) return session_.set_media(px.data(), px.extent(0), px.extent(1));
+        // Media the cache knows keep their visual tokens; the others are encoded together.
+        const std::size_t n = px.extent(0), frames = px.extent(1), per = n ? px.size() / n : 0;
+        const std::size_t L = model_->network().num_latents(), W = model_->network().vision_width();
+        // A Perceiver with media-time embeddings gives a medium's tokens by its
+        // place too: then the place is part of the key, and the media are
+        // encoded all together or not at all (a subset would take other places).
+        const bool by_place = model_->config().perceiver.max_num_media.has_value();
+        std::vector<generate::Digest> keys(n);
+        std::vector<std::shared_ptr<const PrefixCache::Visual>> known(n);
+        std::vector<std::size_t> missing;
+        for (std::size_t i = 0; i < n; ++i) {
+            keys[i] = cache_->digest(px.data() + i * per, per * sizeof(float), kPixels + frames * kPlaces + (by_place ? i + 1 : 0));
+            if (!(known[i] = cache_->find_media(keys[i]))) missing.push_back(i);
+        }
+        if (by_place && !missing.empty()) {
+            missing.resize(n);
+            std::iota(missing.begin(), missing.end(), std::size_t(0));
+            std::fill(known.begin(), known.end(), nullptr);
+        }
+        PrefixCache::Visual fresh(missing.size() * L, W);
+        if (missing.size() == n) {
+            fresh = session_.encode(px.data(), n, frames);
+        } else if (!missing.empty()) {
+            std::vector<float> pixels(missing.size() * per);
+            for (std::size_t j = 0; j < missing.size(); ++j)
+                std::copy_n(px.data() + missing[j] * per, per, pixels.data() + j * per);
+            fresh = session_.encode(pixels.data(), missing.size(), frames);
+        }
+        PrefixCache::Visual visual(n * L, W);
+        for (std::size_t i = 0, j = 0; i < n; ++i) {
+            if (known[i]) {
+                std::copy_n(known[i]->data(), L * W, visual.data() + i * L * W);
+                continue;
+            }
+            PrefixCache::Visual one(L, W);
+            std::copy_n(fresh.data() + j++ * L * W, L * W, one.data());
+            std::copy_n(one.data(), L * W, visual.data() + i * L * W);
+            cache_->put_media(keys[i], std::move(one));
+        }
+        session_.mutable_stats().media_reused += n - missing.size();
+        session_.set_visual(std::move(visual), n);
+        media_keys_ = std::move(keys), keys_version_ = session_.media_version();
     }
     // Already encoded visual tokens [n_media * num_latents, width] (see visual()).
     void set_visual(Tensor<float, dextents<2>> visual, std::size_t n_media) {
         Executor::Scope use(*executor_);
+        std::vector<generate::Digest> keys;
+        if (cache_ && n_media && visual.size() % n_media == 0) {
+            const std::size_t per = visual.size() / n_media;
+            for (std::size_t i = 0; i < n_media; ++i)
+                keys.push_back(cache_->digest(visual.data() + i * per, per * sizeof(float), kVisual));
+        }
         session_.set_visual(std::move(visual), n_media);
+        media_keys_ = std::move(keys), keys_version_ = session_.media_version();
     }
     const Tensor<float, dextents<2>>& visual() const { return session_.visual(); }
     std::size_t num_media() const { return session_.num_media(); }
@@ -180,7 +244,12 @@ public:
     Generation generate(std::string_view prompt, const generate::GenerateOptions& opt = {}) {
         const auto ids = model_->tokenize(prompt);
         Executor::Scope use(*executor_);
-        const auto r = generate::generate(session_, ids, opt);
+        std::size_t cached = 0;
+        const bool caching = caches_prompts();
+        if (caching && opt.num_beams >= 1 && ids.size() + opt.max_new_tokens <= model_->max_positions())
+            cached = cache_->restore(session_, ids, media_keys_, opt.num_beams, ids.size() + opt.max_new_tokens);
+        const auto r = generate::generate(session_, ids, opt, cached);
+        if (caching) cache_->store(session_, ids, media_keys_);
         Generation g;
         g.tokens = r.tokens;
         g.stopped = r.stopped, g.score = r.score;
@@ -207,7 +276,13 @@ public:
             check(!cand.back().empty(), "candidate ", i + 1, " (\"", candidates[i], "\") encodes to no tokens");
         }
         Executor::Scope use(*executor_);
-        auto s = generate::score(session_, ids, cand);
+        std::size_t cached = 0, longest = 0;
+        for (const auto& c : cand) longest = std::max(longest, c.size());
+        const bool caching = caches_prompts();
+        if (caching && ids.size() + longest <= model_->max_positions())
+            cached = cache_->restore(session_, ids, media_keys_, 1, ids.size() + longest);
+        auto s = generate::score(session_, ids, cand, cached);
+        if (caching) cache_->store(session_, ids, media_keys_);
         std::vector<Scored> out;
         for (std::size_t i = 0; i < s.size(); ++i) out.push_back({candidates[i], std::move(s[i])});
         return out;
@@ -237,6 +312,18 @@ public:
     }
 
 private:
+    // Digest kinds: pixels (plus the frame count), visual tokens.
+    static constexpr std::uint64_t kVisual = 1, kPixels = 2, kPlaces = std::uint64_t(1) << 32;
+
+    // Whether prompts go through the cache: one is set and the media's keys
+    // are those of the media the session holds (not changed behind our back).
+    // Text-only prompts need no keys.
+    bool caches_prompts() {
+        if (cache_ && keys_version_ != session_.media_version() && session_.num_media() == 0)
+            media_keys_.clear(), keys_version_ = session_.media_version();
+        return cache_ && keys_version_ == session_.media_version();
+    }
+
     static const std::shared_ptr<const Model>& check_model(const std::shared_ptr<const Model>& m) {
         check(m != nullptr, "a context needs a model");
         return m;
@@ -245,6 +332,9 @@ private:
     std::shared_ptr<const Model> model_;
     generate::Session session_;
     std::shared_ptr<Executor> executor_;
+    std::shared_ptr<PrefixCache> cache_;
+    std::vector<generate::Digest> media_keys_;  // of the session's media, when keys_version_ is its media_version()
+    std::uint64_t keys_version_ = 0;
 };
 
 }  // namespace flamingo

@@ -1,0 +1,311 @@
+// The prefix cache: answers with it are those of a fresh context without it
+// (greedy tokens, beam tokens and scores, candidate log-likelihoods), shared
+// few-shot prefixes are reused, different media are not, the budget holds by
+// evicting the least recently used, and contexts in several threads sharing
+// one cache give the single-threaded answers.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <flamingo/flamingo.hpp>
+#include <flamingo/io/npy.hpp>
+#include <nlohmann/json.hpp>
+
+using namespace flamingo;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kModel = fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
+const fs::path kImages = fs::path(FLAMINGO_TEST_DATA) / "world" / "eval" / "images";
+
+std::string image(const char* name) { return (kImages / name).string(); }
+
+// Three captioned examples (three images) before every query.
+const std::string kShots =
+    "<image>A photo of three striped yellow circles.<|endofchunk|><image>A photo of four orange crosses.<|endofchunk|>"
+    "<image>A photo of four orange circles.<|endofchunk|>";
+const std::vector<std::string> kShotImages = {image("0001.png"), image("0002.png"), image("0003.png")};
+
+struct Request {
+    std::string prompt;
+    std::vector<std::string> images;
+};
+
+// The few-shot prompt with a query: its image and text.
+Request query(const char* img, const std::string& text) {
+    Request r{kShots + "<image>" + text, kShotImages};
+    r.images.push_back(image(img));
+    return r;
+}
+
+struct Answer {
+    std::vector<std::int32_t> greedy, beam;
+    double beam_score = 0;
+    std::vector<double> logprobs;
+};
+
+Answer answer(Context& ctx, const Request& q) {
+    Answer a;
+    ctx.set_media(q.images);
+    generate::GenerateOptions o;
+    o.max_new_tokens = 8;
+    a.greedy = ctx.generate(q.prompt, o).tokens;
+    o.num_beams = 3;
+    const auto b = ctx.generate(q.prompt, o);
+    a.beam = b.tokens, a.beam_score = b.score;
+    for (const auto& s : ctx.score(q.prompt, {" red", " two circles", "A photo of"})) a.logprobs.push_back(s.score.logprob);
+    return a;
+}
+
+// Reading a prompt's rest after a reused prefix multiplies fewer rows at a
+// time than reading it whole, and the GEMM takes another path for few rows
+// (kernels/gemm.hpp: kSmallM), which adds in another order: scores agree to
+// float rounding, not to the bit (the largest difference seen: 4.3e-6 on a
+// log-likelihood of about -16), within the tolerances of the parity tests
+// (tests/generate). Tokens must be the same.
+void expect_same(const Answer& got, const Answer& want) {
+    CHECK(got.greedy == want.greedy);
+    CHECK(got.beam == want.beam);
+    CHECK(std::fabs(got.beam_score - want.beam_score) <= 1e-5 * (1 + std::fabs(want.beam_score)));
+    REQUIRE(got.logprobs.size() == want.logprobs.size());
+    for (std::size_t i = 0; i < want.logprobs.size(); ++i)
+        CHECK(std::fabs(got.logprobs[i] - want.logprobs[i]) <= 1e-4 * (1 + std::fabs(want.logprobs[i])));
+}
+
+// What a fresh context without a cache answers.
+Answer fresh(const std::shared_ptr<const Model>& model, const Request& q, int threads = 1) {
+    Context ctx(model, {threads, nullptr});
+    return answer(ctx, q);
+}
+
+std::size_t count_tokens(const Model& m, const std::string& text) { return m.tokenize(text).size(); }
+
+}  // namespace
+
+TEST_CASE("a shared few-shot prefix is reused and the answers are a fresh context's") {
+    const auto model = Model::load(kModel);
+    auto cache = std::make_shared<PrefixCache>(std::size_t(64) << 20);
+    Context ctx(model, {1, nullptr}, cache);
+    const std::vector<Request> reqs = {query("0000.png", "A photo of"), query("0005.png", "A photo of"),
+                                       query("0010.png", ""), query("0005.png", "A photo of four")};
+    // the prefix every query shares: the examples, up to the query's <image>
+    const std::size_t shots = count_tokens(*model, kShots);
+    for (std::size_t i = 0; i < reqs.size(); ++i) {
+        CAPTURE(i);
+        const auto before = ctx.stats();
+        const Answer got = answer(ctx, reqs[i]);
+        const auto after = ctx.stats();
+        expect_same(got, fresh(model, reqs[i]));
+        const std::size_t T = count_tokens(*model, reqs[i].prompt);
+        // generate twice and score once: the second and third reuse all but the last token
+        CHECK(after.reused_tokens - before.reused_tokens >= (i == 0 ? 2 : 3) * std::min(shots, T - 1));
+        CHECK(after.reused_tokens - before.reused_tokens + after.read_tokens - before.read_tokens >= 3 * T);
+        // the examples' images are encoded once, by the first request
+        CHECK(after.media_encoded - before.media_encoded == (i == 0 ? 4 : i == 3 ? 0 : 1));
+    }
+    const auto s = cache->stats();
+    CHECK(s.hits >= 3 * reqs.size() - 1);
+    CHECK(s.tokens_reused > 0);
+    CHECK(s.bytes > 0);
+    CHECK(s.bytes <= s.budget);
+}
+
+TEST_CASE("different images with the same text are not reused") {
+    const auto model = Model::load(kModel);
+    auto cache = std::make_shared<PrefixCache>(std::size_t(64) << 20);
+    Context ctx(model, {1, nullptr}, cache);
+    const std::string prompt = "<image>A photo of three striped yellow circles.<|endofchunk|><image>A photo of";
+    generate::GenerateOptions o;
+    o.max_new_tokens = 6;
+    ctx.set_media({image("0001.png"), image("0000.png")});
+    ctx.generate(prompt, o);
+
+    // another first image: nothing of the prompt is valid
+    Request other{prompt, {image("0002.png"), image("0000.png")}};
+    auto before = ctx.stats();
+    ctx.set_media(other.images);
+    const auto g = ctx.generate(prompt, o);
+    CHECK(ctx.stats().reused_tokens == before.reused_tokens);
+    Context plain(model, {1, nullptr});
+    plain.set_media(other.images);
+    CHECK(g.tokens == plain.generate(prompt, o).tokens);
+
+    // the same first image, another second: reused up to the second <image>
+    const std::vector<std::string> second = {image("0001.png"), image("0005.png")};
+    before = ctx.stats();
+    ctx.set_media(second);
+    const auto g2 = ctx.generate(prompt, o);
+    const std::size_t upto = count_tokens(*model, "<image>A photo of three striped yellow circles.<|endofchunk|>");
+    CHECK(ctx.stats().reused_tokens - before.reused_tokens == upto);
+    plain.set_media(second);
+    CHECK(g2.tokens == plain.generate(prompt, o).tokens);
+}
+
+TEST_CASE("the cache keeps to its budget, evicting the least recently used") {
+    const auto model = Model::load(kModel);
+    generate::GenerateOptions o;
+    o.max_new_tokens = 3;
+    // three prompts that share no first token
+    const std::string a = "Three striped yellow circles.", b = "Four orange crosses.", c = "One red circle and more.";
+    // each prompt's entry alone, measured
+    auto bytes_of = [&](const std::string& p) {
+        auto probe = std::make_shared<PrefixCache>(std::size_t(16) << 20);
+        Context ctx(model, {1, nullptr}, probe);
+        ctx.generate(p, o);
+        return probe->stats().bytes;
+    };
+    const std::size_t ba = bytes_of(a), bb = bytes_of(b), bc = bytes_of(c);
+    REQUIRE(ba > 0);
+    const std::size_t budget = ba + bb + bc - 1;  // room for two, not three
+    auto cache = std::make_shared<PrefixCache>(budget);
+    Context ctx(model, {1, nullptr}, cache);
+    auto reused = [&](const std::string& p) {
+        const auto before = ctx.stats().reused_tokens;
+        const auto g = ctx.generate(p, o);
+        Context plain(model, {1, nullptr});
+        CHECK(g.tokens == plain.generate(p, o).tokens);
+        return ctx.stats().reused_tokens - before;
+    };
+    CHECK(reused(a) == 0);
+    CHECK(reused(b) == 0);
+    CHECK(reused(a) == count_tokens(*model, a) - 1);  // a is now the most recently used
+    CHECK(reused(c) == 0);                            // c comes in, b (least recently used) goes
+    auto s = cache->stats();
+    CHECK(s.evictions == 1);
+    CHECK(s.prefixes == 2);
+    CHECK(s.bytes == ba + bc);
+    CHECK(s.bytes <= budget);
+    CHECK(reused(a) == count_tokens(*model, a) - 1);
+    CHECK(reused(c) == count_tokens(*model, c) - 1);
+    CHECK(reused(b) == 0);
+
+    // an entry larger than the whole budget is not kept
+    auto tiny = std::make_shared<PrefixCache>(ba / 2);
+    Context small(model, {1, nullptr}, tiny);
+    small.generate(a, o);
+    CHECK(tiny->stats().bytes == 0);
+    CHECK(tiny->stats().prefixes == 0);
+}
+
+TEST_CASE("text-only prompts and an extended prompt reuse the whole of an earlier one") {
+    const auto model = Model::load(kModel);
+    auto cache = std::make_shared<PrefixCache>(std::size_t(16) << 20);
+    Context ctx(model, {1, nullptr}, cache);
+    generate::GenerateOptions o;
+    o.max_new_tokens = 5;
+    const std::string p1 = "A photo of three striped yellow circles.", p2 = p1 + " A photo of four";
+    ctx.generate(p1, o);
+    const auto before = ctx.stats();
+    const auto g = ctx.generate(p2, o);
+    CHECK(ctx.stats().reused_tokens - before.reused_tokens == count_tokens(*model, p1));
+    Context plain(model, {1, nullptr});
+    CHECK(g.tokens == plain.generate(p2, o).tokens);
+}
+
+TEST_CASE("a cache serves one model") {
+    const auto a = Model::load(kModel), b = Model::load(kModel);
+    auto cache = std::make_shared<PrefixCache>(1 << 20);
+    Context ca(a, {1, nullptr}, cache);
+    CHECK_THROWS_WITH_AS(Context(b, {1, nullptr}, cache), "this prefix cache already serves another model", Error);
+}
+
+TEST_CASE("fixture models: answers with the cache are a fresh context's") {
+    for (const char* c : {"llama", "all_media", "mpt", "video"}) {
+        CAPTURE(c);
+        const fs::path dir = fs::path(FLAMINGO_TEST_DATA) / "model" / c;
+        const auto model = Model::load(dir);
+        std::ifstream in(dir / "expected" / "prompt.json");
+        const std::string prompt = nlohmann::json::parse(in).at("text");
+        const auto npy = io::read_npy(dir / "expected" / "pixels.npy");
+        const auto data = npy.as_float();
+        Pixels px(npy.shape[0], npy.shape[1], npy.shape[2], npy.shape[3], npy.shape[4]);
+        std::copy(data.begin(), data.end(), px.data());
+        // the last medium replaced by the first: the same text, other media
+        Pixels other = px;
+        const std::size_t per = px.size() / px.extent(0);
+        std::copy_n(px.data(), per, other.data() + (px.extent(0) - 1) * per);
+
+        auto run = [&](Context& ctx, const Pixels& media, const std::string& p) {
+            ctx.set_media(media);
+            Answer a;
+            generate::GenerateOptions o;
+            o.max_new_tokens = 6;
+            a.greedy = ctx.generate(p, o).tokens;
+            o.num_beams = 2;
+            const auto b = ctx.generate(p, o);
+            a.beam = b.tokens, a.beam_score = b.score;
+            for (const auto& s : ctx.score(p, {" a cat", " the"})) a.logprobs.push_back(s.score.logprob);
+            return a;
+        };
+        auto cache = std::make_shared<PrefixCache>(std::size_t(64) << 20);
+        Context ctx(model, {1, nullptr}, cache);
+        for (const std::string& p : {prompt, prompt + " a", prompt}) {
+            for (const Pixels* m : {&px, &other}) {
+                CAPTURE(p);
+                Context plain(model, {1, nullptr});
+                expect_same(run(ctx, *m, p), run(plain, *m, p));
+            }
+        }
+        CHECK(ctx.stats().reused_tokens > 0);
+        // all_media's text before the first image attends to every medium: other media, no reuse of it
+        {
+            auto fresh_cache = std::make_shared<PrefixCache>(std::size_t(64) << 20);
+            Context c2(model, {1, nullptr}, fresh_cache);
+            generate::GenerateOptions o;
+            o.max_new_tokens = 2;
+            c2.set_media(px);
+            c2.generate(prompt, o);
+            const auto before = c2.stats();
+            c2.set_media(other);
+            c2.generate(prompt, o);
+            const std::size_t reused = c2.stats().reused_tokens - before.reused_tokens;
+            if (std::string(c) == "all_media")
+                CHECK(reused == 0);
+            else  // up to the last <image>
+                CHECK(reused == model->tokenize(prompt.substr(0, prompt.rfind("<image>"))).size());
+        }
+    }
+}
+
+TEST_CASE("four threads sharing one cache give the single-threaded answers") {
+    const auto model = Model::load(kModel);
+    const std::vector<Request> reqs = {query("0000.png", "A photo of"), query("0005.png", "A photo of"),
+                                       query("0010.png", ""), query("0000.png", "A photo of four"),
+                                       {"<image>1 dotted green star<|endofchunk|><image>", {image("0006.png"), image("0005.png")}},
+                                       {"<image>1 dotted green star<|endofchunk|><image>1", {image("0006.png"), image("0007.png")}}};
+    std::vector<Answer> want;
+    for (const auto& q : reqs) want.push_back(fresh(model, q, 2));
+
+    // a small budget too, so that entries are evicted while others read them
+    for (std::size_t budget : {std::size_t(64) << 20, std::size_t(300) << 10}) {
+        CAPTURE(budget);
+        auto cache = std::make_shared<PrefixCache>(budget);
+        const int n_threads = 4;
+        std::vector<std::vector<Answer>> got(n_threads, std::vector<Answer>(reqs.size()));
+        std::vector<std::thread> threads;
+        for (int t = 0; t < n_threads; ++t)
+            threads.emplace_back([&, t] {
+                Context ctx(model, {2, nullptr}, cache);
+                for (std::size_t k = 0; k < 2 * reqs.size(); ++k) {
+                    const std::size_t i = (k + std::size_t(t) * 2) % reqs.size();
+                    got[std::size_t(t)][i] = answer(ctx, reqs[i]);
+                }
+            });
+        for (auto& th : threads) th.join();
+        for (int t = 0; t < n_threads; ++t)
+            for (std::size_t i = 0; i < reqs.size(); ++i) {
+                CAPTURE(t);
+                CAPTURE(i);
+                expect_same(got[std::size_t(t)][i], want[i]);
+            }
+        const auto s = cache->stats();
+        CHECK(s.hits > 0);
+        CHECK(s.bytes <= budget);
+    }
+}
