@@ -1,8 +1,8 @@
 // The prefix cache: answers with it are those of a fresh context without it
 // (greedy tokens, beam tokens and scores, candidate log-likelihoods), shared
 // few-shot prefixes are reused, different media are not, the budget holds by
-// evicting the least recently used, and contexts in several threads sharing
-// one cache give the single-threaded answers.
+// evicting the least recently used. (Contexts in several threads sharing one
+// cache: tests/concurrency, which runs under ThreadSanitizer too.)
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -12,77 +12,17 @@
 #include <thread>
 #include <vector>
 
-#include <flamingo/flamingo.hpp>
 #include <flamingo/io/npy.hpp>
 #include <nlohmann/json.hpp>
+
+#include "prefix_util.hpp"
 
 using namespace flamingo;
 namespace fs = std::filesystem;
 
 namespace {
 
-const fs::path kModel = fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
-const fs::path kImages = fs::path(FLAMINGO_TEST_DATA) / "world" / "eval" / "images";
-
-std::string image(const char* name) { return (kImages / name).string(); }
-
-// Three captioned examples (three images) before every query.
-const std::string kShots =
-    "<image>A photo of three striped yellow circles.<|endofchunk|><image>A photo of four orange crosses.<|endofchunk|>"
-    "<image>A photo of four orange circles.<|endofchunk|>";
-const std::vector<std::string> kShotImages = {image("0001.png"), image("0002.png"), image("0003.png")};
-
-struct Request {
-    std::string prompt;
-    std::vector<std::string> images;
-};
-
-// The few-shot prompt with a query: its image and text.
-Request query(const char* img, const std::string& text) {
-    Request r{kShots + "<image>" + text, kShotImages};
-    r.images.push_back(image(img));
-    return r;
-}
-
-struct Answer {
-    std::vector<std::int32_t> greedy, beam;
-    double beam_score = 0;
-    std::vector<double> logprobs;
-};
-
-Answer answer(Context& ctx, const Request& q) {
-    Answer a;
-    ctx.set_media(q.images);
-    generate::GenerateOptions o;
-    o.max_new_tokens = 8;
-    a.greedy = ctx.generate(q.prompt, o).tokens;
-    o.num_beams = 3;
-    const auto b = ctx.generate(q.prompt, o);
-    a.beam = b.tokens, a.beam_score = b.score;
-    for (const auto& s : ctx.score(q.prompt, {" red", " two circles", "A photo of"})) a.logprobs.push_back(s.score.logprob);
-    return a;
-}
-
-// Reading a prompt's rest after a reused prefix multiplies fewer rows at a
-// time than reading it whole, and the GEMM takes another path for few rows
-// (kernels/gemm.hpp: kSmallM), which adds in another order: scores agree to
-// float rounding, not to the bit (the largest difference seen: 4.3e-6 on a
-// log-likelihood of about -16), within the tolerances of the parity tests
-// (tests/generate). Tokens must be the same.
-void expect_same(const Answer& got, const Answer& want) {
-    CHECK(got.greedy == want.greedy);
-    CHECK(got.beam == want.beam);
-    CHECK(std::fabs(got.beam_score - want.beam_score) <= 1e-5 * (1 + std::fabs(want.beam_score)));
-    REQUIRE(got.logprobs.size() == want.logprobs.size());
-    for (std::size_t i = 0; i < want.logprobs.size(); ++i)
-        CHECK(std::fabs(got.logprobs[i] - want.logprobs[i]) <= 1e-4 * (1 + std::fabs(want.logprobs[i])));
-}
-
-// What a fresh context without a cache answers.
-Answer fresh(const std::shared_ptr<const Model>& model, const Request& q, int threads = 1) {
-    Context ctx(model, {threads, nullptr});
-    return answer(ctx, q);
-}
+using namespace prefix_test;
 
 std::size_t count_tokens(const Model& m, const std::string& text) { return m.tokenize(text).size(); }
 
@@ -270,42 +210,5 @@ TEST_CASE("fixture models: answers with the cache are a fresh context's") {
             else  // up to the last <image>
                 CHECK(reused == model->tokenize(prompt.substr(0, prompt.rfind("<image>"))).size());
         }
-    }
-}
-
-TEST_CASE("four threads sharing one cache give the single-threaded answers") {
-    const auto model = Model::load(kModel);
-    const std::vector<Request> reqs = {query("0000.png", "A photo of"), query("0005.png", "A photo of"),
-                                       query("0010.png", ""), query("0000.png", "A photo of four"),
-                                       {"<image>1 dotted green star<|endofchunk|><image>", {image("0006.png"), image("0005.png")}},
-                                       {"<image>1 dotted green star<|endofchunk|><image>1", {image("0006.png"), image("0007.png")}}};
-    std::vector<Answer> want;
-    for (const auto& q : reqs) want.push_back(fresh(model, q, 2));
-
-    // a small budget too, so that entries are evicted while others read them
-    for (std::size_t budget : {std::size_t(64) << 20, std::size_t(300) << 10}) {
-        CAPTURE(budget);
-        auto cache = std::make_shared<PrefixCache>(budget);
-        const int n_threads = 4;
-        std::vector<std::vector<Answer>> got(n_threads, std::vector<Answer>(reqs.size()));
-        std::vector<std::thread> threads;
-        for (int t = 0; t < n_threads; ++t)
-            threads.emplace_back([&, t] {
-                Context ctx(model, {2, nullptr}, cache);
-                for (std::size_t k = 0; k < 2 * reqs.size(); ++k) {
-                    const std::size_t i = (k + std::size_t(t) * 2) % reqs.size();
-                    got[std::size_t(t)][i] = answer(ctx, reqs[i]);
-                }
-            });
-        for (auto& th : threads) th.join();
-        for (int t = 0; t < n_threads; ++t)
-            for (std::size_t i = 0; i < reqs.size(); ++i) {
-                CAPTURE(t);
-                CAPTURE(i);
-                expect_same(got[std::size_t(t)][i], want[i]);
-            }
-        const auto s = cache->stats();
-        CHECK(s.hits > 0);
-        CHECK(s.bytes <= budget);
     }
 }
