@@ -183,32 +183,50 @@ public:
     void set_media(const Pixels& px) {
         Executor::Scope use(*executor_);
         if (!cache_) return session_.set_media(px.data(), px.extent(0), px.extent(1));
-        // Media the cache knows keep their visual tokens; the others are encoded together.
-        const std::size_t n = px.extent(0), frames = px.extent(1), per = n ? px.size() / n : 0;
-        const std::size_t L = model_->network().num_latents(), W = model_->network().vision_width();
+        const std::size_t S = model_->image_size();
+        check(px.extent(2) == 3 && px.extent(3) == S && px.extent(4) == S, ErrorKind::Shape, "pixels: expected [n, frames, 3, ",
+              S, ", ", S, "], got ", shape_string(px.extents()));
+        auto keys = media_keys(px.data(), px.extent(0), px.extent(1));
+        session_.set_visual(encode_media(px.data(), px.extent(0), px.extent(1), keys), px.extent(0));
+        media_keys_ = std::move(keys), keys_version_ = session_.media_version();
+    }
+    // With a prefix cache: the digests by which it knows media given as pixels [n, frames, 3, S, S].
+    std::vector<generate::Digest> media_keys(const float* px, std::size_t n, std::size_t frames) const {
+        check(cache_ != nullptr, "media keys need a prefix cache");
         // A Perceiver with media-time embeddings gives a medium's tokens by its
-        // place too: then the place is part of the key, and the media are
-        // encoded all together or not at all (a subset would take other places).
+        // place too: then the place is part of the key.
         const bool by_place = model_->config().perceiver.max_num_media.has_value();
+        const std::size_t per = frames * 3 * model_->image_size() * model_->image_size();
         std::vector<generate::Digest> keys(n);
+        for (std::size_t i = 0; i < n; ++i)
+            keys[i] = cache_->digest(px + i * per, per * sizeof(float), kPixels + frames * kPlaces + (by_place ? i + 1 : 0));
+        return keys;
+    }
+    // With a prefix cache: visual tokens [n * num_latents, width] of media
+    // given as pixels and their keys; those the cache holds come from it, the
+    // others are encoded together and given to it.
+    PrefixCache::Visual encode_media(const float* px, std::size_t n, std::size_t frames,
+                                     std::span<const generate::Digest> keys) {
+        check(cache_ != nullptr && keys.size() == n, "encode_media needs a prefix cache and a key per medium");
+        const std::size_t per = frames * 3 * model_->image_size() * model_->image_size();
+        const std::size_t L = model_->network().num_latents(), W = model_->network().vision_width();
         std::vector<std::shared_ptr<const PrefixCache::Visual>> known(n);
         std::vector<std::size_t> missing;
-        for (std::size_t i = 0; i < n; ++i) {
-            keys[i] = cache_->digest(px.data() + i * per, per * sizeof(float), kPixels + frames * kPlaces + (by_place ? i + 1 : 0));
+        for (std::size_t i = 0; i < n; ++i)
             if (!(known[i] = cache_->find_media(keys[i]))) missing.push_back(i);
-        }
-        if (by_place && !missing.empty()) {
+        // with media-time embeddings a subset would be encoded at other places: all or none
+        if (model_->config().perceiver.max_num_media && !missing.empty()) {
             missing.resize(n);
             std::iota(missing.begin(), missing.end(), std::size_t(0));
             std::fill(known.begin(), known.end(), nullptr);
         }
         PrefixCache::Visual fresh(missing.size() * L, W);
         if (missing.size() == n) {
-            fresh = session_.encode(px.data(), n, frames);
+            fresh = session_.encode(px, n, frames);
         } else if (!missing.empty()) {
             std::vector<float> pixels(missing.size() * per);
             for (std::size_t j = 0; j < missing.size(); ++j)
-                std::copy_n(px.data() + missing[j] * per, per, pixels.data() + j * per);
+                std::copy_n(px + missing[j] * per, per, pixels.data() + j * per);
             fresh = session_.encode(pixels.data(), missing.size(), frames);
         }
         PrefixCache::Visual visual(n * L, W);
@@ -223,8 +241,7 @@ public:
             cache_->put_media(keys[i], std::move(one));
         }
         session_.mutable_stats().media_reused += n - missing.size();
-        session_.set_visual(std::move(visual), n);
-        media_keys_ = std::move(keys), keys_version_ = session_.media_version();
+        return visual;
     }
     // Already encoded visual tokens [n_media * num_latents, width] (see visual()).
     void set_visual(Tensor<float, dextents<2>> visual, std::size_t n_media) {

@@ -7,7 +7,7 @@
 
 using namespace prefix_test;
 
-TEST_CASE("four threads sharing one cache give the single-threaded answers") {
+TEST_CASE("four threads sharing one prefix cache give the single-threaded answers") {
     const auto model = Model::load(kModel);
     const std::vector<Request> reqs = {query("0000.png", "A photo of"), query("0005.png", "A photo of"),
                                        query("0010.png", ""), query("0000.png", "A photo of four"),

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include <flamingo/chat.hpp>
 #include <flamingo/io/npy.hpp>
 #include <nlohmann/json.hpp>
 
@@ -211,4 +212,45 @@ TEST_CASE("fixture models: answers with the cache are a fresh context's") {
                 CHECK(reused == model->tokenize(prompt.substr(0, prompt.rfind("<image>"))).size());
         }
     }
+}
+
+TEST_CASE("a conversation continued in another context reuses its earlier turns through the shared cache") {
+    const auto model = Model::load(kModel);
+    auto cache = std::make_shared<PrefixCache>(std::size_t(64) << 20);
+    const fs::path examples = kModel / "examples";
+    const std::string red = (examples / "two_red_circles.png").string(), star = (examples / "one_striped_blue_star.png").string();
+    generate::GenerateOptions o;
+    o.max_new_tokens = 8;
+
+    // the first request: one turn
+    Conversation first(model, {1, nullptr});
+    first.context().set_prefix_cache(cache);
+    first.add_user("What is this?", {red});
+    const std::size_t T1 = model->tokenize(first.prompt()).size();
+    const std::string reply = first.reply(o).text;
+
+    // the next request, on another context: the history sent again, and a new turn
+    Conversation later(model, {1, nullptr});
+    later.context().set_prefix_cache(cache);
+    later.add_user("What is this?", {red});
+    later.add_assistant(first.messages().back().content);
+    later.add_user("And this one?", {star});
+    const std::string prompt = later.prompt();
+    const auto before = later.stats();
+    const Generation got = later.reply(o);
+    const auto after = later.stats();
+
+    // the first request's whole prompt was reused (on this template its last
+    // token does not merge with the reply's first), its image not encoded again
+    CHECK(after.reused_tokens - before.reused_tokens == T1);
+    CHECK(after.media_encoded - before.media_encoded == 1);
+    CHECK(after.media_reused - before.media_reused == 1);
+
+    // a fresh context without a cache, on the whole prompt and both images
+    Context plain(model, {1, nullptr});
+    generate::GenerateOptions po = o;
+    for (const std::string& s : later.chat_template().stop) po.stop_tokens.push_back(model->tokenizer().encode(s, false).at(0));
+    const Generation want = plain.generate(prompt, {red, star}, po);
+    CHECK(got.tokens == want.tokens);
+    CHECK(!reply.empty());
 }

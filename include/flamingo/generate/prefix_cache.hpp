@@ -137,9 +137,11 @@ public:
     // Copies into sequence 0 of `s` the longest cached prefix of `prompt`
     // (at most all but its last token) whose media are `media`, after preparing
     // `s` as generate()/score() will (`sequences` caches of `capacity`
-    // positions); returns its length, to pass on as their `cached`.
+    // positions); returns its length, to pass on as their `cached`. Only a
+    // prefix longer than `at_least` is taken (0 is returned otherwise, and `s`
+    // is left alone): one that sequence 0 already holds (a conversation's).
     std::size_t restore(Session& s, std::span<const std::int32_t> prompt, std::span<const Digest> media,
-                        std::size_t sequences, std::size_t capacity) {
+                        std::size_t sequences, std::size_t capacity, std::size_t at_least = 0) {
         if (prompt.size() < 2) return 0;
         std::shared_ptr<const Prefix> best;
         std::size_t n = 0;
@@ -152,7 +154,7 @@ public:
                 const std::size_t k = usable(it->prefix->tokens, it->prefix->media, prompt, media, prompt.size() - 1);
                 if (k > n) n = k, at = it;
             }
-            if (n == 0) {
+            if (n <= at_least) {
                 ++stats_.misses;
                 return 0;
             }

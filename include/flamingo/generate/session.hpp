@@ -66,11 +66,15 @@ public:
     void add_media(const float* pixels, std::size_t n_new, std::size_t frames) {
         check(frames >= 1, "frames must be at least 1");
         if (n_new == 0) return;
+        add_visual(encode(pixels, n_new, frames), n_new);
+    }
+    // The same with visual tokens [n_new * num_latents, width] already encoded.
+    void add_visual(const Tensor<float, dextents<2>>& fresh, std::size_t n_new) {
+        if (n_new == 0) return;
         const auto t0 = clock::now();
         const std::size_t L = model_.num_latents(), W = model_.vision_width(), n0 = media_.n_media;
-        Tensor<float, dextents<2>> fresh(n_new * L, W);
-        ws_.reserve(model_.encode_workspace(n_new, frames));
-        model_.encode(pixels, n_new, frames, fresh.view(), ws_);
+        check(fresh.extent(0) == n_new * L && fresh.extent(1) == W, ErrorKind::Shape, "visual tokens: expected [",
+              n_new * L, ", ", W, "] for ", n_new, " media, got ", shape_string(fresh.extents()));
         model::MediaKV kv;
         model_.project_media(fresh.view(), n_new, kv);
         Tensor<float, dextents<2>> visual((n0 + n_new) * L, W);
@@ -81,7 +85,7 @@ public:
             media_.kv[l].insert(media_.kv[l].end(), kv.kv[l].begin(), kv.kv[l].end());
         media_.n_media = n0 + n_new;
         ++media_version_;
-        stats_.media_seconds += seconds_since(t0), stats_.media_encoded += n_new;
+        stats_.media_seconds += seconds_since(t0);
     }
     // Keeps the first n media and drops the rest.
     void keep_media(std::size_t n) {
