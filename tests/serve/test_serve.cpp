@@ -553,11 +553,34 @@ TEST_CASE("requests sharing a few-shot prefix reuse it through the prefix cache,
     CHECK(metric(m, "flamingo_prefix_cache_media_hits_total") == 2);
     CHECK(metric(m, "flamingo_prefix_cache_bytes") > 0);
     CHECK(metric(m, "flamingo_prefix_cache_bytes") <= 64 << 20);
+
+    // A conversation's second request sends the first turn again: it is reused.
+    const json user1 = {{"role", "user"},
+                        {"content", {{{"type", "image_url"}, {"image_url", {{"url", "data:image/png;base64," + b64_image("four_dotted_orange_squares.png")}}}},
+                                     {{"type", "text"}, {"text", "Question: What colour are the shapes? Answer:"}}}}};
+    auto chat = [](httplib::Client& to, const json& messages) {
+        auto r = to.Post("/v1/chat/completions", json({{"max_tokens", 8}, {"messages", messages}}).dump(), "application/json");
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        return json::parse(r->body)["choices"][0]["message"]["content"].get<std::string>();
+    };
+    const std::string reply1 = chat(c, json::array({user1}));
+    const json messages2 = json::array({user1, {{"role", "assistant"}, {"content", reply1}},
+                                        {{"role", "user"}, {"content", "Question: How many? Answer:"}}});
+    const int before = metric(metrics(), "flamingo_prefix_cache_tokens_reused_total");
+    const std::string reply2 = chat(c, messages2);
+    const std::string after = metrics();
+    CHECK(metric(after, "flamingo_prefix_cache_tokens_reused_total") > before);
+    CHECK(metric(after, "flamingo_prefix_cache_media_hits_total") == 3);
     CHECK(s.stop() == 0);
 
+    // Without a cache: no cache metrics, and the same answers.
     Server off({"--parallel", "1", "--threads", "1", "--prefix-cache", "0"});
     httplib::Client c2("127.0.0.1", off.port);
+    c2.set_read_timeout(120, 0);
     auto r = c2.Get("/metrics");
     REQUIRE(r);
     CHECK(r->body.find("flamingo_prefix_cache_") == std::string::npos);
+    CHECK(chat(c2, json::array({user1})) == reply1);
+    CHECK(chat(c2, messages2) == reply2);
 }
