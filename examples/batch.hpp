@@ -267,6 +267,7 @@ struct Options {
     int threads = 1;  // all workers together
     bool resume = false;
     bool progress = false;
+    std::size_t prefix_cache_mb = 256;  // prompt prefixes and media the workers share (0: no cache)
 };
 
 // The ids (as JSON text) of the lines already in `out`; drops a last line cut short.
@@ -335,11 +336,12 @@ inline int run(const std::shared_ptr<const Model>& model, const Options& o) {
 
     TaskHooks hooks;
     hooks.files = &base;
+    const auto cache = o.prefix_cache_mb ? std::make_shared<PrefixCache>(o.prefix_cache_mb << 20) : nullptr;
     auto work = [&] {
         std::optional<Context> ctx;
         std::string setup_error;
         try {
-            ctx.emplace(model, ContextOptions{per_worker, nullptr});
+            ctx.emplace(model, ContextOptions{per_worker, nullptr}, cache);
         } catch (const std::exception& e) {
             setup_error = e.what();
         }

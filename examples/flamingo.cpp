@@ -57,9 +57,10 @@ const Command kCommands[] = {
      "few-shot accuracy per task and shot count on an evaluation set"},
     {"chat", "[--image PATH ...] [generation options of generate]",
      "a conversation on stdin, one message per line (/image PATH, /reset, /quit)"},
-    {"batch", "[--in FILE.jsonl] [--out FILE.jsonl] [--parallel N] [--resume]",
+    {"batch", "[--in FILE.jsonl] [--out FILE.jsonl] [--parallel N] [--resume] [--prefix-cache MB]",
      "JSON Lines of generate/score/embed/tokenize tasks, one result line each, in order"},
-    {"serve", "[--host 127.0.0.1] [--port 8080] [--parallel N] [--queue N] [--api-key KEY]",
+    {"serve", "[--host 127.0.0.1] [--port 8080] [--parallel N] [--queue N] [--api-key KEY]\n"
+              "           [--prefix-cache MB]",
      "HTTP server: /v1/generate, score, embed, tokenize, chat/completions, /health, /metrics"
 #ifndef FLAMINGO_SERVE
      "\n           (not in this build: it needs cpp-httplib)"
@@ -111,6 +112,9 @@ const Option kOptions[] = {
     {"queue", "N", "serve", nullptr},
     {"api-key", "KEY", "serve", nullptr},
     {"resume", nullptr, "batch", nullptr},
+    {"prefix-cache", "MB", "batch serve",
+     "memory for prompt prefixes (keys/values) and encoded images that the\n"
+     "                      workers share and reuse across requests (default 256; 0: off)"},
     {"data", "DIR", "eval", nullptr},
     {"limit", "N", "eval", nullptr},
     {"predictions", "FILE", "eval", nullptr},
@@ -290,6 +294,7 @@ int run(int argc, char** argv) {
     if (cmd == "eval") required(a, "data");
     [[maybe_unused]] const int port = int(integer(a, "port", 8080, 0, 65535));
     [[maybe_unused]] const std::size_t queue = std::size_t(integer(a, "queue", 8, 0, 1024));
+    const std::size_t prefix_cache_mb = std::size_t(integer(a, "prefix-cache", 256, 0, 1 << 20));
     if (const std::string* k = a.get("api-key"); k && k->empty()) fail("--api-key is empty");
 #ifndef FLAMINGO_SERVE
     if (cmd == "serve") fail("this flamingo was built without serve (it needs cpp-httplib: libcpp-httplib-dev)");
@@ -338,6 +343,7 @@ int run(int argc, char** argv) {
         if (const std::string* in = a.get("in")) bo.in = *in;
         if (const std::string* out = a.get("out")) bo.out = *out;
         bo.parallel = parallel, bo.threads = threads, bo.resume = a.has("resume"), bo.progress = progress;
+        bo.prefix_cache_mb = prefix_cache_mb;
         return flamingo::batch::run(model, bo);
     }
 #ifdef FLAMINGO_SERVE
@@ -346,6 +352,7 @@ int run(int argc, char** argv) {
         if (const std::string* h = a.get("host")) so.host = *h;
         if (const std::string* k = a.get("api-key")) so.api_key = *k;
         so.port = port, so.parallel = parallel, so.threads = threads, so.queue = queue;
+        so.prefix_cache_mb = prefix_cache_mb;
         return flamingo::serve::run(model, so);
     }
 #endif

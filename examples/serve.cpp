@@ -78,7 +78,10 @@ struct Exchange {
 };
 
 struct Worker {
-    Worker(const std::shared_ptr<const Model>& model, const ContextOptions& o) : conv(model, o) {}
+    Worker(const std::shared_ptr<const Model>& model, const ContextOptions& o, std::shared_ptr<PrefixCache> cache)
+        : conv(model, o) {
+        conv.context().set_prefix_cache(std::move(cache));
+    }
     Conversation conv;  // its context serves the other tasks too
 };
 
@@ -102,7 +105,7 @@ public:
         for (std::size_t i = 0; i < kBuckets.size(); ++i) h.counts[i] += seconds <= kBuckets[i];
         h.sum += seconds, ++h.count;
     }
-    std::string text(std::size_t queued, std::size_t busy) const {
+    std::string text(std::size_t queued, std::size_t busy, const PrefixCache* cache) const {
         std::lock_guard lock(mu_);
         std::ostringstream os;
         os << "# HELP flamingo_requests_total HTTP requests by endpoint and status.\n"
@@ -116,8 +119,24 @@ public:
            << "\n# HELP flamingo_queue_depth Requests waiting for a worker.\n"
            << "# TYPE flamingo_queue_depth gauge\nflamingo_queue_depth " << queued << "\n"
            << "# HELP flamingo_workers_busy Workers running a request.\n"
-           << "# TYPE flamingo_workers_busy gauge\nflamingo_workers_busy " << busy << "\n"
-           << "# HELP flamingo_request_duration_seconds Time from the request's headers to its answer's end.\n"
+           << "# TYPE flamingo_workers_busy gauge\nflamingo_workers_busy " << busy << "\n";
+        if (cache) {
+            const auto c = cache->stats();
+            const auto metric = [&](const char* name, const char* type, const char* help, auto value) {
+                os << "# HELP flamingo_prefix_cache_" << name << " " << help << "\n# TYPE flamingo_prefix_cache_" << name
+                   << " " << type << "\nflamingo_prefix_cache_" << name << " " << value << "\n";
+            };
+            metric("hits_total", "counter", "Prompts that took a prefix's keys/values from the cache.", c.hits);
+            metric("misses_total", "counter", "Prompts that found no usable prefix in the cache.", c.misses);
+            metric("tokens_reused_total", "counter", "Prompt tokens whose keys/values came from the cache.", c.tokens_reused);
+            metric("media_hits_total", "counter", "Images whose visual tokens came from the cache.", c.media_hits);
+            metric("media_misses_total", "counter", "Images encoded because the cache did not hold them.", c.media_misses);
+            metric("evictions_total", "counter", "Entries dropped to keep within the budget.", c.evictions);
+            metric("bytes", "gauge", "Bytes the cache holds.", c.bytes);
+            metric("budget_bytes", "gauge", "Bytes the cache may hold (--prefix-cache).", c.budget);
+            metric("entries", "gauge", "Prefixes and media the cache holds.", c.prefixes + c.media);
+        }
+        os << "# HELP flamingo_request_duration_seconds Time from the request's headers to its answer's end.\n"
            << "# TYPE flamingo_request_duration_seconds histogram\n";
         for (const auto& [e, h] : latency_) {
             for (std::size_t i = 0; i < kBuckets.size(); ++i)
@@ -145,10 +164,11 @@ private:
 // Workers and the bounded queue in front of them.
 class Pool {
 public:
-    Pool(const std::shared_ptr<const Model>& model, const Options& o) : capacity_(o.queue) {
+    Pool(const std::shared_ptr<const Model>& model, const Options& o)
+        : capacity_(o.queue), cache_(o.prefix_cache_mb ? std::make_shared<PrefixCache>(o.prefix_cache_mb << 20) : nullptr) {
         const int per = std::max(1, o.threads / int(o.parallel));
         for (std::size_t i = 0; i < o.parallel; ++i)
-            workers_.push_back(std::make_unique<Worker>(model, ContextOptions{per, nullptr}));
+            workers_.push_back(std::make_unique<Worker>(model, ContextOptions{per, nullptr}, cache_));
         for (auto& w : workers_) threads_.emplace_back([this, wp = w.get()] { loop(*wp); });
     }
     ~Pool() { stop(); }
@@ -181,6 +201,7 @@ public:
         std::lock_guard lock(mu_);
         return queue_.size();
     }
+    const PrefixCache* cache() const { return cache_.get(); }
     std::size_t busy() const {
         std::lock_guard lock(mu_);
         return busy_;
@@ -227,6 +248,7 @@ private:
     }
 
     std::size_t capacity_;
+    std::shared_ptr<PrefixCache> cache_;  // shared by the workers; null: none
     std::vector<std::unique_ptr<Worker>> workers_;
     std::vector<std::thread> threads_;
     mutable std::mutex mu_;
@@ -339,7 +361,7 @@ public:
             res.set_content(dump({{"status", "ok"}, {"model", name_}}), "application/json");
         });
         http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-            res.set_content(metrics_.text(pool_.queued(), pool_.busy()), "text/plain; version=0.0.4");
+            res.set_content(metrics_.text(pool_.queued(), pool_.busy(), pool_.cache()), "text/plain; version=0.0.4");
         });
         for (const char* task : {"generate", "score", "embed", "tokenize"})
             http_.Post(std::string("/v1/") + task, [this, task = std::string(task)](const httplib::Request& req,

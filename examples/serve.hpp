@@ -17,6 +17,7 @@ struct Options {
     int threads = 1;            // all workers together
     std::string api_key;        // when set, /v1/* and /metrics need "Authorization: Bearer KEY"
     std::size_t queue = 8;      // requests that may wait for a worker (0: none); past them 503
+    std::size_t prefix_cache_mb = 256;  // prompt prefixes and media the workers share (0: no cache)
 };
 
 // Serves until SIGINT or SIGTERM; returns the process's exit status.

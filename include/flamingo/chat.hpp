@@ -126,6 +126,17 @@ public:
         if (!m.config().cross_attn.only_attend_immediate_media && !same_images && keep > 0 && ids[0] != media_id)
             keep = 0;
 
+        // The prefix cache shared with other contexts, if any: images are known
+        // there by their digests. Not with media-time embeddings: a
+        // conversation encodes each message's images alone, at other places.
+        PrefixCache* shared = m.config().perceiver.max_num_media ? nullptr : ctx_.prefix_cache().get();
+        std::vector<generate::Digest> keys;
+        for (const auto& im : pixels_)
+            if (shared) {
+                const auto k = ctx_.media_keys(im.px.data(), im.px.extent(0), 1);
+                keys.insert(keys.end(), k.begin(), k.end());
+            }
+
         Executor::Scope use(ctx_.executor());
         cached_.clear();  // until the cache is consistent again
         s.keep_media(valid);  // still the conversation's, whatever the cache keeps
@@ -136,14 +147,24 @@ public:
             const std::size_t n = im.px.extent(0);
             if (first + n > encoded_.size()) {
                 const std::size_t skip = encoded_.size() - first, per = im.px.size() / n;
-                s.add_media(im.px.data() + skip * per, n - skip, 1);
+                if (shared)
+                    s.add_visual(ctx_.encode_media(im.px.data() + skip * per, n - skip, 1,
+                                                   std::span(keys).subspan(first + skip, n - skip)),
+                                 n - skip);
+                else
+                    s.add_media(im.px.data() + skip * per, n - skip, 1);
                 for (std::size_t i = skip; i < n; ++i) encoded_.push_back(im.serial + i);
             }
             first += n;
         }
 
         opt.stop_tokens.insert(opt.stop_tokens.end(), stop_tokens_.begin(), stop_tokens_.end());
+        // Another context may have read more of this prompt (an earlier request of the same conversation).
+        if (shared && opt.num_beams >= 1 && ids.size() + opt.max_new_tokens <= m.max_positions())
+            if (const std::size_t n = shared->restore(s, ids, keys, opt.num_beams, ids.size() + opt.max_new_tokens, keep))
+                keep = n;
         const auto r = generate::generate(s, ids, opt, keep);
+        if (shared) shared->store(s, ids, keys);
         cached_ = ids, cached_media_ = serials.size();
         // Greedy search and sampling leave every generated token but the last
         // in the cache; beam search leaves the prompt.

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -25,6 +26,7 @@
 #include "core/executor.hpp"
 #include "core/tensor.hpp"
 #include "generate/generate.hpp"
+#include "generate/prefix_cache.hpp"
 #include "io/image.hpp"
 #include "io/image_preprocess.hpp"
 #include "model/flamingo.hpp"
@@ -33,6 +35,7 @@
 namespace flamingo {
 
 using model::WeightType;
+using generate::PrefixCache;
 
 struct LoadOptions {
     // The format the large matrices are held and multiplied in; unset: as
@@ -144,11 +147,15 @@ struct Scored {
 
 class Context {
 public:
-    explicit Context(std::shared_ptr<const Model> model, const ContextOptions& opt = {})
+    // prefix_cache: prompt prefixes and encoded media shared with the model's
+    // other contexts (see generate/prefix_cache.hpp); null: none.
+    explicit Context(std::shared_ptr<const Model> model, const ContextOptions& opt = {},
+                     std::shared_ptr<PrefixCache> prefix_cache = nullptr)
         : model_(std::move(model)), session_(check_model(model_)->network()) {
         set_executor(opt.executor ? opt.executor
                                   : std::make_shared<Executor>(opt.threads > 0 ? opt.threads
                                                                                : Executor::hardware_threads()));
+        set_prefix_cache(std::move(prefix_cache));
     }
 
     const Model& model() const { return *model_; }
@@ -159,6 +166,14 @@ public:
         executor_ = std::move(ex);
     }
     generate::Session& session() { return session_; }
+    // The prefix cache generate() and score() use (null: none); the cache
+    // serves this context's model only. Set it between calls, never during one.
+    void set_prefix_cache(std::shared_ptr<PrefixCache> cache) {
+        if (cache) cache->bind(model_->network());
+        cache_ = std::move(cache);
+        keys_version_ = 0;  // the media's keys are computed when media are next given
+    }
+    const std::shared_ptr<PrefixCache>& prefix_cache() const { return cache_; }
     const generate::Session::Stats& stats() const { return session_.stats(); }
 
     // Media for the prompts that follow, encoded once: files (see Model::load_media) or pixels.
@@ -167,12 +182,78 @@ public:
     }
     void set_media(const Pixels& px) {
         Executor::Scope use(*executor_);
-        session_.set_media(px.data(), px.extent(0), px.extent(1));
+        if (!cache_) return session_.set_media(px.data(), px.extent(0), px.extent(1));
+        const std::size_t S = model_->image_size();
+        check(px.extent(2) == 3 && px.extent(3) == S && px.extent(4) == S, ErrorKind::Shape, "pixels: expected [n, frames, 3, ",
+              S, ", ", S, "], got ", shape_string(px.extents()));
+        auto keys = media_keys(px.data(), px.extent(0), px.extent(1));
+        session_.set_visual(encode_media(px.data(), px.extent(0), px.extent(1), keys), px.extent(0));
+        media_keys_ = std::move(keys), keys_version_ = session_.media_version();
+    }
+    // With a prefix cache: the digests by which it knows media given as pixels [n, frames, 3, S, S].
+    std::vector<generate::Digest> media_keys(const float* px, std::size_t n, std::size_t frames) const {
+        check(cache_ != nullptr, "media keys need a prefix cache");
+        // A Perceiver with media-time embeddings gives a medium's tokens by its
+        // place too: then the place is part of the key.
+        const bool by_place = model_->config().perceiver.max_num_media.has_value();
+        const std::size_t per = frames * 3 * model_->image_size() * model_->image_size();
+        std::vector<generate::Digest> keys(n);
+        for (std::size_t i = 0; i < n; ++i)
+            keys[i] = cache_->digest(px + i * per, per * sizeof(float), kPixels + frames * kPlaces + (by_place ? i + 1 : 0));
+        return keys;
+    }
+    // With a prefix cache: visual tokens [n * num_latents, width] of media
+    // given as pixels and their keys; those the cache holds come from it, the
+    // others are encoded together and given to it.
+    PrefixCache::Visual encode_media(const float* px, std::size_t n, std::size_t frames,
+                                     std::span<const generate::Digest> keys) {
+        check(cache_ != nullptr && keys.size() == n, "encode_media needs a prefix cache and a key per medium");
+        const std::size_t per = frames * 3 * model_->image_size() * model_->image_size();
+        const std::size_t L = model_->network().num_latents(), W = model_->network().vision_width();
+        std::vector<std::shared_ptr<const PrefixCache::Visual>> known(n);
+        std::vector<std::size_t> missing;
+        for (std::size_t i = 0; i < n; ++i)
+            if (!(known[i] = cache_->find_media(keys[i]))) missing.push_back(i);
+        // with media-time embeddings a subset would be encoded at other places: all or none
+        if (model_->config().perceiver.max_num_media && !missing.empty()) {
+            missing.resize(n);
+            std::iota(missing.begin(), missing.end(), std::size_t(0));
+            std::fill(known.begin(), known.end(), nullptr);
+        }
+        PrefixCache::Visual fresh(missing.size() * L, W);
+        if (missing.size() == n) {
+            fresh = session_.encode(px, n, frames);
+        } else if (!missing.empty()) {
+            std::vector<float> pixels(missing.size() * per);
+            for (std::size_t j = 0; j < missing.size(); ++j)
+                std::copy_n(px + missing[j] * per, per, pixels.data() + j * per);
+            fresh = session_.encode(pixels.data(), missing.size(), frames);
+        }
+        PrefixCache::Visual visual(n * L, W);
+        for (std::size_t i = 0, j = 0; i < n; ++i) {
+            if (known[i]) {
+                std::copy_n(known[i]->data(), L * W, visual.data() + i * L * W);
+                continue;
+            }
+            PrefixCache::Visual one(L, W);
+            std::copy_n(fresh.data() + j++ * L * W, L * W, one.data());
+            std::copy_n(one.data(), L * W, visual.data() + i * L * W);
+            cache_->put_media(keys[i], std::move(one));
+        }
+        session_.mutable_stats().media_reused += n - missing.size();
+        return visual;
     }
     // Already encoded visual tokens [n_media * num_latents, width] (see visual()).
     void set_visual(Tensor<float, dextents<2>> visual, std::size_t n_media) {
         Executor::Scope use(*executor_);
+        std::vector<generate::Digest> keys;
+        if (cache_ && n_media && visual.size() % n_media == 0) {
+            const std::size_t per = visual.size() / n_media;
+            for (std::size_t i = 0; i < n_media; ++i)
+                keys.push_back(cache_->digest(visual.data() + i * per, per * sizeof(float), kVisual));
+        }
         session_.set_visual(std::move(visual), n_media);
+        media_keys_ = std::move(keys), keys_version_ = session_.media_version();
     }
     const Tensor<float, dextents<2>>& visual() const { return session_.visual(); }
     std::size_t num_media() const { return session_.num_media(); }
@@ -180,7 +261,12 @@ public:
     Generation generate(std::string_view prompt, const generate::GenerateOptions& opt = {}) {
         const auto ids = model_->tokenize(prompt);
         Executor::Scope use(*executor_);
-        const auto r = generate::generate(session_, ids, opt);
+        std::size_t cached = 0;
+        const bool caching = caches_prompts();
+        if (caching && opt.num_beams >= 1 && ids.size() + opt.max_new_tokens <= model_->max_positions())
+            cached = cache_->restore(session_, ids, media_keys_, opt.num_beams, ids.size() + opt.max_new_tokens);
+        const auto r = generate::generate(session_, ids, opt, cached);
+        if (caching) cache_->store(session_, ids, media_keys_);
         Generation g;
         g.tokens = r.tokens;
         g.stopped = r.stopped, g.score = r.score;
@@ -207,7 +293,13 @@ public:
             check(!cand.back().empty(), "candidate ", i + 1, " (\"", candidates[i], "\") encodes to no tokens");
         }
         Executor::Scope use(*executor_);
-        auto s = generate::score(session_, ids, cand);
+        std::size_t cached = 0, longest = 0;
+        for (const auto& c : cand) longest = std::max(longest, c.size());
+        const bool caching = caches_prompts();
+        if (caching && ids.size() + longest <= model_->max_positions())
+            cached = cache_->restore(session_, ids, media_keys_, 1, ids.size() + longest);
+        auto s = generate::score(session_, ids, cand, cached);
+        if (caching) cache_->store(session_, ids, media_keys_);
         std::vector<Scored> out;
         for (std::size_t i = 0; i < s.size(); ++i) out.push_back({candidates[i], std::move(s[i])});
         return out;
@@ -237,6 +329,18 @@ public:
     }
 
 private:
+    // Digest kinds: pixels (plus the frame count), visual tokens.
+    static constexpr std::uint64_t kVisual = 1, kPixels = 2, kPlaces = std::uint64_t(1) << 32;
+
+    // Whether prompts go through the cache: one is set and the media's keys
+    // are those of the media the session holds (not changed behind our back).
+    // Text-only prompts need no keys.
+    bool caches_prompts() {
+        if (cache_ && keys_version_ != session_.media_version() && session_.num_media() == 0)
+            media_keys_.clear(), keys_version_ = session_.media_version();
+        return cache_ && keys_version_ == session_.media_version();
+    }
+
     static const std::shared_ptr<const Model>& check_model(const std::shared_ptr<const Model>& m) {
         check(m != nullptr, "a context needs a model");
         return m;
@@ -245,6 +349,9 @@ private:
     std::shared_ptr<const Model> model_;
     generate::Session session_;
     std::shared_ptr<Executor> executor_;
+    std::shared_ptr<PrefixCache> cache_;
+    std::vector<generate::Digest> media_keys_;  // of the session's media, when keys_version_ is its media_version()
+    std::uint64_t keys_version_ = 0;
 };
 
 }  // namespace flamingo

@@ -514,3 +514,73 @@ TEST_CASE("SIGTERM ends the server cleanly, one log line per request") {
     CHECK(text.find("POST /v1/generate 413") != std::string::npos);
     CHECK(text.find("GET /health 200") != std::string::npos);
 }
+
+TEST_CASE("requests sharing a few-shot prefix reuse it through the prefix cache, with the command's answers") {
+    Server s({"--parallel", "1", "--threads", "1", "--prefix-cache", "64"});
+    httplib::Client c("127.0.0.1", s.port);
+    c.set_read_timeout(120, 0);
+    auto metrics = [&] {
+        auto r = c.Get("/metrics");
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        return r->body;
+    };
+    const std::string shots =
+        "<image>A photo of two red circles.<|endofchunk|><image>A photo of one striped blue star.<|endofchunk|>";
+    const std::vector<const char*> examples = {"two_red_circles.png", "one_striped_blue_star.png"};
+    CHECK(metric(metrics(), "flamingo_prefix_cache_hits_total") == 0);
+    std::vector<int> reused;
+    for (const char* query : {"three_green_triangles.png", "yellow_diamond.png"}) {
+        CAPTURE(query);
+        json body = {{"prompt", shots + "<image>A photo of"}, {"images", json::array()}};
+        std::vector<std::string> args = {"generate", "--model", kModel.string(), "--prompt", shots + "<image>A photo of",
+                                         "--json", "--threads", "1"};
+        for (const char* im : examples) body["images"].push_back(b64_image(im)), args.push_back("--image"), args.push_back(image(im).string());
+        body["images"].push_back(b64_image(query)), args.push_back("--image"), args.push_back(image(query).string());
+        auto r = c.Post("/v1/generate", body.dump(), "application/json");
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        const json e = json::parse(command(args));  // a fresh process without a cache
+        CHECK(json::parse(r->body)["tokens"] == e["tokens"]);
+        reused.push_back(metric(metrics(), "flamingo_prefix_cache_tokens_reused_total"));
+    }
+    // the first request found nothing; the second took the examples' keys/values and images
+    const std::string m = metrics();
+    CHECK(reused[0] == 0);
+    CHECK(reused[1] > 0);
+    CHECK(metric(m, "flamingo_prefix_cache_hits_total") == 1);
+    CHECK(metric(m, "flamingo_prefix_cache_misses_total") == 1);
+    CHECK(metric(m, "flamingo_prefix_cache_media_hits_total") == 2);
+    CHECK(metric(m, "flamingo_prefix_cache_bytes") > 0);
+    CHECK(metric(m, "flamingo_prefix_cache_bytes") <= 64 << 20);
+
+    // A conversation's second request sends the first turn again: it is reused.
+    const json user1 = {{"role", "user"},
+                        {"content", {{{"type", "image_url"}, {"image_url", {{"url", "data:image/png;base64," + b64_image("four_dotted_orange_squares.png")}}}},
+                                     {{"type", "text"}, {"text", "Question: What colour are the shapes? Answer:"}}}}};
+    auto chat = [](httplib::Client& to, const json& messages) {
+        auto r = to.Post("/v1/chat/completions", json({{"max_tokens", 8}, {"messages", messages}}).dump(), "application/json");
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        return json::parse(r->body)["choices"][0]["message"]["content"].get<std::string>();
+    };
+    const std::string reply1 = chat(c, json::array({user1}));
+    const json messages2 = json::array({user1, {{"role", "assistant"}, {"content", reply1}},
+                                        {{"role", "user"}, {"content", "Question: How many? Answer:"}}});
+    const int before = metric(metrics(), "flamingo_prefix_cache_tokens_reused_total");
+    const std::string reply2 = chat(c, messages2);
+    const std::string after = metrics();
+    CHECK(metric(after, "flamingo_prefix_cache_tokens_reused_total") > before);
+    CHECK(metric(after, "flamingo_prefix_cache_media_hits_total") == 3);
+    CHECK(s.stop() == 0);
+
+    // Without a cache: no cache metrics, and the same answers.
+    Server off({"--parallel", "1", "--threads", "1", "--prefix-cache", "0"});
+    httplib::Client c2("127.0.0.1", off.port);
+    c2.set_read_timeout(120, 0);
+    auto r = c2.Get("/metrics");
+    REQUIRE(r);
+    CHECK(r->body.find("flamingo_prefix_cache_") == std::string::npos);
+    CHECK(chat(c2, json::array({user1})) == reply1);
+    CHECK(chat(c2, messages2) == reply2);
+}

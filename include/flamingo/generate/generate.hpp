@@ -262,9 +262,11 @@ struct CandidateScore {
 
 // Log-likelihood of each candidate continuation appended to the prompt (as
 // OpenFlamingo's evaluation scores close-ended tasks). The prompt is read once;
-// each candidate continues from its cache.
+// each candidate continues from its cache. Sequence 0's cache may already hold
+// the prompt's first `cached` positions (e.g. from a prefix cache).
 inline std::vector<CandidateScore> score(Session& s, std::span<const std::int32_t> prompt,
-                                         const std::vector<std::vector<std::int32_t>>& candidates) {
+                                         const std::vector<std::vector<std::int32_t>>& candidates,
+                                         std::size_t cached = 0) {
     std::size_t longest = 0;
     for (std::size_t i = 0; i < candidates.size(); ++i) {
         check(!candidates[i].empty(), "candidate ", i + 1, " is empty");
@@ -277,7 +279,7 @@ inline std::vector<CandidateScore> score(Session& s, std::span<const std::int32_
           " tokens) plus a candidate of ", longest, " tokens exceeds the model's context of ",
           s.model().max_positions(), " positions");
     // each candidate but its last token is read at once, after the prompt
-    std::vector<float> last = detail::read_prompt(s, prompt, 1, longest, 0, longest - 1);
+    std::vector<float> last = detail::read_prompt(s, prompt, 1, longest, cached, longest - 1);
     log_softmax(last);
     const std::size_t P = prompt.size(), V = s.vocab_size();
     const std::uint32_t media = std::uint32_t(s.num_media());

@@ -27,13 +27,18 @@ public:
 
     // Media as normalised pixels [n_media, frames, 3, S, S]: encoded once.
     void set_media(const float* pixels, std::size_t n_media, std::size_t frames) {
+        set_visual(encode(pixels, n_media, frames), n_media);
+    }
+    // Visual tokens [n_media * num_latents, width] of media given as pixels,
+    // without making them the session's (e.g. to cache them first).
+    Tensor<float, dextents<2>> encode(const float* pixels, std::size_t n_media, std::size_t frames) {
         check(frames >= 1, "frames must be at least 1");
         const auto t0 = clock::now();
         Tensor<float, dextents<2>> visual(n_media * model_.num_latents(), model_.vision_width());
         ws_.reserve(model_.encode_workspace(n_media, frames));
         model_.encode(pixels, n_media, frames, visual.view(), ws_);
         stats_.media_seconds += seconds_since(t0), stats_.media_encoded += n_media;
-        set_visual(std::move(visual), n_media);
+        return visual;
     }
     // Already encoded visual tokens [n_media * num_latents, width] (e.g. cached from an earlier request).
     void set_visual(Tensor<float, dextents<2>> visual, std::size_t n_media) {
@@ -43,6 +48,7 @@ public:
               model_.vision_width(), "] for ", n_media, " media, got ", shape_string(visual.extents()));
         visual_ = std::move(visual);
         model_.project_media(visual_.view(), n_media, media_);
+        ++media_version_;
         stats_.media_seconds += seconds_since(t0);
     }
     // CLIP embeddings [n, embed_dim] of n normalised images [n, 3, S, S].
@@ -60,11 +66,15 @@ public:
     void add_media(const float* pixels, std::size_t n_new, std::size_t frames) {
         check(frames >= 1, "frames must be at least 1");
         if (n_new == 0) return;
+        add_visual(encode(pixels, n_new, frames), n_new);
+    }
+    // The same with visual tokens [n_new * num_latents, width] already encoded.
+    void add_visual(const Tensor<float, dextents<2>>& fresh, std::size_t n_new) {
+        if (n_new == 0) return;
         const auto t0 = clock::now();
         const std::size_t L = model_.num_latents(), W = model_.vision_width(), n0 = media_.n_media;
-        Tensor<float, dextents<2>> fresh(n_new * L, W);
-        ws_.reserve(model_.encode_workspace(n_new, frames));
-        model_.encode(pixels, n_new, frames, fresh.view(), ws_);
+        check(fresh.extent(0) == n_new * L && fresh.extent(1) == W, ErrorKind::Shape, "visual tokens: expected [",
+              n_new * L, ", ", W, "] for ", n_new, " media, got ", shape_string(fresh.extents()));
         model::MediaKV kv;
         model_.project_media(fresh.view(), n_new, kv);
         Tensor<float, dextents<2>> visual((n0 + n_new) * L, W);
@@ -74,7 +84,8 @@ public:
         for (std::size_t l = 0; l < media_.kv.size(); ++l)
             media_.kv[l].insert(media_.kv[l].end(), kv.kv[l].begin(), kv.kv[l].end());
         media_.n_media = n0 + n_new;
-        stats_.media_seconds += seconds_since(t0), stats_.media_encoded += n_new;
+        ++media_version_;
+        stats_.media_seconds += seconds_since(t0);
     }
     // Keeps the first n media and drops the rest.
     void keep_media(std::size_t n) {
@@ -86,11 +97,15 @@ public:
         for (auto& kv : media_.kv)
             if (!kv.empty()) kv.resize(kv.size() / media_.n_media * n);
         media_.n_media = n;
+        ++media_version_;
     }
 
     void clear_media() { set_visual(Tensor<float, dextents<2>>(std::size_t(0), model_.vision_width()), 0); }
     // The visual tokens [n_media * num_latents, width] of the current media.
     const Tensor<float, dextents<2>>& visual() const { return visual_; }
+    // Changes whenever the media do: whoever keeps facts about them (a prefix
+    // cache's keys) can tell whether they still hold.
+    std::uint64_t media_version() const { return media_version_; }
 
     // Sizes the caches and buffers: `sequences` caches of `capacity` positions,
     // steps of up to `rows` tokens. The first `keep` positions of cache 0 are
@@ -121,6 +136,8 @@ public:
     }
 
     nn::KVCache& cache(std::size_t seq) { return caches_.at(seq); }
+    const nn::KVCache& cache(std::size_t seq) const { return caches_.at(seq); }
+    std::size_t num_caches() const { return caches_.size(); }
 
     // Time spent reading tokens given at once (prompts, candidates) and in
     // one-token decoding steps, for --verbose.
@@ -128,7 +145,11 @@ public:
         double read_seconds = 0, step_seconds = 0, media_seconds = 0;
         std::size_t read_tokens = 0, steps = 0;
         std::size_t media_encoded = 0;  // media run through the vision encoder
+        // Taken from a prefix cache instead of computed: prompt positions
+        // (their keys/values) and media (their visual tokens).
+        std::size_t reused_tokens = 0, media_reused = 0;
     };
+    Stats& mutable_stats() { return stats_; }
     const Stats& stats() const { return stats_; }
     void reset_stats() { stats_ = {}; }
     // Allocations of working memory so far (constant while decoding), and how
@@ -195,6 +216,7 @@ private:
 
     const model::Flamingo& model_;
     Stats stats_;
+    std::uint64_t media_version_ = 0;
     nn::Workspace ws_;
     Tensor<float, dextents<2>> visual_;
     model::MediaKV media_;
