@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <tuple>
 
 using namespace flamingo;
 namespace fs = std::filesystem;
@@ -109,6 +110,57 @@ TEST_CASE("q8 and q4: the bundled model gives its f32 answers on the evaluation 
         MESSAGE(std::string(model::weight_type_name(w)), ": ", same, " of ", total, " answers as with f32 weights");
         // Measured: 19 of 20 for both q8 and q4 (one differs); more than one is a regression.
         CHECK(same + 1 >= total);
+    }
+}
+
+TEST_CASE("q8 and q4: the bundled model's next-token distributions against f32 on the evaluation prompts") {
+    // The trained model, unlike the random fixtures below, has peaked
+    // distributions, so agreement of the top token is a fair measure there.
+    // Against the C++ f32 model (itself within 1e-4 of the PyTorch reference),
+    // teacher-forced over every position of the 20 prompts of agreement.json.
+    const fs::path dir = fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
+    const fs::path world = fs::path(FLAMINGO_TEST_DATA) / "world";
+    std::ifstream in(world / "agreement.json");
+    REQUIRE(in);
+    const auto cases = nlohmann::json::parse(in).at("cases");
+    auto logits = [&](WeightType w) {
+        LoadOptions lo;
+        lo.weights = w;
+        Context p(Model::load(dir, lo));
+        std::vector<std::vector<float>> out;
+        for (const auto& c : cases) {
+            std::vector<std::string> images;
+            for (const auto& im : c.at("images")) images.push_back((world / "eval" / "images" / im.get<std::string>()).string());
+            p.set_media(images);
+            const auto t = p.logits(c.at("prompt").get<std::string>());
+            out.emplace_back(t.data(), t.data() + t.size());
+        }
+        return out;
+    };
+    const std::size_t vocab = Model::load(dir)->vocab_size();
+    const auto f32 = logits(WeightType::F32);
+    // Measured (printed): q8 the same top token at all 349 positions (the
+    // issue asks for 99%), KL mean 0.00006, max 0.0026 nats; q4 334 of 349
+    // (95.7%), mean 0.016, max 1.5. Bounds: q8 the 99% asked for and ~3x on
+    // KL; q4 about two positions in a hundred and 2x.
+    for (const auto& [w, top1, mean_kl, max_kl] : {std::tuple{WeightType::Q8, 0.99, 0.0002, 0.008},
+                                                  std::tuple{WeightType::Q4, 0.93, 0.04, 3.0}}) {
+        const std::string name(model::weight_type_name(w));
+        const auto q = logits(w);
+        std::size_t same = 0, positions = 0;
+        double kl_sum = 0, kl_max = 0, gap = 0;
+        for (std::size_t i = 0; i < q.size(); ++i) {
+            const Divergence d = divergence(q[i], f32[i], vocab);
+            same += d.same_top1, positions += d.positions;
+            kl_sum += d.mean_kl * double(d.positions), kl_max = std::max(kl_max, d.max_kl);
+            gap = std::max(gap, d.tie_gap);
+        }
+        MESSAGE("bundled model ", name, ": top-1 as f32 at ", same, " of ", positions, " positions; KL(f32 || ", name,
+                ") mean ", kl_sum / double(positions), ", max ", kl_max, " nats; where the top token differs, f32's "
+                "log-probs of the two are within ", gap);
+        CHECK(double(same) >= top1 * double(positions));
+        CHECK(kl_sum / double(positions) < mean_kl);
+        CHECK(kl_max < max_kl);
     }
 }
 
