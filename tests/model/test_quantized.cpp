@@ -1,7 +1,9 @@
 // q8 and q4 weights (quantised at load) on whole models: the bundled model's
 // greedy answers and candidate choices against its f32 answers on the
-// evaluation prompts of tests/data/world/agreement.json, and teacher-forced
-// logits of the parity fixtures against the PyTorch reference.
+// evaluation prompts of tests/data/world/agreement.json and its next-token
+// distributions there (same top token, KL divergence), and teacher-forced
+// logits of the parity fixtures against the PyTorch reference (distance, same
+// top token, KL divergence).
 #include "parity_util.hpp"
 
 #include <algorithm>
