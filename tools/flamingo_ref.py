@@ -725,6 +725,12 @@ class FlamingoLM(nn.Module):
             alibi = (dist[None, :] * slopes[:, None]).to(dtype)[None, :, None, :]
         return _Ctx(alibi=alibi)
 
+    def _head(self, w):
+        """The output head's matrix: w, or its quantised copy (quantize_linear_weights)
+        when the head is tied to the embedding, which itself stays float."""
+        q = getattr(self, "quantized_head", None)
+        return w if q is None else q
+
     def forward(self, input_ids, media, text_time):
         """input_ids [B, T]; media [B, T_img, n, D_vis]; text_time [B, T] -> logits [B, T, V]."""
         B, T = input_ids.shape
@@ -737,13 +743,13 @@ class FlamingoLM(nn.Module):
         if self.family == "llama":
             x = self.model.norm(x)
             w = self.lm_head.weight if hasattr(self, "lm_head") else self.model.embed_tokens.weight
-            return x @ w.t()
+            return x @ self._head(w).t()
         if self.family == "gpt_neox":
             x = self.gpt_neox.final_layer_norm(x)
             w = self.embed_out.weight if hasattr(self, "embed_out") else self.gpt_neox.embed_in.weight
-            return x @ w.t()
+            return x @ self._head(w).t()
         x = (self.transformer.norm_f if self.family == "mpt" else self.transformer.ln_f)(x)
-        logits = x @ self.transformer.wte.weight.t()
+        logits = x @ self._head(self.transformer.wte.weight).t()
         if self.logit_scale is not None:
             logits = logits * self.logit_scale
         return logits
@@ -1005,6 +1011,69 @@ def score_candidates(model, vision_x, prompt_ids, candidates, media=None):
         tok_lp = logp.gather(1, torch.tensor(cand)[:, None])[:, 0]
         out.append((float(tok_lp.sum()), float(tok_lp.mean())))
     return out
+
+
+# --------------------------------------------------------------------------
+# Quantised weights (README "Quantised weights"): the values the C++ model
+# multiplies with under --weights q8|q4, computed here from the float weights
+# and dequantised, so the rest of the reference runs unchanged in float32.
+# (The C++ GEMV path also rounds one-row activations to int8; that is not
+# modelled: the reference stands for "the quantised weights, exactly".)
+# --------------------------------------------------------------------------
+
+QBLOCK = 32
+
+
+def quantize_dequantize(w, fmt):
+    """w [out, in] (float32) -> the float32 values of its q8/q4 blocks of 32 along `in`."""
+    out, n = w.shape
+    pad = (-n) % QBLOCK
+    b = F.pad(w.float(), (0, pad)).reshape(out, -1, QBLOCK)
+    valid = (torch.arange(n + pad) < n).reshape(1, -1, QBLOCK)  # padding takes no part in min/max
+    if fmt == "q8":
+        d = b.abs().amax(-1, keepdim=True) / 127.0
+        q = torch.where(d > 0, torch.round(b / torch.where(d > 0, d, 1.0)), 0.0).clamp(-127, 127)
+        v = d * q
+    elif fmt == "q4":
+        big = torch.finfo(torch.float32).max
+        lo = torch.where(valid, b, big).amin(-1, keepdim=True)
+        hi = torch.where(valid, b, -big).amax(-1, keepdim=True)
+        d = (hi - lo) / 15.0
+        q = torch.where(d > 0, torch.round((b - lo) / torch.where(d > 0, d, 1.0)), 0.0).clamp(0, 15)
+        v = d * q + lo
+    else:
+        raise ValueError(f"unknown quantised format {fmt}")
+    return v.reshape(out, -1)[:, :n].contiguous()
+
+
+@torch.no_grad()
+def quantize_linear_weights(model, fmt):
+    """Replace, in place, the matrix of every linear layer (attention and MLP
+    projections of every part, the patch embedding read as [width, 3*p*p], the
+    output head) by its quantised values; embeddings, norms, biases and other
+    parameters stay as they are. A head tied to the embedding gets a quantised
+    copy. Returns the names of the replaced parameters."""
+    names = []
+    for mname, mod in model.named_modules():
+        prefix = mname + "." if mname else ""
+        if isinstance(mod, nn.Linear):
+            mod.weight.copy_(quantize_dequantize(mod.weight, fmt))
+            names.append(prefix + "weight")
+        elif isinstance(mod, nn.MultiheadAttention):  # out_proj is an nn.Linear, seen above
+            mod.in_proj_weight.copy_(quantize_dequantize(mod.in_proj_weight, fmt))
+            names.append(prefix + "in_proj_weight")
+        elif isinstance(mod, nn.Conv2d):
+            w = mod.weight
+            mod.weight.copy_(quantize_dequantize(w.reshape(w.shape[0], -1), fmt).reshape(w.shape))
+            names.append(prefix + "weight")
+    lm = model.lang_encoder
+    tied = {"llama": ("lm_head", "model.embed_tokens"), "gpt_neox": ("embed_out", "gpt_neox.embed_in")}.get(
+        lm.family, (None, "transformer.wte"))
+    if tied[0] is None or not hasattr(lm, tied[0]):
+        emb = lm.get_submodule(tied[1]).weight
+        lm.quantized_head = quantize_dequantize(emb, fmt).to(emb.dtype)
+        names.append("lang_encoder." + tied[1] + ".weight (head copy)")
+    return names
 
 
 # --------------------------------------------------------------------------

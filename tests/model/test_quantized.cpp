@@ -1,13 +1,17 @@
 // q8 and q4 weights (quantised at load) on whole models: the bundled model's
 // greedy answers and candidate choices against its f32 answers on the
-// evaluation prompts of tests/data/world/agreement.json, and teacher-forced
-// logits of the parity fixtures against the PyTorch reference.
+// evaluation prompts of tests/data/world/agreement.json and its next-token
+// distributions there (same top token, KL divergence), and teacher-forced
+// logits of the parity fixtures against the PyTorch reference (distance, same
+// top token, KL divergence).
 #include "parity_util.hpp"
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
+#include <tuple>
 
 using namespace flamingo;
 namespace fs = std::filesystem;
@@ -50,6 +54,39 @@ Answers answers(WeightType w) {
     return a;
 }
 
+// Per position (rows of [T, vocab] logits): whether the argmax is the
+// reference's, and KL(p_ref || p_got) of the softmaxes, in nats.
+struct Divergence {
+    std::size_t positions = 0, same_top1 = 0;
+    double mean_kl = 0, max_kl = 0;
+    double tie_gap = 0;  // where the argmax differs: largest reference log-prob gap between the two tokens
+};
+
+Divergence divergence(const std::vector<float>& got, const std::vector<float>& want, std::size_t vocab) {
+    Divergence d;
+    d.positions = want.size() / vocab;
+    std::vector<double> lp(vocab), lq(vocab);
+    auto log_softmax = [&](const float* x, std::vector<double>& out) {
+        const double mx = *std::max_element(x, x + vocab);
+        double sum = 0;
+        for (std::size_t v = 0; v < vocab; ++v) sum += std::exp(double(x[v]) - mx);
+        for (std::size_t v = 0; v < vocab; ++v) out[v] = double(x[v]) - mx - std::log(sum);
+    };
+    for (std::size_t t = 0; t < d.positions; ++t) {
+        const float* p = want.data() + t * vocab;
+        const float* q = got.data() + t * vocab;
+        const std::size_t top_p = std::max_element(p, p + vocab) - p, top_q = std::max_element(q, q + vocab) - q;
+        d.same_top1 += top_p == top_q;
+        if (top_p != top_q) d.tie_gap = std::max(d.tie_gap, double(p[top_p]) - p[top_q]);
+        log_softmax(p, lp), log_softmax(q, lq);
+        double kl = 0;
+        for (std::size_t v = 0; v < vocab; ++v) kl += std::exp(lp[v]) * (lp[v] - lq[v]);
+        d.mean_kl += kl / double(d.positions);
+        d.max_kl = std::max(d.max_kl, kl);
+    }
+    return d;
+}
+
 // Largest |got - want| over the largest |want|.
 double relative_max_error(const std::vector<float>& got, const std::vector<float>& want) {
     double err = 0, mag = 0;
@@ -78,21 +115,105 @@ TEST_CASE("q8 and q4: the bundled model gives its f32 answers on the evaluation 
     }
 }
 
+TEST_CASE("q8 and q4: the bundled model's next-token distributions against f32 on the evaluation prompts") {
+    // The trained model, unlike the random fixtures below, has peaked
+    // distributions, so agreement of the top token is a fair measure there.
+    // Against the C++ f32 model (itself within 1e-4 of the PyTorch reference),
+    // teacher-forced over every position of the 20 prompts of agreement.json.
+    const fs::path dir = fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
+    const fs::path world = fs::path(FLAMINGO_TEST_DATA) / "world";
+    std::ifstream in(world / "agreement.json");
+    REQUIRE(in);
+    const auto cases = nlohmann::json::parse(in).at("cases");
+    auto logits = [&](WeightType w) {
+        LoadOptions lo;
+        lo.weights = w;
+        Context p(Model::load(dir, lo));
+        std::vector<std::vector<float>> out;
+        for (const auto& c : cases) {
+            std::vector<std::string> images;
+            for (const auto& im : c.at("images")) images.push_back((world / "eval" / "images" / im.get<std::string>()).string());
+            p.set_media(images);
+            const auto t = p.logits(c.at("prompt").get<std::string>());
+            out.emplace_back(t.data(), t.data() + t.size());
+        }
+        return out;
+    };
+    const std::size_t vocab = Model::load(dir)->vocab_size();
+    const auto f32 = logits(WeightType::F32);
+    // Measured (printed): q8 the same top token at all 349 positions (the
+    // issue asks for 99%), KL mean 0.00006, max 0.0026 nats; q4 334 of 349
+    // (95.7%), mean 0.016, max 1.5. Bounds: q8 the 99% asked for and ~3x on
+    // KL; q4 about two positions in a hundred and 2x.
+    for (const auto& [w, top1, mean_kl, max_kl] : {std::tuple{WeightType::Q8, 0.99, 0.0002, 0.008},
+                                                  std::tuple{WeightType::Q4, 0.93, 0.04, 3.0}}) {
+        const std::string name(model::weight_type_name(w));
+        const auto q = logits(w);
+        std::size_t same = 0, positions = 0;
+        double kl_sum = 0, kl_max = 0, gap = 0;
+        for (std::size_t i = 0; i < q.size(); ++i) {
+            const Divergence d = divergence(q[i], f32[i], vocab);
+            same += d.same_top1, positions += d.positions;
+            kl_sum += d.mean_kl * double(d.positions), kl_max = std::max(kl_max, d.max_kl);
+            gap = std::max(gap, d.tie_gap);
+        }
+        MESSAGE("bundled model ", name, ": top-1 as f32 at ", same, " of ", positions, " positions; KL(f32 || ", name,
+                ") mean ", kl_sum / double(positions), ", max ", kl_max, " nats; where the top token differs, f32's "
+                "log-probs of the two are within ", gap);
+        CHECK(double(same) >= top1 * double(positions));
+        CHECK(kl_sum / double(positions) < mean_kl);
+        CHECK(kl_max < max_kl);
+    }
+}
+
 TEST_CASE("q8 and q4: teacher-forced logits stay within the stated distance of the PyTorch reference") {
     // Relative to the largest reference logit: q8 within 3%, q4 within 40%.
     // Measured worst cases: q8 0.004-0.024, q4 0.05-0.36 (printed). The fixtures
     // are tiny randomly initialised models: small logits, and no trained
     // structure for the rounding errors to average out in, so these bounds are
     // loose; the bundled trained model's answers above are the sharper check.
+    // Per position, the next-token distribution against the reference's:
+    // KL(p_ref || p_q) per fixture, top-1 agreement over all fixtures' positions.
+    struct Bounds {
+        double mean_kl, max_kl, top1;
+    };
+    // Measured (printed): q8 mean KL 0.00008-0.0014, max 0.0049 nats, top-1 274
+    // of 278 positions (98.6%: short of the 99% aimed at; all four differences
+    // are near-ties, the reference's two tokens within 0.08 in log-prob); q4
+    // mean 0.015-0.26, max 0.85, top-1 212 of 278 (76%). The KL bounds are
+    // about 3x (q8) and 2x (q4) the worst fixture, and top-1 allows two more
+    // differences (q8): room for another kernel set's summation order.
+    const std::map<WeightType, Bounds> bound = {{WeightType::Q8, {0.005, 0.015, 0.975}},
+                                                {WeightType::Q4, {0.5, 1.7, 0.70}}};
+    std::map<WeightType, std::pair<std::size_t, std::size_t>> top1;  // (same, positions)
+    std::map<WeightType, double> tie_gap;
     for (const auto& c : fixture::cases()) {
         CAPTURE(c);
         const auto want = fixture::floats(c, "logits.npy");
+        const std::size_t vocab = fixture::shape(c, "logits.npy").back();
         for (WeightType w : {WeightType::Q8, WeightType::Q4}) {
+            const std::string name(model::weight_type_name(w));
+            CAPTURE(name);
             auto m = model::load_flamingo(fixture::dir(c), w);
-            const double e = relative_max_error(fixture::logits(*m, c), want);
-            MESSAGE(c, " ", std::string(model::weight_type_name(w)), ": max |logit error| / max |logit| = ", e);
+            const auto got = fixture::logits(*m, c);
+            const double e = relative_max_error(got, want);
+            const Divergence d = divergence(got, want, vocab);
+            MESSAGE(c, " ", name, ": max |logit error| / max |logit| = ", e, "; top-1 as the reference at ",
+                    d.same_top1, " of ", d.positions, " positions; KL(ref || ", name, ") mean ", d.mean_kl,
+                    ", max ", d.max_kl, " nats");
             CHECK(e < (w == WeightType::Q8 ? 0.03 : 0.40));
+            CHECK(d.mean_kl < bound.at(w).mean_kl);
+            CHECK(d.max_kl < bound.at(w).max_kl);
+            top1[w].first += d.same_top1, top1[w].second += d.positions;
+            tie_gap[w] = std::max(tie_gap[w], d.tie_gap);
         }
+    }
+    for (const auto& [w, n] : top1) {
+        const double agree = double(n.first) / double(n.second);
+        MESSAGE(std::string(model::weight_type_name(w)), ": top-1 as the reference at ", n.first, " of ", n.second,
+                " positions (", 100 * agree, "%); where it differs, the reference's log-probs of the two tokens "
+                "are within ", tie_gap[w]);
+        CHECK(agree >= bound.at(w).top1);
     }
 }
 

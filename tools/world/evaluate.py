@@ -5,6 +5,12 @@ reference's scorer. Writes the accuracy table as Markdown.
 
   /usr/bin/python3 tools/world/evaluate.py --model models/shapes-flamingo \\
       --eval tests/data/world/eval --out results.md [--limit N] [--threads 2]
+      [--weights q8|q4] [--cli-table table.md]
+
+`--weights q8|q4` runs the model with its linear layers' matrices quantised
+and dequantised as the C++ model's --weights q8|q4 holds them
+(flamingo_ref.quantize_linear_weights); `--cli-table` writes the accuracy
+table exactly as `flamingo eval --out` does, for comparing the two.
 
 Also `--agreement FILE` writes the fixture the C++ side checks itself against.
 """
@@ -95,6 +101,20 @@ def table(results, shots=evalset.SHOTS):
     return "\n".join(lines)
 
 
+def cli_table(results):
+    """The table as `flamingo eval` prints it (examples/eval.hpp): tasks by
+    name, every shot count seen, "accuracy (n=count)" per cell."""
+    shots = sorted({shot for rs in results.values() for (shot, _ok, _held) in rs})
+    lines = ["| task |" + "".join(f" {s}-shot |" for s in shots), "|---|" + "---:|" * len(shots)]
+    for task in sorted(results):
+        cells = ""
+        for s in shots:
+            rs = [ok for (shot, ok, _held) in results[task] if shot == s]
+            cells += f" {100.0 * sum(rs) / len(rs):.1f} (n={len(rs)}) |" if rs else " - |"
+        lines.append(f"| {task} |" + cells)
+    return "\n".join(lines) + "\n"
+
+
 def held_out_table(results, shots=evalset.SHOTS):
     lines = ["| task, queries with a held-out (shape, colour) pair | " + " | ".join(f"{s}-shot" for s in shots) + " |",
              "|---|" + "---|" * len(shots)]
@@ -169,12 +189,18 @@ def main():
     ap.add_argument("--out", help="write the Markdown table here")
     ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N queries per task and shot")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weights", choices=("f32", "q8", "q4"), default="f32",
+                    help="quantise the linear layers' matrices as the C++ --weights does")
+    ap.add_argument("--cli-table", help="write the table as `flamingo eval --out` writes it here")
+    ap.add_argument("--predictions", help="write each record's outcome as JSON Lines, as `flamingo eval` does")
     ap.add_argument("--agreement", help="write the agreement fixture (JSON) here")
     ap.add_argument("--agreement-per-task", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     model = ref.load_model_dir(args.model, torch.float32)  # bf16 weights, exact, computed in float32
+    if args.weights != "f32":
+        ref.quantize_linear_weights(model, args.weights)
     tok = bpe.Tokenizer.load(os.path.join(args.model, "tokenizer.json"))
     images = ImageCache(model, lambda name: load_png(os.path.join(args.eval, "images", name)))
     data = evalset.read(args.eval)
@@ -190,12 +216,21 @@ def main():
             results.setdefault(task, []).append((rec["shots"], ok, rec.get("held_out_pair", False)))
             outputs[rec["id"]] = (rec, ok, out, extra)
         print(f"{task}: {len(results[task])} prompts ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
-    md = ("Accuracy (PyTorch reference, bf16 weights computed in float32):\n\n" + table(results) + "\n\n"
+    what = "bf16 weights" if args.weights == "f32" else f"{args.weights} weights (dequantised)"
+    md = (f"Accuracy (PyTorch reference, {what} computed in float32):\n\n" + table(results) + "\n\n"
           + held_out_table(results) + "\n")
     print(md)
     if args.out:
         with open(args.out, "w") as f:
             f.write(md)
+    if args.cli_table:
+        with open(args.cli_table, "w") as f:
+            f.write(cli_table(results))
+    if args.predictions:
+        with open(args.predictions, "w") as f:
+            for rec, ok, out, _extra in outputs.values():
+                f.write(json.dumps({"id": rec["id"], "task": rec["task"], "shots": rec["shots"],
+                                    "prediction": out, "correct": bool(ok)}) + "\n")
     if args.agreement:
         write_agreement(args.agreement, data, outputs, args.agreement_per_task)
 
