@@ -28,7 +28,6 @@ h1 { font-size: 1.2rem; margin: .8rem 0; }
 #log li { margin: .6rem 0; padding: .5rem .8rem; border-radius: .6rem; background: #fff; border: 1px solid #ddd; }
 #log li.user { background: #e8f0fe; margin-left: 4rem; }
 #log li.assistant { margin-right: 4rem; }
-#log li.error { border-color: #c00; color: #900; }
 #log h2 { font-size: .75rem; margin: 0; color: #555; }
 #log p { margin: .2rem 0 0; white-space: pre-wrap; overflow-wrap: anywhere; }
 img { height: 6rem; image-rendering: pixelated; border-radius: .3rem; margin: .3rem .3rem 0 0; vertical-align: top; }
@@ -39,7 +38,8 @@ form { position: sticky; bottom: 0; background: #fafafa; padding: .5rem 0 1rem; 
 #drop.over { border-color: #36c; background: #eef3ff; }
 textarea { width: 100%; box-sizing: border-box; font: inherit; }
 .row { display: flex; gap: .5rem; margin-top: .4rem; align-items: center; }
-.row span { flex: 1; color: #555; font-size: .9rem; }
+#status { flex: 1; color: #555; font-size: .9rem; }
+#status.bad { color: #b00; }
 </style>
 </head>
 <body>
@@ -69,6 +69,11 @@ const log = $("log"), text = $("text"), pending = $("pending"), drop = $("drop")
 let history = [];  // the OpenAI messages so far, sent again each turn
 let images = [];   // data: URIs for the next message
 let running = null;  // the AbortController of the answer being streamed
+
+function say(message, bad = false) {
+  $("status").textContent = message;
+  $("status").classList.toggle("bad", bad);
+}
 
 fetch("health").then((r) => r.json()).then((j) => { $("model").textContent = j.model; }, () => {});
 
@@ -107,12 +112,18 @@ function showPending() {
   });
 }
 
-function addFiles(files) {
+const readFile = (f) => new Promise((resolve, reject) => {
+  const reader = new FileReader();
+  reader.onload = () => resolve(reader.result);
+  reader.onerror = () => reject(reader.error);
+  reader.readAsDataURL(f);
+});
+
+async function addFiles(files) {
   for (const f of files) {
-    if (!f.type.startsWith("image/")) { $("status").textContent = f.name + " is not an image"; continue; }
-    const reader = new FileReader();
-    reader.onload = () => { images.push(reader.result); showPending(); };
-    reader.readAsDataURL(f);
+    if (!f.type.startsWith("image/")) { say(f.name + " is not an image", true); continue; }
+    try { images.push(await readFile(f)); } catch (err) { say(f.name + ": " + err.message, true); }
+    showPending();
   }
 }
 
@@ -128,7 +139,7 @@ text.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("form").requestSubmit(); }
 });
 
-// Streams one answer into `out`; returns its whole text.
+// Streams one answer into `out`; returns its whole text and why it ended.
 async function complete(messages, out, signal) {
   const headers = {"Content-Type": "application/json"};
   const key = $("key").value.trim();
@@ -142,7 +153,7 @@ async function complete(messages, out, signal) {
     throw new Error(why);
   }
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "", answer = "";
+  let buffer = "", answer = "", finish = null;
   for (;;) {
     const {value, done} = await reader.read();
     if (done) throw new Error("the answer ended early");
@@ -156,13 +167,13 @@ async function complete(messages, out, signal) {
         else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
       }
       if (!data.length) continue;
-      if (data.join("\n") === "[DONE]") return answer;
+      if (data.join("\n") === "[DONE]") return {answer, finish};
       const event = JSON.parse(data.join("\n"));
       if (name === "error") throw new Error(event.error.message);
       const choice = event.choices[0];
       if (choice.delta.content) answer += choice.delta.content;
       out.textContent = answer;
-      if (choice.finish_reason === "length") $("status").textContent = "The answer reached its length limit.";
+      if (choice.finish_reason) finish = choice.finish_reason;
     }
   }
 }
@@ -173,8 +184,8 @@ $("form").addEventListener("submit", async (e) => {
   if (running || (!said && !images.length)) return;
   const content = images.map((url) => ({type: "image_url", image_url: {url}}));
   if (said) content.push({type: "text", text: said});
-  const user = {role: "user", content};
-  entry("user", images, said);
+  const user = {role: "user", content}, sent = images;
+  const asked = entry("user", images, said).parentNode;
   images = [];
   showPending();
   text.value = "";
@@ -182,17 +193,22 @@ $("form").addEventListener("submit", async (e) => {
   const controller = running = new AbortController();
   out.parentNode.setAttribute("aria-busy", "true");
   $("send").disabled = true;
-  $("status").textContent = "Answering\u2026";
+  say("Answering\u2026");
   try {
-    const answer = await complete([...history, user], out, controller.signal);
+    const {answer, finish} = await complete([...history, user], out, controller.signal);
     if (!controller.signal.aborted) history.push(user, {role: "assistant", content: answer});
-    $("status").textContent = "";
+    say(finish === "length" ? "The answer reached its length limit." : "");
   } catch (err) {
     if (controller.signal.aborted) return;
-    // A failed turn is not kept: the next message goes without it.
-    out.parentNode.classList.add("error");
-    out.textContent = err.message;
-    $("status").textContent = "";
+    // A failed turn is not kept: its message and images go back to be sent again.
+    asked.remove();
+    out.parentNode.remove();
+    if (!text.value && !images.length) {
+      text.value = said;
+      images = sent;
+      showPending();
+    }
+    say(err.message, true);
   } finally {
     out.parentNode.setAttribute("aria-busy", "false");
     if (running === controller) {
@@ -210,7 +226,7 @@ $("reset").addEventListener("click", () => {
   log.replaceChildren();
   showPending();
   $("send").disabled = false;
-  $("status").textContent = "";
+  say("");
   text.focus();
 });
 </script>
