@@ -1,10 +1,11 @@
 // The chat page of `flamingo serve` in headless Chromium: a picked image and a
 // question, the streamed answer against the non-streamed one for the very
-// request the page sent, a second turn carrying the history, "Start over", and
-// a dropped image in the new conversation. Leaves a screenshot in OUT_DIR.
+// request the page sent (and `flamingo chat`'s), a second turn carrying the
+// history, "Start over", and a dropped image in the new conversation. Leaves
+// a screenshot in OUT_DIR.
 //   node page_test.mjs FLAMINGO MODEL_DIR OUT_DIR
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -129,7 +130,12 @@ async function main() {
     assert.deepEqual(t2.body.messages.slice(1), [{ role: "assistant", content: a1 },
                                                  { role: "user", content: [{ type: "text", text: q2 }] }]);
     assert.deepEqual(t2.body.messages[0], t1.body.messages[0]);
-    step("answer: " + JSON.stringify(await same(t2)));
+    const a2 = await same(t2);
+    step("answer: " + JSON.stringify(a2));
+    // ... and both answers equal `flamingo chat`'s to the same two lines.
+    const chat = execFileSync(flamingo, ["chat", "--model", modelDir, "--image", imagePath],
+                              { input: q1 + "\n" + q2 + "\n", encoding: "utf8", timeout: 60000 });
+    assert.deepEqual(chat.split("\n").filter((l) => l), [a1, a2]);
     await page.screenshot({ path: join(outDir, "serve_page.png") });
 
     step("start over, then drop an image");
