@@ -28,6 +28,7 @@
 #include <flamingo/chat.hpp>
 
 #include "batch.hpp"
+#include "serve_page.hpp"
 
 namespace flamingo::serve {
 namespace {
@@ -326,7 +327,8 @@ public:
         http_.set_payload_max_length(kMaxBody);
         http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
             note = Note{};
-            if (o_.api_key.empty() || req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+            if (o_.api_key.empty() || req.path == "/health" || req.path == "/")  // the page asks for the key itself
+                return httplib::Server::HandlerResponse::Unhandled;
             if (req.get_header_value("Authorization") == "Bearer " + o_.api_key)
                 return httplib::Server::HandlerResponse::Unhandled;
             res.status = 401;
@@ -357,6 +359,11 @@ public:
             note = Note{};
         });
 
+        http_.Get("/", [](const httplib::Request&, httplib::Response& res) {  // the chat page (serve_page.hpp)
+            const std::string nonce = page::nonce();
+            res.set_header("Content-Security-Policy", page::csp(nonce));
+            res.set_content(page::html(nonce), "text/html; charset=utf-8");
+        });
         http_.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
             res.set_content(dump({{"status", "ok"}, {"model", name_}}), "application/json");
         });
@@ -391,7 +398,7 @@ public:
 
 private:
     static std::string endpoint(const std::string& path) {
-        for (const char* e : {"/health", "/metrics", "/v1/generate", "/v1/score", "/v1/embed", "/v1/tokenize",
+        for (const char* e : {"/", "/health", "/metrics", "/v1/generate", "/v1/score", "/v1/embed", "/v1/tokenize",
                               "/v1/chat/completions"})
             if (path == e) return e;
         return "other";

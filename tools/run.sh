@@ -16,6 +16,10 @@ packages="cmake make g++ libxsimd-dev libstb-dev doctest-dev nlohmann-json3-dev 
 [ "$what" = test ] && packages="$packages python3-torch python3-numpy python3-pil"
 # ... and the Python package: its module (pybind11), its tests, and pip in a venv.
 [ "$what" = test ] && packages="$packages pybind11-dev python3-pybind11 python3-dev python3-pytest python3-venv python3-setuptools python3-pip python3-distributed"
+# ... and serve's chat page in a headless browser: Debian's Chromium, driven from
+# Node.js by playwright-core (tests/browser; Node.js taken as found when it has npm).
+[ "$what" = test ] && packages="$packages chromium"
+[ "$what" = test ] && ! command -v npm >/dev/null && packages="$packages nodejs npm"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -48,6 +52,8 @@ case "$what" in
     ./build/examples/demo
     ;;
   test)
+    stage "npm packages of the browser test"
+    npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
     # The default build picks its kernels at run time; its ctest also runs the
     # kernel suites with FLAMINGO_ISA=avx2 and sse2, so every set this machine
     # has is tested (and the tensor library's own code is built for the baseline).
