@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <filesystem>
@@ -152,12 +153,15 @@ inline generate::GenerateOptions generate_options(const Body& b) {
     go.max_new_tokens = std::size_t(b.integer("max_new_tokens", 20, 1, 1 << 20));
     go.num_beams = std::size_t(b.integer("num_beams", 1, 1, 1024));
     go.length_penalty = float(b.number("length_penalty", 1.0));
+    // Floats past float's range would become infinities inside the search and the sampler.
+    check(std::isfinite(go.length_penalty), "\"length_penalty\" must be a number within float's range");
     go.no_repeat_ngram_size = std::size_t(b.integer("no_repeat_ngram_size", 0, 0, 1 << 20));
     for (const char* k : {"top_k", "top_p", "seed"})
         check(!b.has(k) || b.has("temperature"), "\"", k, "\" needs \"temperature\" (without it generation is greedy)");
     if (b.has("temperature")) {
         const double t = b.number("temperature", 1.0);
         check(t >= 0, "\"temperature\" must not be negative, got ", t);
+        check(std::isfinite(float(t)), "\"temperature\" must be a number within float's range, got ", t);
         go.temperature = float(t);
     }
     go.top_k = std::size_t(b.integer("top_k", 50, 0, 1ll << 30));
