@@ -16,6 +16,8 @@ packages="cmake make g++ libxsimd-dev libstb-dev doctest-dev nlohmann-json3-dev 
 [ "$what" = test ] && packages="$packages python3-torch python3-numpy python3-pil"
 # ... and the Python package: its module (pybind11), its tests, and pip in a venv.
 [ "$what" = test ] && packages="$packages pybind11-dev python3-pybind11 python3-dev python3-pytest python3-venv python3-setuptools python3-pip python3-distributed"
+# ... and `flamingo serve` from real clients: the OpenAI Node client (npm ci below) and curl.
+[ "$what" = test ] && packages="$packages nodejs npm curl"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -53,6 +55,7 @@ case "$what" in
     # has is tested (and the tensor library's own code is built for the baseline).
     stage "optimised build and tests"
     build build -DFLAMINGO_BUILD_TESTS=ON -DFLAMINGO_NATIVE=OFF  # explicit: an old cache may say ON
+    (cd tests/serve/node && npm ci --no-audit --no-fund)  # the exact client versions of package-lock.json
     (cd build && ctest --output-on-failure -j"$jobs")
     # The README's install path: pip in a throwaway venv that sees Debian's
     # packages (offline, no build isolation), then an import and a generation.
