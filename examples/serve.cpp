@@ -42,6 +42,7 @@ using steady = std::chrono::steady_clock;
 
 constexpr std::size_t kMaxBody = 16u << 20;  // bytes of a request body; more is 413
 constexpr std::size_t kMaxImages = 16;       // images of one request
+constexpr std::uint64_t kMaxDecoded = 256u << 20;  // their decoded pixels (one 8192x8192 image is 192 MiB)
 constexpr std::size_t kMaxStops = 4;         // chat "stop" strings
 constexpr int kIdleSeconds = 5;              // silence that closes a connection owing a request or taking an answer
 constexpr auto kWatch = std::chrono::milliseconds(50);  // how often a waiting handler looks whether its client is gone
@@ -575,7 +576,7 @@ private:
         return [this, body = std::move(body)](Worker& w, Exchange& ex) -> ojson {
             Context& ctx = w.conv.context();
             batch::TaskHooks hooks;
-            hooks.max_images = kMaxImages;
+            hooks.max_images = kMaxImages, hooks.max_decoded_bytes = kMaxDecoded;
             std::optional<Pieces> pieces;
             if (ex.stream && body["task"] == "generate") pieces.emplace(*model_, std::vector<std::int32_t>{}, false);
             hooks.on_token = [&](std::int32_t t) {  // streamed or not: a client gone stops the generation
@@ -704,6 +705,7 @@ private:
             Conversation& conv = w.conv;
             conv.reset();
             batch::TaskHooks hooks;
+            hooks.max_decoded_bytes = kMaxDecoded;  // per message
             for (const Message& mm : messages) {
                 if (mm.role == "system") conv.add_system(mm.text);
                 else if (mm.role == "assistant") conv.add_assistant(mm.text);

@@ -600,6 +600,35 @@ std::string png_declaring(std::uint32_t width, std::uint32_t height) {
     return std::string("\x89PNG\r\n\x1a\n", 8) + chunk("IHDR", ihdr) + chunk("IDAT", idat) + chunk("IEND", "");
 }
 
+// A real PNG of width x height black pixels in about 13 bits per 258 bytes of pixels: its zlib
+// stream is one fixed-Huffman block of a zero and then repeats of it (length 258, distance 1).
+std::string black_png(std::uint32_t width, std::uint32_t height) {
+    std::string z = {'\x78', '\x01'};  // deflate, 32 KiB window; 0x7801 is a multiple of 31
+    std::uint32_t acc = 0;
+    int held = 0;
+    auto bits = [&](std::uint32_t v, int n) {  // fields go least significant bit first
+        acc |= v << held, held += n;
+        for (; held >= 8; held -= 8) z += char(acc & 0xFF), acc >>= 8;
+    };
+    auto code = [&](std::uint32_t c, int n) {  // Huffman codes most significant bit first
+        for (int k = n - 1; k >= 0; --k) bits((c >> k) & 1, 1);
+    };
+    const std::uint64_t total = std::uint64_t(height) * (1 + 3ull * width);  // a filter byte (0) per row
+    bits(1, 1), bits(1, 2);  // the last block, fixed codes
+    code(0x30, 8);           // literal 0
+    std::uint64_t left = total - 1;
+    for (; left >= 258; left -= 258) code(0xC5, 8), code(0, 5);  // length code 285 (258), distance code 0 (1)
+    for (; left > 0; --left) code(0x30, 8);
+    code(0, 7);  // end of block
+    if (held) bits(0, 8 - held);
+    z += be32(std::uint32_t(total % 65521) << 16 | 1);  // Adler-32 of zeros
+    auto chunk = [](const std::string& type, const std::string& data) {
+        return be32(std::uint32_t(data.size())) + type + data + be32(crc32(type + data));
+    };
+    const std::string ihdr = be32(width) + be32(height) + std::string{8, 2, 0, 0, 0};
+    return std::string("\x89PNG\r\n\x1a\n", 8) + chunk("IHDR", ihdr) + chunk("IDAT", z) + chunk("IEND", "");
+}
+
 long vm_kib(pid_t pid, const std::string& field) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/status");
     for (std::string line; std::getline(in, line);)
@@ -627,6 +656,20 @@ TEST_CASE("hostile sizes: a decompression bomb, thousands of images, huge number
     expect(post("/v1/embed", json({{"images", {"data:image/png;base64," + big}}}).dump()), 400, "exceeds the size limit",
            "a bomb to embed");
     CHECK(vm_kib(s.pid, "VmHWM") < 2l << 20);  // the peak resident set stayed far below the bomb's pixels
+
+    // Real images, each within the size limit, whose pixels together pass a request's 256 MiB (16 of
+    // 2400x2400, 17 MB each): refused at the image that crosses it, rather than all held at once.
+    const Reply small = post("/v1/embed", json({{"images", {base64(black_png(64, 64))}}}).dump());
+    REQUIRE(small.status == 200);  // the generator's PNGs decode
+    std::string tags;
+    for (int i = 0; i < 16; ++i) tags += "<image>";
+    json heavy = {{"prompt", tags}, {"images", json::array()}};
+    const std::string large = base64(black_png(2400, 2400));
+    for (int i = 0; i < 16; ++i) heavy["images"].push_back(large);
+    expect(post("/v1/generate", heavy.dump()), 400, "images[0..15] decode to 276", "16 images of 17 MB of pixels");
+#ifndef __SANITIZE_ADDRESS__  // its shadow memory and quarantine add to the resident set
+    CHECK(vm_kib(s.pid, "VmHWM") < 1l << 20);
+#endif
 
     // Thousands of images: refused naming the limit, before any is decoded.
     const std::string tiny = b64_image("yellow_diamond.png");
