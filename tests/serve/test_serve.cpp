@@ -896,7 +896,7 @@ TEST_CASE("32 clients at once: every answer is the single request's, and the res
     constexpr int kRounds = 4;
 #endif
     constexpr int kClients = 32;
-    constexpr long kGrowthKiB = 32 << 10;  // allowed growth of VmRSS from after the warm-up to after the load
+    [[maybe_unused]] constexpr long kGrowthKiB = 32 << 10;  // allowed growth of VmRSS from after the warm-up to after the load
     Server s({"--parallel", "2", "--threads", "2", "--queue", "32"});
     const json e = expected_generate();
     json streamed = generate_body();
