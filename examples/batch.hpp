@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <filesystem>
@@ -111,6 +112,9 @@ struct TaskHooks {
     // base64, bare or as a data URI (serve: a server never opens a path).
     const std::filesystem::path* files = nullptr;
     std::size_t max_images = std::numeric_limits<std::size_t>::max();
+    // Decoded pixels of one call's images together: they are all held before any is resized, so
+    // without a bound 16 small files declaring 8192x8192 would hold 3 GB.
+    std::uint64_t max_decoded_bytes = std::numeric_limits<std::uint64_t>::max();
     std::function<void(std::int32_t)> on_token;  // generate: each new token as it is chosen
 };
 
@@ -132,6 +136,7 @@ inline Pixels media(const Model& model, const std::vector<std::string>& images, 
     check(images.size() <= hooks.max_images, "a request takes at most ", hooks.max_images, " images, got ",
           images.size());
     std::vector<std::vector<Image>> media;
+    std::uint64_t decoded = 0;
     for (std::size_t i = 0; i < images.size(); ++i) {
         const std::string& s = images[i];
         const std::string name = "images[" + std::to_string(i) + "]";
@@ -143,6 +148,9 @@ inline Pixels media(const Model& model, const std::vector<std::string>& images, 
             if (p.is_relative()) p = *hooks.files / p;
             media.push_back(load_media_frames(p, frames, model.image_limits()));
         }
+        for (const Image& im : media.back()) decoded += im.rgb.size();
+        check(decoded <= hooks.max_decoded_bytes, ErrorKind::Limit, "images[0..", i, "] decode to ", decoded,
+              " bytes of pixels, over the limit of ", hooks.max_decoded_bytes, " for one request");
     }
     return model.preprocess(media);
 }
@@ -152,12 +160,15 @@ inline generate::GenerateOptions generate_options(const Body& b) {
     go.max_new_tokens = std::size_t(b.integer("max_new_tokens", 20, 1, 1 << 20));
     go.num_beams = std::size_t(b.integer("num_beams", 1, 1, 1024));
     go.length_penalty = float(b.number("length_penalty", 1.0));
+    // Floats past float's range would become infinities inside the search and the sampler.
+    check(std::isfinite(go.length_penalty), "\"length_penalty\" must be a number within float's range");
     go.no_repeat_ngram_size = std::size_t(b.integer("no_repeat_ngram_size", 0, 0, 1 << 20));
     for (const char* k : {"top_k", "top_p", "seed"})
         check(!b.has(k) || b.has("temperature"), "\"", k, "\" needs \"temperature\" (without it generation is greedy)");
     if (b.has("temperature")) {
         const double t = b.number("temperature", 1.0);
         check(t >= 0, "\"temperature\" must not be negative, got ", t);
+        check(std::isfinite(float(t)), "\"temperature\" must be a number within float's range, got ", t);
         go.temperature = float(t);
     }
     go.top_k = std::size_t(b.integer("top_k", 50, 0, 1ll << 30));

@@ -4,8 +4,12 @@
 // holds a conversation (and so a context) of its own over the one model.
 #include "serve.hpp"
 
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
+
+#include <cerrno>
 
 #include <array>
 #include <atomic>
@@ -39,7 +43,10 @@ using steady = std::chrono::steady_clock;
 
 constexpr std::size_t kMaxBody = 16u << 20;  // bytes of a request body; more is 413
 constexpr std::size_t kMaxImages = 16;       // images of one request
+constexpr std::uint64_t kMaxDecoded = 256u << 20;  // their decoded pixels (one 8192x8192 image is 192 MiB)
 constexpr std::size_t kMaxStops = 4;         // chat "stop" strings
+constexpr int kIdleSeconds = 5;              // silence that closes a connection owing a request or taking an answer
+constexpr auto kWatch = std::chrono::milliseconds(50);  // how often a waiting handler looks whether its client is gone
 
 std::string dump(const ojson& j) { return j.dump(-1, ' ', false, ojson::error_handler_t::replace); }
 
@@ -49,6 +56,45 @@ ojson error_object(const std::string& message, const std::string& type) {
 
 // A client that went away: its request stops at the next token.
 struct Cancelled {};
+
+// The socket of the connection `req` came on, found among the process's
+// descriptors by its two ends (cpp-httplib 0.11 does not hand it to handlers
+// and has no is_connection_closed); -1 when not found. The handler's thread
+// holds the connection open, so the descriptor stays its own meanwhile.
+int connection_socket(const httplib::Request& req) {
+    auto end_of = [](int fd, bool peer, std::string& host, int& port) {
+        sockaddr_storage a{};
+        socklen_t n = sizeof a;
+        if ((peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&a), &n)
+                  : getsockname(fd, reinterpret_cast<sockaddr*>(&a), &n)) != 0)
+            return false;
+        char h[NI_MAXHOST], s[NI_MAXSERV];
+        if (getnameinfo(reinterpret_cast<sockaddr*>(&a), n, h, sizeof h, s, sizeof s, NI_NUMERICHOST | NI_NUMERICSERV))
+            return false;
+        host = h, port = std::atoi(s);
+        return true;
+    };
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+        const int fd = std::stoi(name);
+        std::string host;
+        int port = 0;
+        if (!end_of(fd, true, host, port) || port != req.remote_port || host != req.remote_addr) continue;
+        if (end_of(fd, false, host, port) && port == req.local_port) return fd;
+    }
+    return -1;
+}
+
+// True when the client has closed its end (or reset it): a read would give
+// end-of-file or an error rather than wait. Bytes a client sent ahead (a
+// pipelined request) are left unread.
+bool peer_closed(int fd) {
+    char c;
+    const ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
 
 // What a handler and the worker running its request share.
 struct Exchange {
@@ -106,6 +152,10 @@ public:
         for (std::size_t i = 0; i < kBuckets.size(); ++i) h.counts[i] += seconds <= kBuckets[i];
         h.sum += seconds, ++h.count;
     }
+    void cancelled() {
+        std::lock_guard lock(mu_);
+        ++cancelled_;
+    }
     std::string text(std::size_t queued, std::size_t busy, const PrefixCache* cache) const {
         std::lock_guard lock(mu_);
         std::ostringstream os;
@@ -120,7 +170,10 @@ public:
            << "\n# HELP flamingo_queue_depth Requests waiting for a worker.\n"
            << "# TYPE flamingo_queue_depth gauge\nflamingo_queue_depth " << queued << "\n"
            << "# HELP flamingo_workers_busy Workers running a request.\n"
-           << "# TYPE flamingo_workers_busy gauge\nflamingo_workers_busy " << busy << "\n";
+           << "# TYPE flamingo_workers_busy gauge\nflamingo_workers_busy " << busy << "\n"
+           << "# HELP flamingo_requests_cancelled_total Requests stopped because their client disconnected.\n"
+           << "# TYPE flamingo_requests_cancelled_total counter\nflamingo_requests_cancelled_total " << cancelled_
+           << "\n";
         if (cache) {
             const auto c = cache->stats();
             const auto metric = [&](const char* name, const char* type, const char* help, auto value) {
@@ -159,7 +212,7 @@ private:
     mutable std::mutex mu_;
     std::map<std::pair<std::string, int>, std::uint64_t> requests_;
     std::map<std::string, Histogram> latency_;
-    std::uint64_t prompt_tokens_ = 0, generated_tokens_ = 0;
+    std::uint64_t prompt_tokens_ = 0, generated_tokens_ = 0, cancelled_ = 0;
 };
 
 // Workers and the bounded queue in front of them.
@@ -312,6 +365,7 @@ private:
 struct Note {
     steady::time_point start = steady::now();
     std::size_t prompt_tokens = 0, completion_tokens = 0;
+    int close = -1;  // a socket to shut once the answer is written (cpp-httplib would go on reading it)
 };
 thread_local Note note;
 
@@ -325,6 +379,14 @@ public:
         const std::size_t connections = o.parallel + o.queue + 4;
         http_.new_task_queue = [connections] { return new httplib::ThreadPool(connections); };
         http_.set_payload_max_length(kMaxBody);
+        // cpp-httplib's timeouts hold per read or write, so a client that trickles bytes is also bounded
+        // by --body-timeout in handle().
+        http_.set_read_timeout(kIdleSeconds);
+        http_.set_write_timeout(kIdleSeconds);
+        http_.set_keep_alive_timeout(kIdleSeconds);
+        // An answer's headers and body are separate writes: with Nagle's algorithm the body would wait
+        // for the client's delayed ACK of the headers (40 ms on Linux), longer than a whole generation.
+        http_.set_tcp_nodelay(true);
         http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
             note = Note{};
             if (o_.api_key.empty() || req.path == "/health" || req.path == "/")  // the page asks for the key itself
@@ -337,14 +399,10 @@ public:
                                               "authentication_error")), "application/json");
             return httplib::Server::HandlerResponse::Handled;
         });
-        http_.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+        http_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
             if (!res.body.empty()) return;
-            // cpp-httplib takes form-encoded bodies (curl -d's default) only up to 8 KiB.
-            const bool form = req.get_header_value("Content-Type").starts_with("application/x-www-form-urlencoded");
             const std::string message =
-                res.status == 413 && form ? "a body sent as application/x-www-form-urlencoded is limited to 8192 "
-                                            "bytes: send it as Content-Type: application/json"
-                : res.status == 413 ? "the request body is over the limit of " + std::to_string(kMaxBody) + " bytes"
+                res.status == 413 ? "the request body is over the limit of " + std::to_string(kMaxBody) + " bytes"
                 : res.status == 404 ? "no such endpoint"
                                     : "the request failed (HTTP " + std::to_string(res.status) + ")";
             res.set_content(dump(error_object(message, "invalid_request_error")), "application/json");
@@ -356,6 +414,7 @@ public:
             line << req.method << " " << req.path << " " << res.status << " " << note.prompt_tokens << "+"
                  << note.completion_tokens << " tokens " << std::llround(s * 1000) << " ms\n";
             std::cerr << line.str() << std::flush;
+            if (note.close >= 0) ::shutdown(note.close, SHUT_RDWR);
             note = Note{};
         });
 
@@ -370,13 +429,16 @@ public:
         http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
             res.set_content(metrics_.text(pool_.queued(), pool_.busy(), pool_.cache()), "text/plain; version=0.0.4");
         });
+        // Bodies are read by the handlers (a ContentReader) so that their arrival can be timed.
         for (const char* task : {"generate", "score", "embed", "tokenize"})
-            http_.Post(std::string("/v1/") + task, [this, task = std::string(task)](const httplib::Request& req,
-                                                                                   httplib::Response& res) {
-                handle(req, res, [this, task](json body) { return task_work(task, std::move(body)); });
-            });
-        http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-            handle(req, res, [this](json body) { return chat_work(std::move(body)); });
+            http_.Post(std::string("/v1/") + task,
+                       [this, task = std::string(task)](const httplib::Request& req, httplib::Response& res,
+                                                        const httplib::ContentReader& read) {
+                           handle(req, res, read, [this, task](json body) { return task_work(task, std::move(body)); });
+                       });
+        http_.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res,
+                                                  const httplib::ContentReader& read) {
+            handle(req, res, read, [this](json body) { return chat_work(std::move(body)); });
         });
     }
 
@@ -388,6 +450,7 @@ public:
         } else {
             check(http_.bind_to_port(o_.host, port), "cannot listen on ", o_.host, ":", port);
         }
+        http_.backlog(SOMAXCONN);
         std::cerr << "flamingo: serving " << name_ << " on http://" << o_.host << ":" << port << " (" << o_.parallel
                   << " workers)\n" << std::flush;
         http_.listen_after_bind();
@@ -410,10 +473,31 @@ private:
         res.set_content(dump(error_object(message, type)), "application/json");
     }
 
-    // Parses the body, queues the work, and answers (at once or as events).
-    void handle(const httplib::Request& req, httplib::Response& res,
+    // Reads and parses the body, queues the work, and answers (at once or as events).
+    void handle(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read,
                 std::function<Work(json)> make) {
-        json body = json::parse(req.body, nullptr, false);
+        std::string text;
+        bool late = false, big = false;
+        const auto deadline = note.start + std::chrono::seconds(o_.body_timeout);
+        const bool whole = read([&](const char* data, std::size_t n) {
+            if (steady::now() > deadline) return late = true, false;
+            if (text.size() + n > kMaxBody) return big = true, false;  // chunked bodies have no Content-Length to check
+            text.append(data, n);
+            return true;
+        });
+        if (late) {
+            // The rest of the body is not read: the connection ends once this answer is written (the logger).
+            note.close = connection_socket(req);
+            res.set_header("Connection", "close");
+            return answer_error(res, 408, "the request body did not arrive within " + std::to_string(o_.body_timeout) +
+                                              " s (--body-timeout)", "timeout");
+        }
+        if (big) res.status = 413;
+        if (!whole) {  // over the limit (413), or cut short or stalled for kIdleSeconds (400): worded by the error handler
+            if (res.status < 400) res.status = 400;
+            return;
+        }
+        json body = json::parse(text, nullptr, false);
         if (body.is_discarded()) return answer_error(res, 400, "malformed JSON in the request body");
         if (!body.is_object()) return answer_error(res, 400, "the request body must be a JSON object");
         auto ex = std::make_shared<Exchange>();
@@ -428,13 +512,29 @@ private:
         } catch (const std::exception& e) {
             return answer_error(res, 400, e.what());
         }
+        work = [this, path = req.path, work = std::move(work)](Worker& w, Exchange& e) -> ojson {
+            try {
+                if (e.cancelled) throw Cancelled{};  // gone while the request waited in the queue
+                return work(w, e);
+            } catch (const Cancelled&) {
+                metrics_.cancelled();
+                std::cerr << "flamingo: " + path + " cancelled: the client closed the connection\n" << std::flush;
+                throw;
+            }
+        };
         if (!pool_.submit({std::move(work), ex})) {
             res.set_header("Retry-After", "1");
             return answer_error(res, 503, "the server is busy: every worker is taken and the queue is full",
                                 "server_busy");
         }
+        // While it waits, the connection is watched: a client gone cancels its request (at the next token).
+        const int fd = connection_socket(req);
+        auto wait = [fd](Exchange& e, std::unique_lock<std::mutex>& lock) {
+            while (!e.cv.wait_for(lock, kWatch, [&] { return e.done || !e.events.empty(); }))
+                if (fd >= 0 && !e.cancelled && peer_closed(fd)) e.cancelled = true;
+        };
         std::unique_lock lock(ex->mu);
-        ex->cv.wait(lock, [&] { return ex->done || !ex->events.empty(); });
+        wait(*ex, lock);
         note.prompt_tokens = ex->prompt_tokens;
         if (ex->events.empty()) {  // the whole answer, or an error before the first event
             note.completion_tokens = ex->completion_tokens;
@@ -444,9 +544,14 @@ private:
         }
         lock.unlock();
         res.set_header("Cache-Control", "no-cache");
-        res.set_chunked_content_provider("text/event-stream", [ex](std::size_t, httplib::DataSink& sink) {
+        // The events go out unchunked and end with the connection (shut by the logger): Node 18's
+        // node-fetch, under the OpenAI Node client, takes a kept-alive chunked stream's end for a
+        // "Premature close".
+        res.set_header("Connection", "close");
+        note.close = fd;
+        res.set_content_provider("text/event-stream", [ex, wait](std::size_t, httplib::DataSink& sink) {
             std::unique_lock lock(ex->mu);
-            ex->cv.wait(lock, [&] { return ex->done || !ex->events.empty(); });
+            wait(*ex, lock);
             while (!ex->events.empty()) {
                 const std::string e = std::move(ex->events.front());
                 ex->events.pop_front();
@@ -478,15 +583,14 @@ private:
         return [this, body = std::move(body)](Worker& w, Exchange& ex) -> ojson {
             Context& ctx = w.conv.context();
             batch::TaskHooks hooks;
-            hooks.max_images = kMaxImages;
+            hooks.max_images = kMaxImages, hooks.max_decoded_bytes = kMaxDecoded;
             std::optional<Pieces> pieces;
-            if (ex.stream && body["task"] == "generate") {
-                pieces.emplace(*model_, std::vector<std::int32_t>{}, false);
-                hooks.on_token = [&](std::int32_t t) {
-                    if (ex.cancelled) throw Cancelled{};
+            if (ex.stream && body["task"] == "generate") pieces.emplace(*model_, std::vector<std::int32_t>{}, false);
+            hooks.on_token = [&](std::int32_t t) {  // streamed or not: a client gone stops the generation
+                if (ex.cancelled) throw Cancelled{};
+                if (pieces)
                     if (auto p = pieces->add(t); !p.empty()) ex.push(event({{"text", p}}));
-                };
-            }
+            };
             w.conv.reset();  // the session is the conversation's too
             ojson r = batch::run_task(ctx, body, hooks);
             if (r.contains("usage")) {
@@ -608,6 +712,7 @@ private:
             Conversation& conv = w.conv;
             conv.reset();
             batch::TaskHooks hooks;
+            hooks.max_decoded_bytes = kMaxDecoded;  // per message
             for (const Message& mm : messages) {
                 if (mm.role == "system") conv.add_system(mm.text);
                 else if (mm.role == "assistant") conv.add_assistant(mm.text);
@@ -634,13 +739,12 @@ private:
             std::vector<std::int32_t> stops = go.stop_tokens;
             for (const std::string& s : conv.chat_template().stop) stops.push_back(m.tokenizer().encode(s, false)[0]);
             Pieces pieces(m, stops, true);
-            if (ex.stream) {
-                go.on_token = [&](std::int32_t t) {
-                    if (ex.cancelled) throw Cancelled{};
+            go.on_token = [&](std::int32_t t) {  // streamed or not: a client gone stops the generation
+                if (ex.cancelled) throw Cancelled{};
+                if (ex.stream)
                     if (auto p = pieces.add(t); !p.empty()) ex.push(chunk({{"content", p}}, nullptr));
-                };
-                ex.push(chunk({{"role", "assistant"}, {"content", ""}}, nullptr));
-            }
+            };
+            if (ex.stream) ex.push(chunk({{"role", "assistant"}, {"content", ""}}, nullptr));
             const Generation g = conv.reply(go);
             const std::string text = conv.messages().back().content;
             const char* finish = g.stopped ? "stop" : "length";
@@ -668,7 +772,12 @@ private:
     Pool pool_;
     std::string name_;
     Metrics metrics_;
-    httplib::Server http_;
+    // cpp-httplib listens with a backlog of 5: a burst of clients past it has connections dropped
+    // and retried by TCP for seconds, past the read timeout. Listening again takes a longer one.
+    struct Http : httplib::Server {
+        void backlog(int n) const { ::listen(svr_sock_, n); }
+    };
+    Http http_;
     std::atomic<std::uint64_t> ids_{0};
 };
 

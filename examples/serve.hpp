@@ -18,6 +18,7 @@ struct Options {
     std::string api_key;        // when set, /v1/* and /metrics need "Authorization: Bearer KEY"
     std::size_t queue = 8;      // requests that may wait for a worker (0: none); past them 503
     std::size_t prefix_cache_mb = 256;  // prompt prefixes and media the workers share (0: no cache)
+    int body_timeout = 30;      // seconds a request's body may take to arrive after its headers; past them 408
 };
 
 // Serves until SIGINT or SIGTERM; returns the process's exit status.

@@ -17,8 +17,9 @@ packages="cmake make g++ libxsimd-dev libstb-dev doctest-dev nlohmann-json3-dev 
 # ... and the Python package: its module (pybind11), its tests, and pip in a venv.
 [ "$what" = test ] && packages="$packages pybind11-dev python3-pybind11 python3-dev python3-pytest python3-venv python3-setuptools python3-pip python3-distributed"
 # ... and serve's chat page in a headless browser: Debian's Chromium, driven from
-# Node.js by playwright-core (tests/browser; Node.js taken as found when it has npm).
-[ "$what" = test ] && packages="$packages chromium"
+# Node.js by playwright-core (tests/browser; Node.js taken as found when it has npm);
+# and `flamingo serve` from real clients: the OpenAI Node client (tests/serve/node) and curl.
+[ "$what" = test ] && packages="$packages chromium curl"
 [ "$what" = test ] && ! command -v npm >/dev/null && packages="$packages nodejs npm"
 missing=""
 for p in $packages; do
@@ -52,8 +53,9 @@ case "$what" in
     ./build/examples/demo
     ;;
   test)
-    stage "npm packages of the browser test"
+    stage "npm packages of the browser and client tests"  # the exact versions of their package-lock.json
     npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+    npm ci --prefix tests/serve/node --no-audit --no-fund --loglevel=error
     # The default build picks its kernels at run time; its ctest also runs the
     # kernel suites with FLAMINGO_ISA=avx2 and sse2, so every set this machine
     # has is tested (and the tensor library's own code is built for the baseline).
