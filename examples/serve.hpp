@@ -18,6 +18,10 @@ struct Options {
     std::string api_key;        // when set, /v1/* and /metrics need "Authorization: Bearer KEY"
     std::size_t queue = 8;      // requests that may wait for a worker (0: none); past them 503
     std::size_t prefix_cache_mb = 256;  // prompt prefixes and media the workers share (0: no cache)
+    // Sequences per decoding step of the loop the workers' greedy and sampling
+    // requests share (generate/batcher.hpp; its kernels use `threads`); 0: each
+    // worker decodes alone.
+    std::size_t batch = 0;
 };
 
 // Serves until SIGINT or SIGTERM; returns the process's exit status.
