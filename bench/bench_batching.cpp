@@ -130,6 +130,12 @@ int main(int argc, char** argv) try {
                 std::string(flamingo::model::weight_type_name(o.weights)).c_str(), o.threads, o.tokens, o.reps);
     std::printf("| concurrent | alone, tokens/s | batched, tokens/s | batched / alone | batched / one alone | same tokens |\n");
     std::printf("|---:|---:|---:|---:|---:|---|\n");
+    // Warm-up: the first pass over memory-mapped weights pages them in.
+    {
+        Options w = o;
+        w.tokens = 2, w.reps = 1;
+        run(model, w, 1, nullptr);
+    }
     double one_alone = 0;
     for (int n : o.counts) {
         const Run alone = run(model, o, n, nullptr);
