@@ -2,7 +2,8 @@
 // each on its own context and thread, decoded together in one batcher loop,
 // against the same N decoding alone at the same time (as `serve --parallel N`
 // without --batch). Aggregate tokens/s of the decoding (prompts are read
-// first, then all start together), side by side in one run, for each N.
+// first, then all start together), side by side in one run, for each N, and
+// the mean time of one decoding step (what N rows cost against one).
 //
 //   bench_batching [--model DIR] [--weights f32|bf16] [--threads T] [--tokens K] [--reps R] [--counts 1,2,4,8]
 //
@@ -57,6 +58,7 @@ Request request(const flamingo::Model& m, int k) {
 
 struct Run {
     double tokens_per_s = 0;
+    double step_ms = 0;  // mean time of one decoding step (one row alone, N rows batched)
     std::vector<std::vector<std::int32_t>> tokens;  // each request's, to check batched == alone
 };
 
@@ -99,6 +101,8 @@ Run run(const std::shared_ptr<const flamingo::Model>& model, const Options& o, i
                 .count();
         best.tokens_per_s = std::max(best.tokens_per_s, double(std::size_t(n) * o.tokens) / wall);
     }
+    const auto& st = ctxs[0]->stats();
+    best.step_ms = st.steps ? 1e3 * st.step_seconds / double(st.steps) : 0;
     return best;
 }
 
@@ -128,8 +132,8 @@ int main(int argc, char** argv) try {
     const auto model = flamingo::Model::load(o.model, {o.weights});
     std::printf("model %s (%s), %d threads, %zu greedy tokens per request, best of %d\n", o.model.c_str(),
                 std::string(flamingo::model::weight_type_name(o.weights)).c_str(), o.threads, o.tokens, o.reps);
-    std::printf("| concurrent | alone, tokens/s | batched, tokens/s | batched / alone | batched / one alone | same tokens |\n");
-    std::printf("|---:|---:|---:|---:|---:|---|\n");
+    std::printf("| concurrent | alone, tokens/s | batched, tokens/s | batched / alone | batched / one alone | ms/step alone, batched | same tokens |\n");
+    std::printf("|---:|---:|---:|---:|---:|---:|---|\n");
     // Warm-up: the first pass over memory-mapped weights pages them in.
     {
         Options w = o;
@@ -143,9 +147,9 @@ int main(int argc, char** argv) try {
                                                                      std::make_shared<flamingo::Executor>(o.threads));
         const Run batched = run(model, o, n, batcher);
         if (n == o.counts.front()) one_alone = alone.tokens_per_s / n;
-        std::printf("| %d | %.2f | %.2f | %.2fx | %.2fx | %s |\n", n, alone.tokens_per_s, batched.tokens_per_s,
-                    batched.tokens_per_s / alone.tokens_per_s, batched.tokens_per_s / one_alone,
-                    alone.tokens == batched.tokens ? "yes" : "no");
+        std::printf("| %d | %.2f | %.2f | %.2fx | %.2fx | %.1f, %.1f | %s |\n", n, alone.tokens_per_s,
+                    batched.tokens_per_s, batched.tokens_per_s / alone.tokens_per_s, batched.tokens_per_s / one_alone,
+                    alone.step_ms, batched.step_ms, alone.tokens == batched.tokens ? "yes" : "no");
         std::fflush(stdout);
     }
     return 0;
