@@ -1,8 +1,8 @@
 #pragma once
 // Continuous batching: the decoding steps of several requests, each on its own
 // Session, run as one forward pass. Decoding one token is memory-bound (every
-// weight is read for one row), so n sequences stepped together cost little
-// more than one: the weights are read once for all of them.
+// weight is read for one row), so n sequences stepped together cost far less
+// than n steps alone: the weights are read once for all of them.
 //
 //   Batcher batcher(model, 8, executor);            // one decoding loop, its own thread
 //   // on each request's thread, with its own session:
