@@ -3,7 +3,8 @@
 // against the same N decoding alone at the same time (as `serve --parallel N`
 // without --batch). Aggregate tokens/s of the decoding (prompts are read
 // first, then all start together), side by side in one run, for each N, and
-// the mean time of one decoding step (what N rows cost against one).
+// the mean time of one decoding step (what N rows cost against one). The
+// two modes alternate going first from row to row.
 //
 //   bench_batching [--model DIR] [--weights f32|bf16] [--threads T] [--tokens K] [--reps R] [--counts 1,2,4,8]
 //
@@ -141,12 +142,15 @@ int main(int argc, char** argv) try {
         run(model, w, 1, nullptr);
     }
     double one_alone = 0;
-    for (int n : o.counts) {
-        const Run alone = run(model, o, n, nullptr);
+    for (std::size_t row = 0; row < o.counts.size(); ++row) {
+        const int n = o.counts[row];
         auto batcher = std::make_shared<flamingo::generate::Batcher>(model->network(), std::size_t(n),
                                                                      std::make_shared<flamingo::Executor>(o.threads));
-        const Run batched = run(model, o, n, batcher);
-        if (n == o.counts.front()) one_alone = alone.tokens_per_s / n;
+        // The modes take turns at going first, so that neither always gets the warmer (or quieter) slot.
+        Run alone, batched;
+        if (row % 2 == 0) alone = run(model, o, n, nullptr), batched = run(model, o, n, batcher);
+        else batched = run(model, o, n, batcher), alone = run(model, o, n, nullptr);
+        if (row == 0) one_alone = alone.tokens_per_s / n;
         std::printf("| %d | %.2f | %.2f | %.2fx | %.2fx | %.1f, %.1f | %s |\n", n, alone.tokens_per_s,
                     batched.tokens_per_s, batched.tokens_per_s / alone.tokens_per_s, batched.tokens_per_s / one_alone,
                     alone.step_ms, batched.step_ms, alone.tokens == batched.tokens ? "yes" : "no");
