@@ -60,7 +60,7 @@ const Command kCommands[] = {
     {"batch", "[--in FILE.jsonl] [--out FILE.jsonl] [--parallel N] [--resume] [--prefix-cache MB]",
      "JSON Lines of generate/score/embed/tokenize tasks, one result line each, in order"},
     {"serve", "[--host 127.0.0.1] [--port 8080] [--parallel N] [--queue N] [--api-key KEY]\n"
-              "           [--prefix-cache MB] [--body-timeout SEC]",
+              "           [--prefix-cache MB] [--body-timeout SEC] [--batch N]",
      "HTTP server: /v1/generate, score, embed, tokenize, chat/completions, /health, /metrics"
 #ifndef FLAMINGO_SERVE
      "\n           (not in this build: it needs cpp-httplib)"
@@ -110,6 +110,9 @@ const Option kOptions[] = {
     {"host", "ADDR", "serve", nullptr},
     {"port", "N", "serve", nullptr},
     {"queue", "N", "serve", nullptr},
+    {"batch", "N", "serve",
+     "decode the workers' greedy and sampling requests together, up to N\n"
+     "                      sequences per step, reading the weights once for all (default 0: off)"},
     {"api-key", "KEY", "serve", nullptr},
     {"body-timeout", "SEC", "serve", "seconds a request's body may take to arrive (default 30); past them 408"},
     {"resume", nullptr, "batch", nullptr},
@@ -296,6 +299,7 @@ int run(int argc, char** argv) {
     [[maybe_unused]] const int port = int(integer(a, "port", 8080, 0, 65535));
     [[maybe_unused]] const std::size_t queue = std::size_t(integer(a, "queue", 8, 0, 1024));
     [[maybe_unused]] const int body_timeout = int(integer(a, "body-timeout", 30, 1, 3600));
+    [[maybe_unused]] const std::size_t batch = std::size_t(integer(a, "batch", 0, 0, 256));
     const std::size_t prefix_cache_mb = std::size_t(integer(a, "prefix-cache", 256, 0, 1 << 20));
     if (const std::string* k = a.get("api-key"); k && k->empty()) fail("--api-key is empty");
 #ifndef FLAMINGO_SERVE
@@ -353,7 +357,7 @@ int run(int argc, char** argv) {
         flamingo::serve::Options so;
         if (const std::string* h = a.get("host")) so.host = *h;
         if (const std::string* k = a.get("api-key")) so.api_key = *k;
-        so.port = port, so.parallel = parallel, so.threads = threads, so.queue = queue;
+        so.port = port, so.parallel = parallel, so.threads = threads, so.queue = queue, so.batch = batch;
         so.prefix_cache_mb = prefix_cache_mb, so.body_timeout = body_timeout;
         return flamingo::serve::run(model, so);
     }

@@ -1,7 +1,8 @@
 // `flamingo serve`: HTTP/1.1 on cpp-httplib, JSON bodies, the tasks of
 // `flamingo batch` (shared through batch.hpp) plus OpenAI's chat completions.
 // Requests wait in a bounded queue for one of --parallel workers; each worker
-// holds a conversation (and so a context) of its own over the one model.
+// holds a conversation (and so a context) of its own over the one model. With
+// --batch the workers' decoding steps run together in one shared loop.
 #include "serve.hpp"
 
 #include <netdb.h>
@@ -125,9 +126,11 @@ struct Exchange {
 };
 
 struct Worker {
-    Worker(const std::shared_ptr<const Model>& model, const ContextOptions& o, std::shared_ptr<PrefixCache> cache)
+    Worker(const std::shared_ptr<const Model>& model, const ContextOptions& o, std::shared_ptr<PrefixCache> cache,
+           std::shared_ptr<generate::Batcher> batcher)
         : conv(model, o) {
         conv.context().set_prefix_cache(std::move(cache));
+        conv.context().set_batcher(std::move(batcher));
     }
     Conversation conv;  // its context serves the other tasks too
 };
@@ -156,7 +159,8 @@ public:
         std::lock_guard lock(mu_);
         ++cancelled_;
     }
-    std::string text(std::size_t queued, std::size_t busy, const PrefixCache* cache) const {
+    std::string text(std::size_t queued, std::size_t busy, const PrefixCache* cache,
+                     const generate::Batcher* batcher) const {
         std::lock_guard lock(mu_);
         std::ostringstream os;
         os << "# HELP flamingo_requests_total HTTP requests by endpoint and status.\n"
@@ -190,6 +194,22 @@ public:
             metric("budget_bytes", "gauge", "Bytes the cache may hold (--prefix-cache).", c.budget);
             metric("entries", "gauge", "Prefixes and media the cache holds.", c.prefixes + c.media);
         }
+        if (batcher) {
+            const auto b = batcher->stats();
+            os << "# HELP flamingo_batch_sequences Requests in the shared decoding loop now.\n"
+               << "# TYPE flamingo_batch_sequences gauge\nflamingo_batch_sequences " << b.active << "\n"
+               << "# HELP flamingo_batch_waiting Requests waiting for room in the decoding loop.\n"
+               << "# TYPE flamingo_batch_waiting gauge\nflamingo_batch_waiting " << b.waiting << "\n"
+               << "# HELP flamingo_batch_size Sequences per decoding step.\n"
+               << "# TYPE flamingo_batch_size histogram\n";
+            std::uint64_t below = 0;
+            for (std::size_t le = 1, n = 1; n < b.sizes.size(); le *= 2) {
+                for (; n <= le && n < b.sizes.size(); ++n) below += b.sizes[n];
+                os << "flamingo_batch_size_bucket{le=\"" << le << "\"} " << below << "\n";
+            }
+            os << "flamingo_batch_size_bucket{le=\"+Inf\"} " << b.steps << "\nflamingo_batch_size_sum " << b.rows
+               << "\nflamingo_batch_size_count " << b.steps << "\n";
+        }
         os << "# HELP flamingo_request_duration_seconds Time from the request's headers to its answer's end.\n"
            << "# TYPE flamingo_request_duration_seconds histogram\n";
         for (const auto& [e, h] : latency_) {
@@ -219,10 +239,13 @@ private:
 class Pool {
 public:
     Pool(const std::shared_ptr<const Model>& model, const Options& o)
-        : capacity_(o.queue), cache_(o.prefix_cache_mb ? std::make_shared<PrefixCache>(o.prefix_cache_mb << 20) : nullptr) {
+        : capacity_(o.queue), cache_(o.prefix_cache_mb ? std::make_shared<PrefixCache>(o.prefix_cache_mb << 20) : nullptr),
+          batcher_(o.batch ? std::make_shared<generate::Batcher>(model->network(), o.batch,
+                                                                 std::make_shared<Executor>(std::max(1, o.threads)))
+                           : nullptr) {
         const int per = std::max(1, o.threads / int(o.parallel));
         for (std::size_t i = 0; i < o.parallel; ++i)
-            workers_.push_back(std::make_unique<Worker>(model, ContextOptions{per, nullptr}, cache_));
+            workers_.push_back(std::make_unique<Worker>(model, ContextOptions{per, nullptr}, cache_, batcher_));
         for (auto& w : workers_) threads_.emplace_back([this, wp = w.get()] { loop(*wp); });
     }
     ~Pool() { stop(); }
@@ -256,6 +279,7 @@ public:
         return queue_.size();
     }
     const PrefixCache* cache() const { return cache_.get(); }
+    const generate::Batcher* batcher() const { return batcher_.get(); }
     std::size_t busy() const {
         std::lock_guard lock(mu_);
         return busy_;
@@ -303,6 +327,7 @@ private:
 
     std::size_t capacity_;
     std::shared_ptr<PrefixCache> cache_;  // shared by the workers; null: none
+    std::shared_ptr<generate::Batcher> batcher_;  // the workers' decoding loop; null: each decodes alone
     std::vector<std::unique_ptr<Worker>> workers_;
     std::vector<std::thread> threads_;
     mutable std::mutex mu_;
@@ -427,7 +452,7 @@ public:
             res.set_content(dump({{"status", "ok"}, {"model", name_}}), "application/json");
         });
         http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-            res.set_content(metrics_.text(pool_.queued(), pool_.busy(), pool_.cache()), "text/plain; version=0.0.4");
+            res.set_content(metrics_.text(pool_.queued(), pool_.busy(), pool_.cache(), pool_.batcher()), "text/plain; version=0.0.4");
         });
         // Bodies are read by the handlers (a ContentReader) so that their arrival can be timed.
         for (const char* task : {"generate", "score", "embed", "tokenize"})
@@ -452,7 +477,9 @@ public:
         }
         http_.backlog(SOMAXCONN);
         std::cerr << "flamingo: serving " << name_ << " on http://" << o_.host << ":" << port << " (" << o_.parallel
-                  << " workers)\n" << std::flush;
+                  << " workers"
+                  << (o_.batch ? ", decoding batched up to " + std::to_string(o_.batch) + " at a time" : std::string())
+                  << ")\n" << std::flush;
         http_.listen_after_bind();
         pool_.stop();
         return 0;

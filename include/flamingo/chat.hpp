@@ -163,7 +163,7 @@ public:
         if (shared && opt.num_beams >= 1 && ids.size() + opt.max_new_tokens <= m.max_positions())
             if (const std::size_t n = shared->restore(s, ids, keys, opt.num_beams, ids.size() + opt.max_new_tokens, keep))
                 keep = n;
-        const auto r = generate::generate(s, ids, opt, keep);
+        const auto r = ctx_.generate_tokens(ids, opt, keep);
         if (shared) shared->store(s, ids, keys);
         cached_ = ids, cached_media_ = serials.size();
         // Greedy search and sampling leave every generated token but the last

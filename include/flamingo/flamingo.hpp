@@ -25,6 +25,7 @@
 
 #include "core/executor.hpp"
 #include "core/tensor.hpp"
+#include "generate/batcher.hpp"
 #include "generate/generate.hpp"
 #include "generate/prefix_cache.hpp"
 #include "io/image.hpp"
@@ -174,6 +175,22 @@ public:
         keys_version_ = 0;  // the media's keys are computed when media are next given
     }
     const std::shared_ptr<PrefixCache>& prefix_cache() const { return cache_; }
+    // A decoding loop shared with other contexts of the model (see
+    // generate/batcher.hpp): greedy search and sampling of generate() and of
+    // a conversation's replies step there, together with the other contexts'
+    // requests; null: alone. Set it between calls, never during one.
+    void set_batcher(std::shared_ptr<generate::Batcher> batcher) {
+        check(!batcher || &batcher->model() == &model_->network(), "the batcher runs another model");
+        batcher_ = std::move(batcher);
+    }
+    const std::shared_ptr<generate::Batcher>& batcher() const { return batcher_; }
+    // generate::generate() on this context's session (its cache already holds
+    // the prompt's first `cached` positions), through the batcher if one is set.
+    generate::GenerateResult generate_tokens(std::span<const std::int32_t> ids, const generate::GenerateOptions& opt,
+                                             std::size_t cached = 0) {
+        Executor::Scope use(*executor_);
+        return batcher_ ? batcher_->generate(session_, ids, opt, cached) : generate::generate(session_, ids, opt, cached);
+    }
     const generate::Session::Stats& stats() const { return session_.stats(); }
 
     // Media for the prompts that follow, encoded once: files (see Model::load_media) or pixels.
@@ -265,7 +282,7 @@ public:
         const bool caching = caches_prompts();
         if (caching && opt.num_beams >= 1 && ids.size() + opt.max_new_tokens <= model_->max_positions())
             cached = cache_->restore(session_, ids, media_keys_, opt.num_beams, ids.size() + opt.max_new_tokens);
-        const auto r = generate::generate(session_, ids, opt, cached);
+        const auto r = generate_tokens(ids, opt, cached);
         if (caching) cache_->store(session_, ids, media_keys_);
         Generation g;
         g.tokens = r.tokens;
@@ -350,6 +367,7 @@ private:
     generate::Session session_;
     std::shared_ptr<Executor> executor_;
     std::shared_ptr<PrefixCache> cache_;
+    std::shared_ptr<generate::Batcher> batcher_;
     std::vector<generate::Digest> media_keys_;  // of the session's media, when keys_version_ is its media_version()
     std::uint64_t keys_version_ = 0;
 };

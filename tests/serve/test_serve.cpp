@@ -952,5 +952,120 @@ TEST_CASE("32 clients at once: every answer is the single request's, and the res
     const std::string served = R"(flamingo_requests_total{endpoint="/v1/generate",status="200"})";
     CHECK(metric_reaching(s, served, kClients * (kRounds + 1)) == kClients * (kRounds + 1));
     CHECK(metric_reaching(s, "flamingo_requests_cancelled_total", 0) == 0);
+
+TEST_CASE("with --batch, concurrent requests decoded together give their single answers") {
+    // One thread, as the references: decoding attention splits its arithmetic by thread count.
+    Server s({"--parallel", "4", "--batch", "4", "--threads", "1"});
+    auto connect = [&s] {
+        httplib::Client c("127.0.0.1", s.port);
+        c.set_read_timeout(120, 0);
+        c.set_write_timeout(60, 0);
+        return c;
+    };
+    const json e = expected_generate();
+    json stream = generate_body();
+    stream["stream"] = true;
+    json sampled = generate_body();
+    sampled["temperature"] = 0.9, sampled["top_p"] = 0.9, sampled["seed"] = 5;
+    const json sampled_want = json::parse(command(
+        {"generate", "--model", kModel.string(), "--prompt", kPrompt, "--image", image("two_red_circles.png").string(),
+         "--image", image("one_striped_blue_star.png").string(), "--image", image("three_green_triangles.png").string(),
+         "--temperature", "0.9", "--top-p", "0.9", "--seed", "5", "--json", "--threads", "1"}));
+    const json short_prompt = {{"prompt", "<image>A photo of"}, {"images", {b64_image("yellow_diamond.png")}},
+                               {"max_new_tokens", 3}};
+    const json short_want = json::parse(command({"generate", "--model", kModel.string(), "--prompt",
+                                                 "<image>A photo of", "--image", image("yellow_diamond.png").string(),
+                                                 "--max-new-tokens", "3", "--json", "--threads", "1"}));
+    const json chat = {{"max_tokens", 5},
+                       {"messages", {{{"role", "user"},
+                                      {"content", {{{"type", "image_url"},
+                                                    {"image_url", {{"url", "data:image/png;base64," +
+                                                                                   b64_image("two_red_circles.png")}}}},
+                                                   {{"type", "text"}, {"text", "What is in the picture?"}}}}}}}};
+    // the chat reference: the same request alone on a server without --batch
+    json chat_want;
+    {
+        Server plain({"--parallel", "1", "--threads", "1"});
+        httplib::Client c("127.0.0.1", plain.port);
+        c.set_read_timeout(120, 0);
+        auto r = c.Post("/v1/chat/completions", chat.dump(), "application/json");
+        REQUIRE(r);
+        REQUIRE(r->status == 200);
+        chat_want = json::parse(r->body);
+    }
+
+    const std::vector<std::pair<std::string, json>> sends = {
+        {"/v1/generate", generate_body()}, {"/v1/generate", stream},       {"/v1/generate", sampled},
+        {"/v1/generate", short_prompt},    {"/v1/chat/completions", chat}, {"/v1/generate", generate_body()},
+        {"/v1/generate", sampled},         {"/v1/generate", stream}};
+    std::vector<Reply> replies(sends.size());
+    for (int round = 0; round < 2; ++round) {  // twice: the second round finds the loop warm
+        std::vector<std::thread> threads;
+        for (std::size_t i = 0; i < sends.size(); ++i)
+            threads.emplace_back([&, i] {
+                auto c = connect();
+                if (auto r = c.Post(sends[i].first.c_str(), sends[i].second.dump(), "application/json"))
+                    replies[i] = {r->status, r->body, json::parse(r->body, nullptr, false)};
+            });
+        for (auto& t : threads) t.join();
+        for (std::size_t i = 0; i < sends.size(); ++i) {
+            CAPTURE(i);
+            INFO(replies[i].body);
+            REQUIRE(replies[i].status == 200);
+            const json& body = sends[i].second;
+            if (sends[i].first == "/v1/chat/completions") {
+                CHECK(replies[i].j["choices"] == chat_want["choices"]);
+                CHECK(replies[i].j["usage"] == chat_want["usage"]);
+            } else if (body.contains("stream")) {
+                std::string text;
+                json result;
+                for (const auto& [name, data] : events(replies[i].body)) {
+                    if (name == "result") result = json::parse(data);
+                    else text += json::parse(data)["text"].get<std::string>();
+                }
+                CHECK(text == e["text"].get<std::string>());
+                CHECK(result["tokens"] == e["tokens"]);
+            } else if (body.contains("seed")) {
+                CHECK(replies[i].j["tokens"] == sampled_want["tokens"]);
+            } else if (body.contains("max_new_tokens")) {
+                CHECK(replies[i].j["tokens"] == short_want["tokens"]);
+                CHECK(replies[i].j["stopped"] == false);
+            } else {
+                CHECK(replies[i].j["tokens"] == e["tokens"]);
+            }
+        }
+    }
+
+    // A streaming client that goes away after its first piece: the server carries on.
+    {
+        auto c = connect();
+        std::size_t got = 0;
+        httplib::Request req;
+        req.method = "POST", req.path = "/v1/generate", req.body = stream.dump();
+        req.set_header("Content-Type", "application/json");
+        req.content_receiver = [&](const char*, std::size_t n, std::uint64_t, std::uint64_t) {
+            return (got += n) == 0;  // closes the connection at the first bytes
+        };
+        c.send(req);
+        CHECK(got > 0);
+    }
+    auto c = connect();
+    auto r = c.Post("/v1/generate", generate_body().dump(), "application/json");
+    REQUIRE(r);
+    CHECK(json::parse(r->body)["tokens"] == e["tokens"]);
+    std::string m;
+    for (int i = 0; i < 400; ++i) {  // the loop empties once every answer is written (bounded wait)
+        m = c.Get("/metrics")->body;
+        if (metric(m, "flamingo_batch_sequences") == 0 && metric(m, "flamingo_workers_busy") == 0) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    INFO(m);
+    CHECK(metric(m, "flamingo_batch_sequences") == 0);
+    CHECK(metric(m, "flamingo_batch_waiting") == 0);
+    const int steps = metric(m, "flamingo_batch_size_count");
+    CHECK(steps > 0);
+    CHECK(metric(m, R"(flamingo_batch_size_bucket{le="+Inf"})") == steps);
+    CHECK(metric(m, R"(flamingo_batch_size_bucket{le="4"})") == steps);  // never more than --batch
+    CHECK(metric(m, "flamingo_batch_size_sum") >= steps);
     CHECK(s.stop() == 0);
 }

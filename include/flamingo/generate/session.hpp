@@ -103,6 +103,8 @@ public:
     void clear_media() { set_visual(Tensor<float, dextents<2>>(std::size_t(0), model_.vision_width()), 0); }
     // The visual tokens [n_media * num_latents, width] of the current media.
     const Tensor<float, dextents<2>>& visual() const { return visual_; }
+    // Their keys/values for cross-attention (e.g. for a batch of several sessions' rows).
+    const model::MediaKV& media_kv() const { return media_; }
     // Changes whenever the media do: whoever keeps facts about them (a prefix
     // cache's keys) can tell whether they still hold.
     std::uint64_t media_version() const { return media_version_; }
