@@ -952,6 +952,7 @@ TEST_CASE("32 clients at once: every answer is the single request's, and the res
     const std::string served = R"(flamingo_requests_total{endpoint="/v1/generate",status="200"})";
     CHECK(metric_reaching(s, served, kClients * (kRounds + 1)) == kClients * (kRounds + 1));
     CHECK(metric_reaching(s, "flamingo_requests_cancelled_total", 0) == 0);
+}
 
 TEST_CASE("with --batch, concurrent requests decoded together give their single answers") {
     // One thread, as the references: decoding attention splits its arithmetic by thread count.
