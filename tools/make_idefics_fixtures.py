@@ -82,7 +82,7 @@ def tokenizer(tokens):
     return tok, base
 
 
-def randomize(model, seed, out_std):
+def randomize(model, seed, out_std, non_ascii):
     """linear ~ N(0, 1/fan_in), norms 1 + N(0, 0.1), biases N(0, 0.1), alphas
     +-U(0.5, 1) (scalars or per channel), embeddings N(0, 1), output rows
     N(0, out_std^2) (those of <fake_token_around_image> and <image> smaller,
@@ -108,6 +108,7 @@ def randomize(model, seed, out_std):
                 val = normal(p.shape, 0.5)
             elif name == "lm_head.weight":
                 val = normal(p.shape, out_std)
+                val[non_ascii] *= 0.2  # bytes >= 0x80: replies stay ASCII, so a chat can read them back
             elif name == "lm_head.additional_fc.weight":
                 val = normal(p.shape, out_std)
                 val[:2] *= 0.2  # fake, image
@@ -138,7 +139,8 @@ def run_case(name, spec, seed):
     config = dict(spec["config"], vocab_size=base, additional_vocab_size=len(spec["tokens"]))
     stop = vocab[spec["stop"]]
     model = ir.Idefics(config, vocab[ir.IMAGE], stop).double().eval().requires_grad_(False)
-    randomize(model, seed, 2.5 * config["hidden_size"] ** -0.5)
+    non_ascii = [vocab[f"<0x{b:02X}>"] for b in range(0x80, 0x100)]
+    randomize(model, seed, 2.5 * config["hidden_size"] ** -0.5, non_ascii)
 
     prompt = ir.prompt_text(spec["prompt"])
     ids = tt.encode(tok, prompt, add_special_tokens=False)
@@ -228,6 +230,29 @@ def run_case(name, spec, seed):
     np.save(os.path.join(exp, "vision_tokens.npy"), vtok.numpy().astype(np.float32)[:, None])
     np.save(os.path.join(exp, "perceiver.npy"), media[0].numpy().astype(np.float32))
     np.save(os.path.join(exp, "logits.npy"), logits.numpy().astype(np.float32))
+    if "chat_template" not in config:  # teacher-forced logits with the C++ q8 / q4 weights
+        for fmt in ("q8", "q4"):
+            mq = ir.Idefics(config, vocab[ir.IMAGE], stop).double().eval()
+            mq.load_state_dict(model.state_dict())
+            ir.quantize_weights(mq, fmt)
+            with torch.no_grad():
+                lq = mq.forward_media(mq.encode_vision_x(vision_x), torch.tensor([ids]))[0]
+            np.save(os.path.join(exp, f"logits_{fmt}.npy"), lq.numpy().astype(np.float32))
+    if "chat_template" in config:  # `flamingo chat --weights q4` on this model, turn by turn
+        mq = ir.Idefics(config, vocab[ir.IMAGE], stop).double().eval()
+        mq.load_state_dict(model.state_dict())
+        ir.quantize_weights(mq, CHATS[0]["weights"])
+        img = {p: k for k, p in enumerate(f"images/media{k}_frame0.png" for k in range(n))}
+        order = [img[t["image"]] for t in CHATS[0]["turns"] if "image" in t]
+        px = torch.from_numpy(pixels32.astype(np.float64))[order]
+        for chat in CHATS:
+            answers, gap = chat_replies(mq, tok, config["chat_template"], px, chat, {stop, 2})
+            if gap > 0.02:
+                break
+        assert gap > 0.02, f"{name}: every q4 chat meets a near-tie"
+        with open(os.path.join(exp, "chat.json"), "w") as f:
+            json.dump({**chat, "answers": answers, "min_top2_logit_gap": round(gap, 4)}, f, indent=1)
+            f.write("\n")
     with open(os.path.join(exp, "prompt.json"), "w") as f:
         json.dump({"text": spec["prompt"], "processor_text": prompt, "input_ids": ids, "num_media": n, "frames": 1,
                    "images": [f"images/media{k}_frame0.png" for k in range(n)], "weights_dtype": "f32",
@@ -245,6 +270,57 @@ def run_case(name, spec, seed):
     beam_differs = any(b["tokens"] != result["greedy"][0]["tokens"] for b in result["beam"])
     print(f"{name}: T={len(ids)} media={n} V={base}+{len(spec['tokens'])} stop-shift={chosen} "
           f"greedy={result['greedy'][0]['tokens']} beam-differs={beam_differs}")
+
+
+# The first of these conversations whose greedy steps have no near-tie (the
+# decisions must not hinge on float32 against float64 rounding).
+CHATS = [{"turns": [{"image": "images/media0_frame0.png", "text": q1}, {"text": q2}],
+          "weights": "q4", "max_new_tokens": 6}
+         for q1 in ("what is the dog doing?", "how many cats are there?", "Output:")
+         for q2 in ("and the cat?", "Question: what is on the mat?", "two dogs?")]
+
+
+def chat_replies(model, tok, template, pixels, chat, stops):
+    """What `flamingo chat --weights q4` answers, turn by turn: the
+    conversation rendered with the template (a message's images as <image>
+    before its text), the processor's ids, greedy search to a stop token, the
+    reply decoded, leading whitespace dropped, kept as the assistant's
+    message. Like the C++ conversation, a turn reads only the tokens past
+    those its cache holds (the previous prompt and the reply but its last
+    token), in one batch, and each generated token alone: those single rows
+    are the ones whose activations the quantised GEMV rounds (GemvRounding).
+    Returns the replies and the smallest top-2 logit gap met."""
+    convo, answers, n_images, gap = "", [], 0, float("inf")
+    cached, gemv = [], set()
+    for turn in chat["turns"]:
+        n_images += 1 if "image" in turn else 0
+        convo += template["user"].replace("{content}", ("<image>" if "image" in turn else "") + turn["text"])
+        ids = tt.encode(tok, ir.prompt_text(convo + template["generation_prompt"]), add_special_tokens=False)
+        keep = 0
+        while keep < min(len(ids), len(cached)) and ids[keep] == cached[keep]:
+            keep += 1
+        keep = min(keep, len(ids) - 1)
+        gemv = {p for p in gemv if p < keep}
+        if len(ids) - keep == 1:
+            gemv.add(keep)
+        media = model.encode_vision_x(pixels[:n_images].reshape(1, n_images, 1, *pixels.shape[1:]))
+        seqs, P = torch.tensor([ids]), len(ids)
+        for _ in range(chat["max_new_tokens"]):
+            with ir.GemvRounding(model, gemv):
+                logits = fr._next_logits(model, media, seqs, P)[0]
+            top = torch.topk(logits, 2).values
+            gap = min(gap, float(top[0] - top[1]))
+            t = int(torch.argmax(logits))
+            gemv.add(seqs.shape[1])  # fed alone at the next step
+            seqs = torch.cat([seqs, torch.tensor([[t]])], dim=1)
+            if t in stops:
+                break
+        new = seqs[0, P:].tolist()
+        cached = ids + new[:-1]
+        text = tt.decode(tok, new[:-1] if new and new[-1] in stops else new).lstrip(" \t\n")
+        answers.append(text.replace("\n", " ").replace("\r", " "))
+        convo += template["assistant"].replace("{content}", text)
+    return answers, gap
 
 
 def check_fixtures(names):
@@ -284,6 +360,28 @@ def check_fixtures(names):
                                           b["early_stopping"], b["no_repeat_ngram_size"], media=media)
             if out != b["tokens"] or abs(score - b["score"]) > 1e-6 * max(1.0, abs(score)):
                 problems.append(f"beam {b['length_penalty']}")
+        for fmt in ("q8", "q4"):
+            f = os.path.join(exp, f"logits_{fmt}.npy")
+            if os.path.exists(f):
+                mq = ir.load_model_dir(d, torch.float64, eos_token=prompt["stop_token"])
+                ir.quantize_weights(mq, fmt)
+                with torch.no_grad():
+                    lq = mq.forward_media(mq.encode_vision_x(torch.from_numpy(pixels.astype(np.float64))[None]),
+                                          torch.tensor([ids]))[0]
+                want = np.load(f)
+                if np.abs(lq.numpy() - want).max() > 1e-5 * max(1.0, np.abs(want).max()):
+                    problems.append(f"logits_{fmt}")
+        f = os.path.join(exp, "chat.json")
+        if os.path.exists(f):
+            chat = json.load(open(f))
+            mq = ir.load_model_dir(d, torch.float64, eos_token=prompt["stop_token"])
+            ir.quantize_weights(mq, chat["weights"])
+            order = [prompt["images"].index(t["image"]) for t in chat["turns"] if "image" in t]
+            px = torch.from_numpy(pixels.astype(np.float64)).reshape(-1, 3, S, S)[order]
+            answers, _ = chat_replies(mq, tok, mq.config["chat_template"], px, chat,
+                                      {tok["model"]["vocab"][prompt["stop_token"]], 2})
+            if answers != chat["answers"]:
+                problems.append("chat")
         print(f"{name}: {'ok' if not problems else 'MISMATCH ' + ', '.join(problems)}")
         bad += len(problems)
     return bad
@@ -296,8 +394,8 @@ def main(argv):
     if check:
         return 1 if check_fixtures(names) else 0
     specs = case_specs()
-    for seed, name in enumerate(names):
-        run_case(name, specs[name], 100 + seed)
+    for name in names:
+        run_case(name, specs[name], 100 + list(specs).index(name))
     return 0
 
 
