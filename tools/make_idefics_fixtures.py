@@ -183,6 +183,9 @@ def run_case(name, spec, seed):
         with torch.no_grad():
             W[row] = base_row
 
+    if "chat_template" in config:  # and on <end_of_utterance> in the q4 chat (chat.json)
+        shift_for_chat(model, config, tok, stop, torch.from_numpy(pixels32.astype(np.float64)), W, row)
+
     with torch.no_grad():
         vtok = model.vision_tokens(vision_x.reshape(n, 3, S, S))
         media = model.model.perceiver_resampler(vtok)[None]
@@ -230,6 +233,11 @@ def run_case(name, spec, seed):
     np.save(os.path.join(exp, "vision_tokens.npy"), vtok.numpy().astype(np.float32)[:, None])
     np.save(os.path.join(exp, "perceiver.npy"), media[0].numpy().astype(np.float32))
     np.save(os.path.join(exp, "logits.npy"), logits.numpy().astype(np.float32))
+    if "chat_template" not in config:  # a 40 x 21 image: resized to S x S whole (no crop)
+        rng = np.random.RandomState(seed + 1000)
+        odd = Image.fromarray(np.clip(rng.normal(128, 60, (21, 40, 3)), 0, 255).astype(np.uint8), "RGB")
+        odd.save(os.path.join(exp, "images", "nonsquare.png"))
+        np.save(os.path.join(exp, "nonsquare_pixels.npy"), ir.preprocess(odd, S, mean, std).astype(np.float32))
     if "chat_template" not in config:  # teacher-forced logits with the C++ q8 / q4 weights
         for fmt in ("q8", "q4"):
             mq = ir.Idefics(config, vocab[ir.IMAGE], stop).double().eval()
@@ -239,19 +247,18 @@ def run_case(name, spec, seed):
                 lq = mq.forward_media(mq.encode_vision_x(vision_x), torch.tensor([ids]))[0]
             np.save(os.path.join(exp, f"logits_{fmt}.npy"), lq.numpy().astype(np.float32))
     if "chat_template" in config:  # `flamingo chat --weights q4` on this model, turn by turn
-        mq = ir.Idefics(config, vocab[ir.IMAGE], stop).double().eval()
-        mq.load_state_dict(model.state_dict())
-        ir.quantize_weights(mq, CHATS[0]["weights"])
+        mq = q4_copy(model, config, vocab[ir.IMAGE], stop)
         img = {p: k for k, p in enumerate(f"images/media{k}_frame0.png" for k in range(n))}
         order = [img[t["image"]] for t in CHATS[0]["turns"] if "image" in t]
         px = torch.from_numpy(pixels32.astype(np.float64))[order]
         for chat in CHATS:
-            answers, gap = chat_replies(mq, tok, config["chat_template"], px, chat, {stop, 2})
-            if gap > 0.02:
+            answers, stopped, gap = chat_replies(mq, tok, config["chat_template"], px, chat, {stop, 2})
+            if gap > 0.02 and ir.EOU in stopped:
                 break
-        assert gap > 0.02, f"{name}: every q4 chat meets a near-tie"
+        assert gap > 0.02 and ir.EOU in stopped, f"{name}: every q4 chat meets a near-tie or never stops"
         with open(os.path.join(exp, "chat.json"), "w") as f:
-            json.dump({**chat, "answers": answers, "min_top2_logit_gap": round(gap, 4)}, f, indent=1)
+            json.dump({**chat, "answers": answers, "stopped": stopped, "min_top2_logit_gap": round(gap, 4)}, f,
+                      indent=1)
             f.write("\n")
     with open(os.path.join(exp, "prompt.json"), "w") as f:
         json.dump({"text": spec["prompt"], "processor_text": prompt, "input_ids": ids, "num_media": n, "frames": 1,
@@ -273,11 +280,13 @@ def run_case(name, spec, seed):
 
 
 # The first of these conversations whose greedy steps have no near-tie (the
-# decisions must not hinge on float32 against float64 rounding).
+# decisions must not hinge on float32 against float64 rounding) and with a
+# reply that ends on the template's stop token.
 CHATS = [{"turns": [{"image": "images/media0_frame0.png", "text": q1}, {"text": q2}],
-          "weights": "q4", "max_new_tokens": 6}
-         for q1 in ("what is the dog doing?", "how many cats are there?", "Output:")
-         for q2 in ("and the cat?", "Question: what is on the mat?", "two dogs?")]
+          "weights": "q4", "max_new_tokens": 16}
+         for q1 in ("what is the dog doing?", "how many cats are there?", "Output:", "An image of", "the dog",
+                    "Question: what is the dog doing? Short answer:")
+         for q2 in ("and the cat?", "Question: what is on the mat?", "two dogs?", "Output:", "the cat sat")]
 
 
 def chat_replies(model, tok, template, pixels, chat, stops):
@@ -289,8 +298,9 @@ def chat_replies(model, tok, template, pixels, chat, stops):
     those its cache holds (the previous prompt and the reply but its last
     token), in one batch, and each generated token alone: those single rows
     are the ones whose activations the quantised GEMV rounds (GemvRounding).
-    Returns the replies and the smallest top-2 logit gap met."""
-    convo, answers, n_images, gap = "", [], 0, float("inf")
+    Returns the replies, the stop token each ended on (None: none), and the smallest
+    top-2 logit gap met."""
+    convo, answers, stopped, n_images, gap = "", [], [], 0, float("inf")
     cached, gemv = [], set()
     for turn in chat["turns"]:
         n_images += 1 if "image" in turn else 0
@@ -316,11 +326,43 @@ def chat_replies(model, tok, template, pixels, chat, stops):
             if t in stops:
                 break
         new = seqs[0, P:].tolist()
+        stopped.append(next(a["content"] for a in tok["added_tokens"] if a["id"] == new[-1])
+                       if new and new[-1] in stops else None)  # the stop token a reply ended on
         cached = ids + new[:-1]
         text = tt.decode(tok, new[:-1] if new and new[-1] in stops else new).lstrip(" \t\n")
         answers.append(text.replace("\n", " ").replace("\r", " "))
         convo += template["assistant"].replace("{content}", text)
-    return answers, gap
+    return answers, stopped, gap
+
+
+def q4_copy(model, config, image_id, stop):
+    mq = ir.Idefics(config, image_id, stop).double().eval()
+    mq.load_state_dict(model.state_dict())
+    ir.quantize_weights(mq, CHATS[0]["weights"])
+    return mq
+
+
+def shift_for_chat(model, config, tok, stop, pixels, W, row):
+    """Push the stop token's output row further, along the final hidden
+    states of the first chat's first reply, until a chat ends a reply on it."""
+    image_id = tok["model"]["vocab"][ir.IMAGE]
+    base = W[row].detach().clone()
+    got = []
+    mq = q4_copy(model, config, image_id, stop)
+    h = mq.model.norm.register_forward_hook(lambda mod, inp, out: got.append(out[0, -1]))
+    chat_replies(mq, tok, config["chat_template"], pixels[:1], dict(CHATS[0], turns=CHATS[0]["turns"][:1]), {stop, 2})
+    h.remove()
+    d = torch.stack(got).mean(0)
+    d = d / d.norm() * base.norm()
+    for alpha in [0.25 * k for k in range(0, 13)]:
+        with torch.no_grad():
+            W[row] = (base + alpha * d).float().double()
+        mq = q4_copy(model, config, image_id, stop)
+        for chat in CHATS:
+            _, stopped, gap = chat_replies(mq, tok, config["chat_template"], pixels[:1], chat, {stop, 2})
+            if gap > 0.02 and ir.EOU in stopped:
+                return
+    raise AssertionError("no shift makes a chat stop on <end_of_utterance>")
 
 
 def check_fixtures(names):
@@ -371,6 +413,12 @@ def check_fixtures(names):
                 want = np.load(f)
                 if np.abs(lq.numpy() - want).max() > 1e-5 * max(1.0, np.abs(want).max()):
                     problems.append(f"logits_{fmt}")
+        f = os.path.join(exp, "nonsquare_pixels.npy")
+        if os.path.exists(f):
+            mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+            got = ir.preprocess(Image.open(os.path.join(exp, "images", "nonsquare.png")), S, mean, std)
+            if np.abs(got.astype(np.float32) - np.load(f)).max() > 0:
+                problems.append("nonsquare_pixels")
         f = os.path.join(exp, "chat.json")
         if os.path.exists(f):
             chat = json.load(open(f))
@@ -378,7 +426,7 @@ def check_fixtures(names):
             ir.quantize_weights(mq, chat["weights"])
             order = [prompt["images"].index(t["image"]) for t in chat["turns"] if "image" in t]
             px = torch.from_numpy(pixels.astype(np.float64)).reshape(-1, 3, S, S)[order]
-            answers, _ = chat_replies(mq, tok, mq.config["chat_template"], px, chat,
+            answers, _, _ = chat_replies(mq, tok, mq.config["chat_template"], px, chat,
                                       {tok["model"]["vocab"][prompt["stop_token"]], 2})
             if answers != chat["answers"]:
                 problems.append("chat")
