@@ -108,6 +108,14 @@ TEST_CASE("IDEFICS: a prompt written with <image> tokenizes as the processor's, 
     }
 }
 
+TEST_CASE("IDEFICS: a non-square image is resized whole to image_size (no crop), as its image processor does") {
+    auto model = load("idefics");
+    const auto px = model->load_media({(fixture::dir("idefics") / "expected" / "images" / "nonsquare.png").string()});
+    CHECK(px.extent(3) == 28);
+    CHECK(px.extent(4) == 28);
+    fixture::expect_close(px.data(), fixture::floats("idefics", "nonsquare_pixels.npy"), 1e-6, 1e-6, "pixels");
+}
+
 TEST_CASE("IDEFICS: the processor's prompt text") {
     using model::idefics::prompt_text;
     const std::string F = "<fake_token_around_image>", I = "<image>";
@@ -180,8 +188,8 @@ TEST_CASE("IDEFICS: the released configs (9B, 80B, base and instruct) load as sh
     const auto dir = fixture::dir("idefics_released");
     const std::pair<const char*, double> sizes[] = {
         {"idefics-9b", 9e9}, {"idefics-9b-instruct", 9e9}, {"idefics-80b", 80e9}, {"idefics-80b-instruct", 80e9}};
-    for (auto [n, size] : sizes) {
-        const std::string name = n;
+    for (auto [label, size] : sizes) {
+        const std::string name = label;
         CAPTURE(name);
         const auto cfg = model::load_config(dir / (name + ".json"));
         CHECK(cfg.arch == model::Arch::Idefics);
