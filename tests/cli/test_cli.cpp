@@ -319,6 +319,18 @@ TEST_CASE("chat with an IDEFICS instruct model as released, q4 weights: its temp
     INFO("stderr: " << r.err);
     CHECK(r.status == 0);
     CHECK(lines_of(r.out) == chat["answers"].get<std::vector<std::string>>());
+
+    // `flamingo quantize` writes the same q4 weights into a directory of its own, which answers alike
+    const fs::path q4 = scratch() / "idefics_q4";
+    fs::remove_all(q4);
+    auto qr = run({"quantize", "--model", dir.string(), "--weights", chat["weights"], "--out", q4.string()});
+    INFO("quantize stderr: " << qr.err);
+    REQUIRE(qr.status == 0);
+    auto r2 = run({"chat", "--model", q4.string(), "--threads", "1", "--max-new-tokens",
+                   std::to_string(chat["max_new_tokens"].get<int>()), "--image", image},
+                  &input);
+    INFO("stderr: " << r2.err);
+    CHECK(lines_of(r2.out) == chat["answers"].get<std::vector<std::string>>());
 }
 
 TEST_CASE("batch: mixed good and bad lines in order, the single commands' answers, --parallel, --resume") {
