@@ -101,6 +101,9 @@ TEST_CASE("IDEFICS: a prompt written with <image> tokenizes as the processor's, 
         auto model = load(c);
         auto p = fixture::json(c, "prompt.json");
         CHECK(model->tokenize(p["text"].get<std::string>()) == prompt_of(c));
+        // the processor's own text (without its leading <s>, which the tokenizer adds) is taken as it is
+        const std::string processed = p["processor_text"].get<std::string>().substr(3);
+        CHECK(model->tokenize(processed) == prompt_of(c));
         std::vector<std::string> files;
         for (const auto& f : p["images"]) files.push_back((fixture::dir(c) / "expected" / f.get<std::string>()).string());
         auto px = model->load_media(files);
@@ -124,6 +127,7 @@ TEST_CASE("IDEFICS: the processor's prompt text") {
     CHECK(prompt_text("a<image> <image>") == "a" + F + I + F + I + F);
     CHECK(prompt_text("a<image>b<image>") == "a" + F + I + F + "b" + F + I + F);
     CHECK(prompt_text("User: no image") == "User: no image");
+    CHECK(prompt_text("a " + F + I + F + " b") == "a " + F + I + F + " b");
 }
 
 TEST_CASE("IDEFICS: q8 and q4 weights give the reference's logits for the same quantised weights") {

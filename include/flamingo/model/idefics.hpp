@@ -47,10 +47,12 @@ inline constexpr const char* kEndOfUtterance = "<end_of_utterance>";
 // or <image><fake_token_around_image> right after another image (the fake
 // token between two images is shared). The pieces of text between images are
 // the processor's text items: stripped of spaces at both ends, and an image
-// with only spaces between it and the previous one is consecutive to it.
+// with only spaces between it and the previous one is consecutive to it. A
+// text that already has the fake tokens is taken as the processor's output.
 inline std::string prompt_text(std::string_view text) {
     const std::string_view image = kImageToken;
     const std::string fake = kFakeToken;
+    if (text.find(fake) != std::string_view::npos) return std::string(text);
     std::string out;
     bool last_was_image = false;
     std::size_t pos = 0;
