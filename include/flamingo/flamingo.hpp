@@ -64,10 +64,14 @@ public:
     std::size_t embed_dim() const { return net_->embed_dim(); }
     std::size_t image_size() const { return net_->image_size(); }
 
-    // A prompt's token ids, as Hugging Face's tokenizer(text) gives them.
+    // A prompt's token ids, as Hugging Face's tokenizer(text) gives them; for
+    // IDEFICS, as its processor gives them for the text with an image at each
+    // <image> (model::idefics::prompt_text: the fake tokens around images).
     std::vector<std::int32_t> tokenize(std::string_view prompt) const {
         check(!prompt.empty(), "the prompt is empty");
-        std::vector<std::int32_t> ids = tokenizer_.encode(prompt);
+        std::vector<std::int32_t> ids = config().arch == model::Arch::Idefics
+                                            ? tokenizer_.encode(model::idefics::prompt_text(prompt))
+                                            : tokenizer_.encode(prompt);
         check(!ids.empty(), "the prompt encodes to no tokens");
         check(ids.size() <= max_positions(), ErrorKind::Limit, "the prompt has ", ids.size(),
               " tokens, more than the model's context of ", max_positions(), " positions");
@@ -105,6 +109,7 @@ private:
     Model(const std::filesystem::path& dir, const LoadOptions& opt)
         : dir_(dir), net_(model::load_flamingo(dir, opt.weights)), tokenizer_(Tokenizer::load(dir / "tokenizer.json")) {
         const auto& c = net_->config();
+        preprocess_.center_crop = !c.vision.hf_clip;
         preprocess_.image_size = c.vision.image_size;
         preprocess_.mean = c.vision.image_mean;
         preprocess_.std = c.vision.image_std;
@@ -114,8 +119,10 @@ private:
               " is outside the vocabulary of ", V, " tokens");
         check(c.eoc_token_id < V, ErrorKind::Config, cfg, ": eoc_token_id ", c.eoc_token_id,
               " is outside the vocabulary of ", V, " tokens");
-        check(tokenizer_.max_id() < V, ErrorKind::Shape, tok, ": token id ", tokenizer_.max_id(),
-              " is outside the model's vocabulary of ", V, " tokens (the token embedding has ", V, " rows)");
+        // (an IDEFICS tokenizer may know tokens the model has no row for; the decoder refuses them in a prompt)
+        check(c.arch == model::Arch::Idefics || tokenizer_.max_id() < V, ErrorKind::Shape, tok, ": token id ",
+              tokenizer_.max_id(), " is outside the model's vocabulary of ", V, " tokens (the token embedding has ", V,
+              " rows)");
     }
 
     std::vector<Image> frames_of(const std::string& file, std::size_t frames) const {

@@ -15,6 +15,7 @@
 
 #include <flamingo/io/npy.hpp>
 #include <nlohmann/json.hpp>
+#include <nlohmann/json.hpp>
 
 namespace fs = std::filesystem;
 
@@ -294,6 +295,42 @@ TEST_CASE("chat through a pipe: one answer per line; /image, /reset, /quit; a ba
     CHECK(lines_of(r2.out) == std::vector<std::string>{answers[0]});  // the image went to the second line
     CHECK(r2.err.find("<image> tokens but 1 image") != std::string::npos);
     expect_error(run({"chat", "--model", kBundled.string(), "--candidate", "x"}), "does not apply to chat");
+}
+
+TEST_CASE("chat with an IDEFICS instruct model as released, q4 weights: its template, stopping at <end_of_utterance>") {
+    // tests/data/model/idefics_instruct: a tiny random IDEFICS in the released
+    // layout with the instruct dialogue template in its config.json. The
+    // answers are the PyTorch reference's for the same q4 weights, the
+    // conversation rendered and processed as the command does
+    // (tools/make_idefics_fixtures.py, expected/chat.json).
+    const fs::path dir = fs::path(FLAMINGO_TEST_DATA) / "model" / "idefics_instruct";
+    std::ifstream in(dir / "expected" / "chat.json");
+    REQUIRE(in);
+    const auto chat = nlohmann::json::parse(in);
+    std::string input, image;
+    for (const auto& t : chat["turns"]) {
+        if (t.contains("image")) image = (dir / "expected" / t["image"].get<std::string>()).string();
+        input += t["text"].get<std::string>() + "\n";
+    }
+    REQUIRE(!image.empty());
+    auto r = run({"chat", "--model", dir.string(), "--weights", chat["weights"], "--threads", "1", "--max-new-tokens",
+                  std::to_string(chat["max_new_tokens"].get<int>()), "--image", image},
+                 &input);
+    INFO("stderr: " << r.err);
+    CHECK(r.status == 0);
+    CHECK(lines_of(r.out) == chat["answers"].get<std::vector<std::string>>());
+
+    // `flamingo quantize` writes the same q4 weights into a directory of its own, which answers alike
+    const fs::path q4 = scratch() / "idefics_q4";
+    fs::remove_all(q4);
+    auto qr = run({"quantize", "--model", dir.string(), "--weights", chat["weights"], "--out", q4.string()});
+    INFO("quantize stderr: " << qr.err);
+    REQUIRE(qr.status == 0);
+    auto r2 = run({"chat", "--model", q4.string(), "--threads", "1", "--max-new-tokens",
+                   std::to_string(chat["max_new_tokens"].get<int>()), "--image", image},
+                  &input);
+    INFO("stderr: " << r2.err);
+    CHECK(lines_of(r2.out) == chat["answers"].get<std::vector<std::string>>());
 }
 
 TEST_CASE("batch: mixed good and bad lines in order, the single commands' answers, --parallel, --resume") {

@@ -29,6 +29,9 @@ struct ClipPreprocess {
     int image_size = 224;
     std::array<float, 3> mean{0.48145466f, 0.4578275f, 0.40821073f};
     std::array<float, 3> std{0.26862954f, 0.26130258f, 0.27577711f};
+    // false: IDEFICS's image processor, a resize of the whole image to
+    // image_size x image_size (Pillow bicubic, the aspect ratio not kept) and no crop.
+    bool center_crop = true;
 };
 
 namespace detail {
@@ -247,6 +250,20 @@ inline std::array<int, 2> clip_resize_size(int width, int height, int size) {
     return w_short ? std::array<int, 2>{size, new_long} : std::array<int, 2>{new_long, size};
 }
 
+// CHW floats [3, S, S] of an S x S image: float32 arithmetic in torch's order,
+// x / 255, then (x - mean) / std.
+inline std::vector<float> normalize_rgb(const Image& im, const ClipPreprocess& cfg) {
+    const std::size_t plane = static_cast<std::size_t>(im.width) * im.height;
+    std::vector<float> out(3 * plane);
+    for (int c = 0; c < 3; ++c) {
+        std::array<float, 256> lut;
+        for (int v = 0; v < 256; ++v) lut[v] = (static_cast<float>(v) / 255.0f - cfg.mean[c]) / cfg.std[c];
+        float* dst = &out[c * plane];
+        for (std::size_t i = 0; i < plane; ++i) dst[i] = lut[im.rgb[i * 3 + c]];
+    }
+    return out;
+}
+
 // open_clip's eval transform: Resize(image_size, BICUBIC) on the shorter side,
 // CenterCrop(image_size), ToTensor (/255), Normalize(mean, std). Returns CHW float
 // [3, image_size, image_size], bit-identical to torchvision's. When the resize
@@ -260,6 +277,10 @@ inline std::vector<float> clip_preprocess(const Image& im, const ClipPreprocess&
     const int S = cfg.image_size;
     check(S > 0 && S <= detail::max_clip_image_size, "clip_preprocess: image_size must be in 1..",
           detail::max_clip_image_size, ", got ", S);
+    if (!cfg.center_crop) {
+        const Image sq = im.width == S && im.height == S ? im : resize_bicubic(im, S, S);
+        return normalize_rgb(sq, cfg);
+    }
     const auto [rw, rh] = clip_resize_size(im.width, im.height, S);
     // The shorter side is S and the longer at least S, so the crop never pads.
     const int left = detail::half_round_even(rw - S), top = detail::half_round_even(rh - S);
@@ -273,16 +294,7 @@ inline std::vector<float> clip_preprocess(const Image& im, const ClipPreprocess&
     } else {
         crop = detail::resize_bicubic_window(im, rw, rh, left, top, S, S);
     }
-    // Float32 arithmetic in torch's order: x / 255, then (x - mean) / std.
-    const std::size_t plane = static_cast<std::size_t>(S) * S;
-    std::vector<float> out(3 * plane);
-    for (int c = 0; c < 3; ++c) {
-        std::array<float, 256> lut;
-        for (int v = 0; v < 256; ++v) lut[v] = (static_cast<float>(v) / 255.0f - cfg.mean[c]) / cfg.std[c];
-        float* dst = &out[c * plane];
-        for (std::size_t i = 0; i < plane; ++i) dst[i] = lut[crop.rgb[i * 3 + c]];
-    }
-    return out;
+    return normalize_rgb(crop, cfg);
 }
 
 }  // namespace flamingo

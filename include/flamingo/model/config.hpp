@@ -3,7 +3,11 @@
 // normalised struct so the model never needs to know how a decoder family
 // spells its fields.
 //
-// Required fields (everything else has a default):
+// Two families of config.json are read: OpenFlamingo's as SPEC.md section 1
+// lays it out, and IDEFICS's as Hugging Face releases it (model_type
+// "idefics", read by read_idefics below into the same struct).
+//
+// Required fields of a "flamingo" config (everything else has a default):
 //   model_type                         "flamingo"
 //   vision_config.{image_size, patch_size, width, layers}
 //   text_config.model_type             "llama", "gpt_neox", "mpt" or "mosaic_gpt"
@@ -45,6 +49,9 @@ using io::parse_json;
 using io::MappedFile;
 
 enum class Family { Llama, Mpt, GptNeox };
+// Which model the config describes: OpenFlamingo's Flamingo or IDEFICS
+// (model/idefics.hpp has what the latter does differently).
+enum class Arch { OpenFlamingo, Idefics };
 enum class NormType { LayerNorm, RMSNorm };
 
 inline constexpr std::string_view family_name(Family f) {
@@ -65,16 +72,24 @@ struct VisionConfig {
     bool tokens_ln_post = false;  // ln_post on the patch tokens handed to the Perceiver
     std::array<float, 3> image_mean{0.48145466f, 0.4578275f, 0.40821073f};
     std::array<float, 3> image_std{0.26862954f, 0.26130258f, 0.27577711f};
+    // IDEFICS: Hugging Face CLIP names, the class token handed on with the
+    // patches (no ln_post), and the image resized to image_size without a crop.
+    bool hf_clip = false;
+    float layer_norm_eps = 1e-5f;
 
     int heads() const { return width / head_width; }
     int grid_size() const { return image_size / patch_size; }
-    int num_patches() const { return grid_size() * grid_size(); }  // tokens handed on (class token dropped)
+    int num_patches() const { return grid_size() * grid_size(); }
+    int num_tokens() const { return num_patches() + (hf_clip ? 1 : 0); }  // tokens handed to the Perceiver
 };
 
 // OpenFlamingo PerceiverResampler; works at the vision width.
 struct PerceiverConfig {
     int depth = 6, heads = 8, dim_head = 64, num_latents = 64, ff_mult = 4;
     std::optional<int> max_num_media, max_num_frames;  // media_time_embs / frame_embs rows, when present
+    // IDEFICS: its names, separate k/v projections, a ReLU MLP, and with
+    // qk_layer_norms (qk_layer_norms_perceiver) LayerNorms of each head's q and k.
+    bool idefics = false, qk_layer_norms = false;
     int inner_dim() const { return heads * dim_head; }
 };
 
@@ -82,9 +97,15 @@ struct PerceiverConfig {
 struct CrossAttnConfig {
     int every_n_layers = 1, heads = 8, dim_head = 64, ff_mult = 4;
     bool only_attend_immediate_media = true;
+    // IDEFICS: blocks before layers 0, n, 2n, ... (not n-1, 2n-1, ...), their
+    // gates tanh(alpha) per channel (alpha_type "vector") or one float, and
+    // RMSNorms of each head's q and k (qk_layer_norms).
+    bool before_multiples = false, alpha_vector = false, qk_layer_norms = false;
     int inner_dim() const { return heads * dim_head; }
     // Decoder layer i (0-based) has a cross-attention block before it.
-    bool has_cross_attn(int layer) const { return (layer + 1) % every_n_layers == 0; }
+    bool has_cross_attn(int layer) const {
+        return before_multiples ? layer % every_n_layers == 0 : (layer + 1) % every_n_layers == 0;
+    }
 };
 
 // The language model, whatever its family.
@@ -140,11 +161,13 @@ struct ChatTemplate {
 };
 
 struct Config {
+    Arch arch = Arch::OpenFlamingo;
+    int additional_vocab_size = 0;  // IDEFICS: rows of additional_embedding / additional_fc after the vocabulary
     VisionConfig vision;
     PerceiverConfig perceiver;
     CrossAttnConfig cross_attn;
     TextConfig text;
-    int media_token_id = 0, eoc_token_id = 0;
+    int media_token_id = 0, eoc_token_id = 0;  // IDEFICS: <image> as its tokenizer.json has it (set at load), eos_token_id
     ChatTemplate chat_template;
     json text_config_raw;  // text_config as written
 };
@@ -553,6 +576,88 @@ inline ChatTemplate read_chat_template(const Fields& f) {
     return t;
 }
 
+// IDEFICS as Hugging Face releases it (configuration_idefics.py): the LLaMA
+// decoder's fields at the top level with additional_vocab_size,
+// cross_layer_interval, alpha_type, qk_layer_norms and use_resampler;
+// vision_config {embed_dim, image_size, patch_size, intermediate_size,
+// num_hidden_layers, num_attention_heads, hidden_act, layer_norm_eps};
+// perceiver_config {resampler_n_latents, resampler_depth, resampler_n_heads,
+// resampler_head_dim, qk_layer_norms_perceiver}. Defaults are the config
+// class's. The token ids are not in the file: media_token_id is resolved from
+// tokenizer.json when the model loads.
+inline void read_idefics(Config& c, const Fields& top) {
+    c.arch = Arch::Idefics;
+    Fields v = top.object("vision_config");
+    VisionConfig& vc = c.vision;
+    vc.hf_clip = true;
+    vc.width = v.opt_int("embed_dim", v.opt_int("hidden_size", 768, 1, kMaxWidth), 1, kMaxWidth);
+    vc.image_size = v.opt_int("image_size", 224, 1, kMaxImageSize);
+    vc.patch_size = v.opt_int("patch_size", 14, 1, kMaxImageSize);
+    if (vc.patch_size > vc.image_size || vc.image_size % vc.patch_size != 0)
+        v.bad("patch_size", "image_size (", vc.image_size, ") is not a multiple of patch_size (", vc.patch_size, ")");
+    vc.layers = v.opt_int("num_hidden_layers", 32, 1, kMaxLayers);
+    const int vheads = v.opt_int("num_attention_heads", 16, 1, kMaxHeads);
+    if (vc.width % vheads != 0)
+        v.bad("num_attention_heads", "(", vheads, ") does not divide embed_dim (", vc.width, ")");
+    vc.head_width = vc.width / vheads;
+    vc.mlp_width = v.opt_int("intermediate_size", 5120, 1, kMaxFF);
+    vc.mlp_ratio = float(vc.mlp_width) / float(vc.width);
+    const std::string act = v.opt_str("hidden_act", "gelu");
+    if (act != "gelu" && act != "quick_gelu") v.bad("hidden_act", "\"", act, "\" is not supported (gelu or quick_gelu)");
+    vc.quick_gelu = act == "quick_gelu";
+    vc.layer_norm_eps = float(v.opt_positive("layer_norm_eps", 1e-5, 1.0));
+    if (v.opt_int("num_channels", 3, 1, 16) != 3) v.bad("num_channels", "only 3 (RGB) is supported");
+
+    if (!top.opt_bool("use_resampler", false))
+        top.bad("use_resampler", "IDEFICS without its Perceiver Resampler is not supported (every release has one)");
+    Fields p = top.object("perceiver_config");
+    PerceiverConfig& pc = c.perceiver;
+    pc.depth = p.opt_int("resampler_depth", 6, 1, kMaxLayers);
+    pc.heads = p.opt_int("resampler_n_heads", 16, 1, kMaxHeads);
+    pc.dim_head = p.opt_int("resampler_head_dim", 96, 1, kMaxWidth);
+    if (std::int64_t(pc.heads) * pc.dim_head > kMaxWidth) p.bad("resampler_n_heads", "heads x head_dim is too large");
+    pc.num_latents = p.opt_int("resampler_n_latents", 64, 1, kMaxWidth);
+    pc.idefics = true;
+    pc.qk_layer_norms = p.opt_bool("qk_layer_norms_perceiver", false);
+    pc.ff_mult = 4;  // its MLP is 4 x vision_embed_dim wide
+    if (top.opt_int("vision_embed_dim", vc.width, 1, kMaxWidth) != vc.width)
+        top.bad("vision_embed_dim", "(", top.opt_int("vision_embed_dim", 0, 1, kMaxWidth),
+                ") differs from vision_config.embed_dim (", vc.width, ")");
+
+    TextConfig& t = c.text;
+    t.family = Family::Llama;
+    t.model_type = "llama";
+    read_llama(t, top);
+    t.rope_theta = 10000.0f;  // IdeficsEmbedding's base, whatever the file says
+    if (t.num_kv_heads != t.num_heads) top.bad("num_key_value_heads", "IDEFICS has no grouped-query attention");
+    if (t.tie_word_embeddings) top.bad("tie_word_embeddings", "true is not supported (no release ties them)");
+    c.additional_vocab_size = top.opt_int("additional_vocab_size", 0, 0, kMaxVocab);
+
+    CrossAttnConfig& x = c.cross_attn;
+    x.before_multiples = true;
+    x.every_n_layers = top.opt_int("cross_layer_interval", 1, 1, kMaxLayers);
+    if (t.num_layers % x.every_n_layers != 0)
+        top.bad("cross_layer_interval", "(", x.every_n_layers, ") does not divide num_hidden_layers (", t.num_layers,
+                "): the model would have no block for its last cross-attention layer");
+    x.heads = t.num_heads, x.dim_head = t.head_dim;
+    x.only_attend_immediate_media = true;  // the processor's image_attention_mask: the latest image
+    const std::string alpha = top.opt_str("alpha_type", "float");
+    if (alpha != "float" && alpha != "vector") top.bad("alpha_type", "unknown value \"", alpha, "\" (float or vector)");
+    x.alpha_vector = alpha == "vector";
+    x.qk_layer_norms = top.opt_bool("qk_layer_norms", false);
+
+    c.media_token_id = -1;
+    c.eoc_token_id = top.opt_int("eos_token_id", 2, 0, kMaxVocab - 1);
+    // Without a chat_template of its own, the instruct models' dialogue
+    // (their model cards' prompts), stopping at <end_of_utterance>.
+    c.chat_template.system = "{content}\n";
+    c.chat_template.user = "User:{content}<end_of_utterance>\n";
+    c.chat_template.assistant = "Assistant:{content}<end_of_utterance>\n";
+    c.chat_template.generation_prompt = "Assistant:";
+    c.chat_template.stop = {"<end_of_utterance>"};
+    c.text_config_raw = json::object();
+}
+
 }  // namespace detail
 
 // Parses config.json text; `source_name` (usually the file's path) starts every error message.
@@ -563,7 +668,14 @@ inline Config parse_config(std::string_view json_text, const std::string& source
     Fields top(&root, source_name, "");
 
     std::string type = top.req_str("model_type");
-    if (type != "flamingo") top.bad("model_type", "unknown model type \"", type, "\" (expected \"flamingo\")");
+    if (type == "idefics") {
+        Config c;
+        detail::read_idefics(c, top);
+        if (top.has("chat_template")) c.chat_template = detail::read_chat_template(top.object("chat_template"));
+        return c;
+    }
+    if (type != "flamingo")
+        top.bad("model_type", "unknown model type \"", type, "\" (expected \"flamingo\" or \"idefics\")");
 
     Config c;
     if (!top.has("vision_config")) top.bad("vision_config", "required field missing");

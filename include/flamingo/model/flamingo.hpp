@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "idefics.hpp"
 #include "language_model.hpp"
 #include "perceiver.hpp"
 #include "vision.hpp"
@@ -38,7 +39,7 @@ public:
     std::size_t embed_dim() const { return vision_.embed_dim(); }   // CLIP embedding size
     std::size_t vision_width() const { return vision_.width(); }
     std::size_t image_size() const { return vision_.image_size(); }
-    std::size_t vision_tokens_per_image() const { return vision_.num_patches(); }
+    std::size_t vision_tokens_per_image() const { return vision_.num_tokens(); }
     std::size_t num_latents() const { return perceiver_.num_latents(); }
 
     // Visual tokens [n_media * num_latents, vision_width] of media given as
@@ -119,6 +120,10 @@ inline std::unique_ptr<Flamingo> load_flamingo(const std::filesystem::path& dir,
         fail(ErrorKind::File, dir.string(),
              ": not a directory (a model is a directory with config.json, tokenizer.json and safetensors weights)");
     Config cfg = load_config(dir / "config.json");
+    if (cfg.arch == Arch::Idefics) {
+        idefics::token_id(dir / "tokenizer.json", idefics::kFakeToken);  // (checks it is there)
+        cfg.media_token_id = idefics::token_id(dir / "tokenizer.json", idefics::kImageToken);
+    }
     io::Checkpoint ckpt = io::Checkpoint::open(dir);
     const WeightType t = resolve_weight_type(ckpt, type);
     auto weights = std::make_unique<Weights>(std::move(ckpt), t);

@@ -4,6 +4,8 @@
 //   x = embed(tokens) (+ wpe(positions) for MPT with learned positions)
 //   for each layer: x = cross_attn(x, media) if present; x = decoder_layer(x)
 //   logits = head(final_norm(x)) (* logit_scale for MPT)
+// IDEFICS's decoder (Config::arch) is LLaMA under its own names, with its own
+// cross-attention blocks and decoupled vocabulary (idefics.hpp).
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -16,6 +18,7 @@
 #include "config.hpp"
 #include "cross_attention.hpp"
 #include "gpt_neox.hpp"
+#include "idefics.hpp"
 #include "llama.hpp"
 #include "mpt.hpp"
 #include "weights.hpp"
@@ -38,6 +41,10 @@ class LanguageModel {
 public:
     LanguageModel() = default;
     LanguageModel(Weights& L, const Config& c) : cfg_(c.text) {
+        if (c.arch == Arch::Idefics) {
+            load_idefics(L, c);
+            return;
+        }
         switch (cfg_.family) {
             case Family::Llama: load<Llama>(L, c, Llama::final_norm, Llama::head); break;
             case Family::GptNeox: load<GptNeox>(L, c, GptNeox::final_norm, GptNeox::head); break;
@@ -45,7 +52,7 @@ public:
         }
     }
 
-    std::size_t vocab_size() const { return embed_.rows(); }
+    std::size_t vocab_size() const { return embed_.rows() + (add_embed_.table.empty() ? 0 : add_embed_.rows()); }
     std::size_t hidden() const { return std::size_t(cfg_.hidden_size); }
     std::size_t num_layers() const { return blocks_.size(); }
     std::size_t kv_width() const { return blocks_.empty() ? 0 : blocks_[0].attn.kv_width(); }
@@ -59,10 +66,12 @@ public:
         check(visual.extent(0) == rows, ErrorKind::Shape, "visual tokens: ", visual.extent(0), " rows for ", n_media,
               " media of ", n_latents, " latents");
         for (std::size_t l = 0; l < blocks_.size(); ++l) {
-            if (!xattn_[l]) continue;
-            const std::size_t w = xattn_[l]->kv_width();
+            if (!xattn_[l] && !ixattn_[l]) continue;
+            const std::size_t w = xattn_[l] ? xattn_[l]->kv_width() : ixattn_[l]->kv_width();
             media.kv[l].resize(rows * w);
-            if (rows) xattn_[l]->project_media(visual, nn::act(media.kv[l].data(), rows, w));
+            if (!rows) continue;
+            if (xattn_[l]) xattn_[l]->project_media(visual, nn::act(media.kv[l].data(), rows, w));
+            else ixattn_[l]->project_media(visual, nn::act(media.kv[l].data(), rows, w));
         }
     }
 
@@ -72,6 +81,7 @@ public:
         for (std::size_t l = 0; l < blocks_.size(); ++l) {
             layer = std::max(layer, blocks_[l].workspace(M));
             if (xattn_[l]) layer = std::max(layer, xattn_[l]->workspace(M));
+            if (ixattn_[l]) layer = std::max(layer, ixattn_[l]->workspace(M));
         }
         return nn::ws_floats(M, D) + std::max(layer, nn::ws_floats(logit_rows, D));
     }
@@ -89,7 +99,8 @@ public:
             const std::int32_t id = b.tokens[i];
             check(id >= 0 && std::size_t(id) < V, "token id ", id, " at position ", i,
                   " is outside the vocabulary of ", V, " tokens");
-            embed_(std::size_t(id), x[i].data());
+            if (std::size_t(id) < embed_.rows()) embed_(std::size_t(id), x[i].data());
+            else add_embed_(std::size_t(id) - embed_.rows(), x[i].data());
         }
         for (const nn::Segment& seg : b.segments) {
             check(seg.pos0 + seg.rows <= max_positions(), ErrorKind::Limit, "sequence of ", seg.pos0 + seg.rows,
@@ -101,6 +112,7 @@ public:
         }
         for (std::size_t l = 0; l < blocks_.size(); ++l) {
             if (xattn_[l]) (*xattn_[l])(x, b.text_time.data(), b.segments, b.media, l, ws);
+            if (ixattn_[l]) (*ixattn_[l])(x, b.text_time.data(), b.segments, b.media, l, ws);
             blocks_[l](x, b.segments, l, ws);
         }
         if (logit_rows.empty()) return;
@@ -109,11 +121,41 @@ public:
         auto h = ws.rows(logit_rows.size(), D);
         for (std::size_t i = 0; i < logit_rows.size(); ++i) h[i].assign(x[logit_rows[i]]);
         final_norm_(h, h);
-        head_(h, logits);
+        if (add_head_.empty()) {
+            head_(h, logits);
+        } else {  // [lm_head | additional_fc]
+            head_(h, nn::columns(logits, 0, head_.out()));
+            add_head_(h, nn::columns(logits, head_.out(), add_head_.out()));
+        }
         if (logit_scale_ != 1.0f) logits.assign(logits * logit_scale_);
     }
 
 private:
+    // IDEFICS (modeling_idefics.py): model.layers.{i} are LLaMA layers; block
+    // k of model.gated_cross_attn_layers comes before layer k * interval.
+    void load_idefics(Weights& L, const Config& c) {
+        const TextConfig& t = cfg_;
+        const std::size_t D = hidden(), V = std::size_t(t.vocab_size), A = std::size_t(c.additional_vocab_size);
+        embed_.table = L.matrix("model.embed_tokens.weight", V, D);
+        head_ = L.projection("lm_head.weight", V, D);
+        if (A) {
+            add_embed_.table = L.matrix("model.embed_tokens.additional_embedding.weight", A, D);
+            add_head_ = L.projection("lm_head.additional_fc.weight", A, D);
+        }
+        rope_ = std::make_unique<kernels::RopeTable>(std::size_t(t.rotary_dim), t.rope_theta, max_positions());
+        const int interval = c.cross_attn.every_n_layers;
+        for (int i = 0; i < t.num_layers; ++i) {
+            xattn_.emplace_back();
+            if (c.cross_attn.has_cross_attn(i))
+                ixattn_.emplace_back(std::in_place, L, "model.gated_cross_attn_layers." + std::to_string(i / interval) + ".",
+                                     c.cross_attn, t, std::size_t(c.vision.width));
+            else
+                ixattn_.emplace_back();
+            blocks_.push_back(Llama::block(L, "model.layers." + std::to_string(i) + ".", t, rope_.get()));
+        }
+        final_norm_ = L.rms_norm("model.norm", D, t.norm_eps);
+    }
+
     template <class F>
     void load(Weights& L, const Config& c, const std::string& final_norm, const std::string& head) {
         const TextConfig& t = cfg_;
@@ -139,6 +181,7 @@ private:
                                     std::size_t(c.vision.width));
             else
                 xattn_.emplace_back();
+            ixattn_.emplace_back();
             blocks_.push_back(F::block(L, p + "decoder_layer.", t, rope_.get()));
         }
         if constexpr (std::is_same_v<F, Llama>)
@@ -170,8 +213,11 @@ private:
     std::unique_ptr<kernels::RopeTable> rope_;
     std::vector<nn::TransformerBlock> blocks_;
     std::vector<std::optional<GatedCrossAttention>> xattn_;
+    std::vector<std::optional<IdeficsCrossAttention>> ixattn_;  // IDEFICS's blocks, where xattn_ has none
     nn::Norm final_norm_;
     nn::Linear head_;
+    nn::Embedding add_embed_;  // IDEFICS additional vocabulary (ids from embed_.rows() on)
+    nn::Linear add_head_;
     float logit_scale_ = 1.0f;
 };
 

@@ -10,6 +10,10 @@
 //   return norm(latents)
 // where attn(x, l) = to_out(softmax(to_q(l) k^T / sqrt(dim_head)) v),
 //       k, v = to_kv([x; l])
+// IDEFICS's (PerceiverConfig::idefics) is the same under its own names, with
+// separate k/v projections, optional LayerNorms of each head's q and k before
+// the scores, and a ReLU MLP; no frame or media-time embeddings.
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,6 +49,10 @@ class PerceiverResampler {
 public:
     PerceiverResampler() = default;
     PerceiverResampler(Weights& L, const PerceiverConfig& c, std::size_t dim) : dim_(dim), cfg_(c) {
+        if (c.idefics) {
+            load_idefics(L, "model.perceiver_resampler.");
+            return;
+        }
         const std::string p = "perceiver.";
         const std::size_t D = dim, n = std::size_t(c.num_latents);
         latents_ = L.floats(p + "latents", {n, D});
@@ -116,7 +124,19 @@ public:
                 kv_in.rows(m * nkv + nx, (m + 1) * nkv).assign(normed.rows(m * nl, (m + 1) * nl));
             }
             l.attn.query(normed, q);
-            l.attn.project(kv_in, kv);
+            if (l.attn.to_kv.empty()) {
+                const std::size_t inner = l.attn.inner();
+                l.k_proj(kv_in, nn::columns(kv, 0, inner));
+                l.v_proj(kv_in, nn::columns(kv, inner, inner));
+            } else {
+                l.attn.project(kv_in, kv);
+            }
+            if (l.q_norm) {  // per head: q [rows, heads * dh] is [rows * heads, dh]
+                const std::size_t dh = l.attn.dim_head, H = l.attn.heads;
+                (*l.q_norm)(nn::act(q.data(), q.extent(0) * H, dh), nn::act(q.data(), q.extent(0) * H, dh));
+                for (std::size_t h = 0; h < H; ++h)
+                    (*l.k_norm)(nn::columns(kv, h * dh, dh), nn::columns(kv, h * dh, dh));
+            }
             auto o = ws.rows(n_media * nl, l.attn.inner());
             l.attn.attention(q, kv.data(), n_media * nkv, lo, hi, o);
             l.attn.output(o, lat, /*accumulate=*/true);
@@ -128,9 +148,39 @@ public:
 private:
     struct Layer {
         nn::Norm norm_media, norm_latents;
-        nn::CrossAttention attn;
+        nn::CrossAttention attn;  // IDEFICS: to_kv empty, k_proj / v_proj instead
         nn::FeedForward ff;
+        nn::Linear k_proj, v_proj;
+        std::optional<nn::Norm> q_norm, k_norm;
     };
+
+    void load_idefics(Weights& L, const std::string& p) {
+        const PerceiverConfig& c = cfg_;
+        const std::size_t D = dim_, n = std::size_t(c.num_latents), H = std::size_t(c.heads);
+        const std::size_t dh = std::size_t(c.dim_head), inner = H * dh;
+        latents_ = L.floats(p + "latents", {n, D});
+        for (int i = 0; i < c.depth; ++i) {
+            const std::string a = p + "blocks." + std::to_string(i) + ".0.", m = p + "blocks." + std::to_string(i) + ".1.";
+            Layer l;
+            l.norm_media = L.layer_norm(a + "context_layer_norm", D, 1e-5f);
+            l.norm_latents = L.layer_norm(a + "latents_layer_norm", D, 1e-5f);
+            if (c.qk_layer_norms) {
+                l.q_norm = L.layer_norm(a + "q_layer_norm", dh, 1e-5f);
+                l.k_norm = L.layer_norm(a + "k_layer_norm", dh, 1e-5f);
+            }
+            l.attn.heads = H, l.attn.dim_head = dh;
+            l.attn.to_q = L.linear(a + "q_proj", inner, D, false);
+            l.k_proj = L.linear(a + "k_proj", inner, D, false);
+            l.v_proj = L.linear(a + "v_proj", inner, D, false);
+            l.attn.to_out = L.linear(a + "output_proj", D, inner, false);
+            l.ff.norm = L.layer_norm(m + "ln", D, 1e-5f);
+            l.ff.mlp.up = L.linear(m + "fc", std::size_t(c.ff_mult) * D, D, false);
+            l.ff.mlp.down = L.linear(m + "c_proj", D, std::size_t(c.ff_mult) * D, false);
+            l.ff.mlp.act = nn::Activation::Relu;
+            layers_.push_back(std::move(l));
+        }
+        norm_ = L.layer_norm(p + "layer_norm", D, 1e-5f);
+    }
 
     std::size_t dim_ = 0;
     PerceiverConfig cfg_;

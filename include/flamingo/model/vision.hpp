@@ -4,6 +4,10 @@
 //   x = ln_pre(x); x = transformer(x)
 //   tokens = x[:, 1:]  (ln_post applied first when tokens_ln_post)
 //   pooled = ln_post(x[:, 0]) @ proj
+// IDEFICS's tower (VisionConfig::hf_clip) is the same network under Hugging
+// Face CLIP's names (embeddings.*, pre_layrnorm, encoder.layers.*,
+// post_layernorm; separate q/k/v projections, no proj); it hands on every
+// token of the last layer, the class token first, without ln_post.
 #include <cmath>
 #include <string>
 #include <vector>
@@ -20,6 +24,10 @@ class VisionTransformer {
 public:
     VisionTransformer() = default;
     VisionTransformer(Weights& L, const VisionConfig& c) : cfg_(c) {
+        if (c.hf_clip) {
+            load_hf(L, "model.vision_model.");
+            return;
+        }
         const std::string p = "vision_encoder.";
         const std::size_t W = width(), P = std::size_t(c.patch_size), G = std::size_t(c.grid_size());
         tokens_ = G * G + 1;
@@ -61,6 +69,7 @@ public:
     std::size_t width() const { return std::size_t(cfg_.width); }
     std::size_t image_size() const { return std::size_t(cfg_.image_size); }
     std::size_t num_patches() const { return tokens_ - 1; }
+    std::size_t num_tokens() const { return cfg_.hf_clip ? tokens_ : tokens_ - 1; }  // handed to the Perceiver
     std::size_t embed_dim() const { return embed_dim_; }
 
     std::size_t workspace(std::size_t n) const {
@@ -71,7 +80,7 @@ public:
                nn::ws_floats(M, width()) + std::max(blocks, nn::ws_floats(n, width()));
     }
 
-    // pixels: n images [3, S, S] (normalised). tokens: [n * patches, width] or
+    // pixels: n images [3, S, S] (normalised). tokens: [n * num_tokens(), width] or
     // empty; pooled: [n, embed_dim] or empty.
     void forward(const float* pixels, std::size_t n, const nn::Act& tokens, const nn::Act& pooled,
                  nn::Workspace& ws) const {
@@ -106,7 +115,9 @@ public:
         ln_pre_(x, x);
         for (const auto& b : blocks_) b(x, segs, 0, ws);
 
-        if (tokens.data()) {
+        if (tokens.data() && cfg_.hf_clip) {
+            tokens.assign(x);
+        } else if (tokens.data()) {
             for (std::size_t i = 0; i < n; ++i) {
                 auto src = x.rows(i * T + 1, (i + 1) * T);
                 auto dst = tokens.rows(i * (T - 1), (i + 1) * (T - 1));
@@ -124,6 +135,42 @@ public:
     }
 
 private:
+    // Hugging Face CLIPVisionTransformer names (IDEFICS's vision_model).
+    void load_hf(Weights& L, const std::string& p) {
+        const VisionConfig& c = cfg_;
+        const std::size_t W = width(), P = std::size_t(c.patch_size), G = std::size_t(c.grid_size());
+        const float eps = c.layer_norm_eps;
+        tokens_ = G * G + 1;
+        const std::size_t conv_shape[4] = {W, 3, P, P};
+        patch_embed_ = L.projection(p + "embeddings.patch_embedding.weight", conv_shape, W, 3 * P * P);
+        class_embedding_ = L.floats(p + "embeddings.class_embedding", {W});
+        positional_embedding_ = L.floats(p + "embeddings.position_embedding.weight", {tokens_, W});
+        ln_pre_ = L.layer_norm(p + "pre_layrnorm", W, eps);
+        for (int i = 0; i < c.layers; ++i) {
+            const std::string b = p + "encoder.layers." + std::to_string(i) + ".";
+            nn::TransformerBlock blk;
+            blk.norm1 = L.layer_norm(b + "layer_norm1", W, eps);
+            blk.norm2 = L.layer_norm(b + "layer_norm2", W, eps);
+            auto& a = blk.attn;
+            a.layout = nn::QKVLayout::Separate;
+            a.heads = a.kv_heads = std::size_t(c.heads());
+            a.head_dim = std::size_t(c.head_width);
+            a.causal = false;
+            a.scale = 1.0f / std::sqrt(float(a.head_dim));
+            a.q = L.linear(b + "self_attn.q_proj", W, W, true);
+            a.k = L.linear(b + "self_attn.k_proj", W, W, true);
+            a.v = L.linear(b + "self_attn.v_proj", W, W, true);
+            a.out = L.linear(b + "self_attn.out_proj", W, W, true);
+            const std::size_t H = std::size_t(c.mlp_width);
+            blk.ffn.up = L.linear(b + "mlp.fc1", H, W, true);
+            blk.ffn.down = L.linear(b + "mlp.fc2", W, H, true);
+            blk.ffn.act = c.quick_gelu ? nn::Activation::QuickGelu : nn::Activation::GeluErf;
+            blocks_.push_back(std::move(blk));
+        }
+        ln_post_ = L.layer_norm(p + "post_layernorm", W, eps);  // the pooled embedding's (flamingo embed)
+        embed_dim_ = W;
+    }
+
     VisionConfig cfg_;
     std::size_t tokens_ = 0, embed_dim_ = 0;
     nn::Linear patch_embed_;

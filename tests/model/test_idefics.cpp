@@ -1,0 +1,208 @@
+// IDEFICS against its PyTorch reference (tools/idefics_ref.py, fixtures from
+// tools/make_idefics_fixtures.py): a tiny model directory laid out as the
+// releases are (sharded safetensors, Hugging Face names, IDEFICS's added
+// tokens) loads, and its vision tokens, Perceiver output, logits, greedy and
+// beam tokens and scores are the reference's; its prompts are the processor's.
+#include "parity_util.hpp"
+
+#include <flamingo/generate/generate.hpp>
+#include <flamingo/model/idefics.hpp>
+
+using namespace flamingo;
+
+namespace {
+
+const char* const kCases[] = {"idefics", "idefics_instruct"};
+
+std::shared_ptr<const Model> load(const std::string& c, model::WeightType w = model::WeightType::F32) {
+    LoadOptions o;
+    o.weights = w;
+    return Model::load(fixture::dir(c), o);
+}
+
+std::vector<std::int32_t> prompt_of(const std::string& c) {
+    auto ids = fixture::ints(c, "input_ids.npy");
+    return {ids.begin(), ids.end()};
+}
+
+}  // namespace
+
+TEST_CASE("IDEFICS: vision tokens, Perceiver output and logits match the reference in f32") {
+    for (std::string c : kCases) {
+        CAPTURE(c);
+        auto model = load(c);
+        const model::Flamingo& m = model->network();
+        CHECK(model->config().arch == model::Arch::Idefics);
+        auto pixels = fixture::floats(c, "pixels.npy");
+        const std::size_t n = fixture::shape(c, "pixels.npy")[0], v = m.vision_tokens_per_image(), W = m.vision_width();
+        CHECK(v == fixture::shape(c, "vision_tokens.npy")[2]);  // the class token is handed on
+
+        nn::Workspace ws;
+        Tensor<float, dextents<2>> tokens(n * v, W);
+        m.vision().forward(pixels.data(), n, tokens.view(), {}, ws);
+        fixture::expect_close(tokens.data(), fixture::floats(c, "vision_tokens.npy"), 1e-4, 1e-4, "vision tokens");
+        Tensor<float, dextents<2>> visual(n * m.num_latents(), W);
+        m.encode(pixels.data(), n, 1, visual.view(), ws);
+        fixture::expect_close(visual.data(), fixture::floats(c, "perceiver.npy"), 1e-4, 1e-4, "perceiver");
+        fixture::expect_close(fixture::logits(m, c).data(), fixture::floats(c, "logits.npy"), 1e-4, 1e-4, "logits");
+        CHECK(m.unused_tensors().empty());
+    }
+}
+
+TEST_CASE("IDEFICS: greedy and beam search and candidate scores match the reference") {
+    for (std::string c : kCases) {
+        CAPTURE(c);
+        auto model = load(c);
+        generate::Session s(model->network());
+        auto pixels = fixture::floats(c, "pixels.npy");
+        s.set_media(pixels.data(), fixture::shape(c, "pixels.npy")[0], 1);
+        const auto prompt = prompt_of(c);
+        auto g = fixture::json(c, "generate.json");
+        const std::int32_t stop = g["eoc_token_id"];
+        for (const auto& e : g["greedy"]) {
+            generate::GenerateOptions o;
+            o.eos = stop;
+            o.max_new_tokens = e["max_new_tokens"];
+            o.no_repeat_ngram_size = e["no_repeat_ngram_size"];
+            auto r = generate::generate(s, prompt, o);
+            CHECK(r.tokens == e["tokens"].get<std::vector<std::int32_t>>());
+            CHECK(r.stopped == e["ended_on_eoc"].get<bool>());
+        }
+        for (const auto& e : g["beam"]) {
+            CAPTURE(e.dump());
+            generate::GenerateOptions o;
+            o.eos = stop;
+            o.num_beams = e["num_beams"];
+            o.length_penalty = e["length_penalty"];
+            o.early_stopping = e["early_stopping"].is_string() ? generate::EarlyStopping::Never
+                               : e["early_stopping"].get<bool>() ? generate::EarlyStopping::True
+                                                                 : generate::EarlyStopping::False;
+            o.no_repeat_ngram_size = e["no_repeat_ngram_size"];
+            o.max_new_tokens = e["max_new_tokens"];
+            auto r = generate::generate(s, prompt, o);
+            CHECK(r.tokens == e["tokens"].get<std::vector<std::int32_t>>());
+            CHECK(r.score == doctest::Approx(e["score"].get<double>()).epsilon(1e-5));
+        }
+        auto sc = fixture::json(c, "score.json");
+        std::vector<std::vector<std::int32_t>> cands;
+        for (const auto& e : sc["candidates"]) cands.push_back(e["tokens"].get<std::vector<std::int32_t>>());
+        auto got = generate::score(s, prompt, cands);
+        REQUIRE(got.size() == cands.size());
+        for (std::size_t i = 0; i < got.size(); ++i) {
+            const double lp = sc["candidates"][i]["logprob"];
+            CHECK(std::fabs(got[i].logprob - lp) <= 1e-4 + 1e-4 * std::fabs(lp));
+        }
+    }
+}
+
+TEST_CASE("IDEFICS: a prompt written with <image> tokenizes as the processor's, images as its preprocessing") {
+    for (std::string c : kCases) {
+        CAPTURE(c);
+        auto model = load(c);
+        auto p = fixture::json(c, "prompt.json");
+        CHECK(model->tokenize(p["text"].get<std::string>()) == prompt_of(c));
+        // the processor's own text (without its leading <s>, which the tokenizer adds) is taken as it is
+        const std::string processed = p["processor_text"].get<std::string>().substr(3);
+        CHECK(model->tokenize(processed) == prompt_of(c));
+        std::vector<std::string> files;
+        for (const auto& f : p["images"]) files.push_back((fixture::dir(c) / "expected" / f.get<std::string>()).string());
+        auto px = model->load_media(files);
+        fixture::expect_close(px.data(), fixture::floats(c, "pixels.npy"), 1e-6, 1e-6, "pixels");
+    }
+}
+
+TEST_CASE("IDEFICS: a non-square image is resized whole to image_size (no crop), as its image processor does") {
+    auto model = load("idefics");
+    const auto px = model->load_media({(fixture::dir("idefics") / "expected" / "images" / "nonsquare.png").string()});
+    CHECK(px.extent(3) == 28);
+    CHECK(px.extent(4) == 28);
+    fixture::expect_close(px.data(), fixture::floats("idefics", "nonsquare_pixels.npy"), 1e-6, 1e-6, "pixels");
+}
+
+TEST_CASE("IDEFICS: the processor's prompt text") {
+    using model::idefics::prompt_text;
+    const std::string F = "<fake_token_around_image>", I = "<image>";
+    CHECK(prompt_text("A <image> B") == "A" + F + I + F + "B");
+    CHECK(prompt_text("<image><image>x") == F + I + F + I + F + "x");  // the fake token between them is shared
+    CHECK(prompt_text("a<image> <image>") == "a" + F + I + F + I + F);
+    CHECK(prompt_text("a<image>b<image>") == "a" + F + I + F + "b" + F + I + F);
+    CHECK(prompt_text("User: no image") == "User: no image");
+    CHECK(prompt_text("a " + F + I + F + " b") == "a " + F + I + F + " b");
+}
+
+TEST_CASE("IDEFICS: q8 and q4 weights give the reference's logits for the same quantised weights") {
+    // The reference multiplies by the dequantised q8/q4 matrices the C++ model
+    // holds (idefics_ref.quantize_weights). A prompt is read in batches of
+    // several rows, whose activations are not rounded: f32 tolerances hold.
+    for (auto w : {model::WeightType::Q8, model::WeightType::Q4}) {
+        const std::string name(model::weight_type_name(w));
+        CAPTURE(name);
+        auto model = load("idefics", w);
+        fixture::expect_close(fixture::logits(model->network(), "idefics").data(),
+                              fixture::floats("idefics", "logits_" + name + ".npy"), 1e-4, 1e-4, name + " logits");
+    }
+}
+
+TEST_CASE("IDEFICS config errors name the field") {
+    const auto parse = [](nlohmann::json j) { return model::parse_config(j.dump(), "config.json"); };
+    nlohmann::json base = {{"model_type", "idefics"}, {"hidden_size", 48}, {"num_hidden_layers", 4},
+                           {"num_attention_heads", 4}, {"intermediate_size", 96}, {"vocab_size", 100},
+                           {"use_resampler", true}, {"cross_layer_interval", 2}};
+    auto c = parse(base);
+    CHECK(c.arch == model::Arch::Idefics);
+    CHECK(c.cross_attn.has_cross_attn(0));
+    CHECK(!c.cross_attn.has_cross_attn(1));
+    CHECK(c.cross_attn.has_cross_attn(2));
+    CHECK(c.vision.width == 768);  // IdeficsVisionConfig's defaults
+    CHECK(c.perceiver.dim_head == 96);
+    const auto error = [&](nlohmann::json j) {
+        try {
+            parse(j);
+        } catch (const Error& e) {
+            return std::string(e.what());
+        }
+        return std::string();
+    };
+    auto j = base;
+    j["cross_layer_interval"] = 3;
+    CHECK(error(j).find("cross_layer_interval: (3) does not divide num_hidden_layers") != std::string::npos);
+    j = base;
+    j["use_resampler"] = false;
+    CHECK(error(j).find("use_resampler") != std::string::npos);
+    j = base;
+    j["alpha_type"] = "matrix";
+    CHECK(error(j).find("alpha_type: unknown value \"matrix\"") != std::string::npos);
+    j = base;
+    j["vision_embed_dim"] = 1024;
+    CHECK(error(j).find("vision_embed_dim: (1024) differs from vision_config.embed_dim (768)") != std::string::npos);
+}
+
+TEST_CASE("IDEFICS: the released configs (9B, 80B, base and instruct) load as shapes; parameters counted") {
+    // tests/data/model/idefics_released: their config.json shape fields. The
+    // count is checked against the fixtures' tensors (every element of the
+    // directory) and lands on the releases' names: ~9 and ~80 billion.
+    for (std::string c : kCases) {
+        CAPTURE(c);
+        auto m = load(c);
+        std::uint64_t stored = 0;
+        for (const auto& f : m->network().weights().checkpoint().files())
+            for (const auto& t : f.tensors()) stored += t.numel();
+        CHECK(model::idefics::parameter_count(m->config()) == stored);
+    }
+    const auto dir = fixture::dir("idefics_released");
+    const std::pair<const char*, double> sizes[] = {
+        {"idefics-9b", 9e9}, {"idefics-9b-instruct", 9e9}, {"idefics-80b", 80e9}, {"idefics-80b-instruct", 80e9}};
+    for (auto [label, size] : sizes) {
+        const std::string name = label;
+        CAPTURE(name);
+        const auto cfg = model::load_config(dir / (name + ".json"));
+        CHECK(cfg.arch == model::Arch::Idefics);
+        CHECK(cfg.vision.num_tokens() == 257);  // ViT-H/14 at 224: 256 patches and the class token
+        CHECK(cfg.cross_attn.has_cross_attn(0));
+        CHECK(!cfg.cross_attn.has_cross_attn(3));
+        const double n = double(model::idefics::parameter_count(cfg));
+        MESSAGE(name, ": ", n / 1e9, " billion parameters");
+        CHECK(n > 0.97 * size);
+        CHECK(n < 1.03 * size);
+    }
+}
