@@ -301,6 +301,8 @@ int run(int argc, char** argv) {
     if (a.has("shots") && !a.has("support")) fail("--shots needs --support (the pool the examples come from)");
     if (const std::string* s = a.get("shots"); s && *s != "random" && *s != "rices")
         fail("--shots must be random or rices, not '", *s, "'");
+    std::optional<flamingo::fewshot::Support> support;  // read (and checked) before the model loads
+    if (const std::string* dir = a.get("support"); dir && cmd == "eval") support.emplace(*dir);
     [[maybe_unused]] const int port = int(integer(a, "port", 8080, 0, 65535));
     [[maybe_unused]] const std::size_t queue = std::size_t(integer(a, "queue", 8, 0, 1024));
     const std::size_t prefix_cache_mb = std::size_t(integer(a, "prefix-cache", 256, 0, 1 << 20));
@@ -372,10 +374,8 @@ int run(int argc, char** argv) {
     if (cmd == "eval") {
         const std::size_t limit = std::size_t(integer(a, "limit", 0, 0, 1ll << 40));
         t0 = clock_type::now();
-        std::optional<flamingo::fewshot::Support> support;
         std::optional<flamingo::fewshot::Examples> examples;
-        if (const std::string* dir = a.get("support")) {
-            support.emplace(*dir);
+        if (support) {
             const std::string* rule = a.get("shots");
             const auto seed = std::uint64_t(integer(a, "seed", 0, 0, std::numeric_limits<long long>::max()));
             examples.emplace(*support, rule && *rule == "rices" ? flamingo::fewshot::ShotRule::Rices
