@@ -53,8 +53,10 @@ const Command kCommands[] = {
     {"logits", "--prompt TEXT --out FILE.npy", "teacher-forced logits [tokens, vocab] as float32 .npy"},
     {"tokenize", "--prompt TEXT", "the prompt's token ids, as JSON (no images needed)"},
     {"embed", "--out FILE.npy", "CLIP embeddings [images, dim] of the --image files as float32 .npy"},
-    {"eval", "--data DIR [--limit N] [--out TABLE.md] [--predictions FILE.jsonl]",
-     "few-shot accuracy per task and shot count on an evaluation set"},
+    {"eval", "--data DIR [--limit N] [--out TABLE.md] [--predictions FILE.jsonl] [--held-out]\n"
+             "           [--support DIR [--shots random|rices] [--seed S]]",
+     "few-shot accuracy per task and shot count on an evaluation set; query records take\n"
+     "           their examples from the --support pool, at random or by CLIP similarity (RICES)"},
     {"chat", "[--image PATH ...] [generation options of generate]",
      "a conversation on stdin, one message per line (/image PATH, /reset, /quit)"},
     {"batch", "[--in FILE.jsonl] [--out FILE.jsonl] [--parallel N] [--resume] [--prefix-cache MB]",
@@ -101,7 +103,7 @@ const Option kOptions[] = {
     {"temperature", "T", "generate chat", nullptr},
     {"top-k", "K", "generate chat", nullptr},
     {"top-p", "P", "generate chat", nullptr},
-    {"seed", "S", "generate chat", nullptr},
+    {"seed", "S", "generate chat eval", nullptr},
     {"json", nullptr, "generate", nullptr},
     {"candidate", "TEXT", "score", nullptr},
     {"out", "FILE", "logits embed eval batch quantize", nullptr},
@@ -122,6 +124,9 @@ const Option kOptions[] = {
     {"data", "DIR", "eval", nullptr},
     {"limit", "N", "eval", nullptr},
     {"predictions", "FILE", "eval", nullptr},
+    {"support", "DIR", "eval", nullptr},
+    {"shots", "random|rices", "eval", nullptr},
+    {"held-out", nullptr, "eval", nullptr},
 };
 
 const Option* find_option(const std::string& name) {
@@ -296,6 +301,12 @@ int run(int argc, char** argv) {
     for (const auto& c : list(a, "candidate"))
         if (c.empty()) fail("a --candidate is empty");
     if (cmd == "eval") required(a, "data");
+    if (cmd == "eval" && a.has("seed") && !a.has("support")) fail("--seed needs --support (it seeds the random examples)");
+    if (a.has("shots") && !a.has("support")) fail("--shots needs --support (the pool the examples come from)");
+    if (const std::string* s = a.get("shots"); s && *s != "random" && *s != "rices")
+        fail("--shots must be random or rices, not '", *s, "'");
+    std::optional<flamingo::fewshot::Support> support;  // read (and checked) before the model loads
+    if (const std::string* dir = a.get("support"); dir && cmd == "eval") support.emplace(*dir);
     [[maybe_unused]] const int port = int(integer(a, "port", 8080, 0, 65535));
     [[maybe_unused]] const std::size_t queue = std::size_t(integer(a, "queue", 8, 0, 1024));
     [[maybe_unused]] const int body_timeout = int(integer(a, "body-timeout", 30, 1, 3600));
@@ -369,12 +380,28 @@ int run(int argc, char** argv) {
     if (cmd == "eval") {
         const std::size_t limit = std::size_t(integer(a, "limit", 0, 0, 1ll << 40));
         t0 = clock_type::now();
-        auto outcomes = flamingo::fewshot::run(ctx, required(a, "data"), limit, frames, [&](std::size_t n) {
-            if (progress) std::cerr << "\33[2Kevaluated " << n << " prompts\r" << std::flush;
-        });
+        std::optional<flamingo::fewshot::Examples> examples;
+        if (support) {
+            const std::string* rule = a.get("shots");
+            const auto seed = std::uint64_t(integer(a, "seed", 0, 0, std::numeric_limits<long long>::max()));
+            examples.emplace(*support, rule && *rule == "rices" ? flamingo::fewshot::ShotRule::Rices
+                                                                 : flamingo::fewshot::ShotRule::Random, seed);
+        }
+        auto outcomes = flamingo::fewshot::run(
+            ctx, required(a, "data"), limit, frames,
+            [&](std::size_t n) {
+                if (progress) std::cerr << "\33[2Kevaluated " << n << " prompts\r" << std::flush;
+            },
+            examples ? &*examples : nullptr, verbose);
         if (progress) std::cerr << "\33[2K" << std::flush;
         if (verbose) std::cerr << "eval: " << outcomes.size() << " prompts in " << since(t0) << " s\n";
-        const std::string t = flamingo::fewshot::table(outcomes);
+        std::string t = flamingo::fewshot::table(outcomes);
+        if (a.has("held-out")) {
+            std::vector<flamingo::fewshot::Outcome> held;
+            for (const auto& o : outcomes)
+                if (o.held_out) held.push_back(o);
+            t += "\nqueries whose (shape, colour) pair was held out of training:\n\n" + flamingo::fewshot::table(held);
+        }
         std::cout << t;
         if (const std::string* out = a.get("out")) {
             std::ofstream f(*out);
@@ -383,9 +410,12 @@ int run(int argc, char** argv) {
         }
         if (const std::string* pred = a.get("predictions")) {
             std::ofstream f(*pred);
-            for (const auto& o : outcomes)
-                f << nlohmann::json({{"id", o.id}, {"task", o.task}, {"shots", o.shots}, {"prediction", o.prediction},
-                                     {"correct", o.correct}}).dump() << "\n";
+            for (const auto& o : outcomes) {
+                nlohmann::json line = {{"id", o.id}, {"task", o.task}, {"shots", o.shots}, {"prediction", o.prediction},
+                                       {"correct", o.correct}};
+                if (support) line["examples"] = o.examples;
+                f << line.dump() << "\n";
+            }
             if (!f) fail(ErrorKind::File, "cannot write ", *pred);
         }
         return 0;

@@ -5,10 +5,13 @@
 
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -468,4 +471,253 @@ TEST_CASE("quantize: the written directory generates as --weights q8|q4 on the o
                  "quantize needs --weights q8 or --weights q4");
     expect_error(run({"quantize", "--model", bundled.string(), "--weights", "q8"}), "quantize needs --out");
     CHECK(!fs::exists(scratch() / "q"));
+}
+
+// ---- eval with examples from a support pool (--support, --shots random|rices) -----------------
+
+namespace {
+
+const fs::path kEval = fs::path(FLAMINGO_TEST_DATA) / "world" / "eval";
+
+std::string slurp(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+std::vector<nlohmann::json> json_lines(const fs::path& p) {
+    std::vector<nlohmann::json> out;
+    std::ifstream in(p);
+    std::string line;
+    while (std::getline(in, line))
+        if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+    return out;
+}
+
+void write_lines(const fs::path& p, const std::vector<nlohmann::json>& lines) {
+    std::ofstream out(p, std::ios::binary | std::ios::trunc);
+    for (const auto& l : lines) out << l.dump() << "\n";
+}
+
+// A directory under scratch() holding `lines` as `file` and an `images`
+// link to the evaluation set's pictures (or, with copy_images, a copy of the
+// pictures the lines name).
+fs::path world_dir(const std::string& name, const std::string& file, const std::vector<nlohmann::json>& lines,
+                   bool copy_images = false) {
+    const fs::path d = scratch() / name;
+    fs::remove_all(d);
+    fs::create_directories(d);
+    write_lines(d / file, lines);
+    if (!copy_images) {
+        fs::create_directory_symlink(fs::absolute(kEval / "images"), d / "images");
+    } else {
+        fs::create_directories(d / "images");
+        for (const auto& l : lines) {
+            const std::string im = l.contains("image") ? l["image"].get<std::string>() : l["images"][0].get<std::string>();
+            if (!fs::exists(d / "images" / im)) fs::copy_file(kEval / "images" / im, d / "images" / im);
+        }
+    }
+    return d;
+}
+
+std::vector<fs::path> caches(const fs::path& support) {
+    std::vector<fs::path> out;
+    for (const auto& e : fs::directory_iterator(support))
+        if (e.path().filename().string().starts_with("embeddings-")) out.push_back(e.path());
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+std::vector<std::string> eval_args(const fs::path& data, const fs::path& support, const std::string& rule,
+                                   const fs::path& predictions, std::vector<std::string> more = {}) {
+    std::vector<std::string> a = {"eval", "--model", kBundled.string(), "--data", data.string(), "--support",
+                                  support.string(), "--shots", rule, "--threads", "1", "--predictions",
+                                  predictions.string()};
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+}
+
+}  // namespace
+
+#ifdef __SANITIZE_ADDRESS__
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+
+// Figures, not memory: optimised builds only (it embeds the whole pool and
+// runs 128 prompts, minutes under the sanitizers); the cache and error cases
+// below run everywhere.
+TEST_CASE("eval --support: each query's examples as tools/world/evaluate.py picks them, at random and by RICES" *
+          doctest::skip(kSanitized)) {
+    // tests/data/world/eval_selection.json: the PyTorch reference's picks (its own CLIP embeddings)
+    // for the first 4 queries of every task and shot count.
+    const nlohmann::json fixture = nlohmann::json::parse(slurp(fs::path(FLAMINGO_TEST_DATA) / "world" / "eval_selection.json"));
+    std::map<std::string, nlohmann::json> want;
+    for (const auto& c : fixture["cases"]) want[c["id"]] = c;
+    const fs::path support = world_dir("support_full", "pool.jsonl", json_lines(kEval / "support" / "pool.jsonl"));
+    for (const std::string rule : {"random", "rices"}) {
+        const fs::path pred = scratch() / ("selection_" + rule + ".jsonl");
+        const Result r = run(eval_args(kEval / "queries", support, rule, pred, {"--limit", "4"}));
+        INFO("stderr: " << r.err);
+        REQUIRE(r.status == 0);
+        const auto got = json_lines(pred);
+        CHECK(got.size() == want.size());
+        std::size_t nonempty = 0;
+        for (const auto& g : got) {
+            INFO(rule << " " << g["id"]);
+            REQUIRE(want.count(g["id"]));
+            CHECK(g["examples"] == want[g["id"]][rule]);
+            CHECK(g["examples"].size() == g["shots"].get<std::size_t>());
+            nonempty += !g["examples"].empty();
+        }
+        CHECK(nonempty == 4 * 4 * 3);  // 4 queries x 4 tasks x 1, 2 and 4 shots
+    }
+    // RICES cached the pool's embeddings next to it, and reading them back picks the same.
+    REQUIRE(caches(support).size() == 1);
+    const fs::path again = scratch() / "selection_again.jsonl";
+    const Result r = run(eval_args(kEval / "queries", support, "rices", again, {"--limit", "4", "--verbose"}));
+    INFO("stderr: " << r.err);
+    REQUIRE(r.status == 0);
+    CHECK(r.err.find("pool images from " + caches(support)[0].string()) != std::string::npos);
+    CHECK(slurp(again) == slurp(scratch() / "selection_rices.jsonl"));
+    fs::remove_all(support);
+}
+
+TEST_CASE("eval --support: the embedding cache is per model and pool; a stale one is recomputed, a broken one refused") {
+    // One VQA query (0 to 4 shots) and a pool of the first six examples of its pool.
+    auto queries = json_lines(kEval / "queries" / "vqa.jsonl");
+    queries.resize(4);
+    std::set<std::string> pools;
+    for (const auto& q : queries) pools.insert(q["pool"]);
+    std::vector<nlohmann::json> pool;
+    std::map<std::string, int> taken;
+    for (const auto& e : json_lines(kEval / "support" / "pool.jsonl"))
+        if (pools.count(e["pool"]) && taken[e["pool"]]++ < 6) pool.push_back(e);
+    const fs::path data = world_dir("cache_queries", "vqa.jsonl", queries);
+    const fs::path support = world_dir("cache_support", "pool.jsonl", pool, true);
+    const fs::path p0 = scratch() / "cache0.jsonl", p1 = scratch() / "cache1.jsonl";
+
+    Result r = run(eval_args(data, support, "rices", p0, {"--verbose"}));
+    INFO("stderr: " << r.err);
+    REQUIRE(r.status == 0);
+    std::set<std::string> pictures;
+    for (const auto& e : pool) pictures.insert(e["image"]);
+    CHECK(r.err.find("rices: embedded " + std::to_string(pictures.size()) + " pool images") != std::string::npos);
+    REQUIRE(caches(support).size() == 1);
+    const fs::path cache = caches(support)[0];
+    const std::string bytes = slurp(cache);
+
+    // Read back, not recomputed: same picks.
+    r = run(eval_args(data, support, "rices", p1, {"--verbose"}));
+    REQUIRE(r.status == 0);
+    CHECK(r.err.find("from " + cache.string()) != std::string::npos);
+    CHECK(slurp(p1) == slurp(p0));
+
+    // Another weight format is another model: a cache of its own.
+    r = run(eval_args(data, support, "rices", p1, {"--weights", "q8"}));
+    REQUIRE(r.status == 0);
+    CHECK(caches(support).size() == 2);
+    fs::remove(caches(support)[0] == cache ? caches(support)[1] : caches(support)[0]);
+
+    // The pool file changes (a field the evaluation does not read): stale,
+    // recomputed; the same pictures, so the same picks and answers.
+    patch(support / "pool.jsonl", "\"pool\":", "\"note\":\"edited\",\"pool\":");
+    r = run(eval_args(data, support, "rices", p1, {"--verbose"}));
+    REQUIRE(r.status == 0);
+    CHECK(r.err.find("rices: embedded") != std::string::npos);
+    CHECK(slurp(p1) == slurp(p0));
+    REQUIRE(caches(support).size() == 1);
+    CHECK(slurp(cache) != bytes);
+
+    // A picture changes: stale, recomputed.
+    const std::string first = pool[0]["image"], second = pool[1]["image"];
+    fs::copy_file(support / "images" / second, support / "images" / first, fs::copy_options::overwrite_existing);
+    r = run(eval_args(data, support, "rices", p1, {"--verbose"}));
+    REQUIRE(r.status == 0);
+    CHECK(r.err.find("rices: embedded") != std::string::npos);
+    fs::copy_file(kEval / "images" / first, support / "images" / first, fs::copy_options::overwrite_existing);
+    r = run(eval_args(data, support, "rices", p1, {"--verbose"}));
+    REQUIRE(r.status == 0);
+    CHECK(r.err.find("rices: embedded") != std::string::npos);
+    const std::string good = slurp(cache);
+
+    // Broken files are refused with one line, never read as embeddings.
+    auto broken = [&](const std::string& content, const std::string& why) {
+        std::ofstream(cache, std::ios::binary | std::ios::trunc) << content;
+        expect_error(run(eval_args(data, support, "rices", p1)), why);
+    };
+    broken(good.substr(0, good.size() - 4), "corrupt embedding cache");
+    broken(good.substr(0, 20), "corrupt embedding cache");
+    broken("not a cache at all", "no FLRICES1 header");
+    std::string flipped = good;
+    flipped[flipped.size() - 3] ^= 0x40;
+    broken(flipped, "do not match their digest");
+    std::string header = good;
+    header[17] = '[';
+    broken(header, "header is not JSON");
+    // Random picks need no embeddings, so they do not read the cache.
+    r = run(eval_args(data, support, "random", p1));
+    CHECK(r.status == 0);
+    fs::remove(cache);
+    r = run(eval_args(data, support, "rices", p1));
+    CHECK(r.status == 0);
+    CHECK(slurp(p1) == slurp(p0));
+    fs::remove_all(data);
+    fs::remove_all(support);
+}
+
+TEST_CASE("eval --support: bad support directories and query records give one-line errors") {
+    auto queries = json_lines(kEval / "queries" / "vqa.jsonl");
+    queries.resize(4);  // one query, 0 to 4 shots
+    std::vector<nlohmann::json> pool;
+    for (const auto& e : json_lines(kEval / "support" / "pool.jsonl"))
+        if (e["pool"] == queries[0]["pool"] && pool.size() < 5) pool.push_back(e);
+    const fs::path data = world_dir("bad_queries", "vqa.jsonl", queries);
+    const fs::path p = scratch() / "bad.jsonl";
+    auto support_with = [&](std::vector<nlohmann::json> lines) { return world_dir("bad_support", "pool.jsonl", lines, true); };
+
+    expect_error(run(eval_args(data, scratch() / "no_such_pool", "random", p)), "support pool directory does not exist");
+    fs::path s = support_with(pool);
+    fs::remove(s / "pool.jsonl");
+    expect_error(run(eval_args(data, s, "random", p)), "pool.jsonl: cannot read the support pool");
+    s = support_with(pool);
+    std::ofstream(s / "pool.jsonl", std::ios::app) << "{\"pool\": \n";
+    expect_error(run(eval_args(data, s, "random", p)), "pool.jsonl:6: not JSON");
+    auto no_text = pool;
+    no_text[2].erase("text");
+    expect_error(run(eval_args(data, support_with(no_text), "random", p)), "pool.jsonl:3: needs a non-empty string \"text\"");
+    s = support_with(pool);
+    fs::remove(s / "images" / pool[1]["image"].get<std::string>());
+    expect_error(run(eval_args(data, s, "rices", p)), "pool.jsonl:2: image ");
+    // A picture that is not an image: named when it is read (embedded by rices, shown by random).
+    for (const std::string rule : {"rices", "random"}) {
+        s = support_with(pool);
+        std::ofstream(s / "images" / pool[0]["image"].get<std::string>(), std::ios::trunc) << "not a png";
+        auto all = pool;  // random must pick it: a pool of four, four shots
+        all.resize(4);
+        write_lines(s / "pool.jsonl", all);
+        expect_error(run(eval_args(data, s, rule, p)), pool[0]["image"].get<std::string>());
+    }
+    auto other = pool;
+    for (auto& e : other) e["pool"] = "elsewhere";
+    expect_error(run(eval_args(data, support_with(other), "random", p)), "no example of pool '" + queries[0]["pool"].get<std::string>() + "'");
+    auto few = pool;
+    few.resize(3);
+    expect_error(run(eval_args(data, support_with(few), "random", p)), "4 shots, but pool '");
+    auto no_query = queries;
+    no_query[1].erase("query");
+    const fs::path d2 = world_dir("bad_queries2", "vqa.jsonl", no_query);
+    expect_error(run(eval_args(d2, support_with(pool), "random", p)), "a query record needs \"query\", \"pool\" and one image");
+    // Query records need a pool; the pool options need each other.
+    expect_error(run({"eval", "--model", kBundled.string(), "--data", data.string()}), "give --support DIR");
+    expect_error(run({"eval", "--model", kBundled.string(), "--data", data.string(), "--shots", "rices"}),
+                 "--shots needs --support");
+    expect_error(run({"eval", "--model", kBundled.string(), "--data", data.string(), "--seed", "3"}),
+                 "--seed needs --support");
+    expect_error(run(eval_args(data, support_with(pool), "nearest", p)), "--shots must be random or rices");
+    fs::remove_all(data);
+    fs::remove_all(d2);
+    fs::remove_all(scratch() / "bad_support");
 }

@@ -66,7 +66,7 @@ def episodes(task, n, seed, general, names):
         scenes = [general[i] for i in support] + [general[qi]]
         it = iter(scenes)
         doc = T.sample_document(rng, task, 5, lambda _rng, **kw: next(it), names, "eval")
-        out.append(Episode(task, doc.chunks[-1], doc.chunks[:4], {"style": doc.style}))
+        out.append(Episode(task, doc.chunks[-1], doc.chunks[:4], {"style": doc.style, "general": qi}))
     return out
 
 
@@ -75,10 +75,11 @@ def general_scenes(seed, n):
     return [S.sample_scene(rng, "eval") for _ in range(n)]
 
 
-def items(eps, shots_list=SHOTS, image_name=None):
-    """Evaluation records (dicts) for every episode and shot count."""
+def items(eps, shots_list=SHOTS, image_name=None, first=0):
+    """Evaluation records (dicts) for every episode and shot count; episode i
+    is query number first + i."""
     out = []
-    for e_i, ep in enumerate(eps):
+    for e_i, ep in enumerate(eps, start=first):
         for shots in shots_list:
             rec = {"id": f"{ep.task}-{e_i:03d}-{shots}shot", "task": ep.task, "shots": shots,
                    "prompt": ep.prompt(shots),
@@ -101,6 +102,7 @@ def items(eps, shots_list=SHOTS, image_name=None):
 
 
 def build(seed, n_per_task, n_general, names):
+    """{task: episodes}; the general scenes are general_scenes(seed, n_general)."""
     general = general_scenes(seed, n_general)
     return {task: episodes(task, n_per_task, seed, general, names) for task in T.TASKS}
 
@@ -121,7 +123,97 @@ def write(out_dir, eps_by_task):
         with open(os.path.join(out_dir, f"{task}.jsonl"), "w") as f:
             for rec in items(eps, image_name=image_name):
                 f.write(json.dumps(rec) + "\n")
-    return len(names)
+    return image_name
+
+
+# ---- query records and the support pool (random and RICES examples) -------------------
+
+EVAL_TASKS = ["caption", "vqa", "classify", "binding"]
+
+
+def pool_name(task, ep, e_i):
+    """The part of the support pool a query draws its examples from. A prompt
+    keeps one answer style (classify: one category attribute) and only the
+    examples show it, so the style belongs to the task's definition, as a
+    dataset's answer format does: a query's examples come from the examples
+    written in its style. Binding's names are made up per query, so no shared
+    pool can hold them: each binding query draws from its own four examples
+    (two of each name)."""
+    if task == "binding":
+        return f"binding-{e_i:03d}"
+    return f"{task}-{ep.meta['style']}"
+
+
+def query_items(eps, image_name, shots_list=SHOTS):
+    """Query records: the fields of `items` with "query" (the query chunk's
+    text before the answer) in place of "prompt", "images" holding only the
+    query picture, and "pool" naming where its examples come from."""
+    out = []
+    for e_i, ep in enumerate(eps):
+        for rec in items([ep], shots_list, image_name, first=e_i):
+            rec["query"] = ep.query.prefix
+            rec["pool"] = pool_name(ep.task, ep, e_i)
+            rec["images"] = rec["images"][-1:]
+            del rec["prompt"]
+            out.append(rec)
+    return out
+
+
+def support_pool(seed, general, eps_by_task, image_name):
+    """Support entries {"pool", "image", "text"} for every query record.
+    caption, vqa, classify: every general scene that is not one of the task's
+    queries, once in each style (vqa: one question per scene and style, drawn
+    at random), so the pool is disjoint from the queries and shares their
+    image files. binding: each query's own four examples."""
+    rng = random.Random(f"{seed}-pool")
+    out = []
+    for task in EVAL_TASKS:
+        eps = eps_by_task[task]
+        if task == "binding":
+            for e_i, ep in enumerate(eps):
+                for c in ep.examples:
+                    out.append({"pool": pool_name(task, ep, e_i), "image": image_name(c.scene), "text": c.text})
+            continue
+        queries = {ep.meta["general"] for ep in eps}
+        styles = {"caption": range(T.CAPTION_STYLES), "vqa": range(T.VQA_STYLES),
+                  "classify": T.CLASSIFY_ATTRIBUTES}[task]
+        for style in styles:
+            for i, sc in enumerate(general):
+                if i in queries:
+                    continue
+                if task == "caption":
+                    text = T.caption(sc, style)
+                elif task == "vqa":
+                    q = rng.choice(T.QUESTION_TYPES)
+                    text = T.vqa_prefix(q) + " " + T.vqa_answer(sc, q, style)
+                else:
+                    text = T.CLASSIFY_PREFIX + " " + sc.attr(style)
+                out.append({"pool": f"{task}-{style}", "image": image_name(sc), "text": text})
+    return out
+
+
+def write_queries(out_dir, seed, general, eps_by_task, image_name):
+    """<out_dir>/queries/<task>.jsonl and <out_dir>/support/pool.jsonl; both
+    name pictures in <out_dir>/images (each holds an `images` link to it)."""
+    for sub in ("queries", "support"):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+        link = os.path.join(out_dir, sub, "images")
+        if not os.path.lexists(link):
+            os.symlink(os.path.join("..", "images"), link)
+    for task in EVAL_TASKS:
+        with open(os.path.join(out_dir, "queries", f"{task}.jsonl"), "w") as f:
+            for rec in query_items(eps_by_task[task], image_name):
+                f.write(json.dumps(rec) + "\n")
+    pool = support_pool(seed, general, eps_by_task, image_name)
+    with open(os.path.join(out_dir, "support", "pool.jsonl"), "w") as f:
+        for e in pool:
+            f.write(json.dumps(e) + "\n")
+    return len(pool)
+
+
+def read_pool(support_dir):
+    with open(os.path.join(support_dir, "pool.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def read(eval_dir):

@@ -13,6 +13,18 @@ and dequantised as the C++ model's --weights q8|q4 holds them
 table exactly as `flamingo eval --out` does, for comparing the two.
 
 Also `--agreement FILE` writes the fixture the C++ side checks itself against.
+
+Examples from a support pool (query records, tests/data/world/eval/queries):
+
+  /usr/bin/python3 tools/world/evaluate.py --eval tests/data/world/eval/queries \\
+      --support tests/data/world/eval/support --shots random|rices [--seed 0] --cli-table table.md
+
+picks each query's examples as `flamingo eval --support --shots` does (same
+random draws; RICES on this reference's own CLIP embeddings), and
+`--selection FILE` writes the picks of both rules (with the similarities) for
+the first --limit queries per task and shot count without evaluating them: the
+fixture tests/data/world/eval_selection.json that the C++ selection is tested
+against.
 """
 
 import argparse
@@ -39,6 +51,100 @@ from world import tasks as T  # noqa: E402
 
 def load_png(path):
     return np.asarray(Image.open(path).convert("RGB"))
+
+
+# ---- examples from a support pool: seeded random picks and RICES ---------------------------
+# The same rules as examples/eval.hpp, written again here from their description.
+
+MASK64 = (1 << 64) - 1
+
+
+def fnv1a64(data):
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & MASK64
+    return h
+
+
+def random_pick(record_id, seed, n, k):
+    """k distinct indices of n candidates: a partial Fisher-Yates shuffle
+    driven by SplitMix64, seeded by FNV-1a of "<seed>:<record id>"; index i of
+    the prompt's examples is the i-th drawn."""
+    state = fnv1a64(f"{seed}:{record_id}".encode())
+    idx = list(range(n))
+    for i in range(k):
+        state = (state + 0x9E3779B97F4A7C15) & MASK64
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        z ^= z >> 31
+        j = i + z % (n - i)
+        idx[i], idx[j] = idx[j], idx[i]
+    return idx[:k]
+
+
+def normalise(e):
+    e = np.asarray(e, dtype=np.float64)
+    return e / np.linalg.norm(e, axis=-1, keepdims=True)
+
+
+def rices_pick(query, candidates, k):
+    """OpenFlamingo's RICES: cosine similarity of L2-normalised CLIP image
+    embeddings, the k most similar, placed in the prompt least similar first
+    (the most similar right before the query). Exact ties go to the earlier
+    candidate (pool file order). Returns (positions, their similarities)."""
+    sim = normalise(candidates) @ normalise(query)
+    order = sorted(range(len(sim)), key=lambda i: (-sim[i], i))[:k]
+    order.reverse()
+    return order, [float(sim[i]) for i in order]
+
+
+class Support:
+    """A support pool: <dir>/pool.jsonl ({"pool", "image", "text"} per line),
+    pictures in <dir>/images."""
+
+    def __init__(self, support_dir):
+        self.dir = support_dir
+        self.entries = evalset.read_pool(support_dir)
+        self.by_pool = {}
+        for i, e in enumerate(self.entries):
+            self.by_pool.setdefault(e["pool"], []).append(i)
+
+    def path(self, i):
+        return os.path.realpath(os.path.join(self.dir, "images", self.entries[i]["image"]))
+
+
+def embeddings(model, paths):
+    """CLIP image embeddings (class token after ln_post, times proj) of image files, float32."""
+    out = []
+    with torch.no_grad():
+        for b in range(0, len(paths), 64):
+            px = common.preprocess(np.stack([load_png(p) for p in paths[b:b + 64]]))
+            out.append(model.vision_encoder(px)[0].numpy())
+    return np.concatenate(out)
+
+
+def select(rec, support, shots_rule, seed, emb):
+    """Pool indices of a query record's examples, in prompt order, and (RICES) their similarities."""
+    cands = support.by_pool.get(rec["pool"], [])
+    k = rec["shots"]
+    if k > len(cands):
+        raise ValueError(f"{rec['id']}: needs {k} examples, pool '{rec['pool']}' has {len(cands)}")
+    if k == 0:
+        return [], []
+    if shots_rule == "random":
+        return [cands[i] for i in random_pick(rec["id"], seed, len(cands), k)], []
+    pos, sims = rices_pick(emb(rec["query_path"]), np.stack([emb(support.path(i)) for i in cands]), k)
+    return [cands[i] for i in pos], sims
+
+
+def with_examples(rec, support, picks):
+    """The full record: the examples' chunks, then the query's."""
+    r = dict(rec)
+    r["prompt"] = "".join(f"{T.IMAGE}{support.entries[i]['text']}{T.EOC}" for i in picks) + T.IMAGE + rec["query"]
+    r["image_paths"] = [support.path(i) for i in picks] + [rec["query_path"]]
+    r["examples"] = picks
+    return r
 
 
 class ImageCache:
@@ -74,7 +180,7 @@ def judge(tok, rec, generated=None, scores=None):
 
 def run_record(model, tok, images, rec):
     prompt_ids = tok.encode(rec["prompt"])
-    media = images.media(rec["images"])
+    media = images.media(rec["image_paths"])
     if rec["judge"] == "score":
         cands = [tok.encode(c) for c in rec["candidates"]]
         scores = ref.score_candidates(model, None, prompt_ids, cands, media=media)
@@ -195,6 +301,11 @@ def main():
     ap.add_argument("--predictions", help="write each record's outcome as JSON Lines, as `flamingo eval` does")
     ap.add_argument("--agreement", help="write the agreement fixture (JSON) here")
     ap.add_argument("--agreement-per-task", type=int, default=5)
+    ap.add_argument("--support", help="support pool directory: query records draw their examples from it")
+    ap.add_argument("--shots", choices=("random", "rices"), default="random", help="how examples are picked")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random picks")
+    ap.add_argument("--held-out", action="store_true", help="--cli-table: append the held-out pairs' table")
+    ap.add_argument("--selection", help="write both rules' picks for the first --limit queries (no evaluation)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -202,8 +313,27 @@ def main():
     if args.weights != "f32":
         ref.quantize_linear_weights(model, args.weights)
     tok = bpe.Tokenizer.load(os.path.join(args.model, "tokenizer.json"))
-    images = ImageCache(model, lambda name: load_png(os.path.join(args.eval, "images", name)))
+    images = ImageCache(model, load_png)
     data = evalset.read(args.eval)
+    support = Support(args.support) if args.support else None
+    emb_cache = {}
+
+    def emb(path):
+        if path not in emb_cache:
+            emb_cache[path] = embeddings(model, [path])[0]
+        return emb_cache[path]
+
+    if support:  # the pool's embeddings at once (batched), as the C++ cache holds them
+        paths = sorted({support.path(i) for i in range(len(support.entries))})
+        emb_cache.update(zip(paths, embeddings(model, paths)))
+    for recs in data.values():
+        for rec in recs:
+            rec["image_paths"] = [os.path.realpath(os.path.join(args.eval, "images", n)) for n in rec["images"]]
+            if "query" in rec:
+                rec["query_path"] = rec["image_paths"][0]
+    if args.selection:
+        write_selection(args.selection, data, support, args.seed, emb, args.limit)
+        return
     results, outputs = {}, {}
     t0 = time.time()
     for task, recs in data.items():
@@ -212,6 +342,10 @@ def main():
             seen[rec["shots"]] = seen.get(rec["shots"], 0) + 1
             if args.limit and seen[rec["shots"]] > args.limit:
                 continue
+            if "prompt" not in rec:
+                if not support:
+                    raise SystemExit(f"{rec['id']}: a query record (no prompt): give --support")
+                rec = with_examples(rec, support, select(rec, support, args.shots, args.seed, emb)[0])
             ok, out, extra = run_record(model, tok, images, rec)
             results.setdefault(task, []).append((rec["shots"], ok, rec.get("held_out_pair", False)))
             outputs[rec["id"]] = (rec, ok, out, extra)
@@ -226,13 +360,45 @@ def main():
     if args.cli_table:
         with open(args.cli_table, "w") as f:
             f.write(cli_table(results))
+            if args.held_out:
+                f.write("\nqueries whose (shape, colour) pair was held out of training:\n\n")
+                f.write(cli_table({t: [r for r in rs if r[2]] for t, rs in results.items() if any(r[2] for r in rs)}))
     if args.predictions:
         with open(args.predictions, "w") as f:
             for rec, ok, out, _extra in outputs.values():
-                f.write(json.dumps({"id": rec["id"], "task": rec["task"], "shots": rec["shots"],
-                                    "prediction": out, "correct": bool(ok)}) + "\n")
+                line = {"id": rec["id"], "task": rec["task"], "shots": rec["shots"],
+                        "prediction": out, "correct": bool(ok)}
+                if "examples" in rec:
+                    line["examples"] = rec["examples"]
+                f.write(json.dumps(line) + "\n")
     if args.agreement:
         write_agreement(args.agreement, data, outputs, args.agreement_per_task)
+
+
+def write_selection(path, data, support, seed, emb, limit):
+    """Both rules' picks (pool indices, prompt order) for the first `limit`
+    query records of each task and shot count, with RICES's similarities and
+    the similarity of the best candidate left out (how far from a tie the cut is)."""
+    cases = []
+    for task, recs in data.items():
+        seen = {}
+        for rec in recs:
+            seen[rec["shots"]] = seen.get(rec["shots"], 0) + 1
+            if limit and seen[rec["shots"]] > limit:
+                continue
+            rnd, _ = select(rec, support, "random", seed, emb)
+            ric, sims = select(rec, support, "rices", seed, emb)
+            cands = support.by_pool[rec["pool"]]
+            all_sims = sorted((normalise(np.stack([emb(support.path(i)) for i in cands]))
+                               @ normalise(emb(rec["query_path"]))).tolist(), reverse=True)
+            cases.append({"id": rec["id"], "random": rnd, "rices": ric, "similarity": sims,
+                          "next_similarity": all_sims[rec["shots"]] if rec["shots"] < len(all_sims) else None})
+    with open(path, "w") as f:
+        json.dump({"note": f"tools/world/evaluate.py --selection (seed {seed}, limit {limit}): pool indices "
+                           "(lines of pool.jsonl from 0) of each query's examples in prompt order; RICES "
+                           "similarities from the PyTorch reference's embeddings",
+                   "seed": seed, "cases": cases}, f, indent=None)
+        f.write("\n")
 
 
 def write_agreement(path, data, outputs, per_task):

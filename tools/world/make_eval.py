@@ -1,9 +1,17 @@
 """Write the held-out evaluation set of the synthetic world:
-tests/data/world/eval/{caption,vqa,classify,binding}.jsonl and images/*.png.
+
+  tests/data/world/eval/{caption,vqa,classify,binding}.jsonl   prompts with fixed examples
+  tests/data/world/eval/queries/<task>.jsonl                   the same queries without examples
+  tests/data/world/eval/support/pool.jsonl                     the support pool they draw examples from
+  tests/data/world/eval/images/*.png                           every picture (queries/ and support/ link to it)
 
   /usr/bin/python3 tools/world/make_eval.py [--out tests/data/world/eval] [--per-task 200]
+  /usr/bin/python3 tools/world/make_eval.py --dev --out /tmp/dev   # a development split
 
-Deterministic: the same arguments give the same files.
+Deterministic: the same arguments give the same files. `--dev` draws the
+same kinds of prompts from another seed, for decisions made while training
+(step counts, data mix, capacity), so that the committed set is used once,
+for the published table.
 """
 
 import argparse
@@ -16,21 +24,26 @@ from world import common, evalset  # noqa: E402
 from world import tasks as T  # noqa: E402
 
 EVAL_SEED = 20240601
+DEV_SEED = 20240602
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(common.REPO, "tests", "data", "world", "eval"))
     ap.add_argument("--per-task", type=int, default=200)
     ap.add_argument("--general", type=int, default=500, help="scenes shared by caption, vqa and classify")
+    ap.add_argument("--dev", action="store_true", help="the development split (another seed)")
     args = ap.parse_args()
+    seed = DEV_SEED if args.dev else EVAL_SEED
     _, eval_names = T.name_split()
     if os.path.isdir(os.path.join(args.out, "images")):
         shutil.rmtree(os.path.join(args.out, "images"))
-    eps = evalset.build(EVAL_SEED, args.per_task, args.general, eval_names)
-    n = evalset.write(args.out, eps)
-    size = sum(os.path.getsize(os.path.join(args.out, "images", f)) for f in os.listdir(os.path.join(args.out, "images")))
-    print(f"{args.out}: {n} images ({size / 1e6:.2f} MB)")
+    eps = evalset.build(seed, args.per_task, args.general, eval_names)
+    image_name = evalset.write(args.out, eps)
+    pool = evalset.write_queries(args.out, seed, evalset.general_scenes(seed, args.general), eps, image_name)
+    files = os.listdir(os.path.join(args.out, "images"))
+    size = sum(os.path.getsize(os.path.join(args.out, "images", f)) for f in files)
+    print(f"{args.out}: {len(files)} images ({size / 1e6:.2f} MB), {pool} support examples")
 
 
 if __name__ == "__main__":

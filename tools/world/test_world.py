@@ -175,14 +175,54 @@ class EvalDataTest(unittest.TestCase):
         for r in evalset.read(EVAL)["binding"]:
             self.assertNotIn(r["answer"].rstrip("."), train_names)
 
+    def test_queries_and_support_pool(self):
+        """Query records are the fixed set's queries without their examples;
+        each draws from a pool of its own style that does not hold its picture
+        (binding: its own four examples)."""
+        fixed = evalset.read(EVAL)
+        queries = evalset.read(os.path.join(EVAL, "queries"))
+        by_pool = {}
+        for e in evalset.read_pool(os.path.join(EVAL, "support")):
+            self.assertTrue(os.path.exists(os.path.join(EVAL, "support", "images", e["image"])), e)
+            by_pool.setdefault(e["pool"], []).append(e)
+        for task, recs in queries.items():
+            ids = {r["id"]: r for r in fixed[task]}
+            for r in recs:
+                f = ids[r["id"]]
+                self.assertNotIn("prompt", r)
+                self.assertTrue(f["prompt"].endswith(T.IMAGE + r["query"]), r["id"])
+                self.assertEqual(r["images"], f["images"][-1:])
+                self.assertEqual((r["answer"], r["shots"]), (f["answer"], f["shots"]))
+                pool = by_pool[r["pool"]]
+                if task == "binding":
+                    four = ids[r["id"].rsplit("-", 1)[0] + "-4shot"]
+                    self.assertEqual([e["image"] for e in pool], four["images"][:4])
+                    self.assertEqual("".join(f"{T.IMAGE}{e['text']}{T.EOC}" for e in pool) + T.IMAGE + r["query"],
+                                     four["prompt"])
+                else:
+                    self.assertEqual(len(pool), 300)
+                    self.assertNotIn(r["images"][0], {e["image"] for e in pool}, r["id"])
+                    if r["shots"]:  # the fixed examples show the query's style; every pool entry shows it too
+                        ex = f["prompt"].split(T.EOC)[0][len(T.IMAGE):]
+                        if task == "caption":
+                            style = lambda t: "digits" if t[0].isdigit() else t.split()[0]  # "A photo" / "There"
+                            self.assertTrue(all(style(e["text"]) == style(ex) for e in pool), r["id"])
+                        elif task == "vqa":
+                            tail = lambda t: "is" if "The answer is" in t else ("." if t.endswith(".") else "")
+                            self.assertTrue(all(tail(e["text"]) == tail(ex) for e in pool), r["id"])
+
     def test_regenerated_files_are_identical(self):
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "make_eval.py"),
                             "--out", tmp], check=True, capture_output=True)
             for task in T.TASKS:
-                with open(os.path.join(tmp, f"{task}.jsonl"), "rb") as a, \
-                        open(os.path.join(EVAL, f"{task}.jsonl"), "rb") as b:
-                    self.assertEqual(a.read(), b.read(), task)
+                for sub in ("", "queries"):
+                    with open(os.path.join(tmp, sub, f"{task}.jsonl"), "rb") as a, \
+                            open(os.path.join(EVAL, sub, f"{task}.jsonl"), "rb") as b:
+                        self.assertEqual(a.read(), b.read(), (sub, task))
+            with open(os.path.join(tmp, "support", "pool.jsonl"), "rb") as a, \
+                    open(os.path.join(EVAL, "support", "pool.jsonl"), "rb") as b:
+                self.assertEqual(a.read(), b.read(), "pool.jsonl")
             names = sorted(os.listdir(os.path.join(tmp, "images")))
             self.assertEqual(names, sorted(os.listdir(os.path.join(EVAL, "images"))))
             for name in names:
