@@ -116,6 +116,7 @@ struct TaskHooks {
     // without a bound 16 small files declaring 8192x8192 would hold 3 GB.
     std::uint64_t max_decoded_bytes = std::numeric_limits<std::uint64_t>::max();
     std::function<void(std::int32_t)> on_token;  // generate: each new token as it is chosen
+    std::function<void()> on_step;               // generate: before each beam search step
 };
 
 // Bytes of a data:image/...;base64,... URI or (without files) of bare base64.
@@ -208,7 +209,7 @@ inline ojson run_task(Context& ctx, const json& task, const TaskHooks& hooks) {
                       "no_repeat_ngram_size", "temperature", "top_k", "top_p", "seed"});
         const std::string prompt = b.text("prompt");
         auto go = generate_options(b);
-        go.on_token = hooks.on_token;
+        go.on_token = hooks.on_token, go.on_step = hooks.on_step;
         const std::size_t frames = std::size_t(b.integer("frames", 1, 1, 4096));
         const std::size_t prompt_tokens = model.tokenize(prompt).size();
         ctx.set_media(media(model, b.strings("images"), frames, hooks));
@@ -279,6 +280,7 @@ struct Options {
     bool resume = false;
     bool progress = false;
     std::size_t prefix_cache_mb = 256;  // prompt prefixes and media the workers share (0: no cache)
+    std::size_t batch = 0;  // >0: the workers' greedy/sampled decoding steps run together, up to this many rows
 };
 
 // The ids (as JSON text) of the lines already in `out`; drops a last line cut short.
@@ -348,11 +350,17 @@ inline int run(const std::shared_ptr<const Model>& model, const Options& o) {
     TaskHooks hooks;
     hooks.files = &base;
     const auto cache = o.prefix_cache_mb ? std::make_shared<PrefixCache>(o.prefix_cache_mb << 20) : nullptr;
+    // The loop steps every worker's sequences on all the threads; a worker's
+    // own threads read its prompts meanwhile.
+    const auto batcher = o.batch ? std::make_shared<generate::Batcher>(
+                                       model->network(), o.batch, std::make_shared<Executor>(std::max(1, o.threads)))
+                                 : nullptr;
     auto work = [&] {
         std::optional<Context> ctx;
         std::string setup_error;
         try {
             ctx.emplace(model, ContextOptions{per_worker, nullptr}, cache);
+            ctx->set_batcher(batcher);
         } catch (const std::exception& e) {
             setup_error = e.what();
         }

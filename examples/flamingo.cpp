@@ -59,7 +59,7 @@ const Command kCommands[] = {
      "           their examples from the --support pool, at random or by CLIP similarity (RICES)"},
     {"chat", "[--image PATH ...] [generation options of generate]",
      "a conversation on stdin, one message per line (/image PATH, /reset, /quit)"},
-    {"batch", "[--in FILE.jsonl] [--out FILE.jsonl] [--parallel N] [--resume] [--prefix-cache MB]",
+    {"batch", "[--in FILE.jsonl] [--out FILE.jsonl] [--parallel N] [--resume] [--prefix-cache MB] [--batch N]",
      "JSON Lines of generate/score/embed/tokenize tasks, one result line each, in order"},
     {"serve", "[--host 127.0.0.1] [--port 8080] [--parallel N] [--queue N] [--api-key KEY]\n"
               "           [--prefix-cache MB] [--body-timeout SEC] [--batch N]",
@@ -112,7 +112,7 @@ const Option kOptions[] = {
     {"host", "ADDR", "serve", nullptr},
     {"port", "N", "serve", nullptr},
     {"queue", "N", "serve", nullptr},
-    {"batch", "N", "serve",
+    {"batch", "N", "batch serve",
      "decode the workers' greedy and sampling requests together, up to N\n"
      "                      sequences per step, reading the weights once for all (default 0: off)"},
     {"api-key", "KEY", "serve", nullptr},
@@ -310,7 +310,7 @@ int run(int argc, char** argv) {
     [[maybe_unused]] const int port = int(integer(a, "port", 8080, 0, 65535));
     [[maybe_unused]] const std::size_t queue = std::size_t(integer(a, "queue", 8, 0, 1024));
     [[maybe_unused]] const int body_timeout = int(integer(a, "body-timeout", 30, 1, 3600));
-    [[maybe_unused]] const std::size_t batch = std::size_t(integer(a, "batch", 0, 0, 256));
+    const std::size_t batch = std::size_t(integer(a, "batch", 0, 0, 256));
     const std::size_t prefix_cache_mb = std::size_t(integer(a, "prefix-cache", 256, 0, 1 << 20));
     if (const std::string* k = a.get("api-key"); k && k->empty()) fail("--api-key is empty");
 #ifndef FLAMINGO_SERVE
@@ -360,7 +360,7 @@ int run(int argc, char** argv) {
         if (const std::string* in = a.get("in")) bo.in = *in;
         if (const std::string* out = a.get("out")) bo.out = *out;
         bo.parallel = parallel, bo.threads = threads, bo.resume = a.has("resume"), bo.progress = progress;
-        bo.prefix_cache_mb = prefix_cache_mb;
+        bo.prefix_cache_mb = prefix_cache_mb, bo.batch = batch;
         return flamingo::batch::run(model, bo);
     }
 #ifdef FLAMINGO_SERVE

@@ -618,6 +618,9 @@ private:
                 if (pieces)
                     if (auto p = pieces->add(t); !p.empty()) ex.push(event({{"text", p}}));
             };
+            hooks.on_step = [&] {  // beam search: its tokens come at the end, a client gone stops it too
+                if (ex.cancelled) throw Cancelled{};
+            };
             w.conv.reset();  // the session is the conversation's too
             ojson r = batch::run_task(ctx, body, hooks);
             if (r.contains("usage")) {
@@ -770,6 +773,9 @@ private:
                 if (ex.cancelled) throw Cancelled{};
                 if (ex.stream)
                     if (auto p = pieces.add(t); !p.empty()) ex.push(chunk({{"content", p}}, nullptr));
+            };
+            go.on_step = [&] {
+                if (ex.cancelled) throw Cancelled{};
             };
             if (ex.stream) ex.push(chunk({{"role", "assistant"}, {"content", ""}}, nullptr));
             const Generation g = conv.reply(go);

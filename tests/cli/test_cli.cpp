@@ -406,6 +406,13 @@ TEST_CASE("batch: mixed good and bad lines in order, the single commands' answer
     CHECK(two.status == 3);
     CHECK(two.out == one.out);
 
+    // --batch 4: the generations of 4 workers decoded together, the same lines
+    auto base4 = base;
+    base4.insert(base4.end(), {"--parallel", "4", "--batch", "4"});
+    auto four = run(base4);
+    CHECK(four.status == 3);
+    CHECK(four.out == one.out);
+
     // --resume: the ids already in --out are skipped, the rest appended (a cut-off last line is dropped)
     const fs::path partial = dir / "out.jsonl";
     std::ofstream(partial) << out[0] << "\n" << out[1] << "\n" << out[2].substr(0, 10);

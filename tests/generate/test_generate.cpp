@@ -142,6 +142,26 @@ TEST_CASE("beam search allocates nothing per step, finished hypotheses included"
     }
 }
 
+TEST_CASE("beam search calls on_step before each step, and a throw from it ends the search") {
+    Fixture f = open("llama");
+    generate::GenerateOptions o;
+    o.num_beams = 3, o.max_new_tokens = 6;
+    o.early_stopping = generate::EarlyStopping::Never;
+    o.eos = -1;  // no hypothesis finishes early: the search takes every step
+    std::size_t steps = 0;
+    o.on_step = [&] { ++steps; };
+    const auto whole = generate::generate(*f.session, f.prompt, o);
+    CHECK(whole.tokens.size() == 6);
+    CHECK(steps == 5);  // the first token comes from the prompt's logits
+    struct Gone {};
+    steps = 0;
+    o.on_step = [&] {
+        if (++steps == 2) throw Gone{};
+    };
+    CHECK_THROWS_AS(generate::generate(*f.session, f.prompt, o), Gone);
+    CHECK(steps == 2);
+}
+
 TEST_CASE("every module declares the working memory it takes") {
     // A declaration that falls short still runs (from an overflow block), so
     // only this count shows it: encoding, prompts, beams and candidates of every

@@ -861,6 +861,18 @@ TEST_CASE("a client that leaves cancels its request, streamed or not, running or
         CHECK(metric_reaching(s, cancelled, 2) == 2);
         CHECK(metric_reaching(s, R"(flamingo_requests_total{endpoint="/v1/generate",status="499"})", 1) == 1);
     }
+    // Beam search, whose tokens come only at its end: the client leaves while it runs.
+    {
+        json beams = long_body(false, seed);
+        beams.erase("temperature"), beams.erase("top_k"), beams.erase("seed");
+        beams["num_beams"] = 8, beams["length_penalty"] = 50.0;  // longer scores better: it runs to its limit
+        const std::string body = beams.dump();
+        Raw gone(s.port);
+        REQUIRE(gone.send(post_head("/v1/generate", body.size()) + body));
+        CHECK(metric_reaching(s, "flamingo_workers_busy", 1) == 1);
+        gone.close();
+        CHECK(metric_reaching(s, cancelled, 3) == 3);
+    }
     // Queued: one runs, a second waits and its client leaves; it never runs.
     {
         const std::string body = long_body(false, seed).dump();
@@ -871,7 +883,7 @@ TEST_CASE("a client that leaves cancels its request, streamed or not, running or
         CHECK(metric_reaching(s, "flamingo_queue_depth", 1) == 1);
         waiting.close();
         running.close();
-        CHECK(metric_reaching(s, cancelled, 4) == 4);
+        CHECK(metric_reaching(s, cancelled, 5) == 5);
     }
     // Still answering, with the same answer.
     httplib::Client c("127.0.0.1", s.port);

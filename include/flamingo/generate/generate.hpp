@@ -35,6 +35,9 @@ struct GenerateOptions {
     std::vector<std::int32_t> stop_tokens;  // more tokens that end generation (a chat template's stop strings)
     // Called with each new token of greedy search / sampling as it is chosen.
     std::function<void(std::int32_t)> on_token;
+    // Called before each forward step of beam search, whose tokens are known
+    // only at its end; throwing from it (a client gone) ends the search.
+    std::function<void()> on_step;
 };
 
 struct GenerateResult {
@@ -238,6 +241,7 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
         beam_scores = next_scores;
         ++cur_len;
         if (done || cur_len >= max_length) break;
+        if (o.on_step) o.on_step();
         auto lg = s.step(next_tokens, slot);
         std::copy(lg.begin(), lg.end(), logp.begin());
     }
