@@ -171,8 +171,16 @@ class NameSampler:
         return out
 
 
+def dev_names(n=200):
+    """Made-up names of the development split (training decisions are measured
+    on them): drawn once from the training patterns, never produced in
+    training and disjoint from the evaluation set's held-out names."""
+    rng = random.Random("dev-names")
+    return sorted(NameSampler(name_split()[1]).sample(rng, n))
+
+
 def training_names():
-    return NameSampler(name_split()[1])
+    return NameSampler(set(name_split()[1]) | set(dev_names()))
 
 
 def _choose_names(rng, names, k):

@@ -191,6 +191,54 @@ class EvalDataTest(unittest.TestCase):
                 self.assertTrue(np.array_equal(a, b), name)
 
 
+class TrainingDataTest(unittest.TestCase):
+    """The development split and the decoder's binding text (tools/world/EXPERIMENTS.md)."""
+
+    def test_name_splits_are_disjoint(self):
+        dev, held_out = set(T.dev_names()), set(T.name_split()[1])
+        self.assertEqual(len(dev), 200)
+        self.assertFalse(dev & held_out)
+        sampler, rng = T.training_names(), random.Random(4)
+        produced = {sampler.word(rng) for _ in range(20000)}
+        self.assertFalse(produced & dev)
+        self.assertFalse(produced & held_out)
+
+    def test_binding_text_is_weighted_on_repeated_names(self):
+        from world import data
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+        rng = random.Random(7)
+        source = T.random_scene_source("train")
+        for _ in range(20):
+            doc = T.sample_document(rng, "binding", 6, source, T.training_names())
+            ids, weights = data.encode_lm_document(tok, doc, True, 3.0)
+            self.assertEqual(tok.decode(ids), doc.plain_text(describe=True))
+            # the weighted tokens spell exactly the names said before, with their full stops
+            seen, expected = set(), ""
+            for c in doc.chunks:
+                if c.answer in seen:
+                    expected += " " + c.answer
+                seen.add(c.answer)
+            self.assertEqual(tok.decode([i for i, w in zip(ids, weights) if w]), expected)
+            self.assertTrue(all(w in (0.0, 3.0) for w in weights))
+        ids, weights = data.copy_document(tok, rng, T.training_names(), 2.0)
+        half = len(ids) // 2
+        self.assertEqual(ids[:half], ids[half:])
+        self.assertEqual(weights, [0.0] * half + [2.0] * half)
+
+    def test_three_way_binding_records(self):
+        from world import eval_extra
+        names = T.dev_names()
+        for rec in eval_extra.binding_records("t", 30, names, 3, [3, 6]):
+            self.assertEqual(rec["prompt"].count(T.IMAGE), rec["shots"] + 1)
+            examples = rec["prompt"].split(T.EOC)[:-1]
+            said = [e[len(T.IMAGE + T.BINDING_PREFIX) + 1:] for e in examples]
+            self.assertEqual(len(set(said)), 3)          # every name shown
+            self.assertIn(rec["answer"], said)
+            kinds = {(s.shape, s.colour, s.texture): n for s, n in zip(rec["images"], said)}
+            q = rec["images"][-1]
+            self.assertEqual(kinds[(q.shape, q.colour, q.texture)], rec["answer"])
+
+
 class ModelTest(unittest.TestCase):
     def test_directory(self):
         import flamingo_ref as ref
