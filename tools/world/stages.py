@@ -228,7 +228,7 @@ def lm_loss(logits, ids, mask):
 
 def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50, binding_share=0.25, describe_share=0.0,
              check_every=0, init=None, warmup=100, max_chunks=8, name_weight=0.0,
-             copy_share=0.0):
+             copy_share=0.0, on_check=None):
     """The decoder from scratch, or with init (the state of a decoder this
     function returned) trained further; returns it rescaled."""
     torch.manual_seed(seed)
@@ -264,6 +264,8 @@ def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50, binding_share
         if check_every and (step + 1) % check_every == 0:
             lm.eval()
             log("lm checks: " + " ".join(f"{k} {v:.3f}" for k, v in lm_checks(lm, tok, seed).items()))
+            if on_check is not None:
+                on_check(step + 1, rescaled_copy(lm))
             lm.train()
     lm.eval()
     log("lm checks: " + " ".join(f"{k} {v:.3f}" for k, v in lm_checks(lm, tok, seed).items()))
@@ -274,6 +276,17 @@ def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50, binding_share
         change = (lm(ids, None, None) - before).abs().max().item()
     log(f"decoder rescaled by {common.RESIDUAL_SCALE}: largest logit change {change:.2e}")
     return lm
+
+
+@torch.no_grad()
+def rescaled_copy(lm):
+    """The state a finished train_lm returns (rescaled, bf16-rounded), of a
+    decoder still in training: a checkpoint another run can start from."""
+    import copy
+    c = copy.deepcopy(lm)
+    rescale_residual_(c, common.RESIDUAL_SCALE)
+    round_bf16_(c)
+    return c.state_dict()
 
 
 @torch.no_grad()
@@ -313,7 +326,7 @@ def lm_checks(lm, tok, seed, n=100):
     for _ in range(n):
         a, b = rng.sample(names, 2)
         prompt = f"{T.binding_text(a)}\n{T.binding_text(b)}\n{T.BINDING_PREFIX}"
-        out = greedy_text(lm, tok, prompt, 6)
+        out = greedy_text(lm, tok, prompt, 8)
         copy += out.split("\n")[0].strip() in (a + ".", b + ".")
         for k in (2, 3):
             kinds = T.binding_kinds(rng, "eval", k)
@@ -322,7 +335,7 @@ def lm_checks(lm, tok, seed, n=100):
             rng.shuffle(order)
             q = rng.randrange(k)
             prompt = "".join(f"{T.clip_caption(scene(kinds[i]))}\n{T.binding_text(chosen[i])}\n" for i in order)
-            out = greedy_text(lm, tok, prompt + T.clip_caption(scene(kinds[q])) + "\n" + T.BINDING_PREFIX, 6)
+            out = greedy_text(lm, tok, prompt + T.clip_caption(scene(kinds[q])) + "\n" + T.BINDING_PREFIX, 8)
             described[k] += out.split("\n")[0].strip() == chosen[q] + "."
         st = rng.randrange(T.CAPTION_STYLES)
         caps = [T.caption(source(rng), st) for _ in range(3)]

@@ -74,11 +74,16 @@ def main():
     ap.add_argument("--lm-from", metavar="DIR",
                     help="take the pre-trained decoder from this model directory (made by this script with the same "
                          "seed and decoder options) instead of training it")
+    ap.add_argument("--lm-state", metavar="FILE",
+                    help="take the decoder before --bind-steps from this file (a decoder stage file of --work, "
+                         "or a checkpoint written at a check)")
     ap.add_argument("--bind-steps", type=int, default=0,
                     help="then train the decoder further on binding-heavy text for this many steps")
     ap.add_argument("--bind-share", type=float, default=0.6, help="share of binding documents in that text")
     ap.add_argument("--bind-lr", type=float, default=1e-3)
     ap.add_argument("--bind-batch", type=int, default=32)
+    ap.add_argument("--bind-seed", type=int, default=5, help="offset from --seed of this stage's seed (a run "
+                    "that goes on from another's checkpoint needs another one, or it sees the same text again)")
     ap.add_argument("--bind-name-weight", type=float, default=3.0,
                     help="loss weight of a repeated made-up name (the rest of a binding document: 0)")
     ap.add_argument("--bind-copy-share", type=float, default=0.0,
@@ -155,20 +160,32 @@ def main():
         return state
 
     lm_tag = f"{args.lm_steps}-d{args.describe}-b{args.lm_binding}"
-    lm_state = cached(f"lm-{seed}-{lm_tag}.pt", lm_from_dir if args.lm_from else lm)
+    if args.lm_state:
+        lm_state = torch.load(args.lm_state)
+        lm_tag = os.path.basename(args.lm_state)[len(f"lm-{seed}-"):-len(".pt")]
+    else:
+        lm_state = cached(f"lm-{seed}-{lm_tag}.pt", lm_from_dir if args.lm_from else lm)
 
     if args.bind_steps:
+        bind_tag = (f"-bind{args.bind_steps}-s{args.bind_share}-lr{args.bind_lr}-B{args.bind_batch}"
+                    f"-w{args.bind_name_weight}" + (f"-c{args.bind_copy_share}" if args.bind_copy_share else "")
+                    + (f"-seed{args.bind_seed}" if args.bind_seed != 5 else ""))
+
+        def checkpoint(step, state):
+            path = os.path.join(args.work, f"lm-{seed}-{lm_tag}{bind_tag}-at{step}.pt")
+            torch.save(state, path)
+            log(f"checkpoint {path}")
+
         def bind():
-            model = stages.train_lm(tok, train_names, args.bind_steps, seed + 5, lr=args.bind_lr,
+            model = stages.train_lm(tok, train_names, args.bind_steps, seed + args.bind_seed, lr=args.bind_lr,
                                     batch=args.bind_batch, name_weight=args.bind_name_weight,
-                                    copy_share=args.bind_copy_share,
+                                    copy_share=args.bind_copy_share, on_check=checkpoint,
                                     describe_share=args.describe, binding_share=args.bind_share,
                                     check_every=args.lm_check_every, init=lm_state, warmup=50)
             stages.round_bf16_(model)
             return model.state_dict()
 
-        lm_tag += (f"-bind{args.bind_steps}-s{args.bind_share}-lr{args.bind_lr}-B{args.bind_batch}"
-                   f"-w{args.bind_name_weight}" + (f"-c{args.bind_copy_share}" if args.bind_copy_share else ""))
+        lm_tag += bind_tag
         lm_state = cached(f"lm-{seed}-{lm_tag}.pt", bind)
     if args.stop_after == "lm":
         return
