@@ -221,6 +221,20 @@ def encode_document(tok, doc, mask_new_names=True, answers_only=True):
     return ids, skip
 
 
+def encode_dialogue(tok, turns):
+    """Token ids of a conversation in the chat template and the positions left
+    out of the loss: everything but the assistant's answers (and the
+    <|endofchunk|> that ends each), as encode_document's answers_only."""
+    ids, skip = [], []
+    for sc, user, answer in turns:
+        start = len(ids)
+        ids += tok.encode(T.CHAT_USER.format(content=(T.IMAGE if sc is not None else "") + user)
+                          + T.CHAT_GENERATION_PROMPT)
+        skip += range(start, len(ids))
+        ids += tok.encode(" " + answer + T.EOC)
+    return ids, skip
+
+
 def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True):
     """Interleaved documents of 1..max_images images drawn from the pool:
     (ids, pool indices, positions left out of the loss)."""
@@ -228,6 +242,11 @@ def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True)
         out = []
         for _ in range(n):
             task = task_weights_choice(rng, weights)
+            if task == "dialogue":
+                turns = T.sample_dialogue(rng, pool.source)
+                ids, skip = encode_dialogue(tok, turns)
+                out.append((ids, [pool.index_of[sc] for sc, _, _ in turns if sc is not None], skip))
+                continue
             doc = T.sample_document(rng, task, rng.randint(1, max_images), pool.source, names)
             ids, skip = encode_document(tok, doc, mask_new_names)
             out.append((ids, [pool.index_of[c.scene] for c in doc.chunks], skip))

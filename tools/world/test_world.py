@@ -225,6 +225,26 @@ class TrainingDataTest(unittest.TestCase):
         self.assertEqual(ids[:half], ids[half:])
         self.assertEqual(weights, [0.0] * half + [2.0] * half)
 
+    def test_dialogue_in_the_chat_template(self):
+        from world import data
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+        rng = random.Random(9)
+        source = T.random_scene_source("train")
+        for _ in range(30):
+            turns = T.sample_dialogue(rng, source)
+            ids, skip = data.encode_dialogue(tok, turns)
+            self.assertEqual(tok.decode(ids), T.chat_text(turns))
+            self.assertEqual(tok.decode(ids).count(T.IMAGE), sum(sc is not None for sc, _, _ in turns))
+            # the loss sees exactly the answers, each with the <|endofchunk|> that ends it
+            kept = "".join(tok.decode([t]) if i not in set(skip) else "\0" for i, t in enumerate(ids))
+            self.assertEqual([k for k in kept.split("\0") if k], [" " + a + T.EOC for _, _, a in turns])
+            first = turns[0][0]
+            for (sc, user, answer), prev in zip(turns[1:], turns):
+                if user == T.ANOTHER_PICTURE:   # the previous question, about the new picture
+                    q = next(k for d in (T.QUESTIONS, T.FOLLOW_UPS) for k, v in d.items() if v == prev[1])
+                    self.assertIsNot(sc, first)
+                    self.assertEqual(answer, T.vqa_answer(sc, q, 1))
+
     def test_three_way_binding_records(self):
         from world import eval_extra
         names = T.dev_names()

@@ -93,6 +93,8 @@ def main():
     ap.add_argument("--flamingo-steps", type=int, default=8000)
     ap.add_argument("--flamingo-lr", type=float, default=2e-3)
     ap.add_argument("--flamingo-binding", type=float, default=1.5, help="weight of binding documents (others 1)")
+    ap.add_argument("--flamingo-dialogue", type=float, default=0.0,
+                    help="weight of conversations in the chat template (tasks.sample_dialogue); not yet trained")
     ap.add_argument("--flamingo-from", metavar="DIR",
                     help="start the Flamingo stage from this model directory's Perceiver and cross-attention")
     ap.add_argument("--probe-every", type=int, default=500)
@@ -211,6 +213,9 @@ def main():
 
     weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": args.flamingo_binding}
     fl_tag = f"{seed}-{args.clip_steps}-{lm_tag}-{args.flamingo_steps}-w{args.flamingo_binding}"
+    if args.flamingo_dialogue:
+        weights["dialogue"] = args.flamingo_dialogue
+        fl_tag += f"-dlg{args.flamingo_dialogue}"
     if args.flamingo_from:
         # Perceiver, cross-attention and the new rows from an earlier Flamingo
         # stage (e.g. the shipped model, made with the decoder before --bind-steps)
