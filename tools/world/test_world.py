@@ -259,6 +259,34 @@ class TrainingDataTest(unittest.TestCase):
             self.assertEqual(kinds[(q.shape, q.colour, q.texture)], rec["answer"])
 
 
+class VideoTest(unittest.TestCase):
+    """Clips show their event in the pixels."""
+
+    def test_clips(self):
+        from world import video
+        rng = random.Random(11)
+        for event in video.EVENTS:
+            for _ in range(4):
+                clip = video.sample_clip(rng, "eval", event)
+                frames = video.render_clip(clip)
+                self.assertEqual(frames.shape, (clip.frames, 64, 64, 3))
+                ink = [np.abs(f.astype(int) - 248).max(2) > 3 for f in frames]   # not background
+                if event == "move":
+                    ux, uy = video.DIRECTIONS[clip.direction]
+                    centre = [np.argwhere(m).mean(0) for m in ink]    # (y, x)
+                    moved = centre[-1] - centre[0]
+                    self.assertGreater(moved[1] * ux + moved[0] * uy, 20, clip)
+                    self.assertEqual(ink[0].sum(), ink[-1].sum(), clip)   # nothing cut off
+                elif event in ("appear", "disappear"):
+                    self.assertEqual(components(ink[0])[0], clip.first.count, clip)
+                    self.assertEqual(components(ink[-1])[0], clip.last_count, clip)
+                else:
+                    self.assertTrue(np.array_equal(frames[0], frames[clip.change_at - 1]))
+                    self.assertFalse(np.array_equal(frames[0], frames[clip.change_at]))
+                    self.assertTrue(np.array_equal(ink[0], ink[-1]))     # same layout, other colour
+                self.assertTrue(video.video_caption(clip).endswith("."))
+
+
 class ModelTest(unittest.TestCase):
     def test_directory(self):
         import flamingo_ref as ref
