@@ -268,7 +268,8 @@ def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50, binding_share
                 on_check(step + 1, rescaled_copy(lm))
             lm.train()
     lm.eval()
-    log("lm checks: " + " ".join(f"{k} {v:.3f}" for k, v in lm_checks(lm, tok, seed).items()))
+    if not (check_every and steps % check_every == 0):   # else just done
+        log("lm checks: " + " ".join(f"{k} {v:.3f}" for k, v in lm_checks(lm, tok, seed).items()))
     ids = torch.tensor([tok.encode(T.lm_corpus(random.Random(seed), 1, T.training_names())[0])])
     with torch.no_grad():
         before = lm(ids, None, None)
