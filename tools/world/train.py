@@ -6,7 +6,9 @@ model directory (bf16 weights).
 
 Intermediate results (image pool, stage checkpoints) go to --work (default
 /tmp/world-work); a rerun reuses the finished stages found there unless
---fresh is given. Training runs in bfloat16 autocast (oneDNN); everything the
+--fresh is given. --vit-from / --lm-from take a stage from a model directory
+this script made, --lm-state from a decoder file in --work; --bind-* trains
+the decoder further on binding text (tools/world/EXPERIMENTS.md logs the runs). Training runs in bfloat16 autocast (oneDNN); everything the
 model directory describes is computed from bf16-rounded frozen weights.
 """
 
@@ -173,8 +175,10 @@ def main():
                     f"-w{args.bind_name_weight}" + (f"-c{args.bind_copy_share}" if args.bind_copy_share else "")
                     + (f"-seed{args.bind_seed}" if args.bind_seed != 5 else ""))
 
+        base_tag = lm_tag
+
         def checkpoint(step, state):
-            path = os.path.join(args.work, f"lm-{seed}-{lm_tag}{bind_tag}-at{step}.pt")
+            path = os.path.join(args.work, f"lm-{seed}-{base_tag}{bind_tag}-at{step}.pt")
             torch.save(state, path)
             log(f"checkpoint {path}")
 
