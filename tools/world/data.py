@@ -122,7 +122,7 @@ def stream(rng, make, batch, per_refill=16):
         yield from length_buckets(rng, make(rng, batch * per_refill), batch, lambda it: len(it[0]))
 
 
-def encode_lm_document(tok, doc, describe, name_weight):
+def encode_lm_document(tok, doc, describe, name_weight, short=False):
     """Token ids of a plain-text document (as Document.plain_text) and a loss
     weight per token. With name_weight, a binding document is weighted only on
     the names that appear again (name_weight each) and the rest of its lines
@@ -131,7 +131,10 @@ def encode_lm_document(tok, doc, describe, name_weight):
     otherwise make up almost all of its loss."""
     ids, weights, seen = [], [], set()
     for c in doc.chunks:
-        lines = ([T.clip_caption(c.scene) + "\n"] if describe else [])
+        # short: a binding document's pictures described by their kind alone
+        # ("a red circle"), a curriculum for the match on the full description
+        caption = f"a {c.scene.colour} {c.scene.shape}" if short and doc.task == "binding" else T.clip_caption(c.scene)
+        lines = ([caption + "\n"] if describe else [])
         if doc.task == "binding" and name_weight:
             name = c.answer[:-1]
             pieces = [(line, 0.0) for line in lines] + [(c.prefix, 0.0),
@@ -156,7 +159,8 @@ def copy_document(tok, rng, names, weight):
     return first + again, [0.0] * len(first) + [weight] * len(again)
 
 
-def lm_items(tok, names, max_chunks=8, binding_share=0.25, describe_share=0.0, name_weight=0.0, copy_share=0.0):
+def lm_items(tok, names, max_chunks=8, binding_share=0.25, describe_share=0.0, name_weight=0.0, copy_share=0.0,
+             short_share=0.0):
     """Items (ids, loss weights) of plain-text documents; see T.lm_corpus."""
     source = T.random_scene_source("train")
     others = [t for t in T.TASKS if t != "binding"]
@@ -172,7 +176,8 @@ def lm_items(tok, names, max_chunks=8, binding_share=0.25, describe_share=0.0, n
                 continue
             task = "binding" if rng.random() < binding_share else rng.choice(others)
             doc = T.sample_document(rng, task, rng.randint(1, max_chunks), source, names)
-            out.append(encode_lm_document(tok, doc, rng.random() < describe_share, name_weight))
+            out.append(encode_lm_document(tok, doc, rng.random() < describe_share, name_weight,
+                                          short_share and rng.random() < short_share))
         return out
     return make
 

@@ -228,7 +228,7 @@ def lm_loss(logits, ids, mask):
 
 def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50, binding_share=0.25, describe_share=0.0,
              check_every=0, init=None, warmup=100, max_chunks=8, name_weight=0.0,
-             copy_share=0.0, on_check=None):
+             copy_share=0.0, on_check=None, short_share=0.0):
     """The decoder from scratch, or with init (the state of a decoder this
     function returned) trained further; returns it rescaled."""
     torch.manual_seed(seed)
@@ -247,7 +247,7 @@ def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50, binding_share
     t0 = time.time()
     batches = data.stream(rng, data.lm_items(tok, names, max_chunks=max_chunks, binding_share=binding_share,
                                                  describe_share=describe_share, name_weight=name_weight,
-                                                 copy_share=copy_share), batch)
+                                                 copy_share=copy_share, short_share=short_share), batch)
     for step in range(steps):
         set_lr(opt, cosine_lr(step, steps, lr, warmup))
         ids, mask = data.lm_collate(tok, next(batches))

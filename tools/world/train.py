@@ -84,6 +84,8 @@ def main():
     ap.add_argument("--bind-share", type=float, default=0.6, help="share of binding documents in that text")
     ap.add_argument("--bind-lr", type=float, default=1e-3)
     ap.add_argument("--bind-batch", type=int, default=32)
+    ap.add_argument("--bind-short", type=float, default=0.0,
+                    help="share of described binding documents that describe a picture by its kind alone")
     ap.add_argument("--bind-seed", type=int, default=5, help="offset from --seed of this stage's seed (a run "
                     "that goes on from another's checkpoint needs another one, or it sees the same text again)")
     ap.add_argument("--bind-name-weight", type=float, default=3.0,
@@ -173,6 +175,7 @@ def main():
     if args.bind_steps:
         bind_tag = (f"-bind{args.bind_steps}-s{args.bind_share}-lr{args.bind_lr}-B{args.bind_batch}"
                     f"-w{args.bind_name_weight}" + (f"-c{args.bind_copy_share}" if args.bind_copy_share else "")
+                    + (f"-short{args.bind_short}" if args.bind_short else "")
                     + (f"-seed{args.bind_seed}" if args.bind_seed != 5 else ""))
 
         base_tag = lm_tag
@@ -186,6 +189,7 @@ def main():
             model = stages.train_lm(tok, train_names, args.bind_steps, seed + args.bind_seed, lr=args.bind_lr,
                                     batch=args.bind_batch, name_weight=args.bind_name_weight,
                                     copy_share=args.bind_copy_share, on_check=checkpoint,
+                                    short_share=args.bind_short,
                                     describe_share=args.describe, binding_share=args.bind_share,
                                     check_every=args.lm_check_every, init=lm_state, warmup=50)
             stages.round_bf16_(model)
