@@ -317,11 +317,12 @@ def lm_checks(lm, tok, seed, n=100):
     made-up words, the greedy next line names one of them; described2/3: two
     or three objects described in words and named, then one of them described
     again: the name must be the one its kind was given (fast binding in text);
+    short2: described2 with each object described by its kind alone ("a red circle");
     style: a third caption keeps the style of the first two."""
     rng = random.Random(f"lm-check-{seed}")
     names = T.dev_names()
     source = T.random_scene_source("eval")
-    copy = style = 0
+    copy = style = short = 0
     described = {2: 0, 3: 0}
     scene = lambda k: source(rng, shape=k[0], colour=k[1], texture=k[2], count=1)
     for _ in range(n):
@@ -338,12 +339,22 @@ def lm_checks(lm, tok, seed, n=100):
             prompt = "".join(f"{T.clip_caption(scene(kinds[i]))}\n{T.binding_text(chosen[i])}\n" for i in order)
             out = greedy_text(lm, tok, prompt + T.clip_caption(scene(kinds[q])) + "\n" + T.BINDING_PREFIX, 8)
             described[k] += out.split("\n")[0].strip() == chosen[q] + "."
+        # the same with each picture described by its kind alone (--bind-short's text)
+        kinds = T.binding_kinds(rng, "eval", 2)
+        chosen = rng.sample(names, 2)
+        order = [0, 1] + [rng.randrange(2) for _ in range(rng.randint(0, 2))]
+        rng.shuffle(order)
+        q = rng.randrange(2)
+        kind = lambda i: f"a {kinds[i][1]} {kinds[i][0]}\n"
+        prompt = "".join(f"{kind(i)}{T.binding_text(chosen[i])}\n" for i in order) + kind(q) + T.BINDING_PREFIX
+        short += greedy_text(lm, tok, prompt, 8).split("\n")[0].strip() == chosen[q] + "."
         st = rng.randrange(T.CAPTION_STYLES)
         caps = [T.caption(source(rng), st) for _ in range(3)]
         ids = tok.encode(caps[0] + "\n" + caps[1] + "\n")
         logits = lm(torch.tensor([ids]), None, None)[0, -1]
         style += int(logits.argmax()) == tok.encode(caps[2])[0]
-    return {"copy": copy / n, "described2": described[2] / n, "described3": described[3] / n, "style": style / n}
+    return {"copy": copy / n, "described2": described[2] / n, "described3": described[3] / n,
+            "short2": short / n, "style": style / n}
 
 
 def greedy_text(lm, tok, prompt, n):
