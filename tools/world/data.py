@@ -122,17 +122,72 @@ def stream(rng, make, batch, per_refill=16):
         yield from length_buckets(rng, make(rng, batch * per_refill), batch, lambda it: len(it[0]))
 
 
-def lm_items(tok, names, max_chunks=8, binding_share=0.25, describe_share=0.0):
+def encode_lm_document(tok, doc, describe, name_weight, short=False):
+    """Token ids of a plain-text document (as Document.plain_text) and a loss
+    weight per token. With name_weight, a binding document is weighted only on
+    the names that appear again (name_weight each) and the rest of its lines
+    is left out: what it teaches is to find the earlier line about the same
+    kind and copy its name, and the descriptions' random attributes would
+    otherwise make up almost all of its loss."""
+    ids, weights, seen = [], [], set()
+    for c in doc.chunks:
+        # short: a binding document's pictures described by their kind alone
+        # ("a red circle"), a curriculum for the match on the full description
+        caption = f"a {c.scene.colour} {c.scene.shape}" if short and doc.task == "binding" else T.clip_caption(c.scene)
+        lines = ([caption + "\n"] if describe else [])
+        if doc.task == "binding" and name_weight:
+            name = c.answer[:-1]
+            pieces = [(line, 0.0) for line in lines] + [(c.prefix, 0.0),
+                      (" " + name + ".", name_weight if name in seen else 0.0), ("\n", 0.0)]
+            seen.add(name)
+        else:
+            pieces = [(line, 1.0) for line in lines] + [(c.text + "\n", 1.0)]
+        for text, w in pieces:
+            piece = tok.encode(text)
+            ids += piece
+            weights += [w] * len(piece)
+    return ids, weights
+
+
+def copy_document(tok, rng, names, weight):
+    """A line of 2-6 made-up words and the same line again, weighted on the
+    repeat only: plain copying of words spelt in several tokens (an induction
+    the decoder needs before it can copy a name bound to a kind)."""
+    words = names.sample(rng, rng.randint(2, 6))
+    line = " ".join(words) + ".\n"
+    first, again = tok.encode(line), tok.encode(line)
+    return first + again, [0.0] * len(first) + [weight] * len(again)
+
+
+def lm_items(tok, names, max_chunks=8, binding_share=0.25, describe_share=0.0, name_weight=0.0, copy_share=0.0,
+             short_share=0.0):
+    """Items (ids, loss weights) of plain-text documents; see T.lm_corpus."""
+    source = T.random_scene_source("train")
+    others = [t for t in T.TASKS if t != "binding"]
+
     def make(rng, n):
-        return [(tok.encode(t),) for t in T.lm_corpus(rng, n, names, max_chunks, binding_share, describe_share)]
+        if not name_weight:   # the original recipe, token for token
+            return [(ids, [1.0] * len(ids)) for ids in
+                    (tok.encode(t) for t in T.lm_corpus(rng, n, names, max_chunks, binding_share, describe_share))]
+        out = []
+        for _ in range(n):
+            if rng.random() < copy_share:
+                out.append(copy_document(tok, rng, names, name_weight))
+                continue
+            task = "binding" if rng.random() < binding_share else rng.choice(others)
+            doc = T.sample_document(rng, task, rng.randint(1, max_chunks), source, names)
+            out.append(encode_lm_document(tok, doc, rng.random() < describe_share, name_weight,
+                                          short_share and rng.random() < short_share))
+        return out
     return make
 
 
 def lm_collate(tok, items):
-    """ids [B, T] and the loss mask over targets (1 on real tokens)."""
+    """ids [B, T] and the loss weights over targets (0 on padding)."""
     seqs = [it[0] for it in items]
     ids = pad(seqs, tok.token_id(T.EOT))
-    mask = pad([[1] * len(s) for s in seqs], 0)
+    n = ids.shape[1]
+    mask = np.array([list(it[1]) + [0.0] * (n - len(it[1])) for it in items], np.float32)
     return ids, mask
 
 
@@ -171,6 +226,20 @@ def encode_document(tok, doc, mask_new_names=True, answers_only=True):
     return ids, skip
 
 
+def encode_dialogue(tok, turns):
+    """Token ids of a conversation in the chat template and the positions left
+    out of the loss: everything but the assistant's answers (and the
+    <|endofchunk|> that ends each), as encode_document's answers_only."""
+    ids, skip = [], []
+    for sc, user, answer in turns:
+        start = len(ids)
+        ids += tok.encode(T.CHAT_USER.format(content=(T.IMAGE if sc is not None else "") + user)
+                          + T.CHAT_GENERATION_PROMPT)
+        skip += range(start, len(ids))
+        ids += tok.encode(" " + answer + T.EOC)
+    return ids, skip
+
+
 def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True):
     """Interleaved documents of 1..max_images images drawn from the pool:
     (ids, pool indices, positions left out of the loss)."""
@@ -178,6 +247,11 @@ def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True)
         out = []
         for _ in range(n):
             task = task_weights_choice(rng, weights)
+            if task == "dialogue":
+                turns = T.sample_dialogue(rng, pool.source)
+                ids, skip = encode_dialogue(tok, turns)
+                out.append((ids, [pool.index_of[sc] for sc, _, _ in turns if sc is not None], skip))
+                continue
             doc = T.sample_document(rng, task, rng.randint(1, max_images), pool.source, names)
             ids, skip = encode_document(tok, doc, mask_new_names)
             out.append((ids, [pool.index_of[c.scene] for c in doc.chunks], skip))

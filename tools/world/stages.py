@@ -223,21 +223,33 @@ def lm_loss(logits, ids, mask):
     target = ids[:, 1:]
     m = mask[:, 1:].float()
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
-    return (ce * m.reshape(-1)).sum() / m.sum()
+    return (ce * m.reshape(-1)).sum() / (m > 0).sum()
 
 
 def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50, binding_share=0.25, describe_share=0.0,
-             check_every=0):
+             check_every=0, init=None, warmup=100, max_chunks=8, name_weight=0.0,
+             copy_share=0.0, on_check=None, short_share=0.0):
+    """The decoder from scratch, or with init (the state of a decoder this
+    function returned) trained further; returns it rescaled."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    lm = make_lm(tok, rescaled=False)
+    if init is None:
+        lm = make_lm(tok, rescaled=False)
+    else:
+        lm = make_lm(tok, rescaled=True)
+        lm.load_state_dict(init)
+        rescale_residual_(lm, 1 / common.RESIDUAL_SCALE)   # back to the scale it trained at
+        lm.eval()
+        log("lm checks at start: " + " ".join(f"{k} {v:.3f}" for k, v in lm_checks(lm, tok, seed).items()))
+        lm.train()
     decay, keep = split_decay(lm)
     opt = adamw(decay, keep, lr, 0.1)
     t0 = time.time()
-    batches = data.stream(rng, data.lm_items(tok, names, binding_share=binding_share,
-                                                 describe_share=describe_share), batch)
+    batches = data.stream(rng, data.lm_items(tok, names, max_chunks=max_chunks, binding_share=binding_share,
+                                                 describe_share=describe_share, name_weight=name_weight,
+                                                 copy_share=copy_share, short_share=short_share), batch)
     for step in range(steps):
-        set_lr(opt, cosine_lr(step, steps, lr, 100))
+        set_lr(opt, cosine_lr(step, steps, lr, warmup))
         ids, mask = data.lm_collate(tok, next(batches))
         ids, mask = torch.as_tensor(ids), torch.as_tensor(mask)
         with autocast():
@@ -252,9 +264,12 @@ def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50, binding_share
         if check_every and (step + 1) % check_every == 0:
             lm.eval()
             log("lm checks: " + " ".join(f"{k} {v:.3f}" for k, v in lm_checks(lm, tok, seed).items()))
+            if on_check is not None:
+                on_check(step + 1, rescaled_copy(lm))
             lm.train()
     lm.eval()
-    log("lm checks: " + " ".join(f"{k} {v:.3f}" for k, v in lm_checks(lm, tok, seed).items()))
+    if not (check_every and steps % check_every == 0):   # else just done
+        log("lm checks: " + " ".join(f"{k} {v:.3f}" for k, v in lm_checks(lm, tok, seed).items()))
     ids = torch.tensor([tok.encode(T.lm_corpus(random.Random(seed), 1, T.training_names())[0])])
     with torch.no_grad():
         before = lm(ids, None, None)
@@ -262,6 +277,17 @@ def train_lm(tok, names, steps, seed, batch=48, lr=2e-3, every=50, binding_share
         change = (lm(ids, None, None) - before).abs().max().item()
     log(f"decoder rescaled by {common.RESIDUAL_SCALE}: largest logit change {change:.2e}")
     return lm
+
+
+@torch.no_grad()
+def rescaled_copy(lm):
+    """The state a finished train_lm returns (rescaled, bf16-rounded), of a
+    decoder still in training: a checkpoint another run can start from."""
+    import copy
+    c = copy.deepcopy(lm)
+    rescale_residual_(c, common.RESIDUAL_SCALE)
+    round_bf16_(c)
+    return c.state_dict()
 
 
 @torch.no_grad()
@@ -286,32 +312,49 @@ def rescale_residual_(lm, factor):
 
 @torch.no_grad()
 def lm_checks(lm, tok, seed, n=100):
-    """Text-only abilities the Flamingo stage builds on. copy: after two lines
-    naming objects with held-out made-up words, the greedy next line names one
-    of them; described: the same with each object described, and the name must
-    be the one its kind was given; style: a third caption keeps the style of
-    the first two."""
+    """Text-only abilities the Flamingo stage builds on, on the development
+    names (never in training). copy: after two lines naming objects with
+    made-up words, the greedy next line names one of them; described2/3: two
+    or three objects described in words and named, then one of them described
+    again: the name must be the one its kind was given (fast binding in text);
+    short2: described2 with each object described by its kind alone ("a red circle");
+    style: a third caption keeps the style of the first two."""
     rng = random.Random(f"lm-check-{seed}")
-    _, eval_names = T.name_split()
+    names = T.dev_names()
     source = T.random_scene_source("eval")
-    copy = style = described = 0
+    copy = style = short = 0
+    described = {2: 0, 3: 0}
+    scene = lambda k: source(rng, shape=k[0], colour=k[1], texture=k[2], count=1)
     for _ in range(n):
-        a, b = rng.sample(eval_names, 2)
+        a, b = rng.sample(names, 2)
         prompt = f"{T.binding_text(a)}\n{T.binding_text(b)}\n{T.BINDING_PREFIX}"
-        out = greedy_text(lm, tok, prompt, 6)
+        out = greedy_text(lm, tok, prompt, 8)
         copy += out.split("\n")[0].strip() in (a + ".", b + ".")
-        # the same with the objects described: the name must be the one given to this kind
-        ka, kb = T.binding_kinds(rng, "eval")
-        scene = lambda k: source(rng, shape=k[0], colour=k[1], texture=k[2], count=1)
-        prompt = "".join(f"{T.clip_caption(scene(k))}\n{T.binding_text(name)}\n" for k, name in ((ka, a), (kb, b)))
-        out = greedy_text(lm, tok, prompt + T.clip_caption(scene(ka)) + "\n" + T.BINDING_PREFIX, 6)
-        described += out.split("\n")[0].strip() == a + "."
+        for k in (2, 3):
+            kinds = T.binding_kinds(rng, "eval", k)
+            chosen = rng.sample(names, k)
+            order = list(range(k)) + [rng.randrange(k) for _ in range(rng.randint(0, 2))]
+            rng.shuffle(order)
+            q = rng.randrange(k)
+            prompt = "".join(f"{T.clip_caption(scene(kinds[i]))}\n{T.binding_text(chosen[i])}\n" for i in order)
+            out = greedy_text(lm, tok, prompt + T.clip_caption(scene(kinds[q])) + "\n" + T.BINDING_PREFIX, 8)
+            described[k] += out.split("\n")[0].strip() == chosen[q] + "."
+        # the same with each picture described by its kind alone (--bind-short's text)
+        kinds = T.binding_kinds(rng, "eval", 2)
+        chosen = rng.sample(names, 2)
+        order = [0, 1] + [rng.randrange(2) for _ in range(rng.randint(0, 2))]
+        rng.shuffle(order)
+        q = rng.randrange(2)
+        kind = lambda i: f"a {kinds[i][1]} {kinds[i][0]}\n"
+        prompt = "".join(f"{kind(i)}{T.binding_text(chosen[i])}\n" for i in order) + kind(q) + T.BINDING_PREFIX
+        short += greedy_text(lm, tok, prompt, 8).split("\n")[0].strip() == chosen[q] + "."
         st = rng.randrange(T.CAPTION_STYLES)
         caps = [T.caption(source(rng), st) for _ in range(3)]
         ids = tok.encode(caps[0] + "\n" + caps[1] + "\n")
         logits = lm(torch.tensor([ids]), None, None)[0, -1]
         style += int(logits.argmax()) == tok.encode(caps[2])[0]
-    return {"copy": copy / n, "described": described / n, "style": style / n}
+    return {"copy": copy / n, "described2": described[2] / n, "described3": described[3] / n,
+            "short2": short / n, "style": style / n}
 
 
 def greedy_text(lm, tok, prompt, n):
@@ -348,26 +391,29 @@ def assemble(tok, vit, lm):
 
 
 def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-3, weights=None,
-                   every=50, probe=None, gate_lr=1e-2, clip=1.0, latent_std=0.02):
+                   every=50, probe=None, gate_lr=1e-2, clip=1.0, latent_std=0.02, warm=False, warmup=200):
     """Trains Perceiver, gated cross-attention and the rows of <image> and
-    <|endofchunk|> in the input and output embeddings; everything else frozen."""
+    <|endofchunk|> in the input and output embeddings; everything else frozen.
+    warm: the model's Perceiver, cross-attention and new rows are already
+    trained (by an earlier run of this stage) and go on from there."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     weights = weights or {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": 1.5}
     for p in model.parameters():
         p.requires_grad_(False)
-    with torch.no_grad():
-        # Upstream draws the latents from N(0, 1); then 98% of the Perceiver's
-        # output is the latents themselves and the image barely shows through,
-        # which costs thousands of steps before the gates open. Small latents
-        # make the output image-dependent from the start.
-        model.perceiver.latents.normal_(0.0, latent_std)
     lang = model.lang_encoder
     new_rows = torch.tensor([tok.token_id(T.IMAGE), tok.token_id(T.EOC)])
     emb, head = lang.model.embed_tokens.weight, lang.lm_head.weight
-    with torch.no_grad():  # the new tokens start afresh, as when OpenFlamingo adds them
-        emb[new_rows] = torch.randn(len(new_rows), emb.shape[1]) * 0.02
-        head[new_rows] = torch.randn(len(new_rows), head.shape[1]) * 0.02
+    if not warm:
+        with torch.no_grad():
+            # Upstream draws the latents from N(0, 1); then 98% of the Perceiver's
+            # output is the latents themselves and the image barely shows through,
+            # which costs thousands of steps before the gates open. Small latents
+            # make the output image-dependent from the start.
+            model.perceiver.latents.normal_(0.0, latent_std)
+            # the new tokens start afresh, as when OpenFlamingo adds them
+            emb[new_rows] = torch.randn(len(new_rows), emb.shape[1]) * 0.02
+            head[new_rows] = torch.randn(len(new_rows), head.shape[1]) * 0.02
     row_mask = torch.zeros(emb.shape[0], 1)
     row_mask[new_rows] = 1.0
     for w in (emb, head):
@@ -396,7 +442,7 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-
     batches = data.stream(rng, data.flamingo_items(tok, pool, names, weights), batch)
     t0 = time.time()
     for step in range(steps):
-        set_lr(opt, cosine_lr(step, steps, lr, 200))
+        set_lr(opt, cosine_lr(step, steps, lr, warmup))
         ids, mask, img = data.flamingo_collate(tok, next(batches))
         ids, mask = torch.as_tensor(ids), torch.as_tensor(mask)
         img = torch.as_tensor(img)

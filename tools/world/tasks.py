@@ -171,8 +171,16 @@ class NameSampler:
         return out
 
 
+def dev_names(n=200):
+    """Made-up names of the development split (training decisions are measured
+    on them): drawn once from the training patterns, never produced in
+    training and disjoint from the evaluation set's held-out names."""
+    rng = random.Random("dev-names")
+    return sorted(NameSampler(name_split()[1]).sample(rng, n))
+
+
 def training_names():
-    return NameSampler(name_split()[1])
+    return NameSampler(set(name_split()[1]) | set(dev_names()))
 
 
 def _choose_names(rng, names, k):
@@ -279,6 +287,54 @@ def sample_document(rng, task, n_chunks, scene_source, names=None, split="train"
             chunks.append(Chunk(sc, BINDING_PREFIX, chosen[k] + "."))
         return Document(task, n_kinds, chunks, {"kinds": kinds, "names": chosen})
     raise ValueError(task)
+
+
+# ---- dialogue ------------------------------------------------------------------------
+
+# The chat template `flamingo chat` applies to a model without one (README,
+# "Conversations"); a message's images go before its text.
+CHAT_USER = "User: {content}" + EOC
+CHAT_ASSISTANT = "Assistant: {content}" + EOC
+CHAT_GENERATION_PROMPT = "Assistant:"
+FOLLOW_UPS = {
+    "colour": "And what colour are they?",
+    "shape": "And what shape are they?",
+    "count": "And how many are there?",
+    "position": "And where are they?",
+    "size": "And are they small or large?",
+    "texture": "And what pattern do they have?",
+}
+ANOTHER_PICTURE = "What about this one?"
+
+
+def sample_dialogue(rng, scene_source, max_turns=5):
+    """A conversation about one or two pictures: (scene or None, user text,
+    assistant answer) per turn. A question about the picture, follow-ups
+    that ask another attribute of the same picture ("And how many are
+    there?"), and maybe a second picture asked the previous question again
+    ("What about this one?"). Answers in one style ("Red.")."""
+    scene = scene_source(rng)
+    q = rng.choice(QUESTION_TYPES)
+    turns, asked = [(scene, QUESTIONS[q], vqa_answer(scene, q, 1))], [q]   # asked: of this picture
+    second = rng.random() < 0.5
+    while len(turns) < max_turns:
+        if second and scene is turns[0][0] and (len(turns) >= 2 or rng.random() < 0.5):
+            scene = scene_source(rng)
+            asked = [q]
+            turns.append((scene, ANOTHER_PICTURE, vqa_answer(scene, q, 1)))
+        elif rng.random() < 0.7 and len(asked) < len(QUESTION_TYPES):
+            q = rng.choice([t for t in QUESTION_TYPES if t not in asked])
+            asked.append(q)
+            turns.append((None, FOLLOW_UPS[q], vqa_answer(scene, q, 1)))
+        else:
+            break
+    return turns
+
+
+def chat_text(turns):
+    """The conversation as `flamingo chat` renders it (every answer given)."""
+    return "".join(CHAT_USER.format(content=(IMAGE if sc is not None else "") + user)
+                   + CHAT_ASSISTANT.format(content=answer) for sc, user, answer in turns)
 
 
 def random_scene_source(split="train"):

@@ -231,6 +231,102 @@ class EvalDataTest(unittest.TestCase):
                 self.assertTrue(np.array_equal(a, b), name)
 
 
+class TrainingDataTest(unittest.TestCase):
+    """The development split and the decoder's binding text (tools/world/EXPERIMENTS.md)."""
+
+    def test_name_splits_are_disjoint(self):
+        dev, held_out = set(T.dev_names()), set(T.name_split()[1])
+        self.assertEqual(len(dev), 200)
+        self.assertFalse(dev & held_out)
+        sampler, rng = T.training_names(), random.Random(4)
+        produced = {sampler.word(rng) for _ in range(20000)}
+        self.assertFalse(produced & dev)
+        self.assertFalse(produced & held_out)
+
+    def test_binding_text_is_weighted_on_repeated_names(self):
+        from world import data
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+        rng = random.Random(7)
+        source = T.random_scene_source("train")
+        for _ in range(20):
+            doc = T.sample_document(rng, "binding", 6, source, T.training_names())
+            ids, weights = data.encode_lm_document(tok, doc, True, 3.0)
+            self.assertEqual(tok.decode(ids), doc.plain_text(describe=True))
+            # the weighted tokens spell exactly the names said before, with their full stops
+            seen, expected = set(), ""
+            for c in doc.chunks:
+                if c.answer in seen:
+                    expected += " " + c.answer
+                seen.add(c.answer)
+            self.assertEqual(tok.decode([i for i, w in zip(ids, weights) if w]), expected)
+            self.assertTrue(all(w in (0.0, 3.0) for w in weights))
+        ids, weights = data.copy_document(tok, rng, T.training_names(), 2.0)
+        half = len(ids) // 2
+        self.assertEqual(ids[:half], ids[half:])
+        self.assertEqual(weights, [0.0] * half + [2.0] * half)
+
+    def test_dialogue_in_the_chat_template(self):
+        from world import data
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+        rng = random.Random(9)
+        source = T.random_scene_source("train")
+        for _ in range(30):
+            turns = T.sample_dialogue(rng, source)
+            ids, skip = data.encode_dialogue(tok, turns)
+            self.assertEqual(tok.decode(ids), T.chat_text(turns))
+            self.assertEqual(tok.decode(ids).count(T.IMAGE), sum(sc is not None for sc, _, _ in turns))
+            # the loss sees exactly the answers, each with the <|endofchunk|> that ends it
+            kept = "".join(tok.decode([t]) if i not in set(skip) else "\0" for i, t in enumerate(ids))
+            self.assertEqual([k for k in kept.split("\0") if k], [" " + a + T.EOC for _, _, a in turns])
+            first = turns[0][0]
+            for (sc, user, answer), prev in zip(turns[1:], turns):
+                if user == T.ANOTHER_PICTURE:   # the previous question, about the new picture
+                    q = next(k for d in (T.QUESTIONS, T.FOLLOW_UPS) for k, v in d.items() if v == prev[1])
+                    self.assertIsNot(sc, first)
+                    self.assertEqual(answer, T.vqa_answer(sc, q, 1))
+
+    def test_three_way_binding_records(self):
+        from world import eval_extra
+        names = T.dev_names()
+        for rec in eval_extra.binding_records("t", 30, names, 3, [3, 6]):
+            self.assertEqual(rec["prompt"].count(T.IMAGE), rec["shots"] + 1)
+            examples = rec["prompt"].split(T.EOC)[:-1]
+            said = [e[len(T.IMAGE + T.BINDING_PREFIX) + 1:] for e in examples]
+            self.assertEqual(len(set(said)), 3)          # every name shown
+            self.assertIn(rec["answer"], said)
+            kinds = {(s.shape, s.colour, s.texture): n for s, n in zip(rec["images"], said)}
+            q = rec["images"][-1]
+            self.assertEqual(kinds[(q.shape, q.colour, q.texture)], rec["answer"])
+
+
+class VideoTest(unittest.TestCase):
+    """Clips show their event in the pixels."""
+
+    def test_clips(self):
+        from world import video
+        rng = random.Random(11)
+        for event in video.EVENTS:
+            for _ in range(4):
+                clip = video.sample_clip(rng, "eval", event)
+                frames = video.render_clip(clip)
+                self.assertEqual(frames.shape, (clip.frames, 64, 64, 3))
+                ink = [np.abs(f.astype(int) - 248).max(2) > 3 for f in frames]   # not background
+                if event == "move":
+                    ux, uy = video.DIRECTIONS[clip.direction]
+                    centre = [np.argwhere(m).mean(0) for m in ink]    # (y, x)
+                    moved = centre[-1] - centre[0]
+                    self.assertGreater(moved[1] * ux + moved[0] * uy, 20, clip)
+                    self.assertEqual(ink[0].sum(), ink[-1].sum(), clip)   # nothing cut off
+                elif event in ("appear", "disappear"):
+                    self.assertEqual(components(ink[0])[0], clip.first.count, clip)
+                    self.assertEqual(components(ink[-1])[0], clip.last_count, clip)
+                else:
+                    self.assertTrue(np.array_equal(frames[0], frames[clip.change_at - 1]))
+                    self.assertFalse(np.array_equal(frames[0], frames[clip.change_at]))
+                    self.assertTrue(np.array_equal(ink[0], ink[-1]))     # same layout, other colour
+                self.assertTrue(video.video_caption(clip).endswith("."))
+
+
 class ModelTest(unittest.TestCase):
     def test_directory(self):
         import flamingo_ref as ref

@@ -6,7 +6,9 @@ model directory (bf16 weights).
 
 Intermediate results (image pool, stage checkpoints) go to --work (default
 /tmp/world-work); a rerun reuses the finished stages found there unless
---fresh is given. Training runs in bfloat16 autocast (oneDNN); everything the
+--fresh is given. --vit-from / --lm-from take a stage from a model directory
+this script made, --lm-state from a decoder file in --work; --bind-* trains
+the decoder further on binding text (tools/world/EXPERIMENTS.md logs the runs). Training runs in bfloat16 autocast (oneDNN); everything the
 model directory describes is computed from bf16-rounded frozen weights.
 """
 
@@ -25,26 +27,32 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 import flamingo_ref as ref  # noqa: E402
-from world import data, evalset, evaluate, stages  # noqa: E402
+from world import data, eval_extra, evalset, evaluate, stages  # noqa: E402
 from world import scene as S  # noqa: E402
 from world import tasks as T  # noqa: E402
 
 log = stages.log
 
 
+PROBE_TASKS = T.TASKS + ["binding3"]
+
+
 def probe_set(seed, per_task, names):
-    """A small in-memory evaluation (other seed than the shipped set) to follow training."""
+    """The development split, in memory, to follow training and make decisions
+    on: other scenes (seed) than the evaluation set and the development names,
+    never the evaluation set's. Binding with 3 names at 3 and 6 shots."""
     eps = evalset.build(f"probe-{seed}", per_task, 3 * per_task, names)
     recs = []
     for task in T.TASKS:
         recs += evalset.items(eps[task])
+    recs += eval_extra.binding_records(f"probe-{seed}", per_task, names, 3, [3, 6])
     return recs
 
 
 def format_probe(acc):
     lines = []
-    for task in T.TASKS:
-        cells = " ".join(f"{s}:{100 * acc[(task, s)]:5.1f}" for s in evalset.SHOTS if (task, s) in acc)
+    for task in PROBE_TASKS:
+        cells = " ".join(f"{s}:{100 * acc[(task, s)]:5.1f}" for s in range(9) if (task, s) in acc)
         lines.append(f"    {task:9s} {cells}")
     return "\n".join(lines)
 
@@ -58,11 +66,41 @@ def main():
     ap.add_argument("--fresh", action="store_true", help="ignore finished stages in --work")
     ap.add_argument("--pool", type=int, default=40000, help="rendered training images")
     ap.add_argument("--clip-steps", type=int, default=1500)
+    ap.add_argument("--vit-from", metavar="DIR",
+                    help="take the contrastively trained vision encoder from this model directory (made by this "
+                         "script with the same seed and --clip-steps) instead of training it: saves ~53 minutes")
     ap.add_argument("--lm-steps", type=int, default=2000)
     ap.add_argument("--describe", type=float, default=0.7,
                     help="share of language-model documents that describe their pictures in words")
     ap.add_argument("--lm-binding", type=float, default=0.25, help="share of binding documents in the language-model text")
+    ap.add_argument("--lm-from", metavar="DIR",
+                    help="take the pre-trained decoder from this model directory (made by this script with the same "
+                         "seed and decoder options) instead of training it")
+    ap.add_argument("--lm-state", metavar="FILE",
+                    help="take the decoder before --bind-steps from this file (a decoder stage file of --work, "
+                         "or a checkpoint written at a check)")
+    ap.add_argument("--bind-steps", type=int, default=0,
+                    help="then train the decoder further on binding-heavy text for this many steps")
+    ap.add_argument("--bind-share", type=float, default=0.6, help="share of binding documents in that text")
+    ap.add_argument("--bind-lr", type=float, default=1e-3)
+    ap.add_argument("--bind-batch", type=int, default=32)
+    ap.add_argument("--bind-short", type=float, default=0.0,
+                    help="share of described binding documents that describe a picture by its kind alone")
+    ap.add_argument("--bind-seed", type=int, default=5, help="offset from --seed of this stage's seed (a run "
+                    "that goes on from another's checkpoint needs another one, or it sees the same text again)")
+    ap.add_argument("--bind-name-weight", type=float, default=3.0,
+                    help="loss weight of a repeated made-up name (the rest of a binding document: 0)")
+    ap.add_argument("--bind-copy-share", type=float, default=0.0,
+                    help="share of documents that are a line of made-up words said twice")
+    ap.add_argument("--lm-check-every", type=int, default=500, help="text-only checks every N decoder steps")
+    ap.add_argument("--stop-after", choices=["clip", "lm"], help="stop after this stage (experiments)")
     ap.add_argument("--flamingo-steps", type=int, default=8000)
+    ap.add_argument("--flamingo-lr", type=float, default=2e-3)
+    ap.add_argument("--flamingo-binding", type=float, default=1.5, help="weight of binding documents (others 1)")
+    ap.add_argument("--flamingo-dialogue", type=float, default=0.0,
+                    help="weight of conversations in the chat template (tasks.sample_dialogue); not yet trained")
+    ap.add_argument("--flamingo-from", metavar="DIR",
+                    help="start the Flamingo stage from this model directory's Perceiver and cross-attention")
     ap.add_argument("--probe-every", type=int, default=500)
     ap.add_argument("--probe-size", type=int, default=50)
     args = ap.parse_args()
@@ -70,7 +108,7 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     t_start = time.time()
     seed = args.seed
-    train_names, eval_names = T.training_names(), T.name_split()[1]
+    train_names, dev_names = T.training_names(), T.dev_names()
 
     def cached(name, build):
         path = os.path.join(args.work, name)
@@ -97,16 +135,70 @@ def main():
         stages.round_bf16_(vit)
         return vit.state_dict()
 
-    vit_state = cached(f"vit-{seed}-{args.clip_steps}.pt", clip)
+    def vit_from_dir():
+        tensors = ref.load_state_dir(args.vit_from)
+        with open(os.path.join(args.vit_from, "tokenizer.json")) as f:
+            if json.load(f) != tok.to_json():
+                sys.exit(f"{args.vit_from}: its tokenizer is not the one seed {seed} trains")
+        prefix = "vision_encoder."
+        return {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+
+    vit_state = cached(f"vit-{seed}-{args.clip_steps}.pt", vit_from_dir if args.vit_from else clip)
+    if args.stop_after == "clip":
+        return
 
     def lm():
         model = stages.train_lm(tok, train_names, args.lm_steps, seed + 3, describe_share=args.describe,
-                                binding_share=args.lm_binding)
+                                binding_share=args.lm_binding, check_every=args.lm_check_every)
         stages.round_bf16_(model)
         return model.state_dict()
 
+    def lm_from_dir():
+        tensors = ref.load_state_dir(args.lm_from)
+        prefix = "lang_encoder."
+        state = {k[len(prefix):]: v.float() for k, v in tensors.items()
+                 if k.startswith(prefix) and ".gated_cross_attn_layer." not in k}
+        # the Flamingo stage retrained the rows of <image> and <|endofchunk|>;
+        # plain text never has them, so zero rows stand in for the decoder's
+        new_rows = [tok.token_id(T.IMAGE), tok.token_id(T.EOC)]
+        state["model.embed_tokens.weight"][new_rows] = 0
+        state["lm_head.weight"][new_rows] = 0
+        return state
+
     lm_tag = f"{args.lm_steps}-d{args.describe}-b{args.lm_binding}"
-    lm_state = cached(f"lm-{seed}-{lm_tag}.pt", lm)
+    if args.lm_state:
+        lm_state = torch.load(args.lm_state)
+        lm_tag = os.path.basename(args.lm_state)[len(f"lm-{seed}-"):-len(".pt")]
+    else:
+        lm_state = cached(f"lm-{seed}-{lm_tag}.pt", lm_from_dir if args.lm_from else lm)
+
+    if args.bind_steps:
+        bind_tag = (f"-bind{args.bind_steps}-s{args.bind_share}-lr{args.bind_lr}-B{args.bind_batch}"
+                    f"-w{args.bind_name_weight}" + (f"-c{args.bind_copy_share}" if args.bind_copy_share else "")
+                    + (f"-short{args.bind_short}" if args.bind_short else "")
+                    + (f"-seed{args.bind_seed}" if args.bind_seed != 5 else ""))
+
+        base_tag = lm_tag
+
+        def checkpoint(step, state):
+            path = os.path.join(args.work, f"lm-{seed}-{base_tag}{bind_tag}-at{step}.pt")
+            torch.save(state, path)
+            log(f"checkpoint {path}")
+
+        def bind():
+            model = stages.train_lm(tok, train_names, args.bind_steps, seed + args.bind_seed, lr=args.bind_lr,
+                                    batch=args.bind_batch, name_weight=args.bind_name_weight,
+                                    copy_share=args.bind_copy_share, on_check=checkpoint,
+                                    short_share=args.bind_short,
+                                    describe_share=args.describe, binding_share=args.bind_share,
+                                    check_every=args.lm_check_every, init=lm_state, warmup=50)
+            stages.round_bf16_(model)
+            return model.state_dict()
+
+        lm_tag += bind_tag
+        lm_state = cached(f"lm-{seed}-{lm_tag}.pt", bind)
+    if args.stop_after == "lm":
+        return
 
     vit = stages.make_vit()
     vit.load_state_dict(vit_state)
@@ -119,7 +211,7 @@ def main():
                    lambda: stages.vision_tokens(model.vision_encoder, pool.images))
     log(f"vision tokens {tuple(feats.shape)} ({time.time() - t:.0f}s)")
 
-    probe_recs = probe_set(seed, args.probe_size, eval_names)
+    probe_recs = probe_set(seed, args.probe_size, dev_names)
     probe_cache = evaluate.ImageCache(model, S.render)
 
     def probe(m):
@@ -127,13 +219,34 @@ def main():
         acc = evaluate.probe_accuracy(m, tok, probe_recs, probe_cache.tokens)
         log(f"probe ({time.time() - t:.0f}s):\n" + format_probe(acc))
 
+    weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": args.flamingo_binding}
+    fl_tag = f"{seed}-{args.clip_steps}-{lm_tag}-{args.flamingo_steps}-w{args.flamingo_binding}"
+    if args.flamingo_dialogue:
+        weights["dialogue"] = args.flamingo_dialogue
+        fl_tag += f"-dlg{args.flamingo_dialogue}"
+    if args.flamingo_from:
+        # Perceiver, cross-attention and the new rows from an earlier Flamingo
+        # stage (e.g. the shipped model, made with the decoder before --bind-steps)
+        tensors = ref.load_state_dir(args.flamingo_from)
+        trained = {k: v.float() for k, v in tensors.items()
+                   if k.startswith("perceiver.") or ".gated_cross_attn_layer." in k}
+        missing, unexpected = model.load_state_dict(trained, strict=False)
+        assert not unexpected, unexpected
+        with torch.no_grad():
+            for name in ("model.embed_tokens.weight", "lm_head.weight"):
+                rows = [tok.token_id(T.IMAGE), tok.token_id(T.EOC)]
+                model.lang_encoder.state_dict()[name][rows] = tensors["lang_encoder." + name][rows].float()
+        fl_tag += f"-warm-lr{args.flamingo_lr}"
+        probe(model)
+
     def flamingo():
         stages.train_flamingo(model, tok, pool, feats, train_names, args.flamingo_steps, seed + 4,
-                              probe=(args.probe_every, probe))
+                              lr=args.flamingo_lr, weights=weights, probe=(args.probe_every, probe),
+                              warm=bool(args.flamingo_from), warmup=50 if args.flamingo_from else 200)
         stages.round_bf16_(model)
         return model.state_dict()
 
-    state = cached(f"flamingo-{seed}-{args.clip_steps}-{lm_tag}-{args.flamingo_steps}.pt", flamingo)
+    state = cached(f"flamingo-{fl_tag}.pt", flamingo)
     model.load_state_dict(state)
     model.eval()
     probe(model)

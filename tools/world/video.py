@@ -1,0 +1,149 @@
+"""Short clips of the world (4 to 8 frames) for the video tasks: a group of
+shapes that moves, that more shapes join (appear), that shapes leave
+(disappear), or that changes colour; with the few-shot texts about them.
+
+A clip is a list of frames (64x64x3 uint8) rendered by scene.render: a move
+shifts the picture of one scene a few pixels per frame (the background fills
+in); appear/disappear render the scene with a growing or shrinking count; a
+colour change renders the same scene (same seed: same layout) in another
+colour from some frame on. Not yet in the Flamingo stage's mix.
+"""
+
+import random
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from . import scene as S
+from . import tasks as T
+
+EVENTS = ["move", "appear", "disappear", "colour"]
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+# where a group that moves that way starts, so it stays in the picture
+_START = {"left": "right", "right": "left", "up": "bottom", "down": "top"}
+
+
+@dataclass(frozen=True)
+class Clip:
+    event: str
+    first: S.Scene        # the scene of the first frame
+    frames: int
+    direction: str = ""   # move
+    last_count: int = 0   # appear / disappear
+    new_colour: str = ""  # colour
+    change_at: int = 0    # colour: the first frame in the new colour
+
+
+def sample_clip(rng, split="train", event=None, frames=None):
+    event = event or rng.choice(EVENTS)
+    frames = frames or rng.randint(4, 8)
+    if event == "move":
+        direction = rng.choice(list(DIRECTIONS))
+        first = S.sample_scene(rng, split, position=_START[direction], count=rng.randint(1, 2))
+        return Clip(event, first, frames, direction=direction)
+    if event == "appear":
+        c0 = rng.randint(1, 3)
+        first = S.sample_scene(rng, split, count=c0)
+        return Clip(event, first, frames, last_count=rng.randint(c0 + 1, 4))
+    if event == "disappear":
+        c0 = rng.randint(2, 4)
+        first = S.sample_scene(rng, split, count=c0)
+        return Clip(event, first, frames, last_count=rng.randint(1, c0 - 1))
+    first = S.sample_scene(rng, split)
+    while True:
+        colour = rng.choice([c for c in S.COLOURS if c != first.colour])
+        if split == "eval" or (first.shape, colour) not in S.HELD_OUT_PAIRS:
+            break
+    return Clip(event, first, frames, new_colour=colour, change_at=rng.randint(1, frames - 1))
+
+
+def _shift(image, dx, dy):
+    out = np.full_like(image, 248)
+    h, w = image.shape[:2]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = image[ys, xs]
+    return out
+
+
+def frame_scenes(clip):
+    """The scene each frame shows (a move: the same scene every frame)."""
+    out = []
+    for i in range(clip.frames):
+        if clip.event in ("appear", "disappear"):
+            # the count steps from the first to the last over the clip
+            c = clip.first.count + round((clip.last_count - clip.first.count) * i / (clip.frames - 1))
+            out.append(replace(clip.first, count=c))
+        elif clip.event == "colour" and i >= clip.change_at:
+            out.append(replace(clip.first, colour=clip.new_colour))
+        else:
+            out.append(clip.first)
+    return out
+
+
+def render_clip(clip):
+    """[frames, 64, 64, 3] uint8."""
+    if clip.event == "move":
+        image = S.render(clip.first)
+        ux, uy = DIRECTIONS[clip.direction]
+        step = 24 / (clip.frames - 1)   # 24 pixels in all: from one half of the picture well into the other
+        return np.stack([_shift(image, round(ux * step * i), round(uy * step * i)) for i in range(clip.frames)])
+    return np.stack([S.render(s) for s in frame_scenes(clip)])
+
+
+# ---- texts ------------------------------------------------------------------------
+
+VIDEO_QUESTIONS = {
+    "move": "Which way do the shapes move?",
+    "appear": "How many shapes appear?",
+    "disappear": "How many shapes disappear?",
+    "colour": "What colour do the shapes turn?",
+}
+
+
+def video_answer(clip):
+    if clip.event == "move":
+        return clip.direction
+    if clip.event in ("appear", "disappear"):
+        return S.COUNT_WORDS[abs(clip.last_count - clip.first.count)]
+    return clip.new_colour
+
+
+def video_caption(clip):
+    """One sentence about the event: 'Two red circles move to the right.'"""
+    sc = clip.first
+    plural = lambda n: sc.shape if n == 1 else S.PLURALS[sc.shape]
+    if clip.event == "move":
+        noun = T.noun_phrase(sc).capitalize()
+        verb = "moves" if sc.count == 1 else "move"
+        where = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}[clip.direction]
+        return f"{noun} {verb} {where}."
+    if clip.event in ("appear", "disappear"):
+        n = abs(clip.last_count - sc.count)
+        verb = clip.event + ("s" if n == 1 else "")
+        return f"{S.COUNT_WORDS[n].capitalize()} {sc.colour} {plural(n)} {verb}."
+    verb = "turns" if sc.count == 1 else "turn"
+    return f"{T.noun_phrase(sc).capitalize()} {verb} {clip.new_colour}."
+
+
+def video_chunk_text(clip, kind):
+    """kind 'question' (the question of the clip's event: few-shot prompts
+    keep one event) or 'caption'; (prefix, answer) as tasks.Chunk."""
+    if kind == "caption":
+        return "", video_caption(clip)
+    return f"Question: {VIDEO_QUESTIONS[clip.event]} Answer:", video_answer(clip)
+
+
+def sample_video_document(rng, n_chunks, split="train"):
+    """A document of clips of one event (question) or of any events (caption)."""
+    kind = rng.choice(["question", "caption"])
+    event = rng.choice(EVENTS) if kind == "question" else None
+    clips = [sample_clip(rng, split, event) for _ in range(n_chunks)]
+    return kind, [(c, *video_chunk_text(c, kind)) for c in clips]
+
+
+def demo(seed=0):
+    rng = random.Random(seed)
+    for _ in range(4):
+        c = sample_clip(rng)
+        print(c.event, c.frames, video_caption(c), "|", VIDEO_QUESTIONS[c.event], video_answer(c))
