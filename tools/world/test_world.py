@@ -355,12 +355,13 @@ class AgreementTest(unittest.TestCase):
         torch.set_num_threads(1)
         model = ref.load_model_dir(MODEL, torch.float32)
         tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
-        images = evaluate.ImageCache(model, lambda n: evaluate.load_png(os.path.join(EVAL, "images", n)))
+        images = evaluate.ImageCache(model, evaluate.load_png)
         with open(AGREEMENT) as f:
             cases = json.load(f)["cases"]
         self.assertGreaterEqual(len(cases), 20)
         for case in cases:
             self.assertEqual(tok.encode(case["prompt"]), case["prompt_ids"], case["id"])
+            case["image_paths"] = [os.path.join(EVAL, "images", n) for n in case["images"]]
             ok, out, extra = evaluate.run_record(model, tok, images, case)
             if case["judge"] == "score":
                 np.testing.assert_allclose(extra["logprobs"], case["logprobs"], atol=1e-3, err_msg=case["id"])
