@@ -1,10 +1,10 @@
-// The prefix cache on a few-shot workload: one prompt of three captioned
-// examples (three images) and a query image, asked again and again with other
+// The prefix cache on a few-shot workload: one prompt of K captioned
+// examples (K images, 3 by default) and a query image, asked again and again with other
 // query images and texts, as an evaluation or a server sees it. Times each
 // request on a context without a cache and on one with a cache, and checks
 // that both give the same tokens.
 //
-//   bench_prefix [--model DIR] [--weights f32|bf16] [--threads N] [--queries Q] [--tokens T] [--reps R]
+//   bench_prefix [--model DIR] [--weights f32|bf16] [--threads N] [--shots K] [--queries Q] [--tokens T] [--reps R]
 //
 // Each request's time is the median over R runs (a fresh context and cache each),
 // the runs without and with the cache alternating, so that other load on the
@@ -31,7 +31,7 @@ struct Options {
     fs::path model = fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
     flamingo::WeightType weights = flamingo::WeightType::F32;
     int threads = 2;
-    std::size_t queries = 5, tokens = 8, reps = 3;
+    std::size_t shots = 3, queries = 5, tokens = 8, reps = 3;
 };
 
 // Pixels of image k: a fixed pattern of its own.
@@ -39,9 +39,10 @@ void fill(float* px, std::size_t n, int k) {
     for (std::size_t i = 0; i < n; ++i) px[i] = float((i * 7 + std::size_t(k) * 13) % 17) / 8.0f - 1.0f;
 }
 
-const char* kShots =
-    "<image>A photo of three striped yellow circles.<|endofchunk|><image>A photo of four orange crosses."
-    "<|endofchunk|><image>A photo of two dotted green stars.<|endofchunk|>";
+const char* kShots[] = {"<image>A photo of three striped yellow circles.<|endofchunk|>",
+                        "<image>A photo of four orange crosses.<|endofchunk|>",
+                        "<image>A photo of two dotted green stars.<|endofchunk|>",
+                        "<image>A photo of one large blue square.<|endofchunk|>"};
 const char* kQueries[] = {"A photo of", "Question: what is in the picture? Answer:", "A photo of two",
                           "Describe the image:", "A picture of"};
 
@@ -55,15 +56,17 @@ Run run(const std::shared_ptr<const flamingo::Model>& model, const Options& o,
         std::shared_ptr<flamingo::PrefixCache> cache) {
     flamingo::Context ctx(model, {o.threads, nullptr}, cache);
     const std::size_t S = model->image_size(), per = 3 * S * S;
-    flamingo::Pixels px(std::size_t(4), std::size_t(1), std::size_t(3), S, S);
-    for (int k = 0; k < 3; ++k) fill(px.data() + std::size_t(k) * per, per, k);
+    const std::size_t K = o.shots;
+    flamingo::Pixels px(K + 1, std::size_t(1), std::size_t(3), S, S);
+    std::string shots;
+    for (std::size_t k = 0; k < K; ++k) fill(px.data() + k * per, per, int(k)), shots += kShots[k];
     flamingo::generate::GenerateOptions g;
     g.max_new_tokens = o.tokens;
     g.eos = -1;  // no stop: every request decodes the same number of tokens
     Run r;
     for (std::size_t q = 0; q < o.queries; ++q) {
-        fill(px.data() + 3 * per, per, int(100 + q));  // another query image each time
-        const std::string prompt = std::string(kShots) + "<image>" + kQueries[q % std::size(kQueries)];
+        fill(px.data() + K * per, per, int(100 + q));  // another query image each time
+        const std::string prompt = shots + "<image>" + kQueries[q % std::size(kQueries)];
         const auto t0 = Clock::now();
         ctx.set_media(px);
         r.tokens.push_back(ctx.generate(prompt, g).tokens);
@@ -94,11 +97,12 @@ int main(int argc, char** argv) {
         if (a == "--model" && v) o.model = v, ++i;
         else if (a == "--weights" && v) o.weights = std::strcmp(v, "bf16") == 0 ? flamingo::WeightType::BF16 : flamingo::WeightType::F32, ++i;
         else if (a == "--threads" && v) o.threads = std::atoi(v), ++i;
+        else if (a == "--shots" && v) o.shots = std::size_t(std::clamp(std::atoi(v), 1, 4)), ++i;
         else if (a == "--queries" && v) o.queries = std::size_t(std::atoi(v)), ++i;
         else if (a == "--tokens" && v) o.tokens = std::size_t(std::atoi(v)), ++i;
         else if (a == "--reps" && v) o.reps = std::size_t(std::atoi(v)), ++i;
         else {
-            std::fprintf(stderr, "usage: bench_prefix [--model DIR] [--weights f32|bf16] [--threads N] [--queries Q] [--tokens T] [--reps R]\n");
+            std::fprintf(stderr, "usage: bench_prefix [--model DIR] [--weights f32|bf16] [--threads N] [--shots K] [--queries Q] [--tokens T] [--reps R]\n");
             return 2;
         }
     }
@@ -107,10 +111,12 @@ int main(int argc, char** argv) {
         return 2;
     }
     const auto model = flamingo::Model::load(o.model, {o.weights});
-    const std::size_t T = model->tokenize(std::string(kShots) + "<image>" + kQueries[0]).size();
-    std::printf("model %s (%s), %d threads, %zu requests of 4 images and ~%zu prompt tokens, %zu new tokens each, median of %zu runs\n",
+    std::string shots;
+    for (std::size_t k = 0; k < o.shots; ++k) shots += kShots[k];
+    const std::size_t T = model->tokenize(shots + "<image>" + kQueries[0]).size();
+    std::printf("model %s (%s), %d threads, %zu requests of %zu images and ~%zu prompt tokens, %zu new tokens each, median of %zu runs\n",
                 o.model.filename().c_str(), std::string(flamingo::model::weight_type_name(model->network().weight_type())).c_str(),
-                o.threads, o.queries, T, o.tokens, o.reps);
+                o.threads, o.queries, o.shots + 1, T, o.tokens, o.reps);
 
     {  // warm up: the weights' pages and the executor's threads, outside the timed runs
         Options once = o;
