@@ -92,7 +92,7 @@ double compare(const Case& c, const std::vector<float>& C, std::size_t ldc, cons
 }
 
 // Whether linear() multiplies these operands in bf16 (rounding the activations).
-bool bf16_products(const Case& c) { return c.bf16_weights && c.M > fk::detail::kSmallM && fk::detail::bf16_dot_enabled(); }
+bool bf16_products(const Case& c) { return c.bf16_weights && c.M > 1 && fk::detail::bf16_dot_enabled(); }
 
 // x_chunk_bytes > 0 calls the packed weight path directly with that chunk size:
 // widening bf16 weights, or (dot, bf16 weights, AVX512-BF16 only) multiplying in bf16.
@@ -269,7 +269,7 @@ TEST_CASE("bf16 weights keep the activations exact up to 8 rows, and beyond unle
         std::vector<float> X(M * K, x), Y(M * N);
         std::vector<bf16> w(N * K, bf16(1.0f));
         fk::linear(M, N, K, X.data(), K, w.data(), K, nullptr, Y.data(), N);
-        const bool rounds = M > fk::detail::kSmallM && fk::detail::bf16_dot_enabled();
+        const bool rounds = M > 1 && fk::detail::bf16_dot_enabled();
         for (float y : Y) REQUIRE(y == (rounds ? 64.0f : 64.0f * x));
     }
 }

@@ -11,10 +11,11 @@
 // Accuracy: f32 accumulation, error of the order of sqrt(K) * 2^-24 * sum|x||w|
 // (tests allow 1e-5 * sum|x||w|).
 //
-// bf16 weights, up to 8 rows (decoding, bound by memory): widened to f32 in
-// registers (exact), the activations are not rounded, the f32 contract holds.
-// bf16 weights, 9+ rows (prompts, image encoding: bound by arithmetic): on a
-// CPU with AVX512-BF16 (compiled in with -march=native) the product runs on
+// bf16 weights, one row (decoding one sequence, bound by memory): widened to
+// f32 in registers (exact), the activations are not rounded, the f32 contract
+// holds. bf16 weights, 2+ rows (batched decoding and beam search, bound by the
+// multiply-adds once a few rows share each weight; prompts, image encoding): on
+// a CPU with AVX512-BF16 (compiled in with -march=native) the product runs on
 // vdpbf16ps, which multiplies bf16 pairs at twice the f32 rate. The activations
 // are then rounded to bf16 (nearest even; denormals flushed to zero), and the
 // result is the f32-accumulated product of bf16-rounded activations and the
@@ -38,7 +39,7 @@
 
 namespace flamingo::kernels {
 
-// Whether bf16 weights with more than kSmallM rows multiply in bf16 (vdpbf16ps)
+// Whether bf16 weights with more than one row multiply in bf16 (vdpbf16ps)
 // when compiled in: yes unless FLAMINGO_BF16_GEMM=widen (read at first use).
 // Tests flip it to hold both paths to their contracts in one process.
 // One switch for every kernel set, hence outside the instruction-set namespace.
@@ -84,7 +85,7 @@ inline bool bf16_dot_enabled() {
 
 // The product bf16 weights get beyond a few rows, for logs.
 inline const char* bf16_gemm_kind() {
-    return detail::bf16_dot_enabled() ? "bf16 products (AVX512-BF16 vdpbf16ps, activations rounded to bf16)"
+    return detail::bf16_dot_enabled() ? "bf16 products beyond one row (AVX512-BF16 vdpbf16ps, activations rounded to bf16)"
                                       : "bf16 weights widened to f32, f32 products";
 }
 
@@ -139,6 +140,11 @@ void linear(std::size_t M, std::size_t N, std::size_t K, const float* X, std::si
     detail::check_matrix("linear", "W", w, N, K, ldw);
     detail::check_matrix("linear", "Y", Y, M, N, ldy);
     if (K == 0) return detail::empty_product(M, N, bias, Y, ldy, accumulate);
+#if defined(__AVX512BF16__)
+    if constexpr (std::is_same_v<W, bf16>)
+        if (M > 1 && M <= detail::kSmallM && detail::bf16_dot_enabled())
+            return detail::linear_small_bf16(M, N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+#endif
     if (M <= detail::kSmallM) return detail::linear_small(M, N, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
 #if defined(__AVX512BF16__)
     if constexpr (std::is_same_v<W, bf16>)
