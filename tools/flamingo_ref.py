@@ -849,6 +849,8 @@ class MediaTokenGenerated(RuntimeError):
 
 
 def _next_logits(model, media, seqs, prompt_len):
+    if hasattr(model, "next_logits"):  # a model with its own generation-time mask (IDEFICS)
+        return model.next_logits(media, seqs, prompt_len)
     prompt = seqs[:, :prompt_len]
     if (seqs[:, prompt_len:] == model.media_token_id).any():
         raise MediaTokenGenerated("a generated token is the media token")

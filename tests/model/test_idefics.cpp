@@ -5,6 +5,8 @@
 // beam tokens and scores are the reference's; its prompts are the processor's.
 #include "parity_util.hpp"
 
+#include <algorithm>
+
 #include <flamingo/generate/generate.hpp>
 #include <flamingo/model/idefics.hpp>
 
@@ -92,6 +94,81 @@ TEST_CASE("IDEFICS: greedy and beam search and candidate scores match the refere
             const double lp = sc["candidates"][i]["logprob"];
             CHECK(std::fabs(got[i].logprob - lp) <= 1e-4 + 1e-4 * std::fabs(lp));
         }
+    }
+}
+
+TEST_CASE("IDEFICS: after </s> the text sees no image until the next <image>, as the processor's mask has it") {
+    // expected/eod.json: a prompt with </s> between its image-text pairs and
+    // text after each </s> (tools/make_idefics_fixtures.py), over the case's
+    // media; the reference builds image_attention_mask as the processor does.
+    const std::string c = "idefics";
+    auto model = load(c);
+    auto e = fixture::json(c, "eod.json");
+    const auto ids = e["input_ids"].get<std::vector<std::int32_t>>();
+    CHECK(model->tokenize(e["text"].get<std::string>()) == ids);
+    const auto want = fixture::floats(c, "eod_logits.npy");
+    const std::size_t T = ids.size(), V = model->vocab_size();
+    REQUIRE(want.size() == T * V);
+
+    generate::Session s(model->network());
+    auto pixels = fixture::floats(c, "pixels.npy");
+    s.set_media(pixels.data(), fixture::shape(c, "pixels.npy")[0], 1);
+    const auto tt = s.prompt_text_time(ids);
+    {  // the image each token sees: the processor's index + 1, 0 for none
+        std::vector<std::uint32_t> cut = tt;
+        nn::KVCache cache(1, T, 1);
+        const nn::Segment seg{0, T, 0, &cache};
+        const auto& cfg = model->config();
+        model::idefics::cut_after_doc_end(ids, cut, {&seg, 1}, cfg.media_token_id, cfg.doc_end_token_id);
+        std::vector<std::uint32_t> processor;
+        for (int i : e["image_index"].get<std::vector<int>>()) processor.push_back(std::uint32_t(i + 1));
+        CHECK(cut == processor);
+        CHECK(cut != tt);  // the case tests the cut
+    }
+    s.prepare(1, T, T);
+    auto lg = s.run(0, ids, tt, 0, true);
+    fixture::expect_close(lg.data(), want, 1e-4, 1e-4, "logits");
+
+    // Read in two pieces, the second starting after the first </s>: only the
+    // cache knows that its first rows are cut off from the images.
+    const std::size_t split =
+        std::size_t(std::find(ids.begin(), ids.end(), model->config().doc_end_token_id) - ids.begin()) + 1;
+    REQUIRE(split < T);
+    s.prepare(1, T, T);
+    s.run(0, std::span(ids).first(split), std::span(tt).first(split), 0, false);
+    auto lg2 = s.run(0, std::span(ids).subspan(split), std::span(tt).subspan(split), split, true);
+    fixture::expect_close(lg2.data(), std::vector<float>(want.begin() + std::ptrdiff_t(split * V), want.end()), 1e-4,
+                          1e-4, "logits read in two pieces");
+
+    // Generated tokens after a prompt that ends past a </s> see no image either
+    // (generate() repeats the prompt's last row), beams and candidates alike.
+    const std::int32_t stop = fixture::json(c, "generate.json")["eoc_token_id"];
+    for (const auto& g : e["greedy"]) {
+        generate::GenerateOptions o;
+        o.eos = stop;
+        o.max_new_tokens = g["max_new_tokens"];
+        o.no_repeat_ngram_size = g["no_repeat_ngram_size"];
+        CHECK(generate::generate(s, ids, o).tokens == g["tokens"].get<std::vector<std::int32_t>>());
+    }
+    for (const auto& b : e["beam"]) {
+        generate::GenerateOptions o;
+        o.eos = stop;
+        o.num_beams = b["num_beams"];
+        o.length_penalty = b["length_penalty"];
+        o.early_stopping = b["early_stopping"].get<bool>() ? generate::EarlyStopping::True : generate::EarlyStopping::False;
+        o.no_repeat_ngram_size = b["no_repeat_ngram_size"];
+        o.max_new_tokens = b["max_new_tokens"];
+        auto r = generate::generate(s, ids, o);
+        CHECK(r.tokens == b["tokens"].get<std::vector<std::int32_t>>());
+        CHECK(r.score == doctest::Approx(b["score"].get<double>()).epsilon(1e-5));
+    }
+    std::vector<std::vector<std::int32_t>> cands;
+    for (const auto& x : e["candidates"]) cands.push_back(x["tokens"].get<std::vector<std::int32_t>>());
+    auto got = generate::score(s, ids, cands);
+    REQUIRE(got.size() == cands.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        const double lp = e["candidates"][i]["logprob"];
+        CHECK(std::fabs(got[i].logprob - lp) <= 1e-4 + 1e-4 * std::fabs(lp));
     }
 }
 

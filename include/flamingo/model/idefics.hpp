@@ -13,7 +13,8 @@
 //   x = x + tanh(alpha_dense) * mlp(rms2(x))                        SwiGLU
 // alpha_* are one float or one per channel (alpha_type). Which image a row
 // sees is the processor's image_attention_mask: the latest <image> at or
-// before it (none before the first), as OpenFlamingo's immediate mode.
+// before it (none before the first), as OpenFlamingo's immediate mode, and
+// none after a </s> until the next <image> (cut_after_doc_end).
 //
 // Decoupled vocabulary: ids >= vocab_size read additional_embedding, and the
 // logits are [lm_head | additional_fc] (IdeficsDecoupledEmbedding / Linear).
@@ -88,6 +89,29 @@ inline int token_id(const std::filesystem::path& tokenizer_json, std::string_vie
     }
     fail(ErrorKind::Config, src, ": no ", token, " token (an IDEFICS tokenizer has ", kFakeToken, " and ", kImageToken,
          ")");
+}
+
+// The processor's image_attention_mask (image_attention_mask_for_packed_input_ids)
+// beyond "the latest <image> at or before a token": after an end of document
+// </s>, the tokens up to the next <image> attend to no image. tt holds the
+// <image> count of each row (Batch::text_time); the rows so cut off get 0.
+// Whether the position before a segment was cut off is kept in the marks of
+// its KV cache, so a prompt read in pieces, a cached prefix, a conversation's
+// history and beams carry it. Generated tokens follow the same rule, which is
+// transformers' generate() (each generated row repeats the prompt's last row)
+// except after a generated </s> that generation goes on past.
+inline void cut_after_doc_end(std::span<const std::int32_t> tokens, std::span<std::uint32_t> tt,
+                              std::span<const nn::Segment> segments, std::int32_t image_id, std::int32_t doc_end_id) {
+    for (const nn::Segment& seg : segments) {
+        check(seg.cache || seg.pos0 == 0, "IDEFICS: a segment at position ", seg.pos0, " has no KV cache");
+        bool cut = seg.pos0 > 0 && seg.cache->mark(seg.pos0 - 1);
+        for (std::size_t i = seg.row0; i < seg.row0 + seg.rows; ++i) {
+            if (tokens[i] == image_id) cut = false;
+            if (cut) tt[i] = 0;
+            if (tokens[i] == doc_end_id) cut = true;
+            if (seg.cache) seg.cache->set_mark(seg.pos0 + (i - seg.row0), cut);
+        }
+    }
 }
 
 // Parameters of an IDEFICS model of this config (every tensor its

@@ -83,7 +83,8 @@ public:
             if (xattn_[l]) layer = std::max(layer, xattn_[l]->workspace(M));
             if (ixattn_[l]) layer = std::max(layer, ixattn_[l]->workspace(M));
         }
-        return nn::ws_floats(M, D) + std::max(layer, nn::ws_floats(logit_rows, D));
+        return nn::ws_floats(M, D) + (doc_end_id_ >= 0 ? nn::ws_floats(M) : 0) +
+               std::max(layer, nn::ws_floats(logit_rows, D));
     }
 
     // Runs the batch; writes logits [logit_rows.size(), vocab] for the chosen rows.
@@ -110,9 +111,16 @@ public:
                     .assign(x.rows(seg.row0, seg.row0 + seg.rows) +
                             make_view(wpe_ + seg.pos0 * D, dextents<2>(seg.rows, D)));
         }
+        const std::uint32_t* text_time = b.text_time.data();
+        if (doc_end_id_ >= 0) {
+            std::uint32_t* tt = ws.indices(M);
+            std::copy(b.text_time.begin(), b.text_time.end(), tt);
+            idefics::cut_after_doc_end(b.tokens, {tt, M}, b.segments, image_id_, doc_end_id_);
+            text_time = tt;
+        }
         for (std::size_t l = 0; l < blocks_.size(); ++l) {
-            if (xattn_[l]) (*xattn_[l])(x, b.text_time.data(), b.segments, b.media, l, ws);
-            if (ixattn_[l]) (*ixattn_[l])(x, b.text_time.data(), b.segments, b.media, l, ws);
+            if (xattn_[l]) (*xattn_[l])(x, text_time, b.segments, b.media, l, ws);
+            if (ixattn_[l]) (*ixattn_[l])(x, text_time, b.segments, b.media, l, ws);
             blocks_[l](x, b.segments, l, ws);
         }
         if (logit_rows.empty()) return;
@@ -135,6 +143,7 @@ private:
     // k of model.gated_cross_attn_layers comes before layer k * interval.
     void load_idefics(Weights& L, const Config& c) {
         const TextConfig& t = cfg_;
+        image_id_ = c.media_token_id, doc_end_id_ = c.doc_end_token_id;
         const std::size_t D = hidden(), V = std::size_t(t.vocab_size), A = std::size_t(c.additional_vocab_size);
         embed_.table = L.matrix("model.embed_tokens.weight", V, D);
         head_ = L.projection("lm_head.weight", V, D);
@@ -219,6 +228,7 @@ private:
     nn::Embedding add_embed_;  // IDEFICS additional vocabulary (ids from embed_.rows() on)
     nn::Linear add_head_;
     float logit_scale_ = 1.0f;
+    std::int32_t image_id_ = -1, doc_end_id_ = -1;  // IDEFICS: text after </s> sees no image
 };
 
 }  // namespace flamingo::model
