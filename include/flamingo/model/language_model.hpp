@@ -66,12 +66,10 @@ public:
         check(visual.extent(0) == rows, ErrorKind::Shape, "visual tokens: ", visual.extent(0), " rows for ", n_media,
               " media of ", n_latents, " latents");
         for (std::size_t l = 0; l < blocks_.size(); ++l) {
-            if (!xattn_[l] && !ixattn_[l]) continue;
-            const std::size_t w = xattn_[l] ? xattn_[l]->kv_width() : ixattn_[l]->kv_width();
+            if (!xattn_[l]) continue;
+            const std::size_t w = xattn_[l]->kv_width();
             media.kv[l].resize(rows * w);
-            if (!rows) continue;
-            if (xattn_[l]) xattn_[l]->project_media(visual, nn::act(media.kv[l].data(), rows, w));
-            else ixattn_[l]->project_media(visual, nn::act(media.kv[l].data(), rows, w));
+            if (rows) xattn_[l]->project_media(visual, nn::act(media.kv[l].data(), rows, w));
         }
     }
 
@@ -81,7 +79,6 @@ public:
         for (std::size_t l = 0; l < blocks_.size(); ++l) {
             layer = std::max(layer, blocks_[l].workspace(M));
             if (xattn_[l]) layer = std::max(layer, xattn_[l]->workspace(M));
-            if (ixattn_[l]) layer = std::max(layer, ixattn_[l]->workspace(M));
         }
         return nn::ws_floats(M, D) + (doc_end_id_ >= 0 ? nn::ws_floats(M) : 0) +
                std::max(layer, nn::ws_floats(logit_rows, D));
@@ -120,7 +117,6 @@ public:
         }
         for (std::size_t l = 0; l < blocks_.size(); ++l) {
             if (xattn_[l]) (*xattn_[l])(x, text_time, b.segments, b.media, l, ws);
-            if (ixattn_[l]) (*ixattn_[l])(x, text_time, b.segments, b.media, l, ws);
             blocks_[l](x, b.segments, l, ws);
         }
         if (logit_rows.empty()) return;
@@ -154,12 +150,12 @@ private:
         rope_ = std::make_unique<kernels::RopeTable>(std::size_t(t.rotary_dim), t.rope_theta, max_positions());
         const int interval = c.cross_attn.every_n_layers;
         for (int i = 0; i < t.num_layers; ++i) {
-            xattn_.emplace_back();
             if (c.cross_attn.has_cross_attn(i))
-                ixattn_.emplace_back(std::in_place, L, "model.gated_cross_attn_layers." + std::to_string(i / interval) + ".",
-                                     c.cross_attn, t, std::size_t(c.vision.width));
+                xattn_.emplace_back(idefics::load_gated_cross_attention(
+                    L, "model.gated_cross_attn_layers." + std::to_string(i / interval) + ".", c.cross_attn, t,
+                    std::size_t(c.vision.width)));
             else
-                ixattn_.emplace_back();
+                xattn_.emplace_back();
             blocks_.push_back(Llama::block(L, "model.layers." + std::to_string(i) + ".", t, rope_.get()));
         }
         final_norm_ = L.rms_norm("model.norm", D, t.norm_eps);
@@ -186,11 +182,10 @@ private:
         for (int i = 0; i < t.num_layers; ++i) {
             const std::string p = std::string(F::layers) + std::to_string(i) + ".";
             if (c.cross_attn.has_cross_attn(i))
-                xattn_.emplace_back(std::in_place, L, p + "gated_cross_attn_layer.", c.cross_attn, D,
-                                    std::size_t(c.vision.width));
+                xattn_.emplace_back(load_gated_cross_attention(L, p + "gated_cross_attn_layer.", c.cross_attn, D,
+                                                               std::size_t(c.vision.width)));
             else
                 xattn_.emplace_back();
-            ixattn_.emplace_back();
             blocks_.push_back(F::block(L, p + "decoder_layer.", t, rope_.get()));
         }
         if constexpr (std::is_same_v<F, Llama>)
@@ -221,8 +216,7 @@ private:
     const float* wpe_ = nullptr;
     std::unique_ptr<kernels::RopeTable> rope_;
     std::vector<nn::TransformerBlock> blocks_;
-    std::vector<std::optional<GatedCrossAttention>> xattn_;
-    std::vector<std::optional<IdeficsCrossAttention>> ixattn_;  // IDEFICS's blocks, where xattn_ has none
+    std::vector<std::optional<GatedCrossAttention>> xattn_;  // OpenFlamingo's or IDEFICS's parts
     nn::Norm final_norm_;
     nn::Linear head_;
     nn::Embedding add_embed_;  // IDEFICS additional vocabulary (ids from embed_.rows() on)
