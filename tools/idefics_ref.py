@@ -533,13 +533,7 @@ class GemvRounding:
 def save_model_dir(model, path, tokenizer_json, shards=2):
     """config.json, tokenizer.json and the weights as `shards` safetensors
     files with model.safetensors.index.json (as releases are stored)."""
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(model.config, f, indent=2)
-        f.write("\n")
-    with open(os.path.join(path, "tokenizer.json"), "w", encoding="utf-8") as f:
-        json.dump(tokenizer_json, f, ensure_ascii=False, indent=1)
-        f.write("\n")
+    fr.write_config_and_tokenizer(path, model.config, tokenizer_json)
     tensors = {k: v.detach().float().contiguous() for k, v in model.named_parameters()}
     names = sorted(tensors)
     per = math.ceil(len(names) / shards)

@@ -258,26 +258,14 @@ def run_case(name, spec, seed):
             if gap > 0.02 and ir.EOU in stopped:
                 break
         assert gap > 0.02 and ir.EOU in stopped, f"{name}: every q4 chat meets a near-tie or never stops"
-        with open(os.path.join(exp, "chat.json"), "w") as f:
-            json.dump({**chat, "answers": answers, "stopped": stopped, "min_top2_logit_gap": round(gap, 4)}, f,
-                      indent=1)
-            f.write("\n")
+        mf.write_json(os.path.join(exp, "chat.json"),
+                      {**chat, "answers": answers, "stopped": stopped, "min_top2_logit_gap": round(gap, 4)})
     if "eod_prompt" in spec:
         eod_case(exp, spec, model, tok, media, media32, m32)
-    with open(os.path.join(exp, "prompt.json"), "w") as f:
-        json.dump({"text": spec["prompt"], "processor_text": prompt, "input_ids": ids, "num_media": n, "frames": 1,
-                   "images": [f"images/media{k}_frame0.png" for k in range(n)], "weights_dtype": "f32",
-                   "stop_token": spec["stop"], "eoc_output_row_shift": chosen}, f, indent=1)
-        f.write("\n")
-    with open(os.path.join(exp, "generate.json"), "w") as f:
-        json.dump({"prompt_ids": ids, "eoc_token_id": stop, "greedy": result["greedy"], "beam": result["beam"]},
-                  f, indent=1)
-        f.write("\n")
-    with open(os.path.join(exp, "score.json"), "w") as f:
-        json.dump({"prompt_ids": ids, "candidates": [
-            {"candidate": c, "tokens": t, "logprob": s, "mean_logprob": m}
-            for c, t, (s, m) in zip(spec["candidates"], cands, scores)]}, f, indent=1)
-        f.write("\n")
+    mf.write_expected_json(exp, {"text": spec["prompt"], "processor_text": prompt, "input_ids": ids, "num_media": n,
+                                 "frames": 1, "images": [f"images/media{k}_frame0.png" for k in range(n)],
+                                 "weights_dtype": "f32", "stop_token": spec["stop"], "eoc_output_row_shift": chosen},
+                           ids, stop, result, spec["candidates"], cands, scores)
     beam_differs = any(b["tokens"] != result["greedy"][0]["tokens"] for b in result["beam"])
     print(f"{name}: T={len(ids)} media={n} V={base}+{len(spec['tokens'])} stop-shift={chosen} "
           f"greedy={result['greedy'][0]['tokens']} beam-differs={beam_differs}")
@@ -316,9 +304,7 @@ def eod_case(exp, spec, model, tok, media, media32, m32):
     out["candidates"] = [{"tokens": t, "logprob": lp}
                          for t, (lp, _) in zip(cands, fr.score_candidates(model, None, ids, cands, media=media))]
     np.save(os.path.join(exp, "eod_logits.npy"), logits.numpy().astype(np.float32))
-    with open(os.path.join(exp, "eod.json"), "w") as f:
-        json.dump(out, f, indent=1)
-        f.write("\n")
+    mf.write_json(os.path.join(exp, "eod.json"), out)
     print(f"eod: T={len(ids)} image_index={idx.tolist()} greedy={out['greedy'][0]['tokens']}")
 
 
