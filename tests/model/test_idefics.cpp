@@ -254,6 +254,70 @@ TEST_CASE("IDEFICS config errors name the field") {
     CHECK(error(j).find("vision_embed_dim: (1024) differs from vision_config.embed_dim (768)") != std::string::npos);
 }
 
+TEST_CASE("IDEFICS config: every field of configuration_idefics.py is read or ignored") {
+    // IdeficsConfig, IdeficsVisionConfig and IdeficsPerceiverConfig's fields
+    // (transformers 045e910e, as released config.json files write them), the
+    // ones that shape the model set away from their defaults; training-only
+    // fields (freeze_*, initializers, dropout, use_cache) are ignored.
+    nlohmann::json j = {
+        {"model_type", "idefics"}, {"architectures", {"IdeficsForVisionText2Text"}}, {"vocab_size", 100},
+        {"additional_vocab_size", 3}, {"hidden_size", 48}, {"intermediate_size", 96}, {"num_hidden_layers", 4},
+        {"num_attention_heads", 4}, {"dropout", 0.1}, {"hidden_act", "silu"}, {"initializer_range", 0.02},
+        {"alpha_initializer", "normal"}, {"alphas_initializer_range", 0.05}, {"alpha_type", "vector"},
+        {"rms_norm_eps", 1e-5}, {"use_cache", true}, {"pad_token_id", 0}, {"bos_token_id", 1}, {"eos_token_id", 5},
+        {"tie_word_embeddings", false}, {"cross_layer_interval", 2}, {"qk_layer_norms", true},
+        {"freeze_text_layers", true}, {"freeze_text_module_exceptions", nlohmann::json::array()},
+        {"freeze_lm_head", true}, {"freeze_vision_layers", true},
+        {"freeze_vision_module_exceptions", {"encoder.layers.0"}}, {"use_resampler", true},
+        {"vision_embed_dim", 32}, {"torch_dtype", "bfloat16"}, {"transformers_version", "4.32.0.dev0"},
+        {"vision_config",
+         {{"embed_dim", 32}, {"image_size", 28}, {"intermediate_size", 64}, {"patch_size", 14},
+          {"num_hidden_layers", 2}, {"num_attention_heads", 2}, {"num_channels", 3}, {"hidden_act", "quick_gelu"},
+          {"layer_norm_eps", 1e-6}, {"attention_dropout", 0.0}, {"initializer_range", 0.02},
+          {"initializer_factor", 1.0}, {"vision_model_name", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}}},
+        {"perceiver_config",
+         {{"use_resampler", false}, {"resampler_n_latents", 8}, {"resampler_depth", 2}, {"resampler_n_heads", 2},
+          {"resampler_head_dim", 16}, {"qk_layer_norms_perceiver", true}}}};
+    const auto c = model::parse_config(j.dump(), "config.json");
+    CHECK(c.arch == model::Arch::Idefics);
+    CHECK(c.text.vocab_size == 100);
+    CHECK(c.additional_vocab_size == 3);
+    CHECK(c.text.hidden_size == 48);
+    CHECK(c.text.intermediate_size == 96);
+    CHECK(c.text.num_layers == 4);
+    CHECK(c.text.num_heads == 4);
+    CHECK(c.text.norm_eps == doctest::Approx(1e-5));
+    CHECK(!c.text.tie_word_embeddings);
+    CHECK(c.cross_attn.alpha_vector);
+    CHECK(c.cross_attn.qk_layer_norms);
+    CHECK(c.cross_attn.every_n_layers == 2);
+    CHECK(c.cross_attn.heads == 4);
+    CHECK(c.cross_attn.dim_head == 12);
+    CHECK(c.eoc_token_id == 5);
+    CHECK(c.doc_end_token_id == 5);  // the processor's eod is the tokenizer's eos, </s>
+    CHECK(c.vision.width == 32);
+    CHECK(c.vision.image_size == 28);
+    CHECK(c.vision.mlp_width == 64);
+    CHECK(c.vision.layers == 2);
+    CHECK(c.vision.head_width == 16);
+    CHECK(c.vision.quick_gelu);
+    CHECK(c.vision.layer_norm_eps == doctest::Approx(1e-6));
+    CHECK(c.perceiver.num_latents == 8);
+    CHECK(c.perceiver.depth == 2);
+    CHECK(c.perceiver.heads == 2);
+    CHECK(c.perceiver.dim_head == 16);
+    CHECK(c.perceiver.qk_layer_norms);
+    CHECK(c.perceiver.ff_mult == 4);
+    j["tie_word_embeddings"] = true;
+    std::string what;
+    try {
+        model::parse_config(j.dump(), "config.json");
+    } catch (const Error& e) {
+        what = e.what();
+    }
+    CHECK(what.find("tie_word_embeddings") != std::string::npos);
+}
+
 TEST_CASE("IDEFICS: the released configs (9B, 80B, base and instruct) load as shapes; parameters counted") {
     // tests/data/model/idefics_released: their config.json shape fields. The
     // count is checked against the fixtures' tensors (every element of the
