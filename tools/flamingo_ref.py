@@ -849,6 +849,8 @@ class MediaTokenGenerated(RuntimeError):
 
 
 def _next_logits(model, media, seqs, prompt_len):
+    if hasattr(model, "next_logits"):  # a model with its own generation-time mask (IDEFICS)
+        return model.next_logits(media, seqs, prompt_len)
     prompt = seqs[:, :prompt_len]
     if (seqs[:, prompt_len:] == model.media_token_id).any():
         raise MediaTokenGenerated("a generated token is the media token")
@@ -1088,12 +1090,12 @@ def model_state_dict(model):
     return {k: v.detach() for k, v in model.named_parameters()}
 
 
-def save_model_dir(model, path, tokenizer_json, dtype="f32"):
-    """Write config.json, tokenizer.json (a dict or a JSON string) and
-    model.safetensors. dtype: f32, bf16 or f16."""
+def write_config_and_tokenizer(path, config, tokenizer_json):
+    """config.json and tokenizer.json (a dict or a JSON string) of a model
+    directory, created if need be."""
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(model.config, f, indent=2)
+        json.dump(config, f, indent=2)
         f.write("\n")
     with open(os.path.join(path, "tokenizer.json"), "w", encoding="utf-8") as f:
         if isinstance(tokenizer_json, str):
@@ -1101,6 +1103,12 @@ def save_model_dir(model, path, tokenizer_json, dtype="f32"):
         else:
             json.dump(tokenizer_json, f, ensure_ascii=False, indent=1)
             f.write("\n")
+
+
+def save_model_dir(model, path, tokenizer_json, dtype="f32"):
+    """Write config.json, tokenizer.json (a dict or a JSON string) and
+    model.safetensors. dtype: f32, bf16 or f16."""
+    write_config_and_tokenizer(path, model.config, tokenizer_json)
     tensors = {k: v.to(_SAFE_DTYPES[dtype]).contiguous() for k, v in model_state_dict(model).items()}
     safetensors_io.save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 

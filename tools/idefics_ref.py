@@ -371,14 +371,17 @@ class Idefics(nn.Module):
         lat = self.model.perceiver_resampler(self.vision_tokens(vision_x.reshape(B * N, *vision_x.shape[3:])))
         return lat.reshape(B, N, *lat.shape[1:])
 
-    def forward_media(self, media, ids, text_time=None):
-        """Logits [B, T, V + additional]. The image attention mask is the
-        processor's for `ids` unless text_time (images at or before each
-        position, as flamingo_ref's generation gives it) is passed: then each
-        position attends to image text_time - 1."""
+    def forward_media(self, media, ids, text_time=None, image_idx=None):
+        """Logits [B, T, V + additional]. The image each position attends to
+        is the processor's image_attention_mask for `ids` (image_index)
+        unless image_idx [B, T] (-1: none) or text_time (images at or before
+        each position, as flamingo_ref's OpenFlamingo generation gives it:
+        image text_time - 1) is passed."""
         B, T = ids.shape
         N, L = media.shape[1], media.shape[2]
-        if text_time is None:
+        if image_idx is not None:
+            idx = image_idx
+        elif text_time is None:
             idx = torch.stack([image_index(row.tolist(), self.media_token_id, self.doc_end_id) for row in ids])
         else:
             idx = text_time.long() - 1
@@ -399,6 +402,19 @@ class Idefics(nn.Module):
                 x = m.gated_cross_attn_layers[i // interval](x, states, mask, gate)
             x = layer(x)
         return self.lm_head(m.norm(x))
+
+    def next_logits(self, media, seqs, prompt_len):
+        """Logits [B, V] of the next token after seqs [B, T] whose first
+        prompt_len are the prompt, as IdeficsForVisionText2Text.generate
+        computes them: the prompt's rows keep the processor's mask, every
+        generated row repeats the prompt's last row (its image, or none after
+        a </s> with no image since), whatever was generated. flamingo_ref's
+        greedy and beam search call this in place of OpenFlamingo's text time."""
+        if (seqs[:, prompt_len:] == self.media_token_id).any():
+            raise fr.MediaTokenGenerated("a generated token is the media token")
+        idx = image_index(seqs[0, :prompt_len].tolist(), self.media_token_id, self.doc_end_id)
+        idx = torch.cat([idx, idx[-1].repeat(seqs.shape[1] - prompt_len)]).expand(seqs.shape[0], -1)
+        return self.forward_media(media.expand(seqs.shape[0], -1, -1, -1), seqs, image_idx=idx)[:, -1, :]
 
 
 # --------------------------------------------------------------------------
@@ -517,13 +533,7 @@ class GemvRounding:
 def save_model_dir(model, path, tokenizer_json, shards=2):
     """config.json, tokenizer.json and the weights as `shards` safetensors
     files with model.safetensors.index.json (as releases are stored)."""
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(model.config, f, indent=2)
-        f.write("\n")
-    with open(os.path.join(path, "tokenizer.json"), "w", encoding="utf-8") as f:
-        json.dump(tokenizer_json, f, ensure_ascii=False, indent=1)
-        f.write("\n")
+    fr.write_config_and_tokenizer(path, model.config, tokenizer_json)
     tensors = {k: v.detach().float().contiguous() for k, v in model.named_parameters()}
     names = sorted(tensors)
     per = math.ceil(len(names) / shards)

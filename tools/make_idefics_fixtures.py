@@ -54,6 +54,8 @@ def case_specs():
             "tokens": [ir.FAKE, ir.IMAGE], "stop": "</s>",
             "prompt": "An image of <image> a cat. <image><image> Output: the dog",
             "candidates": ["the cat sat on the mat.", "two dogs", "a man riding a horse"],
+            # </s> ends a document: the text after it, until the next image, sees no image
+            "eod_prompt": "An image of <image> a cat.</s>Output: the dog <image> two dogs <image> and</s>a man riding",
         },
         "idefics_instruct": {
             "config": {**BASE, "alpha_type": "vector", "qk_layer_norms": True, "cross_layer_interval": 1,
@@ -256,27 +258,84 @@ def run_case(name, spec, seed):
             if gap > 0.02 and ir.EOU in stopped:
                 break
         assert gap > 0.02 and ir.EOU in stopped, f"{name}: every q4 chat meets a near-tie or never stops"
-        with open(os.path.join(exp, "chat.json"), "w") as f:
-            json.dump({**chat, "answers": answers, "stopped": stopped, "min_top2_logit_gap": round(gap, 4)}, f,
-                      indent=1)
-            f.write("\n")
-    with open(os.path.join(exp, "prompt.json"), "w") as f:
-        json.dump({"text": spec["prompt"], "processor_text": prompt, "input_ids": ids, "num_media": n, "frames": 1,
-                   "images": [f"images/media{k}_frame0.png" for k in range(n)], "weights_dtype": "f32",
-                   "stop_token": spec["stop"], "eoc_output_row_shift": chosen}, f, indent=1)
-        f.write("\n")
-    with open(os.path.join(exp, "generate.json"), "w") as f:
-        json.dump({"prompt_ids": ids, "eoc_token_id": stop, "greedy": result["greedy"], "beam": result["beam"]},
-                  f, indent=1)
-        f.write("\n")
-    with open(os.path.join(exp, "score.json"), "w") as f:
-        json.dump({"prompt_ids": ids, "candidates": [
-            {"candidate": c, "tokens": t, "logprob": s, "mean_logprob": m}
-            for c, t, (s, m) in zip(spec["candidates"], cands, scores)]}, f, indent=1)
-        f.write("\n")
+        mf.write_json(os.path.join(exp, "chat.json"),
+                      {**chat, "answers": answers, "stopped": stopped, "min_top2_logit_gap": round(gap, 4)})
+    if "eod_prompt" in spec:
+        eod_case(exp, spec, model, tok, media, media32, m32)
+    mf.write_expected_json(exp, {"text": spec["prompt"], "processor_text": prompt, "input_ids": ids, "num_media": n,
+                                 "frames": 1, "images": [f"images/media{k}_frame0.png" for k in range(n)],
+                                 "weights_dtype": "f32", "stop_token": spec["stop"], "eoc_output_row_shift": chosen},
+                           ids, stop, result, spec["candidates"], cands, scores)
     beam_differs = any(b["tokens"] != result["greedy"][0]["tokens"] for b in result["beam"])
     print(f"{name}: T={len(ids)} media={n} V={base}+{len(spec['tokens'])} stop-shift={chosen} "
           f"greedy={result['greedy'][0]['tokens']} beam-differs={beam_differs}")
+
+
+def eod_case(exp, spec, model, tok, media, media32, m32):
+    """expected/eod.json and eod_logits.npy: a prompt with </s> between its
+    image-text pairs, over the case's media. The processor's mask must differ
+    from "the latest image" there (else the case tests nothing), and no
+    generated sequence may go on past a generated </s> (there the C++ rule and
+    transformers' generate() part, see idefics.hpp)."""
+    image_id, eod = model.media_token_id, model.doc_end_id
+    prompt = ir.prompt_text(spec["eod_prompt"])
+    ids = tt.encode(tok, prompt, add_special_tokens=False)
+    assert ids.count(image_id) == media.shape[1] and eod in ids
+    idx = ir.image_index(ids, image_id, eod)
+    assert not torch.equal(idx, torch.tensor(np.cumsum([i == image_id for i in ids])) - 1)
+    with torch.no_grad():
+        logits = model.forward_media(media, torch.tensor([ids]))[0]
+    out = {"text": spec["eod_prompt"], "processor_text": prompt, "input_ids": ids, "image_index": idx.tolist(),
+           "greedy": [], "beam": []}
+    for nrng, mx in mf.GREEDY[:1]:
+        toks = fr.greedy_generate(model, None, ids, mx, no_repeat_ngram_size=nrng, media=media)
+        assert toks == fr.greedy_generate(m32, None, ids, mx, nrng, media=media32), "eod: greedy differs in float32"
+        out["greedy"].append({"max_new_tokens": mx, "no_repeat_ngram_size": nrng, "tokens": toks})
+    for nb, lp, es, nrng, mx in mf.BEAMS[:1]:
+        toks, score = fr.beam_generate(model, None, ids, mx, nb, length_penalty=lp, early_stopping=es,
+                                       no_repeat_ngram_size=nrng, media=media)
+        toks32, _ = fr.beam_generate(m32, None, ids, mx, nb, lp, es, nrng, media=media32)
+        assert toks == toks32, "eod: beam search differs in float32"
+        out["beam"].append({"num_beams": nb, "length_penalty": lp, "early_stopping": es,
+                            "no_repeat_ngram_size": nrng, "max_new_tokens": mx, "tokens": toks, "score": score})
+    for r in out["greedy"] + out["beam"]:
+        assert eod not in r["tokens"][:-1], "eod: a generated </s> is not the last token"
+    cands = [tt.encode(tok, c, add_special_tokens=False) for c in spec["candidates"]]
+    out["candidates"] = [{"tokens": t, "logprob": lp}
+                         for t, (lp, _) in zip(cands, fr.score_candidates(model, None, ids, cands, media=media))]
+    np.save(os.path.join(exp, "eod_logits.npy"), logits.numpy().astype(np.float32))
+    mf.write_json(os.path.join(exp, "eod.json"), out)
+    print(f"eod: T={len(ids)} image_index={idx.tolist()} greedy={out['greedy'][0]['tokens']}")
+
+
+def check_eod(d, exp, model, media):
+    """The problems of a case's eod.json against the reference."""
+    f = os.path.join(exp, "eod.json")
+    if not os.path.exists(f):
+        return []
+    e, problems = json.load(open(f)), []
+    ids = e["input_ids"]
+    tok = json.load(open(os.path.join(d, "tokenizer.json"), encoding="utf-8"))
+    if tt.encode(tok, ir.prompt_text(e["text"]), add_special_tokens=False) != ids:
+        problems.append("eod input_ids")
+    with torch.no_grad():
+        logits = model.forward_media(media, torch.tensor([ids]))[0]
+    want = np.load(os.path.join(exp, "eod_logits.npy"))
+    if np.abs(logits.numpy() - want).max() > 1e-5 * max(1.0, np.abs(want).max()):
+        problems.append("eod logits")
+    for r in e["greedy"]:
+        if fr.greedy_generate(model, None, ids, r["max_new_tokens"], r["no_repeat_ngram_size"],
+                              media=media) != r["tokens"]:
+            problems.append("eod greedy")
+    for b in e["beam"]:
+        out, score = fr.beam_generate(model, None, ids, b["max_new_tokens"], b["num_beams"], b["length_penalty"],
+                                      b["early_stopping"], b["no_repeat_ngram_size"], media=media)
+        if out != b["tokens"] or abs(score - b["score"]) > 1e-6 * max(1.0, abs(score)):
+            problems.append("eod beam")
+    got = fr.score_candidates(model, None, ids, [c["tokens"] for c in e["candidates"]], media=media)
+    if any(abs(g[0] - c["logprob"]) > 1e-6 * max(1.0, abs(g[0])) for g, c in zip(got, e["candidates"])):
+        problems.append("eod candidates")
+    return problems
 
 
 # The first of these conversations whose greedy steps have no near-tie (the
@@ -413,6 +472,7 @@ def check_fixtures(names):
                 want = np.load(f)
                 if np.abs(lq.numpy() - want).max() > 1e-5 * max(1.0, np.abs(want).max()):
                     problems.append(f"logits_{fmt}")
+        problems += check_eod(d, exp, model, media)
         f = os.path.join(exp, "nonsquare_pixels.npy")
         if os.path.exists(f):
             mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]

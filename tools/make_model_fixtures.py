@@ -77,6 +77,13 @@ BEAMS = [  # (num_beams, length_penalty, early_stopping, no_repeat_ngram_size, m
 GREEDY = [(0, 12), (2, 12)]  # (no_repeat_ngram_size, max_new_tokens)
 
 
+def write_json(path, obj):
+    """An expected/*.json file: indent 1, a final newline."""
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+
+
 def case_specs():
     def merge(base, **kw):
         out = json.loads(json.dumps(base))
@@ -285,6 +292,16 @@ def build_case(name, spec, seed):
     return model, tok, config
 
 
+def write_expected_json(exp, prompt, ids, eoc, result, candidates, cand_tokens, scores):
+    """expected/prompt.json (as given), generate.json and score.json of a case."""
+    write_json(os.path.join(exp, "prompt.json"), prompt)
+    write_json(os.path.join(exp, "generate.json"),
+               {"prompt_ids": ids, "eoc_token_id": eoc, "greedy": result["greedy"], "beam": result["beam"]})
+    write_json(os.path.join(exp, "score.json"), {"prompt_ids": ids, "candidates": [
+        {"candidate": c, "tokens": t, "logprob": s, "mean_logprob": m}
+        for c, t, (s, m) in zip(candidates, cand_tokens, scores)]})
+
+
 def round_weights(model, dtype):
     """Round the float64 weights to the stored dtype, so the expected outputs
     are those of exactly the weights in the file."""
@@ -391,20 +408,10 @@ def run_case(name, spec, seed):
     np.save(os.path.join(exp, "logits.npy"), logits.numpy().astype(np.float32))
 
     beam_differs = any(b["tokens"] != result["greedy"][0]["tokens"] for b in result["beam"])
-    with open(os.path.join(exp, "prompt.json"), "w") as f:
-        json.dump({"text": prompt, "input_ids": ids, "num_media": n_media, "frames": frames,
-                   "images": [f"images/media{k // frames}_frame{k % frames}.png" for k in range(len(imgs))],
-                   "weights_dtype": dtype, "eoc_output_row_shift": chosen}, f, indent=1)
-        f.write("\n")
-    with open(os.path.join(exp, "generate.json"), "w") as f:
-        json.dump({"prompt_ids": ids, "eoc_token_id": eoc, "greedy": result["greedy"], "beam": result["beam"]},
-                  f, indent=1)
-        f.write("\n")
-    with open(os.path.join(exp, "score.json"), "w") as f:
-        json.dump({"prompt_ids": ids, "candidates": [
-            {"candidate": c, "tokens": t, "logprob": s, "mean_logprob": m}
-            for c, t, (s, m) in zip(spec["candidates"], cands, scores)]}, f, indent=1)
-        f.write("\n")
+    write_expected_json(exp, {"text": prompt, "input_ids": ids, "num_media": n_media, "frames": frames,
+                              "images": [f"images/media{k // frames}_frame{k % frames}.png" for k in range(len(imgs))],
+                              "weights_dtype": dtype, "eoc_output_row_shift": chosen},
+                        ids, eoc, result, spec["candidates"], cands, scores)
     print(f"{name}: T={len(ids)} media={n_media}x{frames} V={config['text_config']['vocab_size']} "
           f"eoc-shift={chosen} greedy={result['greedy'][0]['tokens']} beam-differs={beam_differs} "
           f"min-gap={result['greedy'][0].get('min_top2_logit_gap')}")

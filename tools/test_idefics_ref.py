@@ -69,6 +69,21 @@ class Model(unittest.TestCase):
         self.assertTrue(torch.allclose(out[0, 0], no_attn[0, 0]))
         self.assertFalse(torch.allclose(out[0, 1], no_attn[0, 1]))
 
+    def test_generated_rows_repeat_the_prompts_last_row(self):
+        # generate() hands each new token the prompt's last image_attention_mask
+        # row: after a prompt ending past </s> they see no image, and a
+        # generated </s> changes nothing
+        m = self.make()
+        media = torch.randn(1, 2, 3, 8, dtype=torch.float64)
+        for prompt, last in (([1, 11, 7, 2, 7], -1), ([1, 11, 7, 2, 11, 7], 1)):
+            seqs = torch.tensor([prompt + [2, 7]])
+            idx = torch.tensor([ir.image_index(prompt, 11, 2).tolist() + [last, last]])
+            want = m.forward_media(media, seqs, image_idx=idx)[:, -1]
+            self.assertTrue(torch.equal(m.next_logits(media, seqs, len(prompt)), want))
+        # unlike the processor's mask of the whole text, which cuts after the generated </s>
+        seqs = torch.tensor([[1, 11, 7, 2, 7]])
+        self.assertFalse(torch.allclose(m.next_logits(media, seqs, 3), m.forward_media(media, seqs)[:, -1]))
+
     def test_cross_layers_before_every_interval(self):
         m = self.make(num_hidden_layers=4, cross_layer_interval=2)
         self.assertEqual(len(m.model.gated_cross_attn_layers), 2)

@@ -5,6 +5,8 @@
 // beam tokens and scores are the reference's; its prompts are the processor's.
 #include "parity_util.hpp"
 
+#include <algorithm>
+
 #include <flamingo/generate/generate.hpp>
 #include <flamingo/model/idefics.hpp>
 
@@ -95,6 +97,81 @@ TEST_CASE("IDEFICS: greedy and beam search and candidate scores match the refere
     }
 }
 
+TEST_CASE("IDEFICS: after </s> the text sees no image until the next <image>, as the processor's mask has it") {
+    // expected/eod.json: a prompt with </s> between its image-text pairs and
+    // text after each </s> (tools/make_idefics_fixtures.py), over the case's
+    // media; the reference builds image_attention_mask as the processor does.
+    const std::string c = "idefics";
+    auto model = load(c);
+    auto e = fixture::json(c, "eod.json");
+    const auto ids = e["input_ids"].get<std::vector<std::int32_t>>();
+    CHECK(model->tokenize(e["text"].get<std::string>()) == ids);
+    const auto want = fixture::floats(c, "eod_logits.npy");
+    const std::size_t T = ids.size(), V = model->vocab_size();
+    REQUIRE(want.size() == T * V);
+
+    generate::Session s(model->network());
+    auto pixels = fixture::floats(c, "pixels.npy");
+    s.set_media(pixels.data(), fixture::shape(c, "pixels.npy")[0], 1);
+    const auto tt = s.prompt_text_time(ids);
+    {  // the image each token sees: the processor's index + 1, 0 for none
+        std::vector<std::uint32_t> cut = tt;
+        nn::KVCache cache(1, T, 1);
+        const nn::Segment seg{0, T, 0, &cache};
+        const auto& cfg = model->config();
+        model::idefics::cut_after_doc_end(ids, cut, {&seg, 1}, cfg.media_token_id, cfg.doc_end_token_id);
+        std::vector<std::uint32_t> processor;
+        for (int i : e["image_index"].get<std::vector<int>>()) processor.push_back(std::uint32_t(i + 1));
+        CHECK(cut == processor);
+        CHECK(cut != tt);  // the case tests the cut
+    }
+    s.prepare(1, T, T);
+    auto lg = s.run(0, ids, tt, 0, true);
+    fixture::expect_close(lg.data(), want, 1e-4, 1e-4, "logits");
+
+    // Read in two pieces, the second starting after the first </s>: only the
+    // cache knows that its first rows are cut off from the images.
+    const std::size_t split =
+        std::size_t(std::find(ids.begin(), ids.end(), model->config().doc_end_token_id) - ids.begin()) + 1;
+    REQUIRE(split < T);
+    s.prepare(1, T, T);
+    s.run(0, std::span(ids).first(split), std::span(tt).first(split), 0, false);
+    auto lg2 = s.run(0, std::span(ids).subspan(split), std::span(tt).subspan(split), split, true);
+    fixture::expect_close(lg2.data(), std::vector<float>(want.begin() + std::ptrdiff_t(split * V), want.end()), 1e-4,
+                          1e-4, "logits read in two pieces");
+
+    // Generated tokens after a prompt that ends past a </s> see no image either
+    // (generate() repeats the prompt's last row), beams and candidates alike.
+    const std::int32_t stop = fixture::json(c, "generate.json")["eoc_token_id"];
+    for (const auto& g : e["greedy"]) {
+        generate::GenerateOptions o;
+        o.eos = stop;
+        o.max_new_tokens = g["max_new_tokens"];
+        o.no_repeat_ngram_size = g["no_repeat_ngram_size"];
+        CHECK(generate::generate(s, ids, o).tokens == g["tokens"].get<std::vector<std::int32_t>>());
+    }
+    for (const auto& b : e["beam"]) {
+        generate::GenerateOptions o;
+        o.eos = stop;
+        o.num_beams = b["num_beams"];
+        o.length_penalty = b["length_penalty"];
+        o.early_stopping = b["early_stopping"].get<bool>() ? generate::EarlyStopping::True : generate::EarlyStopping::False;
+        o.no_repeat_ngram_size = b["no_repeat_ngram_size"];
+        o.max_new_tokens = b["max_new_tokens"];
+        auto r = generate::generate(s, ids, o);
+        CHECK(r.tokens == b["tokens"].get<std::vector<std::int32_t>>());
+        CHECK(r.score == doctest::Approx(b["score"].get<double>()).epsilon(1e-5));
+    }
+    std::vector<std::vector<std::int32_t>> cands;
+    for (const auto& x : e["candidates"]) cands.push_back(x["tokens"].get<std::vector<std::int32_t>>());
+    auto got = generate::score(s, ids, cands);
+    REQUIRE(got.size() == cands.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        const double lp = e["candidates"][i]["logprob"];
+        CHECK(std::fabs(got[i].logprob - lp) <= 1e-4 + 1e-4 * std::fabs(lp));
+    }
+}
+
 TEST_CASE("IDEFICS: a prompt written with <image> tokenizes as the processor's, images as its preprocessing") {
     for (std::string c : kCases) {
         CAPTURE(c);
@@ -175,6 +252,70 @@ TEST_CASE("IDEFICS config errors name the field") {
     j = base;
     j["vision_embed_dim"] = 1024;
     CHECK(error(j).find("vision_embed_dim: (1024) differs from vision_config.embed_dim (768)") != std::string::npos);
+}
+
+TEST_CASE("IDEFICS config: every field of configuration_idefics.py is read or ignored") {
+    // IdeficsConfig, IdeficsVisionConfig and IdeficsPerceiverConfig's fields
+    // (transformers 045e910e, as released config.json files write them), the
+    // ones that shape the model set away from their defaults; training-only
+    // fields (freeze_*, initializers, dropout, use_cache) are ignored.
+    nlohmann::json j = {
+        {"model_type", "idefics"}, {"architectures", {"IdeficsForVisionText2Text"}}, {"vocab_size", 100},
+        {"additional_vocab_size", 3}, {"hidden_size", 48}, {"intermediate_size", 96}, {"num_hidden_layers", 4},
+        {"num_attention_heads", 4}, {"dropout", 0.1}, {"hidden_act", "silu"}, {"initializer_range", 0.02},
+        {"alpha_initializer", "normal"}, {"alphas_initializer_range", 0.05}, {"alpha_type", "vector"},
+        {"rms_norm_eps", 1e-5}, {"use_cache", true}, {"pad_token_id", 0}, {"bos_token_id", 1}, {"eos_token_id", 5},
+        {"tie_word_embeddings", false}, {"cross_layer_interval", 2}, {"qk_layer_norms", true},
+        {"freeze_text_layers", true}, {"freeze_text_module_exceptions", nlohmann::json::array()},
+        {"freeze_lm_head", true}, {"freeze_vision_layers", true},
+        {"freeze_vision_module_exceptions", {"encoder.layers.0"}}, {"use_resampler", true},
+        {"vision_embed_dim", 32}, {"torch_dtype", "bfloat16"}, {"transformers_version", "4.32.0.dev0"},
+        {"vision_config",
+         {{"embed_dim", 32}, {"image_size", 28}, {"intermediate_size", 64}, {"patch_size", 14},
+          {"num_hidden_layers", 2}, {"num_attention_heads", 2}, {"num_channels", 3}, {"hidden_act", "quick_gelu"},
+          {"layer_norm_eps", 1e-6}, {"attention_dropout", 0.0}, {"initializer_range", 0.02},
+          {"initializer_factor", 1.0}, {"vision_model_name", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}}},
+        {"perceiver_config",
+         {{"use_resampler", false}, {"resampler_n_latents", 8}, {"resampler_depth", 2}, {"resampler_n_heads", 2},
+          {"resampler_head_dim", 16}, {"qk_layer_norms_perceiver", true}}}};
+    const auto c = model::parse_config(j.dump(), "config.json");
+    CHECK(c.arch == model::Arch::Idefics);
+    CHECK(c.text.vocab_size == 100);
+    CHECK(c.additional_vocab_size == 3);
+    CHECK(c.text.hidden_size == 48);
+    CHECK(c.text.intermediate_size == 96);
+    CHECK(c.text.num_layers == 4);
+    CHECK(c.text.num_heads == 4);
+    CHECK(c.text.norm_eps == doctest::Approx(1e-5));
+    CHECK(!c.text.tie_word_embeddings);
+    CHECK(c.cross_attn.alpha_vector);
+    CHECK(c.cross_attn.qk_layer_norms);
+    CHECK(c.cross_attn.every_n_layers == 2);
+    CHECK(c.cross_attn.heads == 4);
+    CHECK(c.cross_attn.dim_head == 12);
+    CHECK(c.eoc_token_id == 5);
+    CHECK(c.doc_end_token_id == 5);  // the processor's eod is the tokenizer's eos, </s>
+    CHECK(c.vision.width == 32);
+    CHECK(c.vision.image_size == 28);
+    CHECK(c.vision.mlp_width == 64);
+    CHECK(c.vision.layers == 2);
+    CHECK(c.vision.head_width == 16);
+    CHECK(c.vision.quick_gelu);
+    CHECK(c.vision.layer_norm_eps == doctest::Approx(1e-6));
+    CHECK(c.perceiver.num_latents == 8);
+    CHECK(c.perceiver.depth == 2);
+    CHECK(c.perceiver.heads == 2);
+    CHECK(c.perceiver.dim_head == 16);
+    CHECK(c.perceiver.qk_layer_norms);
+    CHECK(c.perceiver.ff_mult == 4);
+    j["tie_word_embeddings"] = true;
+    std::string what;
+    try {
+        model::parse_config(j.dump(), "config.json");
+    } catch (const Error& e) {
+        what = e.what();
+    }
+    CHECK(what.find("tie_word_embeddings") != std::string::npos);
 }
 
 TEST_CASE("IDEFICS: the released configs (9B, 80B, base and instruct) load as shapes; parameters counted") {

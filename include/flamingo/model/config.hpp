@@ -168,6 +168,9 @@ struct Config {
     CrossAttnConfig cross_attn;
     TextConfig text;
     int media_token_id = 0, eoc_token_id = 0;  // IDEFICS: <image> as its tokenizer.json has it (set at load), eos_token_id
+    // IDEFICS: </s> (eos_token_id): its processor cuts the text after one off
+    // from the images until the next <image> (idefics::cut_after_doc_end). -1: none.
+    int doc_end_token_id = -1;
     ChatTemplate chat_template;
     json text_config_raw;  // text_config as written
 };
@@ -648,6 +651,7 @@ inline void read_idefics(Config& c, const Fields& top) {
 
     c.media_token_id = -1;
     c.eoc_token_id = top.opt_int("eos_token_id", 2, 0, kMaxVocab - 1);
+    c.doc_end_token_id = c.eoc_token_id;
     // Without a chat_template of its own, the instruct models' dialogue
     // (their model cards' prompts), stopping at <end_of_utterance>.
     c.chat_template.system = "{content}\n";

@@ -5,7 +5,8 @@
 // vision.hpp and perceiver.hpp (VisionConfig::hf_clip, PerceiverConfig::idefics).
 //
 // Gated cross-attention (IdeficsGatedCrossAttentionLayer), before decoder
-// layers 0, n, 2n, ... (n = cross_layer_interval), LLaMA-shaped:
+// layers 0, n, 2n, ... (n = cross_layer_interval): the shared block
+// (cross_attention.hpp) with LLaMA-shaped parts (load_gated_cross_attention):
 //   a = o_proj(attention(q_proj(rms1(x)), k_proj(v), v_proj(v)))   v: visual tokens
 //       (with qk_layer_norms, RMSNorms of each head's q and k)
 //   a = 0 on rows that attend to no image (the cross_attention_gate)
@@ -13,7 +14,8 @@
 //   x = x + tanh(alpha_dense) * mlp(rms2(x))                        SwiGLU
 // alpha_* are one float or one per channel (alpha_type). Which image a row
 // sees is the processor's image_attention_mask: the latest <image> at or
-// before it (none before the first), as OpenFlamingo's immediate mode.
+// before it (none before the first), as OpenFlamingo's immediate mode, and
+// none after a </s> until the next <image> (cut_after_doc_end).
 //
 // Decoupled vocabulary: ids >= vocab_size read additional_embedding, and the
 // logits are [lm_head | additional_fc] (IdeficsDecoupledEmbedding / Linear).
@@ -90,6 +92,29 @@ inline int token_id(const std::filesystem::path& tokenizer_json, std::string_vie
          ")");
 }
 
+// The processor's image_attention_mask (image_attention_mask_for_packed_input_ids)
+// beyond "the latest <image> at or before a token": after an end of document
+// </s>, the tokens up to the next <image> attend to no image. tt holds the
+// <image> count of each row (Batch::text_time); the rows so cut off get 0.
+// Whether the position before a segment was cut off is kept in the marks of
+// its KV cache, so a prompt read in pieces, a cached prefix, a conversation's
+// history and beams carry it. Generated tokens follow the same rule, which is
+// transformers' generate() (each generated row repeats the prompt's last row)
+// except after a generated </s> that generation goes on past.
+inline void cut_after_doc_end(std::span<const std::int32_t> tokens, std::span<std::uint32_t> tt,
+                              std::span<const nn::Segment> segments, std::int32_t image_id, std::int32_t doc_end_id) {
+    for (const nn::Segment& seg : segments) {
+        check(seg.cache || seg.pos0 == 0, "IDEFICS: a segment at position ", seg.pos0, " has no KV cache");
+        bool cut = seg.pos0 > 0 && seg.cache->mark(seg.pos0 - 1);
+        for (std::size_t i = seg.row0; i < seg.row0 + seg.rows; ++i) {
+            if (tokens[i] == image_id) cut = false;
+            if (cut) tt[i] = 0;
+            if (tokens[i] == doc_end_id) cut = true;
+            if (seg.cache) seg.cache->set_mark(seg.pos0 + (i - seg.row0), cut);
+        }
+    }
+}
+
 // Parameters of an IDEFICS model of this config (every tensor its
 // directory holds), counted from the shapes alone: for sizing a model
 // without its weights.
@@ -113,106 +138,43 @@ inline std::uint64_t parameter_count(const Config& c) {
     return vision + perceiver + decoder + cross;
 }
 
+// IDEFICS's gated cross-attention block (IdeficsGatedCrossAttentionLayer)
+// under its names, as the shared block's parts.
+inline GatedCrossAttention load_gated_cross_attention(Weights& L, const std::string& p, const CrossAttnConfig& c,
+                                                      const TextConfig& t, std::size_t vis_dim) {
+    const std::size_t D = std::size_t(t.hidden_size), H = std::size_t(c.heads), dh = std::size_t(c.dim_head);
+    const std::size_t F = std::size_t(t.intermediate_size);
+    const float eps = t.norm_eps;
+    GatedCrossAttention::Parts b;
+    b.norm = L.rms_norm(p + "input_layernorm", D, eps);
+    nn::CrossAttention& a = b.attn;
+    a.heads = H, a.dim_head = dh;
+    a.to_q = L.linear(p + "cross_attn.q_proj", H * dh, D, false);
+    a.to_k = L.linear(p + "cross_attn.k_proj", H * dh, vis_dim, false);
+    a.to_v = L.linear(p + "cross_attn.v_proj", H * dh, vis_dim, false);
+    a.to_out = L.linear(p + "cross_attn.o_proj", D, H * dh, false);
+    if (c.qk_layer_norms) {
+        a.q_norm = L.rms_norm(p + "cross_attn.q_layer_norm", dh, eps);
+        a.k_norm = L.rms_norm(p + "cross_attn.k_layer_norm", dh, eps);
+    }
+    b.ff.norm = L.rms_norm(p + "post_attention_layernorm", D, eps);
+    b.ff.mlp.gate = L.linear(p + "mlp.gate_proj", F, D, false);
+    b.ff.mlp.up = L.linear(p + "mlp.up_proj", F, D, false);
+    b.ff.mlp.down = L.linear(p + "mlp.down_proj", D, F, false);
+    b.ff.mlp.act = nn::activation_from_name(t.hidden_act);
+    const auto gate = [&](const std::string& name) {
+        const std::size_t n = c.alpha_vector ? D : 1;
+        const float* alpha = c.alpha_vector ? L.floats(p + name, {1, 1, D}) : L.floats(p + name, {1});
+        std::vector<float> g(n);
+        for (std::size_t i = 0; i < n; ++i) g[i] = std::tanh(alpha[i]);
+        return g;
+    };
+    b.attn_gate = gate("alpha_cross_attn");
+    b.ff_gate = gate("alpha_dense");
+    b.only_attend_immediate_media = true;  // the processor's image_attention_mask: the latest image
+    return GatedCrossAttention(std::move(b));
+}
+
 }  // namespace idefics
-
-class IdeficsCrossAttention {
-public:
-    IdeficsCrossAttention() = default;
-    IdeficsCrossAttention(Weights& L, const std::string& p, const CrossAttnConfig& c, const TextConfig& t,
-                          std::size_t vis_dim) {
-        const std::size_t D = std::size_t(t.hidden_size), H = std::size_t(c.heads), dh = std::size_t(c.dim_head);
-        const float eps = t.norm_eps;
-        norm1_ = L.rms_norm(p + "input_layernorm", D, eps);
-        norm2_ = L.rms_norm(p + "post_attention_layernorm", D, eps);
-        attn_.heads = H, attn_.dim_head = dh;
-        attn_.to_q = L.linear(p + "cross_attn.q_proj", H * dh, D, false);
-        k_proj_ = L.linear(p + "cross_attn.k_proj", H * dh, vis_dim, false);
-        v_proj_ = L.linear(p + "cross_attn.v_proj", H * dh, vis_dim, false);
-        attn_.to_out = L.linear(p + "cross_attn.o_proj", D, H * dh, false);
-        if (c.qk_layer_norms) {
-            q_norm_ = L.rms_norm(p + "cross_attn.q_layer_norm", dh, eps);
-            k_norm_ = L.rms_norm(p + "cross_attn.k_layer_norm", dh, eps);
-        }
-        const std::size_t F = std::size_t(t.intermediate_size);
-        mlp_.gate = L.linear(p + "mlp.gate_proj", F, D, false);
-        mlp_.up = L.linear(p + "mlp.up_proj", F, D, false);
-        mlp_.down = L.linear(p + "mlp.down_proj", D, F, false);
-        mlp_.act = nn::activation_from_name(t.hidden_act);
-        const auto gate = [&](const std::string& name) {
-            const std::size_t n = c.alpha_vector ? D : 1;
-            const float* a = c.alpha_vector ? L.floats(p + name, {1, 1, D}) : L.floats(p + name, {1});
-            std::vector<float> g(n);
-            for (std::size_t i = 0; i < n; ++i) g[i] = std::tanh(a[i]);
-            return g;
-        };
-        attn_gate_ = gate("alpha_cross_attn");
-        dense_gate_ = gate("alpha_dense");
-    }
-
-    std::size_t kv_width() const { return attn_.kv_width(); }
-
-    // Keys and values [rows, kv_width] (k | v, k normed per head) of the visual tokens [rows, vis_dim].
-    void project_media(const nn::CAct& visual, const nn::Act& kv) const {
-        const std::size_t inner = attn_.inner(), dh = attn_.dim_head;
-        k_proj_(visual, nn::columns(kv, 0, inner));
-        v_proj_(visual, nn::columns(kv, inner, inner));
-        if (k_norm_)
-            for (std::size_t h = 0; h < attn_.heads; ++h) (*k_norm_)(nn::columns(kv, h * dh, dh), nn::columns(kv, h * dh, dh));
-    }
-
-    std::size_t workspace(std::size_t M) const {
-        return nn::ws_floats(M, norm1_.n) + 2 * nn::ws_floats(M, attn_.inner()) + 2 * nn::ws_floats(M) +
-               mlp_.workspace(M);
-    }
-
-    // x [M, D] in place; text_time, segments and media as GatedCrossAttention takes them.
-    void operator()(const nn::Act& x, const std::uint32_t* text_time, std::span<const nn::Segment> segments,
-                    std::span<const MediaKV* const> media, std::size_t layer, nn::Workspace& ws) const {
-        nn::Workspace::Frame frame(ws);
-        const std::size_t M = x.extent(0), D = x.extent(1), inner = attn_.inner(), H = attn_.heads;
-        auto h = ws.rows(M, D);
-        auto q = ws.rows(M, inner);
-        auto o = ws.rows(M, inner);
-        std::uint32_t* lo = ws.indices(M);
-        std::uint32_t* hi = ws.indices(M);
-        norm1_(x, h);
-        attn_.query(h, q);
-        if (q_norm_) (*q_norm_)(nn::act(q.data(), M * H, attn_.dim_head), nn::act(q.data(), M * H, attn_.dim_head));
-        for (std::size_t s = 0; s < segments.size(); ++s) {
-            const nn::Segment& seg = segments[s];
-            const MediaKV& mk = *media[s];
-            const std::uint32_t n = std::uint32_t(mk.n_latents);
-            for (std::size_t i = seg.row0; i < seg.row0 + seg.rows; ++i) {
-                const std::uint32_t t = text_time[i];
-                check(t <= mk.n_media, "token ", i, " follows ", t, " <image> tokens but only ", mk.n_media,
-                      " media were given");
-                // no image yet: an empty range, a zero row (the gate's zeros)
-                lo[i] = t ? (t - 1) * n : 0, hi[i] = t ? t * n : 0;
-            }
-            const auto rows = [&](const nn::Act& a) { return a.rows(seg.row0, seg.row0 + seg.rows); };
-            attn_.attention(rows(q), mk.kv.empty() ? nullptr : mk.kv[layer].data(), mk.n_media * mk.n_latents,
-                            lo + seg.row0, hi + seg.row0, rows(o));
-        }
-        auto y = h;
-        attn_.output(o, y);
-        add_gated(x, y, attn_gate_);
-        norm2_(x, h);
-        mlp_(h, y, ws);
-        add_gated(x, y, dense_gate_);
-    }
-
-private:
-    static void add_gated(const nn::Act& x, const nn::Act& y, const std::vector<float>& g) {
-        if (g.size() == 1) x.assign(x + y * g[0]);
-        else x.assign(x + y * make_view(g.data(), dextents<1>(g.size())));
-    }
-
-    nn::Norm norm1_, norm2_;
-    nn::CrossAttention attn_;  // to_kv unused: k_proj_ / v_proj_
-    nn::Linear k_proj_, v_proj_;
-    std::optional<nn::Norm> q_norm_, k_norm_;
-    nn::Mlp mlp_;
-    std::vector<float> attn_gate_, dense_gate_;
-};
 
 }  // namespace flamingo::model

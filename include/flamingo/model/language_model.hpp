@@ -66,12 +66,10 @@ public:
         check(visual.extent(0) == rows, ErrorKind::Shape, "visual tokens: ", visual.extent(0), " rows for ", n_media,
               " media of ", n_latents, " latents");
         for (std::size_t l = 0; l < blocks_.size(); ++l) {
-            if (!xattn_[l] && !ixattn_[l]) continue;
-            const std::size_t w = xattn_[l] ? xattn_[l]->kv_width() : ixattn_[l]->kv_width();
+            if (!xattn_[l]) continue;
+            const std::size_t w = xattn_[l]->kv_width();
             media.kv[l].resize(rows * w);
-            if (!rows) continue;
-            if (xattn_[l]) xattn_[l]->project_media(visual, nn::act(media.kv[l].data(), rows, w));
-            else ixattn_[l]->project_media(visual, nn::act(media.kv[l].data(), rows, w));
+            if (rows) xattn_[l]->project_media(visual, nn::act(media.kv[l].data(), rows, w));
         }
     }
 
@@ -81,9 +79,9 @@ public:
         for (std::size_t l = 0; l < blocks_.size(); ++l) {
             layer = std::max(layer, blocks_[l].workspace(M));
             if (xattn_[l]) layer = std::max(layer, xattn_[l]->workspace(M));
-            if (ixattn_[l]) layer = std::max(layer, ixattn_[l]->workspace(M));
         }
-        return nn::ws_floats(M, D) + std::max(layer, nn::ws_floats(logit_rows, D));
+        return nn::ws_floats(M, D) + (doc_end_id_ >= 0 ? nn::ws_floats(M) : 0) +
+               std::max(layer, nn::ws_floats(logit_rows, D));
     }
 
     // Runs the batch; writes logits [logit_rows.size(), vocab] for the chosen rows.
@@ -110,9 +108,15 @@ public:
                     .assign(x.rows(seg.row0, seg.row0 + seg.rows) +
                             make_view(wpe_ + seg.pos0 * D, dextents<2>(seg.rows, D)));
         }
+        const std::uint32_t* text_time = b.text_time.data();
+        if (doc_end_id_ >= 0) {
+            std::uint32_t* tt = ws.indices(M);
+            std::copy(b.text_time.begin(), b.text_time.end(), tt);
+            idefics::cut_after_doc_end(b.tokens, {tt, M}, b.segments, image_id_, doc_end_id_);
+            text_time = tt;
+        }
         for (std::size_t l = 0; l < blocks_.size(); ++l) {
-            if (xattn_[l]) (*xattn_[l])(x, b.text_time.data(), b.segments, b.media, l, ws);
-            if (ixattn_[l]) (*ixattn_[l])(x, b.text_time.data(), b.segments, b.media, l, ws);
+            if (xattn_[l]) (*xattn_[l])(x, text_time, b.segments, b.media, l, ws);
             blocks_[l](x, b.segments, l, ws);
         }
         if (logit_rows.empty()) return;
@@ -135,6 +139,7 @@ private:
     // k of model.gated_cross_attn_layers comes before layer k * interval.
     void load_idefics(Weights& L, const Config& c) {
         const TextConfig& t = cfg_;
+        image_id_ = c.media_token_id, doc_end_id_ = c.doc_end_token_id;
         const std::size_t D = hidden(), V = std::size_t(t.vocab_size), A = std::size_t(c.additional_vocab_size);
         embed_.table = L.matrix("model.embed_tokens.weight", V, D);
         head_ = L.projection("lm_head.weight", V, D);
@@ -145,12 +150,12 @@ private:
         rope_ = std::make_unique<kernels::RopeTable>(std::size_t(t.rotary_dim), t.rope_theta, max_positions());
         const int interval = c.cross_attn.every_n_layers;
         for (int i = 0; i < t.num_layers; ++i) {
-            xattn_.emplace_back();
             if (c.cross_attn.has_cross_attn(i))
-                ixattn_.emplace_back(std::in_place, L, "model.gated_cross_attn_layers." + std::to_string(i / interval) + ".",
-                                     c.cross_attn, t, std::size_t(c.vision.width));
+                xattn_.emplace_back(idefics::load_gated_cross_attention(
+                    L, "model.gated_cross_attn_layers." + std::to_string(i / interval) + ".", c.cross_attn, t,
+                    std::size_t(c.vision.width)));
             else
-                ixattn_.emplace_back();
+                xattn_.emplace_back();
             blocks_.push_back(Llama::block(L, "model.layers." + std::to_string(i) + ".", t, rope_.get()));
         }
         final_norm_ = L.rms_norm("model.norm", D, t.norm_eps);
@@ -177,11 +182,10 @@ private:
         for (int i = 0; i < t.num_layers; ++i) {
             const std::string p = std::string(F::layers) + std::to_string(i) + ".";
             if (c.cross_attn.has_cross_attn(i))
-                xattn_.emplace_back(std::in_place, L, p + "gated_cross_attn_layer.", c.cross_attn, D,
-                                    std::size_t(c.vision.width));
+                xattn_.emplace_back(load_gated_cross_attention(L, p + "gated_cross_attn_layer.", c.cross_attn, D,
+                                                               std::size_t(c.vision.width)));
             else
                 xattn_.emplace_back();
-            ixattn_.emplace_back();
             blocks_.push_back(F::block(L, p + "decoder_layer.", t, rope_.get()));
         }
         if constexpr (std::is_same_v<F, Llama>)
@@ -212,13 +216,13 @@ private:
     const float* wpe_ = nullptr;
     std::unique_ptr<kernels::RopeTable> rope_;
     std::vector<nn::TransformerBlock> blocks_;
-    std::vector<std::optional<GatedCrossAttention>> xattn_;
-    std::vector<std::optional<IdeficsCrossAttention>> ixattn_;  // IDEFICS's blocks, where xattn_ has none
+    std::vector<std::optional<GatedCrossAttention>> xattn_;  // OpenFlamingo's or IDEFICS's parts
     nn::Norm final_norm_;
     nn::Linear head_;
     nn::Embedding add_embed_;  // IDEFICS additional vocabulary (ids from embed_.rows() on)
     nn::Linear add_head_;
     float logit_scale_ = 1.0f;
+    std::int32_t image_id_ = -1, doc_end_id_ = -1;  // IDEFICS: text after </s> sees no image
 };
 
 }  // namespace flamingo::model

@@ -124,19 +124,7 @@ public:
                 kv_in.rows(m * nkv + nx, (m + 1) * nkv).assign(normed.rows(m * nl, (m + 1) * nl));
             }
             l.attn.query(normed, q);
-            if (l.attn.to_kv.empty()) {
-                const std::size_t inner = l.attn.inner();
-                l.k_proj(kv_in, nn::columns(kv, 0, inner));
-                l.v_proj(kv_in, nn::columns(kv, inner, inner));
-            } else {
-                l.attn.project(kv_in, kv);
-            }
-            if (l.q_norm) {  // per head: q [rows, heads * dh] is [rows * heads, dh]
-                const std::size_t dh = l.attn.dim_head, H = l.attn.heads;
-                (*l.q_norm)(nn::act(q.data(), q.extent(0) * H, dh), nn::act(q.data(), q.extent(0) * H, dh));
-                for (std::size_t h = 0; h < H; ++h)
-                    (*l.k_norm)(nn::columns(kv, h * dh, dh), nn::columns(kv, h * dh, dh));
-            }
+            l.attn.project(kv_in, kv);
             auto o = ws.rows(n_media * nl, l.attn.inner());
             l.attn.attention(q, kv.data(), n_media * nkv, lo, hi, o);
             l.attn.output(o, lat, /*accumulate=*/true);
@@ -148,10 +136,8 @@ public:
 private:
     struct Layer {
         nn::Norm norm_media, norm_latents;
-        nn::CrossAttention attn;  // IDEFICS: to_kv empty, k_proj / v_proj instead
+        nn::CrossAttention attn;  // IDEFICS: to_k / to_v, per-head q/k LayerNorms
         nn::FeedForward ff;
-        nn::Linear k_proj, v_proj;
-        std::optional<nn::Norm> q_norm, k_norm;
     };
 
     void load_idefics(Weights& L, const std::string& p) {
@@ -165,13 +151,13 @@ private:
             l.norm_media = L.layer_norm(a + "context_layer_norm", D, 1e-5f);
             l.norm_latents = L.layer_norm(a + "latents_layer_norm", D, 1e-5f);
             if (c.qk_layer_norms) {
-                l.q_norm = L.layer_norm(a + "q_layer_norm", dh, 1e-5f);
-                l.k_norm = L.layer_norm(a + "k_layer_norm", dh, 1e-5f);
+                l.attn.q_norm = L.layer_norm(a + "q_layer_norm", dh, 1e-5f);
+                l.attn.k_norm = L.layer_norm(a + "k_layer_norm", dh, 1e-5f);
             }
             l.attn.heads = H, l.attn.dim_head = dh;
             l.attn.to_q = L.linear(a + "q_proj", inner, D, false);
-            l.k_proj = L.linear(a + "k_proj", inner, D, false);
-            l.v_proj = L.linear(a + "v_proj", inner, D, false);
+            l.attn.to_k = L.linear(a + "k_proj", inner, D, false);
+            l.attn.to_v = L.linear(a + "v_proj", inner, D, false);
             l.attn.to_out = L.linear(a + "output_proj", D, inner, false);
             l.ff.norm = L.layer_norm(m + "ln", D, 1e-5f);
             l.ff.mlp.up = L.linear(m + "fc", std::size_t(c.ff_mult) * D, D, false);

@@ -4,6 +4,7 @@
 // none); grouped-query heads; an optional KV cache for decoding.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <optional>
 #include <span>
@@ -18,13 +19,16 @@
 
 namespace flamingo::nn {
 
-// Keys and values of one sequence, every layer: [layers][capacity][kv_width].
+// Keys and values of one sequence, every layer: [layers][capacity][kv_width],
+// and one byte per position that a model may keep about the sequence read so
+// far (IDEFICS: whether a position is cut off from the images by an end of
+// document), copied along with the keys and values.
 class KVCache {
 public:
     KVCache() = default;
     KVCache(std::size_t layers, std::size_t capacity, std::size_t kv_width)
         : layers_(layers), capacity_(capacity), width_(kv_width),
-          k_(layers * capacity * kv_width), v_(layers * capacity * kv_width) {}
+          k_(layers * capacity * kv_width), v_(layers * capacity * kv_width), marks_(capacity) {}
 
     std::size_t capacity() const { return capacity_; }
     std::size_t width() const { return width_; }
@@ -35,6 +39,11 @@ public:
     }
     float* k(std::size_t layer, std::size_t pos) { return k_.data() + (layer * capacity_ + pos) * width_; }
     float* v(std::size_t layer, std::size_t pos) { return v_.data() + (layer * capacity_ + pos) * width_; }
+    std::uint8_t mark(std::size_t pos) const { return marks_[pos]; }
+    void set_mark(std::size_t pos, std::uint8_t m) {
+        check(pos < capacity_, ErrorKind::Limit, "KV cache: position ", pos, " exceeds its capacity ", capacity_);
+        marks_[pos] = m;
+    }
 
     // Makes positions [from, to) equal to `src`'s (a beam taking over its parent's history).
     void copy_from(const KVCache& src, std::size_t from, std::size_t to) {
@@ -43,6 +52,8 @@ public:
             std::memcpy(k_.data() + off, src.k_.data() + off, n * sizeof(float));
             std::memcpy(v_.data() + off, src.v_.data() + off, n * sizeof(float));
         }
+        std::copy(src.marks_.begin() + std::ptrdiff_t(from), src.marks_.begin() + std::ptrdiff_t(to),
+                  marks_.begin() + std::ptrdiff_t(from));
         length_ = src.length_;
     }
     // Takes over the first n positions of a cache of any capacity (the same layers and width).
@@ -55,12 +66,14 @@ public:
             std::memcpy(v_.data() + l * capacity_ * width_, src.v_.data() + l * src.capacity_ * width_,
                         n * width_ * sizeof(float));
         }
+        std::copy_n(src.marks_.begin(), n, marks_.begin());
         length_ = n;
     }
 
 private:
     std::size_t layers_ = 0, capacity_ = 0, width_ = 0, length_ = 0;
     std::vector<float> k_, v_;
+    std::vector<std::uint8_t> marks_;
 };
 
 // A run of consecutive rows of a batch that belong to one sequence: rows
