@@ -135,11 +135,17 @@ int main(int argc, char** argv) try {
                 std::string(flamingo::model::weight_type_name(o.weights)).c_str(), o.threads, o.tokens, o.reps);
     std::printf("| concurrent | alone, tokens/s | batched, tokens/s | batched / alone | batched / one alone | ms/step alone, batched | same tokens |\n");
     std::printf("|---:|---:|---:|---:|---:|---:|---|\n");
-    // Warm-up: the first pass over memory-mapped weights pages them in.
+    // Warm-up, both modes: the first pass over memory-mapped weights pages them
+    // in, and a mode's first run in a process was seen to be faster than its
+    // later ones (alone first: 185-198 ms/step, then 240-292 ms), which would
+    // flatter whichever mode a row times first.
     {
+        auto warm = std::make_shared<flamingo::generate::Batcher>(model->network(), std::size_t(1),
+                                                                  std::make_shared<flamingo::Executor>(o.threads));
         Options w = o;
-        w.tokens = 2, w.reps = 1;
+        w.reps = 1;
         run(model, w, 1, nullptr);
+        run(model, w, 1, warm);
     }
     double one_alone = 0;
     for (std::size_t row = 0; row < o.counts.size(); ++row) {
