@@ -38,6 +38,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512F__)
@@ -174,17 +175,24 @@ struct QActivations {
     std::vector<float> d;          // [blocks]
     std::vector<std::int32_t> sum; // [blocks]
 #ifdef FLAMINGO_QUANT_VNNI
-    // Blocks are taken 16 at a time (one vector of their scales); all arrays
-    // are zero-padded to whole groups of 16 blocks, so a padded activation
-    // contributes nothing whatever the weight byte it meets.
-    //   q8: bytes in natural order; init = per 32-bit lane (4 inputs) -128 * their
-    //       sum: vpdpbusd multiplies w + 128 (w ^ 0x80, unsigned) by x, and
-    //       starting from init gives exactly the signed dot product.
-    //   q4: per 4 blocks (128 inputs, 64 weight bytes), the inputs the low
-    //       nibbles meet [b0 0-15, b1 0-15, b2 0-15, b3 0-15], then those the high
-    //       nibbles meet [b0 16-31, ...]; corr = d * sum per block (offset term).
-    std::vector<std::int8_t> bytes;   // [groups * 512]
-    std::vector<std::int32_t> init;   // q8: [groups * 8 * 16]
+    // Blocks are taken 16 at a time (one vector of their scales) and 4 at a
+    // time per pair of weight vectors: the first holds elements 0-15 of the 4
+    // blocks, the second elements 16-31 (q4: the low and the high nibbles of
+    // 64 bytes; q8: two 64-byte loads regrouped by 128-bit lanes). `bytes`
+    // holds the activations in that order, [b0 0-15, b1 0-15, b2 0-15, b3 0-15,
+    // b0 16-31, ..., b3 16-31] per 4 blocks, so each 32-bit lane of vpdpbusd's
+    // result sums 8 products of one block. All arrays are zero-padded to whole
+    // groups of 16 blocks: a padded activation contributes nothing whatever
+    // the weight byte it meets.
+    //   q8: vpdpbusd multiplies w + 128 (w ^ 0x80, unsigned) by x; starting
+    //       from init = -128 * (the sum of each lane's 8 activations) gives
+    //       exactly the signed dot product.
+    //   q4: corr = d * sum per block, for the offset term.
+    // q8 with one activation row reads 2 blocks per weight vector instead (no
+    // regrouping; measured faster there): `nat` in natural order and `init2`
+    // per lane of 4 activations.
+    std::vector<std::int8_t> bytes, nat;   // [groups * 16 * 32]
+    std::vector<std::int32_t> init, init2; // q8: [groups * 4 * 16], [groups * 8 * 16]
     std::vector<float> dx, corr;      // [groups * 16]: scales; q4: scale * sum
 #endif
     void prepare(const float* x, std::size_t cols, QFormat f) {
@@ -204,17 +212,22 @@ struct QActivations {
         dx.assign(ng * 16, 0.0f);
         corr.assign(ng * 16, 0.0f);
         std::copy(d.begin(), d.end(), dx.begin());
+        for (std::size_t b = 0; b < nb; ++b) {
+            std::int8_t* g = bytes.data() + (b / 4) * 128 + (b % 4) * 16;
+            std::memcpy(g, q.data() + b * kQBlock, 16);
+            std::memcpy(g + 64, q.data() + b * kQBlock + 16, 16);
+            corr[b] = d[b] * float(sum[b]);
+        }
         if (f == QFormat::Q8) {
-            std::memcpy(bytes.data(), q.data(), q.size());
-            init.assign(ng * 16 * 8, 0);
-            for (std::size_t l = 0; l < nb * 8; ++l)
-                init[l] = -128 * (bytes[4 * l] + bytes[4 * l + 1] + bytes[4 * l + 2] + bytes[4 * l + 3]);
-        } else {
-            for (std::size_t b = 0; b < nb; ++b) {
-                std::int8_t* g = bytes.data() + (b / 4) * 128 + (b % 4) * 16;
-                std::memcpy(g, q.data() + b * kQBlock, 16);
-                std::memcpy(g + 64, q.data() + b * kQBlock + 16, 16);
-                corr[b] = d[b] * float(sum[b]);
+            nat.assign(ng * 16 * kQBlock, 0);
+            std::copy(q.begin(), q.end(), nat.begin());
+            init2.assign(ng * 8 * 16, 0);
+            for (std::size_t l = 0; l < init2.size(); ++l)
+                init2[l] = -128 * (nat[4 * l] + nat[4 * l + 1] + nat[4 * l + 2] + nat[4 * l + 3]);
+            init.assign(ng * 4 * 16, 0);
+            for (std::size_t l = 0; l < init.size(); ++l) {
+                const std::int8_t* lo = bytes.data() + (l / 16) * 128 + (l % 16) * 4;
+                init[l] = -128 * (lo[0] + lo[1] + lo[2] + lo[3] + lo[64] + lo[65] + lo[66] + lo[67]);
             }
         }
 #endif
@@ -260,110 +273,120 @@ inline void gemv_q_rows_portable(const QMatrix& m, const QActivations* a, std::s
 
 #ifdef FLAMINGO_QUANT_VNNI
 // out[i][j] = W[r0 + j] · x_i for MM activation rows and R weight rows, AVX512-VNNI.
-// Per group of 16 blocks, each row's 16 scales are one vector; per weight
-// vector (q8: 2 blocks, q4: 4 blocks) one vpdpbusd per activation row (q4: two,
-// low and high nibbles) gives per-lane integer dots, converted once and
-// scaled by d_w * d_x permuted into the lanes. The R rows are read as R
-// streams, and the same bytes of the next R rows are prefetched.
-template <std::size_t MM, std::size_t R>
+// Per group of 16 blocks, each row's 16 scales are one vector. Per 4 blocks
+// (QActivations describes the order) two vpdpbusd per activation row give 16
+// lanes of exact integer dots, 4 lanes per block, converted once and scaled
+// by d_w * d_x permuted into the lanes. The R rows are read as R streams while
+// the same bytes of the next R rows are prefetched.
+// Pairs (q8 only): 2 blocks per weight vector, 8 lanes per block, natural order.
+template <QFormat F, std::size_t MM, std::size_t R, bool Pairs = false>
 inline void gemv_q_block_vnni(const QMatrix& m, const QActivations* a, std::size_t r0, float (&out)[MM][R]) {
+    static_assert(!Pairs || F == QFormat::Q8);
+    constexpr std::size_t BB = F == QFormat::Q8 ? 32 : 16;  // weight bytes per block
+    constexpr std::size_t BV = Pairs ? 2 : 4;              // blocks per step
     const std::size_t nb = m.blocks(), rb = m.row_bytes();
     const std::uint8_t* w0 = m.row(r0);
     const float* ds0 = m.scales + r0 * nb;
-    const bool q8 = m.format == QFormat::Q8;
+    const float* os0 = F == QFormat::Q4 ? m.offsets + r0 * nb : nullptr;
     __m512 acc[MM][R];
     for (std::size_t i = 0; i < MM; ++i)
         for (std::size_t r = 0; r < R; ++r) acc[i][r] = _mm512_setzero_ps();
-    const __m512i pairs = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i quads = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i lanes = Pairs ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+                                : _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);  // lane -> block
     const __m512i flip = _mm512_set1_epi8(char(0x80)), lomask = _mm512_set1_epi8(0x0f);
-    for (std::size_t b0 = 0; b0 < nb; b0 += 16) {
-        const std::size_t nbt = std::min<std::size_t>(16, nb - b0);
-        const __mmask16 km = __mmask16((1u << nbt) - 1);
+    // Blocks [b0, b0 + nbt) of the R rows; Full: nbt = 16 (the loop is unrolled).
+    auto group = [&](std::size_t b0, std::size_t nbt, auto full) {
+        constexpr bool kFull = decltype(full)::value;
+        const __mmask16 km = kFull ? __mmask16(0xffff) : __mmask16((1u << nbt) - 1);
         __m512 dw[R];
         for (std::size_t r = 0; r < R; ++r) {
             dw[r] = _mm512_maskz_loadu_ps(km, ds0 + r * nb + b0);
             __builtin_prefetch(ds0 + (R + r) * nb + b0, 0, 3);
         }
-        if (q8) {
-            const std::int8_t* xb[MM];
-            for (std::size_t i = 0; i < MM; ++i) xb[i] = a[i].bytes.data() + b0 * kQBlock;
-            for (std::size_t j = 0; 2 * j < nbt; ++j) {
-                const __m512i idx = _mm512_add_epi32(pairs, _mm512_set1_epi32(int(2 * j)));
-                const bool half = 2 * j + 1 == nbt;  // last block of an odd count
-                __m512i wv[R];
-                __m512 s[R];
-                for (std::size_t r = 0; r < R; ++r) {
-                    const std::uint8_t* p = w0 + r * rb + (b0 + 2 * j) * kQBlock;
-                    __builtin_prefetch(p + R * rb, 0, 3);
-                    const __m512i v = half ? _mm512_maskz_loadu_epi8(0xffffffffull, p) : _mm512_loadu_si512(p);
-                    wv[r] = _mm512_xor_si512(v, flip);
-                    s[r] = _mm512_permutexvar_ps(idx, dw[r]);
-                }
-                for (std::size_t i = 0; i < MM; ++i) {
-                    const __m512i xv = _mm512_loadu_si512(xb[i] + 64 * j);
-                    const __m512i init = _mm512_loadu_si512(a[i].init.data() + (b0 / 2 + j) * 16);
-                    const __m512 dxv = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(a[i].dx.data() + b0));
-                    for (std::size_t r = 0; r < R; ++r) {
-                        const __m512i dot = _mm512_dpbusd_epi32(init, wv[r], xv);
-                        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s[r], dxv), acc[i][r]);
-                    }
-                }
-            }
-        } else {
-            const float* os0 = m.offsets + r0 * nb;
-            for (std::size_t r = 0; r < R; ++r) {
+        if constexpr (F == QFormat::Q4)
+            for (std::size_t r = 0; r < R; ++r) {  // offset term: m * (d_x * sum x_q) per block
                 const __m512 mo = _mm512_maskz_loadu_ps(km, os0 + r * nb + b0);
                 __builtin_prefetch(os0 + (R + r) * nb + b0, 0, 3);
                 for (std::size_t i = 0; i < MM; ++i)
                     acc[i][r] = _mm512_fmadd_ps(mo, _mm512_loadu_ps(a[i].corr.data() + b0), acc[i][r]);
             }
-            for (std::size_t j = 0; 4 * j < nbt; ++j) {
-                const __m512i idx = _mm512_add_epi32(quads, _mm512_set1_epi32(int(4 * j)));
-                const std::size_t left = nbt - 4 * j;  // blocks left in this group
-                __m512i lo[R], hi[R];
-                __m512 s[R];
-                for (std::size_t r = 0; r < R; ++r) {
-                    const std::uint8_t* p = w0 + r * rb + (b0 + 4 * j) * (kQBlock / 2);
+        const std::size_t nv = kFull ? 16 / BV : (nbt + BV - 1) / BV;
+#pragma GCC unroll 8
+        for (std::size_t j = 0; j < nv; ++j) {
+            const __m512i idx = _mm512_add_epi32(lanes, _mm512_set1_epi32(int(BV * j)));
+            const std::size_t left = kFull ? BV : std::min<std::size_t>(BV, nbt - BV * j);  // blocks here
+            __m512i wa[R], wb[R];  // elements 0-15 and 16-31 of the 4 blocks (Pairs: wa, 2 blocks)
+            __m512 s[R];
+            for (std::size_t r = 0; r < R; ++r) {
+                const std::uint8_t* p = w0 + r * rb + (b0 + BV * j) * BB;
+                if constexpr (Pairs) {
                     __builtin_prefetch(p + R * rb, 0, 3);
-                    const __m512i v = left >= 4 ? _mm512_loadu_si512(p)
+                    const __m512i v = left == 2 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(0xffffffffull, p);
+                    wa[r] = _mm512_xor_si512(v, flip);
+                } else if constexpr (F == QFormat::Q8) {
+                    __builtin_prefetch(p + R * rb, 0, 3);
+                    __builtin_prefetch(p + R * rb + 64, 0, 3);
+                    const __m512i v0 = left >= 2 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(0xffffffffull, p);
+                    const __m512i v1 = left == 4   ? _mm512_loadu_si512(p + 64)
+                                       : left == 3 ? _mm512_maskz_loadu_epi8(0xffffffffull, p + 64)
+                                                   : _mm512_setzero_si512();
+                    wa[r] = _mm512_xor_si512(_mm512_shuffle_i64x2(v0, v1, 0x88), flip);  // w + 128, unsigned
+                    wb[r] = _mm512_xor_si512(_mm512_shuffle_i64x2(v0, v1, 0xdd), flip);
+                } else {
+                    __builtin_prefetch(p + R * rb, 0, 3);
+                    const __m512i v = left == 4 ? _mm512_loadu_si512(p)
                                                 : _mm512_maskz_loadu_epi8((1ull << (16 * left)) - 1, p);
-                    lo[r] = _mm512_and_si512(v, lomask);
-                    hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lomask);
-                    s[r] = _mm512_permutexvar_ps(idx, dw[r]);
+                    wa[r] = _mm512_and_si512(v, lomask);
+                    wb[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lomask);
                 }
-                for (std::size_t i = 0; i < MM; ++i) {
-                    const std::int8_t* xb = a[i].bytes.data() + (b0 + 4 * j) * kQBlock;
-                    const __m512i xl = _mm512_loadu_si512(xb), xh = _mm512_loadu_si512(xb + 64);
+                s[r] = _mm512_permutexvar_ps(idx, dw[r]);
+            }
+            for (std::size_t i = 0; i < MM; ++i) {
+                if constexpr (Pairs) {
                     const __m512 dxv = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(a[i].dx.data() + b0));
+                    const __m512i xa = _mm512_loadu_si512(a[i].nat.data() + (b0 + 2 * j) * kQBlock);
                     for (std::size_t r = 0; r < R; ++r) {
-                        const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[r], xl),
-                                                                hi[r], xh);
+                        const __m512i init = _mm512_loadu_si512(a[i].init2.data() + (b0 + 2 * j) * 8);
+                        const __m512i dot = _mm512_dpbusd_epi32(init, wa[r], xa);
+                        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s[r], dxv), acc[i][r]);
+                    }
+                } else {
+                    const std::int8_t* xb = a[i].bytes.data() + (b0 + 4 * j) * kQBlock;
+                    const __m512 dxv = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(a[i].dx.data() + b0));
+                    const __m512i xa = _mm512_loadu_si512(xb), xc = _mm512_loadu_si512(xb + 64);
+                    for (std::size_t r = 0; r < R; ++r) {
+                        __m512i dot = F == QFormat::Q8 ? _mm512_loadu_si512(a[i].init.data() + (b0 + 4 * j) * 4)
+                                                       : _mm512_setzero_si512();
+                        dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(dot, wa[r], xa), wb[r], xc);
                         acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s[r], dxv), acc[i][r]);
                     }
                 }
             }
         }
-    }
+    };
+    std::size_t b0 = 0;
+    for (; b0 + 16 <= nb; b0 += 16) group(b0, 16, std::true_type{});
+    if (b0 < nb) group(b0, nb - b0, std::false_type{});
     for (std::size_t i = 0; i < MM; ++i)
         for (std::size_t r = 0; r < R; ++r) out[i][r] = _mm512_reduce_add_ps(acc[i][r]);
 }
 
-template <std::size_t MM>
+template <QFormat F, std::size_t MM>
 inline void gemv_q_rows_vnni(const QMatrix& m, const QActivations* a, std::size_t n0, std::size_t n1, float* y,
                              std::size_t ldy) {
     // Weight rows per pass: enough independent chains, within the 32 vector registers.
     constexpr std::size_t R = MM <= 2 ? 4 : MM <= 4 ? 2 : 1;
+    constexpr bool kPairs = F == QFormat::Q8 && MM == 1;
     std::size_t r = n0;
     for (; r + R <= n1; r += R) {
         float out[MM][R];
-        gemv_q_block_vnni<MM, R>(m, a, r, out);
+        gemv_q_block_vnni<F, MM, R, kPairs>(m, a, r, out);
         for (std::size_t i = 0; i < MM; ++i)
             for (std::size_t j = 0; j < R; ++j) y[i * ldy + r + j - n0] = out[i][j];
     }
     for (; r < n1; ++r) {
         float out[MM][1];
-        gemv_q_block_vnni<MM, 1>(m, a, r, out);
+        gemv_q_block_vnni<F, MM, 1, kPairs>(m, a, r, out);
         for (std::size_t i = 0; i < MM; ++i) y[i * ldy + r - n0] = out[i][0];
     }
 }
@@ -374,15 +397,20 @@ inline void gemv_q_rows_vnni(const QMatrix& m, const QActivations* a, std::size_
 inline void gemv_q_rows(const QMatrix& m, const QActivations* a, std::size_t M, std::size_t n0, std::size_t n1,
                         float* y, std::size_t ldy) {
 #ifdef FLAMINGO_QUANT_VNNI
+    auto rows = [&](auto mm) {
+        constexpr std::size_t MM = decltype(mm)::value;
+        if (m.format == QFormat::Q8) return gemv_q_rows_vnni<QFormat::Q8, MM>(m, a, n0, n1, y, ldy);
+        return gemv_q_rows_vnni<QFormat::Q4, MM>(m, a, n0, n1, y, ldy);
+    };
     switch (M) {
-        case 1: return gemv_q_rows_vnni<1>(m, a, n0, n1, y, ldy);
-        case 2: return gemv_q_rows_vnni<2>(m, a, n0, n1, y, ldy);
-        case 3: return gemv_q_rows_vnni<3>(m, a, n0, n1, y, ldy);
-        case 4: return gemv_q_rows_vnni<4>(m, a, n0, n1, y, ldy);
-        case 5: return gemv_q_rows_vnni<5>(m, a, n0, n1, y, ldy);
-        case 6: return gemv_q_rows_vnni<6>(m, a, n0, n1, y, ldy);
-        case 7: return gemv_q_rows_vnni<7>(m, a, n0, n1, y, ldy);
-        case 8: return gemv_q_rows_vnni<8>(m, a, n0, n1, y, ldy);
+        case 1: return rows(std::integral_constant<std::size_t, 1>{});
+        case 2: return rows(std::integral_constant<std::size_t, 2>{});
+        case 3: return rows(std::integral_constant<std::size_t, 3>{});
+        case 4: return rows(std::integral_constant<std::size_t, 4>{});
+        case 5: return rows(std::integral_constant<std::size_t, 5>{});
+        case 6: return rows(std::integral_constant<std::size_t, 6>{});
+        case 7: return rows(std::integral_constant<std::size_t, 7>{});
+        case 8: return rows(std::integral_constant<std::size_t, 8>{});
         default: break;
     }
 #endif
