@@ -20,19 +20,21 @@
 // Accuracy contracts:
 //   quantize_*: each dequantised weight is within d/2 of the original
 //     (q8: max|w|/254 of its block; q4: (max - min)/30), plus f32 rounding.
-//   linear_q, one row (GEMV): the activations are quantised the same way as q8
-//     weights (per block of 32, scale max|x|/127, round to nearest) and each
-//     block's dot product is computed exactly in int32 (in partial sums of a
-//     few elements); these are then combined in f32:
-//     y = sum_b d_w*d_x*dot_b (+ m*d_x*sum_b(x_q) for q4). Against that
+//   linear_q, few rows (M <= 8 with AVX512-VNNI, M <= 3 otherwise: one-token
+//     decoding, beam search, batched decoding): each activation row is
+//     quantised the same way as q8 weights (per block of 32, scale max|x|/127,
+//     round to nearest) and each block's dot product is computed exactly in
+//     int32 (in partial sums of a few elements); these are then combined in f32:
+//     y = sum_b d_w*d_x*dot_b (+ m*(d_x*sum_b(x_q)) for q4). Against that
 //     expression evaluated exactly, the error is below 1e-5 times the same
 //     sum taken over |each element's term| (tests check this). Against the float product
 //     with the original weights, add the quantisation errors of both sides.
-//   linear_q, several rows (GEMM): panels of weights are dequantised to f32
+//   linear_q, more rows (GEMM): panels of weights are dequantised to f32
 //     and multiplied by the f32 kernel (activations not quantised), so only
 //     the weight quantisation error adds to the f32 contract of gemm.hpp.
 // The integer dot products use AVX512-VNNI (vpdpbusd) when the compiler
-// targets it, plain C++ otherwise; both give the same integers.
+// targets it, plain C++ otherwise; both give the same integers. The weights
+// are read once for all the rows.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
