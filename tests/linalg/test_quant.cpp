@@ -7,6 +7,7 @@
 // a wrong nibble, block or scale is off by far more.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -16,6 +17,9 @@
 #include <flamingo/core/error.hpp>
 #include <flamingo/core/executor.hpp>
 #include <flamingo/kernels/quant.hpp>
+#if defined(FLAMINGO_DISPATCH)
+#include <flamingo/kernels/dispatch.hpp>
+#endif
 
 namespace fk = flamingo::kernels;
 using fk::QFormat;
@@ -151,8 +155,8 @@ TEST_CASE("linear_q one row: both GEMV paths match the scalar integer reference 
                 fk::detail::QActivations a;
                 a.prepare(x.data(), K, f);
                 std::vector<float> y1(N), y2(N);
-                fk::detail::gemv_q_rows_portable(m, a, 0, N, y1.data());
-                fk::detail::gemv_q_rows(m, a, 0, N, y2.data());
+                fk::detail::gemv_q_rows_portable(m, &a, 1, 0, N, y1.data(), N);
+                fk::detail::gemv_q_rows(m, &a, 1, 0, N, y2.data(), N);
                 for (std::size_t r = 0; r < N; ++r) {
                     REQUIRE(std::fabs(y1[r] - ref[r]) <= bound[r]);
                     REQUIRE(std::fabs(y2[r] - ref[r]) <= bound[r]);
@@ -190,7 +194,7 @@ TEST_CASE("linear_q one row: close to the float product within the quantisation 
 TEST_CASE("linear_q many rows: dequantised weights times f32 activations, threaded or not") {
     std::mt19937 gen(5);
     for (QFormat f : {QFormat::Q8, QFormat::Q4})
-        for (std::size_t M : {4u, 9u, 40u})
+        for (std::size_t M : {9u, 40u})
             for (std::size_t K : {33u, 96u, 300u}) {
                 const std::size_t N = 37;
                 auto w = random_floats(N * K, gen, 0.05f);
@@ -215,6 +219,63 @@ TEST_CASE("linear_q many rows: dequantised weights times f32 activations, thread
                         REQUIRE(yt[i * N + r] == y[i * N + r]);
                     }
             }
+}
+
+TEST_CASE("linear_q few rows: every activation row matches the scalar integer reference") {
+    // Row counts around the kernels' rows per pass (4, 2, 1 weight rows for
+    // 1-2, 3-4, 5-8 activation rows), odd block counts and more than 16 blocks.
+    std::mt19937 gen(13);
+    for (QFormat f : {QFormat::Q8, QFormat::Q4})
+        for (std::size_t M : {2u, 3u, 4u, 5u, 8u})
+            for (std::size_t K : {5u, 33u, 95u, 160u, 588u, 1030u})
+                for (std::size_t N : {1u, 3u, 6u, 17u}) {
+                    CAPTURE(fk::qformat_name(f));
+                    CAPTURE(M);
+                    CAPTURE(K);
+                    CAPTURE(N);
+                    auto w = random_floats(N * K, gen, 0.05f);
+                    auto x = random_floats(M * K, gen);
+                    auto bias = random_floats(N, gen);
+                    auto buf = fk::quantize(f, w.data(), N, K, K);
+                    fk::QMatrix m = buf.view(f, N, K);
+                    std::vector<std::vector<double>> ref(M), bound(M);
+                    std::vector<fk::detail::QActivations> a(M);
+                    for (std::size_t i = 0; i < M; ++i) {
+                        ref_gemv(m, x.data() + i * K, ref[i], bound[i]);
+                        a[i].prepare(x.data() + i * K, K, f);
+                    }
+                    auto check_rows = [&](const std::vector<float>& y, double add) {
+                        for (std::size_t i = 0; i < M; ++i)
+                            for (std::size_t r = 0; r < N; ++r) {
+                                const double b = add ? bias[r] + add : 0.0;
+                                REQUIRE(std::fabs(y[i * N + r] - (ref[i][r] + b)) <=
+                                        bound[i][r] + (add ? 1e-6 * (std::fabs(b) + 1) : 0.0));
+                            }
+                    };
+                    std::vector<float> y(M * N);
+                    fk::detail::gemv_q_rows_portable(m, a.data(), M, 0, N, y.data(), N);
+                    check_rows(y, 0);
+                    fk::detail::gemv_q_rows(m, a.data(), M, 0, N, y.data(), N);
+                    check_rows(y, 0);
+                    if (M <= 3) {  // the integer path with every kernel set
+                        std::fill(y.begin(), y.end(), 1.0f);
+                        fk::linear_q(M, x.data(), K, m, bias.data(), y.data(), N, true);
+                        check_rows(y, 1.0);
+                    }
+#if defined(FLAMINGO_DISPATCH)
+                    // The AVX-512 table (always with VNNI) takes the integer path up to 8 rows.
+                    if (const fk::KernelTable* t = fk::kernel_table(fk::Isa::avx512)) {
+                        std::fill(y.begin(), y.end(), 1.0f);
+                        t->linear_q(M, x.data(), K, m, bias.data(), y.data(), N, true);
+                        check_rows(y, 1.0);
+                        flamingo::Executor ex(2);
+                        flamingo::Executor::Scope use(ex);
+                        std::vector<float> yt(M * N, 1.0f);
+                        t->linear_q(M, x.data(), K, m, bias.data(), yt.data(), N, true);
+                        REQUIRE(yt == y);
+                    }
+#endif
+                }
 }
 
 TEST_CASE("linear_q: GEMV is the same with threads, and bad operands are errors") {

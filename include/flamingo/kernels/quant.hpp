@@ -20,24 +20,27 @@
 // Accuracy contracts:
 //   quantize_*: each dequantised weight is within d/2 of the original
 //     (q8: max|w|/254 of its block; q4: (max - min)/30), plus f32 rounding.
-//   linear_q, one row (GEMV): the activations are quantised the same way as q8
-//     weights (per block of 32, scale max|x|/127, round to nearest) and each
-//     block's dot product is computed exactly in int32 (in partial sums of a
-//     few elements); these are then combined in f32:
-//     y = sum_b d_w*d_x*dot_b (+ m*d_x*sum_b(x_q) for q4). Against that
+//   linear_q, few rows (M <= 8 with AVX512-VNNI, M <= 3 otherwise: one-token
+//     decoding, beam search, batched decoding): each activation row is
+//     quantised the same way as q8 weights (per block of 32, scale max|x|/127,
+//     round to nearest) and each block's dot product is computed exactly in
+//     int32 (in partial sums of a few elements); these are then combined in f32:
+//     y = sum_b d_w*d_x*dot_b (+ m*(d_x*sum_b(x_q)) for q4). Against that
 //     expression evaluated exactly, the error is below 1e-5 times the same
 //     sum taken over |each element's term| (tests check this). Against the float product
 //     with the original weights, add the quantisation errors of both sides.
-//   linear_q, several rows (GEMM): panels of weights are dequantised to f32
+//   linear_q, more rows (GEMM): panels of weights are dequantised to f32
 //     and multiplied by the f32 kernel (activations not quantised), so only
 //     the weight quantisation error adds to the f32 contract of gemm.hpp.
 // The integer dot products use AVX512-VNNI (vpdpbusd) when the compiler
-// targets it, plain C++ otherwise; both give the same integers.
+// targets it, plain C++ otherwise; both give the same integers. The weights
+// are read once for all the rows.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512F__)
@@ -159,6 +162,14 @@ inline QBuffer quantize(QFormat f, const float* w, std::size_t rows, std::size_t
 
 namespace detail {
 
+// Activation rows handled by the integer path (weights read once for all of
+// them); more rows go through dequantised panels and the f32 kernel.
+#ifdef FLAMINGO_QUANT_VNNI
+inline constexpr std::size_t kQFewRows = 8;
+#else
+inline constexpr std::size_t kQFewRows = 3;  // as before the VNNI few-row kernel; 4-8 rows in plain C++ not measured
+#endif
+
 // One activation row quantised per block (the q8 weight rule), with each
 // block's sum of quantised values, plus the layouts the SIMD kernels read.
 struct QActivations {
@@ -166,12 +177,25 @@ struct QActivations {
     std::vector<float> d;          // [blocks]
     std::vector<std::int32_t> sum; // [blocks]
 #ifdef FLAMINGO_QUANT_VNNI
-    // Per chunk of 64 inputs (two blocks): 64 activation bytes in the order
-    // the weights are read, and 16 f32 lanes of block scales (and for q4 the
-    // per-lane sums times the scale) in the order vpdpbusd produces.
-    std::vector<std::int8_t> bytes;  // [chunks * 64]
-    std::vector<std::uint64_t> neg;  // q8: which of the 64 activations are negative
-    std::vector<float> dlanes, slanes;  // [chunks * 16]
+    // Blocks are taken 16 at a time (one vector of their scales) and 4 at a
+    // time per pair of weight vectors: the first holds elements 0-15 of the 4
+    // blocks, the second elements 16-31 (q4: the low and the high nibbles of
+    // 64 bytes; q8: two 64-byte loads regrouped by 128-bit lanes). `bytes`
+    // holds the activations in that order, [b0 0-15, b1 0-15, b2 0-15, b3 0-15,
+    // b0 16-31, ..., b3 16-31] per 4 blocks, so each 32-bit lane of vpdpbusd's
+    // result sums 8 products of one block. All arrays are zero-padded to whole
+    // groups of 16 blocks: a padded activation contributes nothing whatever
+    // the weight byte it meets.
+    //   q8: vpdpbusd multiplies w + 128 (w ^ 0x80, unsigned) by x; starting
+    //       from init = -128 * (the sum of each lane's 8 activations) gives
+    //       exactly the signed dot product.
+    //   q4: corr = d * sum per block, for the offset term.
+    // q8 with one activation row reads 2 blocks per weight vector instead (no
+    // regrouping; measured faster there): `nat` in natural order and `init2`
+    // per lane of 4 activations.
+    std::vector<std::int8_t> bytes, nat;   // [groups * 16 * 32]
+    std::vector<std::int32_t> init, init2; // q8: [groups * 4 * 16], [groups * 8 * 16]
+    std::vector<float> dx, corr;      // [groups * 16]: scales; q4: scale * sum
 #endif
     void prepare(const float* x, std::size_t cols, QFormat f) {
         const std::size_t nb = (cols + kQBlock - 1) / kQBlock;
@@ -185,130 +209,214 @@ struct QActivations {
             sum[b] = s;
         }
 #ifdef FLAMINGO_QUANT_VNNI
-        const std::size_t nc = (nb + 1) / 2;
-        bytes.resize(nc * 64);
-        neg.resize(nc);
-        dlanes.resize(nc * 16);
-        slanes.resize(nc * 16);
-        for (std::size_t c = 0; c < nc; ++c) {
-            alignas(64) std::int8_t a[64] = {};
-            float* dl = dlanes.data() + 16 * c;
-            float* sl = slanes.data() + 16 * c;
-            const bool two = 2 * c + 1 < nb;
-            const std::int8_t* src = q.data() + 2 * c * kQBlock;
-            const float d0 = d[2 * c], d1 = two ? d[2 * c + 1] : 0.0f;
-            if (f == QFormat::Q8) {
-                // Natural order: lanes 0-7 block 0, lanes 8-15 block 1.
-                std::memcpy(a, src, two ? 64 : 32);
-                for (int l = 0; l < 16; ++l) dl[l] = l < 8 ? d0 : d1, sl[l] = 0.0f;
-                __m512i v = _mm512_load_si512(a);
-                neg[c] = _mm512_movepi8_mask(v);
-                _mm512_storeu_si512(bytes.data() + 64 * c, _mm512_abs_epi8(v));
-            } else {
-                // The q4 unpacking order: [b0 0-15, b1 0-15, b0 16-31, b1 16-31].
-                std::memcpy(a, src, 16);
-                std::memcpy(a + 32, src + 16, 16);
-                if (two) std::memcpy(a + 16, src + 32, 16), std::memcpy(a + 48, src + 48, 16);
-                for (int l = 0; l < 16; ++l) {
-                    const bool first = (l / 4) % 2 == 0;
-                    dl[l] = first ? d0 : d1;
-                    std::int32_t ls = 0;
-                    for (int i = 0; i < 4; ++i) ls += a[4 * l + i];
-                    sl[l] = float(ls) * dl[l];
-                }
-                std::memcpy(bytes.data() + 64 * c, a, 64);
-                neg[c] = 0;
+        const std::size_t ng = (nb + 15) / 16;
+        bytes.assign(ng * 16 * kQBlock, 0);
+        dx.assign(ng * 16, 0.0f);
+        corr.assign(ng * 16, 0.0f);
+        std::copy(d.begin(), d.end(), dx.begin());
+        for (std::size_t b = 0; b < nb; ++b) {
+            std::int8_t* g = bytes.data() + (b / 4) * 128 + (b % 4) * 16;
+            std::memcpy(g, q.data() + b * kQBlock, 16);
+            std::memcpy(g + 64, q.data() + b * kQBlock + 16, 16);
+            corr[b] = d[b] * float(sum[b]);
+        }
+        if (f == QFormat::Q8) {
+            nat.assign(ng * 16 * kQBlock, 0);
+            std::copy(q.begin(), q.end(), nat.begin());
+            init2.assign(ng * 8 * 16, 0);
+            for (std::size_t l = 0; l < init2.size(); ++l)
+                init2[l] = -128 * (nat[4 * l] + nat[4 * l + 1] + nat[4 * l + 2] + nat[4 * l + 3]);
+            init.assign(ng * 4 * 16, 0);
+            for (std::size_t l = 0; l < init.size(); ++l) {
+                const std::int8_t* lo = bytes.data() + (l / 16) * 128 + (l % 16) * 4;
+                init[l] = -128 * (lo[0] + lo[1] + lo[2] + lo[3] + lo[64] + lo[65] + lo[66] + lo[67]);
             }
         }
 #endif
     }
 };
 
-inline QActivations& qactivations() {
-    thread_local QActivations a;
+// Thread-local activation rows for one call.
+inline std::vector<QActivations>& qactivations(std::size_t M) {
+    thread_local std::vector<QActivations> a;
+    if (a.size() < M) a.resize(M);
     return a;
 }
 
-// y[n0, n1) = W x for one quantised activation row (no bias), in plain C++:
-// the path without VNNI, and compiled always so tests can compare the two.
-inline void gemv_q_rows_portable(const QMatrix& m, const QActivations& a, std::size_t n0, std::size_t n1, float* y) {
+// y[i * ldy + r - n0] = W[r] · x_i for weight rows r in [n0, n1) and the M
+// quantised activation rows a[0..M) (no bias), in plain C++: the path without
+// VNNI, and compiled always so tests can compare the two.
+inline void gemv_q_rows_portable(const QMatrix& m, const QActivations* a, std::size_t M, std::size_t n0,
+                                 std::size_t n1, float* y, std::size_t ldy) {
     const std::size_t nb = m.blocks();
     for (std::size_t r = n0; r < n1; ++r) {
         const std::uint8_t* p = m.row(r);
         const float* ds = m.scales + r * nb;
-        float acc = 0.0f;
-        for (std::size_t b = 0; b < nb; ++b) {
-            const std::int8_t* xa = a.q.data() + b * kQBlock;
-            std::int32_t dot = 0;
-            if (m.format == QFormat::Q8) {
-                const std::int8_t* w = reinterpret_cast<const std::int8_t*>(p) + b * kQBlock;
-                for (std::size_t i = 0; i < kQBlock; ++i) dot += std::int32_t(w[i]) * xa[i];
-                acc += ds[b] * a.d[b] * float(dot);
-            } else {
-                const std::uint8_t* w = p + b * (kQBlock / 2);
-                for (std::size_t j = 0; j < kQBlock / 2; ++j)
-                    dot += std::int32_t(w[j] & 0x0f) * xa[j] + std::int32_t(w[j] >> 4) * xa[j + kQBlock / 2];
-                acc += ds[b] * a.d[b] * float(dot) + m.offsets[r * nb + b] * a.d[b] * float(a.sum[b]);
+        for (std::size_t i = 0; i < M; ++i) {
+            float acc = 0.0f;
+            for (std::size_t b = 0; b < nb; ++b) {
+                const std::int8_t* xa = a[i].q.data() + b * kQBlock;
+                std::int32_t dot = 0;
+                if (m.format == QFormat::Q8) {
+                    const std::int8_t* w = reinterpret_cast<const std::int8_t*>(p) + b * kQBlock;
+                    for (std::size_t j = 0; j < kQBlock; ++j) dot += std::int32_t(w[j]) * xa[j];
+                    acc += ds[b] * a[i].d[b] * float(dot);
+                } else {
+                    const std::uint8_t* w = p + b * (kQBlock / 2);
+                    for (std::size_t j = 0; j < kQBlock / 2; ++j)
+                        dot += std::int32_t(w[j] & 0x0f) * xa[j] + std::int32_t(w[j] >> 4) * xa[j + kQBlock / 2];
+                    acc += ds[b] * a[i].d[b] * float(dot) + m.offsets[r * nb + b] * a[i].d[b] * float(a[i].sum[b]);
+                }
             }
+            y[i * ldy + r - n0] = acc;
         }
-        y[r - n0] = acc;
     }
 }
 
-// y[n0, n1) = W x for one quantised activation row (no bias).
-inline void gemv_q_rows(const QMatrix& m, const QActivations& a, std::size_t n0, std::size_t n1, float* y) {
 #ifdef FLAMINGO_QUANT_VNNI
-    const std::size_t nb = m.blocks();
-    const std::size_t nc = (nb + 1) / 2;
-    const bool odd = nb % 2 == 1;
-    const __m512i zero = _mm512_setzero_si512();
-    if (m.format == QFormat::Q8) {
-        const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        for (std::size_t r = n0; r < n1; ++r) {
-            const std::int8_t* w = reinterpret_cast<const std::int8_t*>(m.row(r));
-            const float* ds = m.scales + r * nb;
-            __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-            for (std::size_t c = 0; c < nc; ++c) {
-                const bool last_half = odd && c + 1 == nc;
-                const __m512i wv = last_half ? _mm512_maskz_loadu_epi8(0xffffffffull, w + 64 * c)
-                                             : _mm512_loadu_si512(w + 64 * c);
-                const __m512i ws = _mm512_mask_sub_epi8(wv, a.neg[c], zero, wv);  // sign of x moved onto w
-                const __m512i dot = _mm512_dpbusd_epi32(zero, _mm512_loadu_si512(a.bytes.data() + 64 * c), ws);
-                const __m512 dw = _mm512_permutexvar_ps(halves, _mm512_maskz_loadu_ps(last_half ? 1 : 3, ds + 2 * c));
-                const __m512 s = _mm512_mul_ps(dw, _mm512_loadu_ps(a.dlanes.data() + 16 * c));
-                if (c % 2 == 0) acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc0);
-                else acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc1);
-            }
-            y[r - n0] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+// out[i][j] = W[r0 + j] · x_i for MM activation rows and R weight rows, AVX512-VNNI.
+// Per group of 16 blocks, each row's 16 scales are one vector. Per 4 blocks
+// (QActivations describes the order) two vpdpbusd per activation row give 16
+// lanes of exact integer dots, 4 lanes per block, converted once and scaled
+// by d_w * d_x permuted into the lanes. The R rows are read as R streams while
+// the same bytes of the next R rows are prefetched.
+// Pairs (q8 only): 2 blocks per weight vector, 8 lanes per block, natural order.
+template <QFormat F, std::size_t MM, std::size_t R, bool Pairs = false>
+inline void gemv_q_block_vnni(const QMatrix& m, const QActivations* a, std::size_t r0, float (&out)[MM][R]) {
+    static_assert(!Pairs || F == QFormat::Q8);
+    constexpr std::size_t BB = F == QFormat::Q8 ? 32 : 16;  // weight bytes per block
+    constexpr std::size_t BV = Pairs ? 2 : 4;              // blocks per step
+    const std::size_t nb = m.blocks(), rb = m.row_bytes();
+    const std::uint8_t* w0 = m.row(r0);
+    const float* ds0 = m.scales + r0 * nb;
+    const float* os0 = F == QFormat::Q4 ? m.offsets + r0 * nb : nullptr;
+    __m512 acc[MM][R];
+    for (std::size_t i = 0; i < MM; ++i)
+        for (std::size_t r = 0; r < R; ++r) acc[i][r] = _mm512_setzero_ps();
+    const __m512i lanes = Pairs ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+                                : _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);  // lane -> block
+    const __m512i flip = _mm512_set1_epi8(char(0x80)), lomask = _mm512_set1_epi8(0x0f);
+    // Blocks [b0, b0 + nbt) of the R rows; Full: nbt = 16 (the loop is unrolled).
+    auto group = [&](std::size_t b0, std::size_t nbt, auto full) {
+        constexpr bool kFull = decltype(full)::value;
+        const __mmask16 km = kFull ? __mmask16(0xffff) : __mmask16((1u << nbt) - 1);
+        __m512 dw[R];
+        for (std::size_t r = 0; r < R; ++r) {
+            dw[r] = _mm512_maskz_loadu_ps(km, ds0 + r * nb + b0);
+            __builtin_prefetch(ds0 + (R + r) * nb + b0, 0, 3);
         }
-    } else {
-        const __m512i quads = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-        const __m256i lomask = _mm256_set1_epi8(0x0f);
-        for (std::size_t r = n0; r < n1; ++r) {
-            const std::uint8_t* w = m.row(r);
-            const float* ds = m.scales + r * nb;
-            const float* os = m.offsets + r * nb;
-            __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-            for (std::size_t c = 0; c < nc; ++c) {
-                const bool last_half = odd && c + 1 == nc;
-                const __m256i b = last_half ? _mm256_maskz_loadu_epi8(0xffffu, w + 32 * c)
-                                            : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * c));
-                const __m256i lo = _mm256_and_si256(b, lomask);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), lomask);
-                const __m512i qv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                const __m512i dot = _mm512_dpbusd_epi32(zero, qv, _mm512_loadu_si512(a.bytes.data() + 64 * c));
-                const __mmask16 k = last_half ? 1 : 3;
-                const __m512 dw = _mm512_permutexvar_ps(quads, _mm512_maskz_loadu_ps(k, ds + 2 * c));
-                const __m512 mw = _mm512_permutexvar_ps(quads, _mm512_maskz_loadu_ps(k, os + 2 * c));
-                acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, _mm512_loadu_ps(a.dlanes.data() + 16 * c)), acc0);
-                acc1 = _mm512_fmadd_ps(mw, _mm512_loadu_ps(a.slanes.data() + 16 * c), acc1);
+        if constexpr (F == QFormat::Q4)
+            for (std::size_t r = 0; r < R; ++r) {  // offset term: m * (d_x * sum x_q) per block
+                const __m512 mo = _mm512_maskz_loadu_ps(km, os0 + r * nb + b0);
+                __builtin_prefetch(os0 + (R + r) * nb + b0, 0, 3);
+                for (std::size_t i = 0; i < MM; ++i)
+                    acc[i][r] = _mm512_fmadd_ps(mo, _mm512_loadu_ps(a[i].corr.data() + b0), acc[i][r]);
             }
-            y[r - n0] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        const std::size_t nv = kFull ? 16 / BV : (nbt + BV - 1) / BV;
+#pragma GCC unroll 8
+        for (std::size_t j = 0; j < nv; ++j) {
+            const __m512i idx = _mm512_add_epi32(lanes, _mm512_set1_epi32(int(BV * j)));
+            const std::size_t left = kFull ? BV : std::min<std::size_t>(BV, nbt - BV * j);  // blocks here
+            __m512i wa[R], wb[R];  // elements 0-15 and 16-31 of the 4 blocks (Pairs: wa, 2 blocks)
+            __m512 s[R];
+            for (std::size_t r = 0; r < R; ++r) {
+                const std::uint8_t* p = w0 + r * rb + (b0 + BV * j) * BB;
+                if constexpr (Pairs) {
+                    __builtin_prefetch(p + R * rb, 0, 3);
+                    const __m512i v = left == 2 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(0xffffffffull, p);
+                    wa[r] = _mm512_xor_si512(v, flip);
+                } else if constexpr (F == QFormat::Q8) {
+                    __builtin_prefetch(p + R * rb, 0, 3);
+                    __builtin_prefetch(p + R * rb + 64, 0, 3);
+                    const __m512i v0 = left >= 2 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(0xffffffffull, p);
+                    const __m512i v1 = left == 4   ? _mm512_loadu_si512(p + 64)
+                                       : left == 3 ? _mm512_maskz_loadu_epi8(0xffffffffull, p + 64)
+                                                   : _mm512_setzero_si512();
+                    wa[r] = _mm512_xor_si512(_mm512_shuffle_i64x2(v0, v1, 0x88), flip);  // w + 128, unsigned
+                    wb[r] = _mm512_xor_si512(_mm512_shuffle_i64x2(v0, v1, 0xdd), flip);
+                } else {
+                    __builtin_prefetch(p + R * rb, 0, 3);
+                    const __m512i v = left == 4 ? _mm512_loadu_si512(p)
+                                                : _mm512_maskz_loadu_epi8((1ull << (16 * left)) - 1, p);
+                    wa[r] = _mm512_and_si512(v, lomask);
+                    wb[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lomask);
+                }
+                s[r] = _mm512_permutexvar_ps(idx, dw[r]);
+            }
+            for (std::size_t i = 0; i < MM; ++i) {
+                if constexpr (Pairs) {
+                    const __m512 dxv = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(a[i].dx.data() + b0));
+                    const __m512i xa = _mm512_loadu_si512(a[i].nat.data() + (b0 + 2 * j) * kQBlock);
+                    for (std::size_t r = 0; r < R; ++r) {
+                        const __m512i init = _mm512_loadu_si512(a[i].init2.data() + (b0 + 2 * j) * 8);
+                        const __m512i dot = _mm512_dpbusd_epi32(init, wa[r], xa);
+                        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s[r], dxv), acc[i][r]);
+                    }
+                } else {
+                    const std::int8_t* xb = a[i].bytes.data() + (b0 + 4 * j) * kQBlock;
+                    const __m512 dxv = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(a[i].dx.data() + b0));
+                    const __m512i xa = _mm512_loadu_si512(xb), xc = _mm512_loadu_si512(xb + 64);
+                    for (std::size_t r = 0; r < R; ++r) {
+                        __m512i dot = F == QFormat::Q8 ? _mm512_loadu_si512(a[i].init.data() + (b0 + 4 * j) * 4)
+                                                       : _mm512_setzero_si512();
+                        dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(dot, wa[r], xa), wb[r], xc);
+                        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s[r], dxv), acc[i][r]);
+                    }
+                }
+            }
         }
+    };
+    std::size_t b0 = 0;
+    for (; b0 + 16 <= nb; b0 += 16) group(b0, 16, std::true_type{});
+    if (b0 < nb) group(b0, nb - b0, std::false_type{});
+    for (std::size_t i = 0; i < MM; ++i)
+        for (std::size_t r = 0; r < R; ++r) out[i][r] = _mm512_reduce_add_ps(acc[i][r]);
+}
+
+template <QFormat F, std::size_t MM>
+inline void gemv_q_rows_vnni(const QMatrix& m, const QActivations* a, std::size_t n0, std::size_t n1, float* y,
+                             std::size_t ldy) {
+    // Weight rows per pass: enough independent chains, within the 32 vector registers.
+    constexpr std::size_t R = MM <= 2 ? 4 : MM <= 4 ? 2 : 1;
+    constexpr bool kPairs = F == QFormat::Q8 && MM == 1;
+    std::size_t r = n0;
+    for (; r + R <= n1; r += R) {
+        float out[MM][R];
+        gemv_q_block_vnni<F, MM, R, kPairs>(m, a, r, out);
+        for (std::size_t i = 0; i < MM; ++i)
+            for (std::size_t j = 0; j < R; ++j) y[i * ldy + r + j - n0] = out[i][j];
     }
-#else
-    gemv_q_rows_portable(m, a, n0, n1, y);
+    for (; r < n1; ++r) {
+        float out[MM][1];
+        gemv_q_block_vnni<F, MM, 1, kPairs>(m, a, r, out);
+        for (std::size_t i = 0; i < MM; ++i) y[i * ldy + r - n0] = out[i][0];
+    }
+}
 #endif
+
+// y[i * ldy + r - n0] = W[r] · x_i for weight rows [n0, n1) and M <= kQFewRows
+// quantised activation rows (no bias).
+inline void gemv_q_rows(const QMatrix& m, const QActivations* a, std::size_t M, std::size_t n0, std::size_t n1,
+                        float* y, std::size_t ldy) {
+#ifdef FLAMINGO_QUANT_VNNI
+    auto rows = [&](auto mm) {
+        constexpr std::size_t MM = decltype(mm)::value;
+        if (m.format == QFormat::Q8) return gemv_q_rows_vnni<QFormat::Q8, MM>(m, a, n0, n1, y, ldy);
+        return gemv_q_rows_vnni<QFormat::Q4, MM>(m, a, n0, n1, y, ldy);
+    };
+    switch (M) {
+        case 1: return rows(std::integral_constant<std::size_t, 1>{});
+        case 2: return rows(std::integral_constant<std::size_t, 2>{});
+        case 3: return rows(std::integral_constant<std::size_t, 3>{});
+        case 4: return rows(std::integral_constant<std::size_t, 4>{});
+        case 5: return rows(std::integral_constant<std::size_t, 5>{});
+        case 6: return rows(std::integral_constant<std::size_t, 6>{});
+        case 7: return rows(std::integral_constant<std::size_t, 7>{});
+        case 8: return rows(std::integral_constant<std::size_t, 8>{});
+        default: break;
+    }
+#endif
+    gemv_q_rows_portable(m, a, M, n0, n1, y, ldy);
 }
 
 inline void check_qmatrix(const QMatrix& m) {
@@ -330,25 +438,24 @@ inline void linear_q(std::size_t M, const float* X, std::size_t ldx, const QMatr
     detail::check_matrix("linear", "Y", Y, M, N, ldy);
     if (K == 0) return detail::empty_product(M, N, bias, Y, ldy, accumulate);
     detail::check_qmatrix(W);
-    if (M < 4) {
-        // One activation row at a time: weights are read once per row, as integers.
-        for (std::size_t i = 0; i < M; ++i) {
-            detail::QActivations& a = detail::qactivations();
-            a.prepare(X + i * ldx, K, W.format);
-            float* y = Y + i * ldy;
-            parallel_for(
-                N,
-                [&](std::size_t n0, std::size_t n1) {
-                    thread_local std::vector<float> tmp;
-                    tmp.resize(n1 - n0);
-                    detail::gemv_q_rows(W, a, n0, n1, tmp.data());
+    if (M <= detail::kQFewRows) {
+        // Few activation rows: weights are read once for all of them, as integers.
+        std::vector<detail::QActivations>& a = detail::qactivations(M);
+        for (std::size_t i = 0; i < M; ++i) a[i].prepare(X + i * ldx, K, W.format);
+        parallel_for(
+            N,
+            [&](std::size_t n0, std::size_t n1) {
+                thread_local std::vector<float> tmp;
+                tmp.resize(M * (n1 - n0));
+                detail::gemv_q_rows(W, a.data(), M, n0, n1, tmp.data(), n1 - n0);
+                for (std::size_t i = 0; i < M; ++i)
                     for (std::size_t n = n0; n < n1; ++n) {
-                        float v = tmp[n - n0] + (bias ? bias[n] : 0.0f);
-                        y[n] = accumulate ? y[n] + v : v;
+                        float v = tmp[i * (n1 - n0) + n - n0] + (bias ? bias[n] : 0.0f);
+                        float& y = Y[i * ldy + n];
+                        y = accumulate ? y + v : v;
                     }
-                },
-                16);
-        }
+            },
+            16);
         return;
     }
     // Many rows: dequantise panels of weight rows and use the f32 kernel on each.
