@@ -1,6 +1,8 @@
 // End-to-end benchmark at OpenFlamingo-3B shape (ViT-L/14, Perceiver, MPT-1B
 // with cross-attention on all 24 layers; ~2.6 B parameters), with random
 // weights: speed does not depend on the values, so no real checkpoint is needed.
+// Also at IDEFICS-9B shape (--make-idefics, --idefics: see usage()): decoding
+// with bf16, q8 and q4 weights on a one-image prompt.
 //
 //   bench_e2e --make-model /tmp/flamingo-e2e     writes of3b-f32/ and of3b-bf16/ there (~15.4 GB)
 //   bench_e2e [--dir /tmp/flamingo-e2e] [--only f32|bf16] [--threads 2] [--new-tokens 32] [--reps 2]
@@ -98,6 +100,7 @@ struct Spec {
 
 struct GenSizes {
     std::size_t vision_layers = 24, text_layers = 24, vocab = 50282;
+    bool vision_layers_given = false, text_layers_given = false;
 };
 
 constexpr float kWeightStd = 0.02f;  // N(0, 0.02) like the LM's init_std; LayerNorms at 1, gates tanh(0.5)
@@ -315,29 +318,12 @@ std::string safetensors_header(const std::vector<Spec>& specs, std::size_t elem_
     return out + text;
 }
 
-// Writes <out>/of3b-f32 and <out>/of3b-bf16 in one pass (the bf16 values are
-// the f32 ones rounded to nearest even).
-void make_model(const fs::path& out, const GenSizes& g) {
-    std::vector<Spec> specs = of3b_specs(g);
-    // Tensors whose bytes are a multiple of 64 first, so that every matrix is 64-byte aligned.
-    std::stable_partition(specs.begin(), specs.end(), [](const Spec& s) { return s.numel() % 32 == 0; });
+// Writes the tensors' random values, in order, as f32 to *f32 (if given) and
+// as bf16 (rounded to nearest even) to f16, a chunk at a time: a model far
+// larger than memory streams through.
+void write_tensors(const std::vector<Spec>& specs, File* f32, File& f16) {
     std::size_t total = 0;
     for (const Spec& s : specs) total += s.numel();
-    const fs::path d32 = out / "of3b-f32", d16 = out / "of3b-bf16";
-    fs::create_directories(d32);
-    fs::create_directories(d16);
-    std::fprintf(stderr, "writing %zu tensors, %.3f B parameters: %s (%.2f GB) and %s (%.2f GB)\n", specs.size(),
-                 double(total) / 1e9, d32.c_str(), 4.0 * double(total) / 1e9, d16.c_str(), 2.0 * double(total) / 1e9);
-    const std::string config = of3b_config(g).dump(2) + "\n", tokenizer = small_tokenizer().dump(1) + "\n";
-    for (const fs::path& d : {d32, d16}) {
-        write_text(d / "config.json", config);
-        write_text(d / "tokenizer.json", tokenizer);
-    }
-    File f32(d32 / "model.safetensors"), f16(d16 / "model.safetensors");
-    const std::string h32 = safetensors_header(specs, 4, "F32"), h16 = safetensors_header(specs, 2, "BF16");
-    f32.write(h32.data(), h32.size());
-    f16.write(h16.data(), h16.size());
-
     const std::size_t chunk = std::size_t(1) << 24;
     std::vector<float> a(chunk);
     std::vector<flamingo::bf16> b(chunk);
@@ -361,7 +347,7 @@ void make_model(const fs::path& out, const GenSizes& g) {
                     b[i] = flamingo::bf16(x);
                 }
             });
-            f32.write(a.data(), n * sizeof(float));
+            if (f32) f32->write(a.data(), n * sizeof(float));
             f16.write(b.data(), n * sizeof(flamingo::bf16));
             done += n;
             if (done - shown > total / 20) {
@@ -371,6 +357,32 @@ void make_model(const fs::path& out, const GenSizes& g) {
             }
         }
     }
+}
+
+// Writes <out>/of3b-f32 and <out>/of3b-bf16 in one pass (the bf16 values are
+// the f32 ones rounded to nearest even).
+void make_model(const fs::path& out, const GenSizes& g) {
+    std::vector<Spec> specs = of3b_specs(g);
+    // Tensors whose bytes are a multiple of 64 first, so that every matrix is 64-byte aligned.
+    std::stable_partition(specs.begin(), specs.end(), [](const Spec& s) { return s.numel() % 32 == 0; });
+    std::size_t total = 0;
+    for (const Spec& s : specs) total += s.numel();
+    const fs::path d32 = out / "of3b-f32", d16 = out / "of3b-bf16";
+    fs::create_directories(d32);
+    fs::create_directories(d16);
+    std::fprintf(stderr, "writing %zu tensors, %.3f B parameters: %s (%.2f GB) and %s (%.2f GB)\n", specs.size(),
+                 double(total) / 1e9, d32.c_str(), 4.0 * double(total) / 1e9, d16.c_str(), 2.0 * double(total) / 1e9);
+    const std::string config = of3b_config(g).dump(2) + "\n", tokenizer = small_tokenizer().dump(1) + "\n";
+    for (const fs::path& d : {d32, d16}) {
+        write_text(d / "config.json", config);
+        write_text(d / "tokenizer.json", tokenizer);
+    }
+    File f32(d32 / "model.safetensors"), f16(d16 / "model.safetensors");
+    const std::string h32 = safetensors_header(specs, 4, "F32"), h16 = safetensors_header(specs, 2, "BF16");
+    f32.write(h32.data(), h32.size());
+    f16.write(h16.data(), h16.size());
+
+    write_tensors(specs, &f32, f16);
     f32.close();
     f16.close();
     // What the benchmark will see: both directories load, every tensor used.
@@ -379,6 +391,155 @@ void make_model(const fs::path& out, const GenSizes& g) {
         if (!m->unused_tensors().empty()) fail(dir.string(), ": unused tensor ", m->unused_tensors().front());
         std::fprintf(stderr, "%s: loads, vocabulary %zu, %zu layers\n", dir.c_str(), m->vocab_size(), m->num_layers());
     }
+}
+
+// ---------------------------------------------------------------------------
+// IDEFICS-9B shape (--make-idefics): one bf16 directory under Hugging Face's
+// names, from the committed release config; `flamingo quantize` makes its q8
+// and q4 directories.
+// ---------------------------------------------------------------------------
+
+flamingo::io::json read_json(const fs::path& p) {
+    const flamingo::io::MappedFile f = flamingo::io::MappedFile::open(p);
+    return flamingo::io::parse_json(f.text(), p.string());
+}
+
+// Tensor names and shapes of an IDEFICS model directory of config c (as
+// modeling_idefics.py names them; see tools/make_idefics_fixtures.py).
+std::vector<Spec> idefics_specs(const flamingo::io::json& c) {
+    std::vector<Spec> t;
+    auto add = [&](std::string name, std::vector<std::size_t> shape, Init init = Init::Normal) {
+        t.push_back({std::move(name), std::move(shape), init});
+    };
+    auto ln = [&](const std::string& p, std::size_t d, bool bias) {
+        add(p + ".weight", {d}, Init::Ones);
+        if (bias) add(p + ".bias", {d}, Init::Zeros);
+    };
+    auto lin = [&](const std::string& p, std::size_t out, std::size_t in, bool bias) {
+        add(p + ".weight", {out, in});
+        if (bias) add(p + ".bias", {out}, Init::Zeros);
+    };
+    const auto& v = c["vision_config"];
+    const auto& pc = c["perceiver_config"];
+    const auto z = [](const flamingo::io::json& j, const char* k) { return j[k].get<std::size_t>(); };
+    const std::size_t W = z(v, "embed_dim"), Fv = z(v, "intermediate_size"), P = z(v, "patch_size");
+    const std::size_t G = z(v, "image_size") / P;
+    const std::size_t D = z(c, "hidden_size"), F = z(c, "intermediate_size"), L = z(c, "num_hidden_layers");
+    const std::size_t V = z(c, "vocab_size"), A = z(c, "additional_vocab_size"), every = z(c, "cross_layer_interval");
+    const std::size_t inner = z(pc, "resampler_n_heads") * z(pc, "resampler_head_dim");
+    const std::string m = "model.vision_model.";
+    add(m + "embeddings.class_embedding", {W});
+    add(m + "embeddings.patch_embedding.weight", {W, 3, P, P});
+    add(m + "embeddings.position_embedding.weight", {G * G + 1, W});
+    ln(m + "pre_layrnorm", W, true);
+    for (std::size_t i = 0; i < z(v, "num_hidden_layers"); ++i) {
+        const std::string r = m + "encoder.layers." + std::to_string(i) + ".";
+        ln(r + "layer_norm1", W, true);
+        for (const char* x : {"q_proj", "k_proj", "v_proj", "out_proj"}) lin(r + "self_attn." + x, W, W, true);
+        ln(r + "layer_norm2", W, true);
+        lin(r + "mlp.fc1", Fv, W, true);
+        lin(r + "mlp.fc2", W, Fv, true);
+    }
+    ln(m + "post_layernorm", W, true);
+    const std::string pr = "model.perceiver_resampler.";
+    add(pr + "latents", {z(pc, "resampler_n_latents"), W});
+    for (std::size_t i = 0; i < z(pc, "resampler_depth"); ++i) {
+        const std::string b = pr + "blocks." + std::to_string(i) + ".";
+        ln(b + "0.context_layer_norm", W, true);
+        ln(b + "0.latents_layer_norm", W, true);
+        for (const char* x : {"q_proj", "k_proj", "v_proj"}) lin(b + "0." + x, inner, W, false);
+        lin(b + "0.output_proj", W, inner, false);
+        ln(b + "1.ln", W, true);
+        lin(b + "1.fc", 4 * W, W, false);
+        lin(b + "1.c_proj", W, 4 * W, false);
+    }
+    ln(pr + "layer_norm", W, true);
+    add("model.embed_tokens.weight", {V, D});
+    add("model.embed_tokens.additional_embedding.weight", {A, D});
+    for (std::size_t i = 0; i < L; ++i) {
+        const std::string b = "model.layers." + std::to_string(i) + ".";
+        ln(b + "input_layernorm", D, false);
+        for (const char* x : {"q_proj", "k_proj", "v_proj", "o_proj"}) lin(b + "self_attn." + x, D, D, false);
+        ln(b + "post_attention_layernorm", D, false);
+        lin(b + "mlp.gate_proj", F, D, false);
+        lin(b + "mlp.up_proj", F, D, false);
+        lin(b + "mlp.down_proj", D, F, false);
+    }
+    for (std::size_t i = 0; i < L / every; ++i) {  // alpha_type "float", no q/k norms (the 9B config)
+        const std::string b = "model.gated_cross_attn_layers." + std::to_string(i) + ".";
+        ln(b + "input_layernorm", D, false);
+        lin(b + "cross_attn.q_proj", D, D, false);
+        lin(b + "cross_attn.k_proj", D, W, false);
+        lin(b + "cross_attn.v_proj", D, W, false);
+        lin(b + "cross_attn.o_proj", D, D, false);
+        ln(b + "post_attention_layernorm", D, false);
+        lin(b + "mlp.gate_proj", F, D, false);
+        lin(b + "mlp.up_proj", F, D, false);
+        lin(b + "mlp.down_proj", D, F, false);
+        add(b + "alpha_cross_attn", {1}, Init::Gate);
+        add(b + "alpha_dense", {1}, Init::Gate);
+    }
+    ln("model.norm", D, false);
+    add("lm_head.weight", {V, D});
+    add("lm_head.additional_fc.weight", {A, D});
+    return t;
+}
+
+// The IDEFICS fixtures' LLaMA tokenizer, its vocabulary filled up to
+// vocab_size with unreachable entries so that <fake_token_around_image> and
+// <image> get the additional ids vocab_size and vocab_size + 1.
+flamingo::io::json idefics_tokenizer(std::size_t vocab_size) {
+    using flamingo::io::json;
+    json tok = read_json(fs::path(FLAMINGO_SOURCE_DIR) / "tests/data/model/idefics/tokenizer.json");
+    const std::string extra[] = {"<fake_token_around_image>", "<image>"};
+    json& vocab = tok["model"]["vocab"];
+    for (const auto& e : extra) vocab.erase(e);
+    std::size_t next = vocab.size();
+    check(next <= vocab_size, "the fixture tokenizer has more entries than ", vocab_size);
+    for (; next < vocab_size; ++next) vocab["<|filler_" + std::to_string(next) + "|>"] = next;
+    json added = json::array();
+    for (json a : tok["added_tokens"]) {
+        for (std::size_t k = 0; k < 2; ++k)
+            if (a["content"] == extra[k]) a["id"] = vocab_size + k, vocab[extra[k]] = vocab_size + k;
+        added.push_back(a);
+    }
+    tok["added_tokens"] = added;
+    return tok;
+}
+
+// Writes <out>/bf16: IDEFICS-9B's shape (tests/data/model/idefics_released/
+// idefics-9b.json), --text-layers / --vision-layers / --tiny for a quick try.
+void make_idefics(const fs::path& out, const GenSizes& g, bool tiny) {
+    using flamingo::io::json;
+    json c = read_json(fs::path(FLAMINGO_SOURCE_DIR) / "tests/data/model/idefics_released/idefics-9b.json");
+    if (g.text_layers_given) c["num_hidden_layers"] = g.text_layers;
+    if (g.vision_layers_given) c["vision_config"]["num_hidden_layers"] = g.vision_layers;
+    if (tiny) {  // same layout, small widths
+        c["hidden_size"] = 256, c["intermediate_size"] = 512, c["num_attention_heads"] = 4;
+        c["vision_embed_dim"] = 128, c["vision_config"]["embed_dim"] = 128;
+        c["vision_config"]["intermediate_size"] = 256, c["vision_config"]["num_attention_heads"] = 2;
+        c["perceiver_config"]["resampler_n_heads"] = 2, c["perceiver_config"]["resampler_head_dim"] = 32;
+    }
+    std::vector<Spec> specs = idefics_specs(c);
+    std::stable_partition(specs.begin(), specs.end(), [](const Spec& s) { return s.numel() % 32 == 0; });
+    std::size_t total = 0;
+    for (const Spec& s : specs) total += s.numel();
+    const fs::path d = out / "bf16";
+    fs::create_directories(d);
+    std::fprintf(stderr, "writing %zu tensors, %.3f B parameters: %s (%.2f GB)\n", specs.size(), double(total) / 1e9,
+                 d.c_str(), 2.0 * double(total) / 1e9);
+    write_text(d / "config.json", c.dump(2) + "\n");
+    write_text(d / "tokenizer.json", idefics_tokenizer(c["vocab_size"].get<std::size_t>()).dump(1) + "\n");
+    File f16(d / "model.safetensors");
+    const std::string h16 = safetensors_header(specs, 2, "BF16");
+    f16.write(h16.data(), h16.size());
+    write_tensors(specs, nullptr, f16);
+    f16.close();
+    auto m = flamingo::model::load_flamingo(d, flamingo::model::WeightType::BF16);
+    if (!m->unused_tensors().empty()) fail(d.string(), ": unused tensor ", m->unused_tensors().front());
+    check(flamingo::model::idefics::parameter_count(m->config()) == total, d.string(), ": ", total,
+          " parameters written, the config counts ", flamingo::model::idefics::parameter_count(m->config()));
+    std::fprintf(stderr, "%s: loads, vocabulary %zu, %zu layers\n", d.c_str(), m->vocab_size(), m->num_layers());
 }
 
 // ---------------------------------------------------------------------------
@@ -480,6 +641,14 @@ std::vector<std::int32_t> four_shot_prompt(std::int32_t media, std::int32_t eoc)
     return ids;
 }
 
+// IDEFICS: "<s><fake><image><fake>" then 16 random ordinary tokens of the
+// text vocabulary: a short prompt about one image.
+std::vector<std::int32_t> idefics_prompt(std::int32_t image, std::int32_t fake, int vocab) {
+    std::vector<std::int32_t> ids = {1, fake, image, fake};
+    for (std::uint64_t k = 0; k < 16; ++k) ids.push_back(std::int32_t(3 + random_u64(43, k) % std::uint64_t(vocab - 3)));
+    return ids;
+}
+
 std::int32_t argmax(std::span<const float> v) {
     return std::int32_t(std::max_element(v.begin(), v.end()) - v.begin());
 }
@@ -491,7 +660,7 @@ struct Result {
     double load_s = 0;
     Timing img1, img5, project, prompt;
     double decode_wall = 0, decode_cpu = 0;  // per token
-    std::size_t prompt_tokens = 0, new_tokens = 0;
+    std::size_t prompt_tokens = 0, new_tokens = 0, images = 0;
     double bandwidth = 0;  // bytes/s
     std::size_t params = 0, weight_bytes = 0, copied_bytes = 0, decode_bytes = 0;
     std::size_t kv_bytes = 0, media_kv_bytes = 0;
@@ -507,6 +676,9 @@ struct Options {
     int threads = 2, reps = 2;
     std::size_t new_tokens = 32;
     bool run_f32 = true, run_bf16 = true, save_logits = false;
+    // --idefics: the IDEFICS directories DIR/{bf16,q8,q4} (those asked for by --only)
+    std::optional<fs::path> idefics;
+    std::vector<std::string> idefics_types = {"q4", "q8", "bf16"};
 };
 
 void run_one(const fs::path& model_dir, flamingo::model::WeightType type, const Options& o, Result& r) {
@@ -520,21 +692,38 @@ void run_one(const fs::path& model_dir, flamingo::model::WeightType type, const 
 
     // Weight bytes as the model holds them: matrices in the weight type, the rest as float.
     const std::size_t wsize = type == flamingo::model::WeightType::F32 ? 4 : 2;
+    const bool idefics = o.idefics.has_value();
     for (const auto& t : flamingo::io::list_tensors(model_dir)) {
-        const std::size_t bytes = t.numel() * (t.rank() >= 2 ? wsize : 4);
+        // IDEFICS: the file's own bytes (a quantised directory's blocks, scales
+        // and offsets as stored); rows of the few 1-D tensors are read as float.
+        const std::size_t bytes = idefics && t.rank() >= 2 ? t.nbytes : t.numel() * (t.rank() >= 2 ? wsize : 4);
         r.params += t.numel();
         r.weight_bytes += bytes;
         // Read once per decoded token: the decoder and its cross-attention (the
         // visual keys/values are projected once per prompt; wte is read whole as
-        // the output head, its embedding lookup is one row).
-        if (t.name.starts_with("lang_encoder.") && t.name.find(".to_kv.") == std::string::npos) r.decode_bytes += bytes;
+        // the output head, its embedding lookup is one row). IDEFICS: its
+        // decoder layers, gated cross-attention blocks but their k/v
+        // projections, final norm and output head (lm_head and additional_fc).
+        if (idefics ? (t.name.starts_with("model.layers.") || t.name.starts_with("lm_head.") ||
+                       t.name.starts_with("model.norm.") ||
+                       (t.name.starts_with("model.gated_cross_attn_layers.") &&
+                        t.name.find(".k_proj.") == std::string::npos && t.name.find(".v_proj.") == std::string::npos))
+                    : (t.name.starts_with("lang_encoder.") && t.name.find(".to_kv.") == std::string::npos))
+            r.decode_bytes += bytes;
     }
 
     auto t0 = Clock::now();
     auto model = flamingo::model::load_flamingo(model_dir, type);
     r.load_s = std::chrono::duration<double>(Clock::now() - t0).count();
     r.copied_bytes = model->copied_weight_bytes();
+    if (idefics) {
+        r.weight_bytes += r.copied_bytes;  // converted copies beside the mapped file
+        r.params = flamingo::model::idefics::parameter_count(model->config());  // not the q4 bytes' count
+    }
     const auto& cfg = model->config();
+    // IDEFICS: one image (the short prompt below); OpenFlamingo: the 4-shot prompt's 5.
+    const std::size_t n_img = idefics ? 1 : 5;
+    r.images = n_img;
 
     // Images: normalised pixels, random in about [-2, 2].
     const std::size_t S = model->image_size(), per = 3 * S * S;
@@ -545,14 +734,18 @@ void run_one(const fs::path& model_dir, flamingo::model::WeightType type, const 
     for (int rep = 0; rep < o.reps; ++rep) {
         note_load();
         time_best(r.img1, [&] { s.set_media(pixels.data(), 1, 1); });
-        time_best(r.img5, [&] { s.set_media(pixels.data(), 5, 1); });
+        if (!idefics) time_best(r.img5, [&] { s.set_media(pixels.data(), 5, 1); });
     }
     const flamingo::Tensor<float, flamingo::dextents<2>> visual = s.visual();
 
     // Prompt reading.
-    const auto ids = four_shot_prompt(cfg.media_token_id, cfg.eoc_token_id);
+    const auto ids = idefics ? idefics_prompt(cfg.media_token_id,
+                                              flamingo::model::idefics::token_id(
+                                                  model_dir / "tokenizer.json", flamingo::model::idefics::kFakeToken),
+                                              cfg.text.vocab_size)
+                             : four_shot_prompt(cfg.media_token_id, cfg.eoc_token_id);
     r.prompt_tokens = ids.size();
-    s.set_visual(visual, 5);
+    s.set_visual(visual, n_img);
     const auto tt = s.prompt_text_time(ids);
     s.prepare(1, ids.size() + o.new_tokens, ids.size());
     const auto first = s.run(0, ids, tt, 0, false);  // warm-up
@@ -562,13 +755,13 @@ void run_one(const fs::path& model_dir, flamingo::model::WeightType type, const 
     for (int rep = 0; rep < o.reps; ++rep) {
         note_load();
         auto v = visual;
-        time_best(r.project, [&] { s.set_visual(std::move(v), 5); });
+        time_best(r.project, [&] { s.set_visual(std::move(v), n_img); });
         time_best(r.prompt, [&] { s.run(0, ids, tt, 0, false); });
     }
     r.kv_bytes = 2 * model->num_layers() * (ids.size() + o.new_tokens) * model->kv_width() * sizeof(float);
     for (std::size_t l = 0; l < model->num_layers(); ++l)
         if (cfg.cross_attn.has_cross_attn(int(l)))
-            r.media_kv_bytes += 5 * model->num_latents() * 2 * std::size_t(cfg.cross_attn.inner_dim()) * sizeof(float);
+            r.media_kv_bytes += n_img * model->num_latents() * 2 * std::size_t(cfg.cross_attn.inner_dim()) * sizeof(float);
 
     // Bandwidth, with its buffer kept out of the peak RSS when the kernel lets us.
     const std::size_t hwm_before = status_kb("VmHWM");
@@ -654,9 +847,10 @@ std::string gb(double bytes) { return fmt("%.2f GB", bytes / 1e9); }
 std::string cores(const Timing& t) { return fmt(" (%.1f cores)", t.cpu / t.wall); }
 
 void print_table(const Options& o, const std::vector<std::pair<std::string, Result>>& cols) {
-    std::printf("\nflamingo end-to-end, OpenFlamingo-3B shape (random weights), %d threads, best of %d runs\n",
-                o.threads, o.reps);
-    std::printf("model directory: %s\n\n", o.dir.c_str());
+    const bool idefics = o.idefics.has_value();
+    std::printf("\nflamingo end-to-end, %s shape (random weights), %d threads, best of %d runs\n",
+                idefics ? "IDEFICS-9B" : "OpenFlamingo-3B", o.threads, o.reps);
+    std::printf("model directory: %s\n\n", (idefics ? *o.idefics : o.dir).c_str());
     auto row = [&](const std::string& label, auto cell) {
         std::printf("%-42s", label.c_str());
         for (const auto& [name, r] : cols) std::printf(" %-30s", r.ok ? cell(r).c_str() : "-");
@@ -670,10 +864,14 @@ void print_table(const Options& o, const std::vector<std::pair<std::string, Resu
     row("  of which copied out of the mapping", [](const Result& r) { return gb(double(r.copied_bytes)); });
     row("load (mmap, views)", [](const Result& r) { return fmt("%.2f s", r.load_s); });
     row("image encoding, 1 image", [](const Result& r) { return fmt("%.2f s", r.img1.wall) + cores(r.img1); });
-    row("image encoding, 5 images", [](const Result& r) { return fmt("%.2f s", r.img5.wall) + cores(r.img5); });
-    row("  per image (5 images)", [](const Result& r) { return fmt("%.2f s", r.img5.wall / 5); });
-    row("visual K/V projection, 24 layers", [](const Result& r) { return fmt("%.3f s", r.project.wall); });
-    row("prompt forward (5 img + 128 tokens)", [](const Result& r) { return fmt("%.2f s", r.prompt.wall) + cores(r.prompt); });
+    if (!idefics) {
+        row("image encoding, 5 images", [](const Result& r) { return fmt("%.2f s", r.img5.wall) + cores(r.img5); });
+        row("  per image (5 images)", [](const Result& r) { return fmt("%.2f s", r.img5.wall / 5); });
+    }
+    row(idefics ? "visual K/V projection, 8 blocks" : "visual K/V projection, 24 layers",
+        [](const Result& r) { return fmt("%.3f s", r.project.wall); });
+    row(idefics ? "prompt forward (1 img, 20 tokens)" : "prompt forward (5 img + 128 tokens)",
+        [](const Result& r) { return fmt("%.2f s", r.prompt.wall) + cores(r.prompt); });
     row("prompt reading (projection + forward)", [](const Result& r) {
         return fmt("%.1f tokens/s", double(r.prompt_tokens) / (r.project.wall + r.prompt.wall));
     });
@@ -712,6 +910,8 @@ void print_table(const Options& o, const std::vector<std::pair<std::string, Resu
     std::fprintf(code ? stderr : stdout,
                  "usage: bench_e2e [--dir DIR] [--only f32|bf16] [--threads N] [--new-tokens N] [--reps N] [--save-logits]\n"
                  "       bench_e2e --make-model DIR [--text-layers N] [--vision-layers N]\n"
+                 "       bench_e2e --make-idefics DIR [--text-layers N] [--vision-layers N] [--tiny]\n"
+                 "       bench_e2e --idefics DIR [--only bf16|q8|q4] [--threads N] [--new-tokens N] [--reps N]\n"
                  "\n"
                  "DIR (default $FLAMINGO_E2E_DIR, else /tmp/flamingo-e2e) holds of3b-f32/ and of3b-bf16/,\n"
                  "random-weight OpenFlamingo-3B model directories. Make them once with\n"
@@ -719,7 +919,12 @@ void print_table(const Options& o, const std::vector<std::pair<std::string, Resu
                  "and delete the directory when done. --text-layers / --vision-layers make smaller\n"
                  "models of the same widths for a quick try. --save-logits writes the prompt's\n"
                  "last-position logits to DIR/bench_e2e-logits-{f32,bf16}.npy, which pytorch_e2e.py\n"
-                 "compares with its own.\n");
+                 "compares with its own.\n"
+                 "\n"
+                 "--make-idefics writes DIR/bf16, a random-weight model of IDEFICS-9B's shape\n"
+                 "(tests/data/model/idefics_released/idefics-9b.json; ~17.9 GB); make DIR/q8 and DIR/q4\n"
+                 "from it with `flamingo quantize`. --idefics measures those present (q4, q8, bf16)\n"
+                 "on a prompt of one image and 16 tokens. --tiny: the same layout at small widths.\n");
     std::exit(code);
 }
 
@@ -730,7 +935,9 @@ int main(int argc, char** argv) try {
     const char* env = std::getenv("FLAMINGO_E2E_DIR");
     o.dir = env && *env ? env : "/tmp/flamingo-e2e";
     bool dir_given = env && *env;
-    std::optional<fs::path> make;
+    std::optional<fs::path> make, make_idef;
+    bool tiny = false;
+    std::string only;
     GenSizes g;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -750,16 +957,19 @@ int main(int argc, char** argv) try {
         };
         if (a == "--dir") o.dir = value(), dir_given = true;
         else if (a == "--make-model") make = value();
+        else if (a == "--make-idefics") make_idef = value();
+        else if (a == "--tiny") tiny = true;
+        else if (a == "--idefics") o.idefics = value();
         else if (a == "--threads") o.threads = int(number());
         else if (a == "--reps") o.reps = int(number());
         else if (a == "--new-tokens") o.new_tokens = number();
         else if (a == "--save-logits") o.save_logits = true;
-        else if (a == "--text-layers") g.text_layers = number();
-        else if (a == "--vision-layers") g.vision_layers = number();
+        else if (a == "--text-layers") g.text_layers = number(), g.text_layers_given = true;
+        else if (a == "--vision-layers") g.vision_layers = number(), g.vision_layers_given = true;
         else if (a == "--only") {
-            const std::string v = value();
-            if (v != "f32" && v != "bf16") usage(2);
-            o.run_f32 = v == "f32", o.run_bf16 = v == "bf16";
+            only = value();
+            if (only != "f32" && only != "bf16" && only != "q8" && only != "q4") usage(2);
+            o.run_f32 = only == "f32", o.run_bf16 = only == "bf16";
         } else if (a == "-h" || a == "--help") usage(0);
         else {
             std::fprintf(stderr, "unknown option '%s'\n", a.c_str());
@@ -768,6 +978,35 @@ int main(int argc, char** argv) try {
     }
     if (make) {
         make_model(*make, g);
+        return 0;
+    }
+    if (make_idef) {
+        make_idefics(*make_idef, g, tiny);
+        return 0;
+    }
+    if (o.idefics) {
+        if (!only.empty()) {
+            if (only == "f32") usage(2);
+            o.idefics_types = {only};
+        }
+        std::vector<std::pair<std::string, Result>> cols;
+        for (const std::string& t : o.idefics_types) {
+            const fs::path d = *o.idefics / t;
+            if (!fs::exists(d / "model.safetensors")) {
+                std::fprintf(stderr, "%s: no model there (bench_e2e --make-idefics %s writes bf16/; "
+                                     "flamingo quantize --model %s --weights %s --out %s the others)\n",
+                             d.c_str(), o.idefics->c_str(), (*o.idefics / "bf16").c_str(), t.c_str(), d.c_str());
+                return 1;
+            }
+            const auto type = t == "q4" ? flamingo::model::WeightType::Q4
+                              : t == "q8" ? flamingo::model::WeightType::Q8
+                                          : flamingo::model::WeightType::BF16;
+            std::fprintf(stderr, "%s weights (%s)...\n", t.c_str(), d.c_str());
+            cols.emplace_back(t + " weights", run_child(d, type, o));
+        }
+        print_table(o, cols);
+        for (const auto& [name, r] : cols)
+            if (!r.ok) return 1;
         return 0;
     }
     const fs::path d32 = o.dir / "of3b-f32", d16 = o.dir / "of3b-bf16";
