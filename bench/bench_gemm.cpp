@@ -185,10 +185,7 @@ void BM_GemvEigen(benchmark::State& st, std::size_t N, std::size_t K) {
 
 // Beam search: M rows against the same weights (read once for all rows).
 template <class W>
-void BM_LinearSmallM(benchmark::State& st, std::size_t M, std::size_t N, std::size_t K, bool widen) {
-    auto& dot = fk::bf16_dot_switch();  // widen: bf16 through the f32 path, as in BM_LinearGemm
-    const bool was = dot.load();
-    dot.store(was && !widen);
+void BM_LinearSmallM(benchmark::State& st, std::size_t M, std::size_t N, std::size_t K) {
     const std::size_t one = N * K * sizeof(W);
     const std::size_t copies = std::max<std::size_t>(1, (kColdBytes + one - 1) / one);
     std::vector<W> w(copies * N * K);
@@ -205,7 +202,6 @@ void BM_LinearSmallM(benchmark::State& st, std::size_t M, std::size_t N, std::si
         benchmark::DoNotOptimize(y.data());
         c = c + 1 == copies ? 0 : c + 1;
     }
-    dot.store(was);
     st.counters["GB/s"] = benchmark::Counter(double(one) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
     st.counters["GFLOP/s"] = benchmark::Counter(2.0 * double(M * N * K) * 1e-9,
                                                 benchmark::Counter::kIsIterationInvariantRate);
@@ -316,22 +312,12 @@ void register_all() {
     }
     benchmark::RegisterBenchmark("Bandwidth/read", BM_ReadBandwidth, 0)->UseRealTime();
     benchmark::RegisterBenchmark("Bandwidth/read_1t", BM_ReadBandwidth, 1);
-    for (std::size_t M : {1, 2, 4, 8, 16}) {
+    for (std::size_t M : {2, 4, 8, 16}) {
         const std::string shape = std::to_string(M) + "x8192x2048";
-        for (int t : {0, 1}) {
-            const std::string sfx = t ? "_1t" : "";
-            auto reg = [&](const std::string& name, auto fn, bool widen) {
-                auto* b = benchmark::RegisterBenchmark(("LinearSmallM/" + name + sfx + "/" + shape).c_str(),
-                                                       [=](benchmark::State& st) {
-                                                           PoolSize pool(t);
-                                                           fn(st, M, 8192, 2048, widen);
-                                                       });
-                if (!t) b->UseRealTime();
-            };
-            reg("f32", BM_LinearSmallM<float>, false);
-            reg("bf16_widen", BM_LinearSmallM<bf16>, true);
-            reg("bf16", BM_LinearSmallM<bf16>, false);
-        }
+        benchmark::RegisterBenchmark(("LinearSmallM/f32/" + shape).c_str(), BM_LinearSmallM<float>, M, 8192, 2048)
+            ->UseRealTime();
+        benchmark::RegisterBenchmark(("LinearSmallM/bf16/" + shape).c_str(), BM_LinearSmallM<bf16>, M, 8192, 2048)
+            ->UseRealTime();
     }
     for (const Shape& s : kLinearShapes) {
         const std::string shape = shape_name(s);
@@ -411,15 +397,6 @@ void print_summary(const Recorder& r) {
         std::printf("%-12s %9.1f %9.1f %10.3g %10.3g %8.2f %7.2f %7.2f | %9.1f %9.1f %8.2f %7.2f %7.2f\n", s.c_str(), f,
                     b, fr, br, fr ? br / fr : 0, bw ? f / bw : 0, bw ? b / bw : 0, f1, b1, f1 ? b1 / f1 * 2 : 0,
                     bw1 ? f1 / bw1 : 0, bw1 ? b1 / bw1 : 0);
-    }
-    std::printf("\n%-14s %24s | %24s   (weight GB/s; 2 threads, then 1)\n", "few rows MxNxK", "f32 / bf16_widen / bf16",
-                "f32 / bf16_widen / bf16");
-    for (std::size_t M : {1, 2, 4, 8, 16}) {
-        const std::string s = std::to_string(M) + "x8192x2048";
-        auto g = [&](const char* who) { return r.counter(std::string("LinearSmallM/") + who + "/" + s, "GB/s"); };
-        if (g("bf16") == 0 && g("bf16_1t") == 0) continue;
-        std::printf("%-14s %7.1f %7.1f %8.1f | %7.1f %7.1f %8.1f\n", s.c_str(), g("f32"), g("bf16_widen"), g("bf16"),
-                    g("f32_1t"), g("bf16_widen_1t"), g("bf16_1t"));
     }
     double pe = r.seconds("Pool/empty_parallel_for");
     double g2 = r.seconds("Pool/gemv_256x256"), g1 = r.seconds("Pool/gemv_256x256_1t");
