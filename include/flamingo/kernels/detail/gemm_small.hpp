@@ -84,10 +84,12 @@ inline void dot_block(std::size_t K, const float* X, std::size_t ldx, const W* w
             for (std::size_t r = 0; r < R; ++r) out[m][r] += X[m * ldx + k] * to_f32(w[r * ldw + k]);
 }
 
-// Y[m, n] (=|+=) X[m, :] · W[n, :] + bias[n] for MM rows, weight rows [n0, n1).
-template <std::size_t MM, std::size_t R, class W>
-inline void linear_rows(std::size_t n0, std::size_t n1, std::size_t K, const float* X, std::size_t ldx, const W* w,
-                        std::size_t ldw, const float* bias, float* Y, std::size_t ldy, bool accumulate) {
+// Y[m, n] (=|+=) X[m, :] · W[n, :] + bias[n] for MM rows, weight rows [n0, n1):
+// block(std::integral_constant<R'>, n, out) computes out[MM][R'] = the products
+// with weight rows [n, n + R'), R rows at a time and then one.
+template <std::size_t MM, std::size_t R, class Block>
+inline void linear_rows(std::size_t n0, std::size_t n1, const float* bias, float* Y, std::size_t ldy, bool accumulate,
+                        Block&& block) {
     std::size_t n = n0;
     auto emit = [&](auto& out, std::size_t rows) {
         for (std::size_t m = 0; m < MM; ++m)
@@ -99,12 +101,12 @@ inline void linear_rows(std::size_t n0, std::size_t n1, std::size_t K, const flo
     };
     for (; n + R <= n1; n += R) {
         float out[MM][R];
-        dot_block<MM, R>(K, X, ldx, w + n * ldw, ldw, out);
+        block(std::integral_constant<std::size_t, R>{}, n, out);
         emit(out, R);
     }
     for (; n < n1; ++n) {
         float out[MM][1];
-        dot_block<MM, 1>(K, X, ldx, w + n * ldw, ldw, out);
+        block(std::integral_constant<std::size_t, 1>{}, n, out);
         emit(out, 1);
     }
 }
@@ -114,7 +116,9 @@ inline void linear_small_m(std::size_t N, std::size_t K, const float* X, std::si
                            std::size_t ldw, const float* bias, float* Y, std::size_t ldy, bool accumulate) {
     constexpr std::size_t R = rows_per_step<MM>;
     auto body = [&](std::size_t n0, std::size_t n1) {
-        linear_rows<MM, R>(n0, n1, K, X, ldx, w, ldw, bias, Y, ldy, accumulate);
+        linear_rows<MM, R>(n0, n1, bias, Y, ldy, accumulate, [&](auto rows, std::size_t n, auto& out) {
+            dot_block<MM, decltype(rows)::value>(K, X, ldx, w + n * ldw, ldw, out);
+        });
     };
     if (MM * N * K < kParallelMin)
         body(0, N);
@@ -187,25 +191,9 @@ inline void linear_small_bf16_m(std::size_t N, std::size_t K, const float* X, st
         for (std::size_t k = 0; k < ldxb; k += 32)
             _mm512_store_si512(xb + m * ldxb + k, _mm512_castps_si512(row_pairs(X + m * ldx, k / 2, K)));
     auto body = [&](std::size_t n0, std::size_t n1) {
-        std::size_t n = n0;
-        auto emit = [&](auto& out, std::size_t rows) {
-            for (std::size_t m = 0; m < MM; ++m)
-                for (std::size_t r = 0; r < rows; ++r) {
-                    float v = out[m][r] + (bias ? bias[n + r] : 0.0f);
-                    float& y = Y[m * ldy + n + r];
-                    y = accumulate ? y + v : v;
-                }
-        };
-        for (; n + R <= n1; n += R) {
-            float out[MM][R];
-            dot_block_bf16<MM, R>(K, xb, ldxb, w + n * ldw, ldw, out);
-            emit(out, R);
-        }
-        for (; n < n1; ++n) {
-            float out[MM][1];
-            dot_block_bf16<MM, 1>(K, xb, ldxb, w + n * ldw, ldw, out);
-            emit(out, 1);
-        }
+        linear_rows<MM, R>(n0, n1, bias, Y, ldy, accumulate, [&](auto rows, std::size_t n, auto& out) {
+            dot_block_bf16<MM, decltype(rows)::value>(K, xb, ldxb, w + n * ldw, ldw, out);
+        });
     };
     if (MM * N * K < kParallelMin)
         body(0, N);
