@@ -15,7 +15,8 @@ BUNDLED = SOURCE / "models" / "shapes-flamingo"
 EXAMPLES = BUNDLED / "examples"
 FIXTURES = SOURCE / "tests" / "data" / "model"
 # Fixture models run with one frame per medium (the video case is below).
-CASES = ["llama", "mpt", "mosaic_gpt", "gpt_neox", "all_media", "ln_post_tokens", "llama_bf16"]
+CASES = ["llama", "mpt", "mosaic_gpt", "gpt_neox", "all_media", "ln_post_tokens", "llama_bf16", "idefics",
+         "idefics_instruct"]
 
 
 def cli(*args, check=True, stdin=None):

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import BUNDLED, CASES, EXAMPLES, cli, fixture_prompt, load
+from conftest import BUNDLED, CASES, EXAMPLES, FIXTURES, cli, fixture_prompt, load
 
 SHAPES_PROMPT = "<image>A photo of two red circles.<|endofchunk|><image>A photo of"
 SHAPES_IMAGES = [str(EXAMPLES / "two_red_circles.png"), str(EXAMPLES / "three_green_triangles.png")]
@@ -115,6 +115,21 @@ def test_bf16_weights_and_chat(bundled):
     out = cli("chat", "--model", BUNDLED, "--threads", "1", "--max-new-tokens", 8, stdin=stdin)[1]
     assert [a.strip() for a in answers] == [l.strip() for l in out.splitlines()]
     assert [msg["role"] for msg in chat.messages] == ["user", "assistant", "user", "assistant"]
+
+
+def test_idefics_instruct_chat_q4():
+    # the PyTorch reference's answers for the same q4 weights (expected/chat.json),
+    # which `flamingo chat` prints with line breaks turned into spaces
+    d = FIXTURES / "idefics_instruct"
+    want = json.loads((d / "expected" / "chat.json").read_text())
+    m = load(d, threads=1, weights=want["weights"])
+    chat = m.chat()
+    answers = []
+    for turn in want["turns"]:
+        images = [str(d / "expected" / turn["image"])] if "image" in turn else []
+        text = chat.send(turn["text"], images=images, max_new_tokens=want["max_new_tokens"]).text
+        answers.append(text.replace("\n", " ").replace("\r", " "))
+    assert answers == want["answers"]
 
 
 def test_logits_share_the_buffer(bundled):

@@ -2,6 +2,7 @@
 // (a free port it picks itself), talks to it with cpp-httplib's client, and
 // stops it with SIGTERM. Answers must equal the `flamingo generate` command's;
 // hostile requests get their documented 4xx and the server keeps answering.
+#include <algorithm>
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -91,11 +92,11 @@ struct Server {
     int port = 0;
     fs::path log;
 
-    explicit Server(std::vector<std::string> options) {
+    explicit Server(std::vector<std::string> options, const fs::path& model = kModel) {
         static int servers = 0;
         log = fs::temp_directory_path() /
               ("flamingo_serve_test_" + std::to_string(::getpid()) + "_" + std::to_string(servers++) + ".log");
-        std::vector<std::string> args = {FLAMINGO_CLI, "serve", "--model", kModel.string(), "--port", "0"};
+        std::vector<std::string> args = {FLAMINGO_CLI, "serve", "--model", model.string(), "--port", "0"};
         args.insert(args.end(), options.begin(), options.end());
         std::vector<char*> argv;
         for (auto& a : args) argv.push_back(a.data());
@@ -387,6 +388,46 @@ TEST_CASE("chat completions equal generate on the template's prompt, streamed or
     }
     CHECK(text == e);
     CHECK(finish == "stop");
+}
+
+TEST_CASE("an IDEFICS instruct model as released, q4 weights, answers the chat endpoint as flamingo chat does") {
+    // The conversation of tests/cli's chat test (expected/chat.json: the PyTorch
+    // reference's answers for the same q4 weights), sent as OpenAI-style
+    // messages, the whole history each turn.
+    const fs::path dir = fs::path(FLAMINGO_SOURCE_DIR) / "tests" / "data" / "model" / "idefics_instruct";
+    const json chat = json::parse(slurp(dir / "expected" / "chat.json"));
+    const auto answers = chat["answers"].get<std::vector<std::string>>();
+    REQUIRE(chat["turns"].size() == 2);
+    REQUIRE(answers.size() == 2);
+    const std::string img = chat["turns"][0]["image"].get<std::string>();
+    Server s({"--weights", chat["weights"].get<std::string>(), "--threads", "1"}, dir);
+    httplib::Client c("127.0.0.1", s.port);
+    c.set_read_timeout(60, 0);
+    json messages = {{{"role", "user"},
+                      {"content",
+                       {{{"type", "image_url"},
+                         {"image_url", {{"url", "data:image/png;base64," + base64(slurp(dir / "expected" / img))}}}},
+                        {{"type", "text"}, {"text", chat["turns"][0]["text"]}}}}}};
+    const int max_tokens = chat["max_new_tokens"].get<int>();
+    for (std::size_t turn = 0; turn < 2; ++turn) {
+        if (turn == 1) {
+            messages.push_back({{"role", "assistant"}, {"content", answers[0]}});
+            messages.push_back({{"role", "user"}, {"content", chat["turns"][1]["text"]}});
+        }
+        auto r = c.Post("/v1/chat/completions", json({{"max_tokens", max_tokens}, {"messages", messages}}).dump(),
+                        "application/json");
+        REQUIRE(r);
+        INFO("turn " << turn << ": " << r->body);
+        REQUIRE(r->status == 200);
+        const json j = json::parse(r->body);
+        // chat.json holds the answers as `flamingo chat` prints them, one line each
+        std::string text = j["choices"][0]["message"]["content"];
+        std::replace_if(text.begin(), text.end(), [](char ch) { return ch == '\n' || ch == '\r'; }, ' ');
+        CHECK(text == answers[turn]);
+        // <end_of_utterance> ends the first answer; the second runs to max_tokens
+        CHECK(j["choices"][0]["finish_reason"] == (chat["stopped"][turn].is_null() ? "length" : "stop"));
+    }
+    CHECK(s.stop() == 0);
 }
 
 TEST_CASE("score, embed and tokenize answer batch's objects") {
