@@ -10,7 +10,9 @@ its requests back to back. Latency: from the request's first byte to the
 answer's last (p50, p99 over every request of a level). The command's time:
 its --verbose timers (images encoded + prompt read + tokens generated),
 median of --runs processes (model load and image files excluded); each
-process runs the generation once, on a cold context. The server's own figure
+process runs the generation once, on a cold context; and a warm context's
+time per request, from `flamingo batch` over many identical lines against
+one (warm_command_ms). The server's own figure
 per request (its log line: headers in to answer out) is given too. The server
 configurations are those of the table; the prefix cache is off in the first
 two so that every request computes what the command computes.
@@ -49,6 +51,24 @@ def command_ms(cli, runs):
         times.append(t * 1000)
         tokens = json.loads(p.stdout)["tokens"]
     return statistics.median(times), tokens
+
+
+def warm_command_ms(cli, n):
+    """The same request as a warm process serves it: `flamingo batch` (one
+    worker, one thread, no prefix cache) over n identical lines and over one;
+    the difference per extra line is a request's time on a warm context,
+    without the model's load and the first request's page faults."""
+    line = json.dumps({"task": "generate", "prompt": PROMPT, "images": [str(p) for p in IMAGES]})
+    walls = []
+    for count in (1, n):
+        t0 = time.perf_counter()
+        p = subprocess.run([cli, "batch", "--model", str(MODEL), "--parallel", "1", "--threads", "1",
+                            "--prefix-cache", "0"], input="".join(
+                                json.dumps({"id": i, **json.loads(line)}) + "\n" for i in range(count)),
+                           capture_output=True, text=True, check=True, timeout=600)
+        walls.append(time.perf_counter() - t0)
+        assert len(p.stdout.splitlines()) == count and '"error"' not in p.stdout, p.stdout[:500]
+    return (walls[1] - walls[0]) / (n - 1) * 1000
 
 
 class Server:
@@ -120,9 +140,12 @@ def main():
 
     body = json.dumps({"prompt": PROMPT, "images": [base64.b64encode(p.read_bytes()).decode() for p in IMAGES]})
     cmd_ms, tokens = command_ms(a.cli, a.runs)
+    warm_ms = warm_command_ms(a.cli, a.requests + 1)
     print(f"flamingo generate (its timers, median of {a.runs}): {cmd_ms:.1f} ms, {len(tokens)} tokens")
-    print("| server | clients | requests | throughput, req/s | p50, ms | p99, ms | p50 / command | p50 in the server's log, ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"flamingo batch, one worker, per extra line of {a.requests}: {warm_ms:.1f} ms (a warm context)")
+    print("| server | clients | requests | throughput, req/s | p50, ms | p99, ms | p50 / command | p50 / warm command |"
+          " p50 in the server's log, ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for options in CONFIGS:
         s = Server(a.cli, options)
         try:
@@ -134,7 +157,7 @@ def main():
                 time.sleep(0.2)  # the last log lines
                 logged = statistics.median(s.ms[seen:]) if len(s.ms) > seen else float("nan")
                 print(f"| `{' '.join(options)}` | {clients} | {clients * per} | {rps:.1f} | {p50:.1f} | {p99:.1f} | "
-                      f"{p50 / cmd_ms:.2f} | {logged:.0f} |", flush=True)
+                      f"{p50 / cmd_ms:.2f} | {p50 / warm_ms:.2f} | {logged:.0f} |", flush=True)
         finally:
             s.stop()
 
