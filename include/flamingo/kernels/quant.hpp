@@ -42,7 +42,7 @@
 // at OpenFlamingo-3B shapes; bench/README.md): with VNNI this is 1.1-19x the
 // speed of dequantising in 57 of 60 cases (the other three, q8 on ViT-L's MLP
 // shapes at M = 128 and 257: 0.83-0.99x), so VNNI builds never dequantise;
-// the plain C++ loop is 0.17-0.75x it (q8 from M = 16, q4 from M = 9; the
+// the plain C++ loop is 0.16-0.75x it (q8 from M = 16, q4 from M = 9; the
 // AVX2 set, two shapes), so builds without VNNI dequantise above kQFewRows.
 #include <algorithm>
 #include <cmath>
