@@ -5,8 +5,9 @@
 // with bf16, q8 and q4 weights on a one-image prompt.
 //
 //   bench_e2e --make-model /tmp/flamingo-e2e     writes of3b-f32/ and of3b-bf16/ there (~15.4 GB)
-//   bench_e2e [--dir /tmp/flamingo-e2e] [--only f32|bf16] [--threads 2] [--new-tokens 32] [--reps 2]
+//   bench_e2e [--dir /tmp/flamingo-e2e] [--only f32|bf16|q8|q4] [--threads 2] [--new-tokens 32] [--reps 2]
 //             [--save-logits]
+// (--only q8|q4: of3b-bf16 quantised at load; not run without --only.)
 //
 // The directory may also come from FLAMINGO_E2E_DIR. For each weight type the
 // measurement runs in a child process of its own (so its peak RSS is its own):
@@ -676,6 +677,7 @@ struct Options {
     int threads = 2, reps = 2;
     std::size_t new_tokens = 32;
     bool run_f32 = true, run_bf16 = true, save_logits = false;
+    std::optional<flamingo::model::WeightType> quantized;  // OpenFlamingo-3B with --only q8|q4
     // --idefics: the IDEFICS directories DIR/{bf16,q8,q4} (those asked for by --only)
     std::optional<fs::path> idefics;
     std::vector<std::string> idefics_types = {"q4", "q8", "bf16"};
@@ -691,12 +693,15 @@ void run_one(const fs::path& model_dir, flamingo::model::WeightType type, const 
     note_load();
 
     // Weight bytes as the model holds them: matrices in the weight type, the rest as float.
-    const std::size_t wsize = type == flamingo::model::WeightType::F32 ? 4 : 2;
+    // (q8 9 and q4 6 bits per weight with their f32 scales and offsets)
+    using flamingo::model::WeightType;
+    const double wsize = type == WeightType::F32 ? 4 : type == WeightType::Q8 ? 1.125 : type == WeightType::Q4 ? 0.75 : 2;
     const bool idefics = o.idefics.has_value();
     for (const auto& t : flamingo::io::list_tensors(model_dir)) {
         // IDEFICS: the file's own bytes (a quantised directory's blocks, scales
         // and offsets as stored); rows of the few 1-D tensors are read as float.
-        const std::size_t bytes = idefics && t.rank() >= 2 ? t.nbytes : t.numel() * (t.rank() >= 2 ? wsize : 4);
+        const std::size_t bytes =
+            idefics && t.rank() >= 2 ? t.nbytes : std::size_t(double(t.numel()) * (t.rank() >= 2 ? wsize : 4));
         r.params += t.numel();
         r.weight_bytes += bytes;
         // Read once per decoded token: the decoder and its cross-attention (the
@@ -750,7 +755,7 @@ void run_one(const fs::path& model_dir, flamingo::model::WeightType type, const 
     s.prepare(1, ids.size() + o.new_tokens, ids.size());
     const auto first = s.run(0, ids, tt, 0, false);  // warm-up
     if (o.save_logits)  // for pytorch_e2e.py to compare with its own
-        flamingo::io::write_npy(o.dir / (std::string("bench_e2e-logits-") + (wsize == 4 ? "f32" : "bf16") + ".npy"),
+        flamingo::io::write_npy(o.dir / ("bench_e2e-logits-" + std::string(flamingo::model::weight_type_name(type)) + ".npy"),
                                 first.data(), {first.size()});
     for (int rep = 0; rep < o.reps; ++rep) {
         note_load();
@@ -908,7 +913,7 @@ void print_table(const Options& o, const std::vector<std::pair<std::string, Resu
 
 [[noreturn]] void usage(int code) {
     std::fprintf(code ? stderr : stdout,
-                 "usage: bench_e2e [--dir DIR] [--only f32|bf16] [--threads N] [--new-tokens N] [--reps N] [--save-logits]\n"
+                 "usage: bench_e2e [--dir DIR] [--only f32|bf16|q8|q4] [--threads N] [--new-tokens N] [--reps N] [--save-logits]\n"
                  "       bench_e2e --make-model DIR [--text-layers N] [--vision-layers N]\n"
                  "       bench_e2e --make-idefics DIR [--text-layers N] [--vision-layers N] [--tiny]\n"
                  "       bench_e2e --idefics DIR [--only bf16|q8|q4] [--threads N] [--new-tokens N] [--reps N]\n"
@@ -919,7 +924,7 @@ void print_table(const Options& o, const std::vector<std::pair<std::string, Resu
                  "and delete the directory when done. --text-layers / --vision-layers make smaller\n"
                  "models of the same widths for a quick try. --save-logits writes the prompt's\n"
                  "last-position logits to DIR/bench_e2e-logits-{f32,bf16}.npy, which pytorch_e2e.py\n"
-                 "compares with its own.\n"
+                 "compares with its own. --only q8|q4 loads of3b-bf16 quantised (only when asked for).\n"
                  "\n"
                  "--make-idefics writes DIR/bf16, a random-weight model of IDEFICS-9B's shape\n"
                  "(tests/data/model/idefics_released/idefics-9b.json; ~17.9 GB); make DIR/q8 and DIR/q4\n"
@@ -970,6 +975,8 @@ int main(int argc, char** argv) try {
             only = value();
             if (only != "f32" && only != "bf16" && only != "q8" && only != "q4") usage(2);
             o.run_f32 = only == "f32", o.run_bf16 = only == "bf16";
+            if (only == "q8") o.quantized = flamingo::model::WeightType::Q8;
+            if (only == "q4") o.quantized = flamingo::model::WeightType::Q4;
         } else if (a == "-h" || a == "--help") usage(0);
         else {
             std::fprintf(stderr, "unknown option '%s'\n", a.c_str());
@@ -1010,7 +1017,7 @@ int main(int argc, char** argv) try {
         return 0;
     }
     const fs::path d32 = o.dir / "of3b-f32", d16 = o.dir / "of3b-bf16";
-    for (const auto& [want, d] : {std::pair{o.run_f32, d32}, std::pair{o.run_bf16, d16}})
+    for (const auto& [want, d] : {std::pair{o.run_f32, d32}, std::pair{o.run_bf16 || o.quantized.has_value(), d16}})
         if (want && !fs::exists(d / "model.safetensors")) {
             std::fprintf(stderr, "%s: no model there. Make the random-weight models first (~15.4 GB):\n"
                                  "  bench_e2e --make-model %s\n(or point --dir / FLAMINGO_E2E_DIR at them)\n",
@@ -1027,6 +1034,11 @@ int main(int argc, char** argv) try {
     if (o.run_bf16) {
         std::fprintf(stderr, "bf16 weights (%s)...\n", d16.c_str());
         cols.emplace_back("bf16 weights", run_child(d16, flamingo::model::WeightType::BF16, o));
+    }
+    if (o.quantized) {  // the bf16 model quantised at load
+        const std::string name(flamingo::model::weight_type_name(*o.quantized));
+        std::fprintf(stderr, "%s weights (%s, quantised at load)...\n", name.c_str(), d16.c_str());
+        cols.emplace_back(name + " weights", run_child(d16, *o.quantized, o));
     }
     print_table(o, cols);
     for (const auto& [name, r] : cols)

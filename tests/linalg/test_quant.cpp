@@ -1,7 +1,7 @@
 // q8/q4 weights: quantisation round trips, and linear_q against plain scalar
 // references written here from the format description in kernels/quant.hpp.
 //
-// The GEMV reference quantises the activations by the documented rule, takes
+// The integer reference quantises the activations by the documented rule, takes
 // each block's integer dot product and sums the terms in double. The kernel
 // must agree within 1e-5 * sum of |terms| (f32 combination of exact integers);
 // a wrong nibble, block or scale is off by far more.
@@ -191,33 +191,75 @@ TEST_CASE("linear_q one row: close to the float product within the quantisation 
     }
 }
 
-TEST_CASE("linear_q many rows: dequantised weights times f32 activations, threaded or not") {
+// Whether linear_q multiplies more than 3 rows as integers here (AVX512-VNNI)
+// or by dequantised weights (quant.hpp's contracts).
+bool integer_many_rows() {
+#if defined(FLAMINGO_DISPATCH)
+    return fk::active_kernels().isa == fk::Isa::avx512;  // the AVX-512 set always has VNNI
+#else
+    return fk::detail::kQIntegerManyRows;
+#endif
+}
+
+TEST_CASE("linear_q many rows: each row matches the scalar reference of its path, threaded or not") {
+    // More rows than one pass of the kernels takes (8 with VNNI, 3 otherwise),
+    // with a last group of a different size; K = 4100 makes each thread's
+    // weight rows more than one panel. Strided X and Y, bias and accumulate.
+    // With VNNI, the integer reference; without, the dequantised weights times
+    // the f32 activations (1e-5 of the sum of |terms|).
+    const bool integer = integer_many_rows();
+    MESSAGE("many rows: ", std::string(integer ? "integer kernels" : "dequantised weights"));
     std::mt19937 gen(5);
+    struct Shape {
+        std::size_t K, N;
+    };
     for (QFormat f : {QFormat::Q8, QFormat::Q4})
-        for (std::size_t M : {9u, 40u})
-            for (std::size_t K : {33u, 96u, 300u}) {
-                const std::size_t N = 37;
+        for (std::size_t M : {9u, 17u, 64u})
+            for (Shape sh : {Shape{33, 37}, Shape{95, 37}, Shape{300, 37}, Shape{4100, 100}}) {
+                const std::size_t K = sh.K, N = sh.N, ldx = K + 3, ldy = N + 5;
+                CAPTURE(fk::qformat_name(f));
+                CAPTURE(M);
+                CAPTURE(K);
+                CAPTURE(N);
                 auto w = random_floats(N * K, gen, 0.05f);
-                auto x = random_floats(M * K, gen);
+                auto x = random_floats(M * ldx, gen);
+                auto bias = random_floats(N, gen);
                 auto buf = fk::quantize(f, w.data(), N, K, K);
                 fk::QMatrix m = buf.view(f, N, K);
-                std::vector<float> y(M * N), yt(M * N);
-                fk::linear_q(M, x.data(), K, m, nullptr, y.data(), N);
-                {
-                    flamingo::Executor ex(2);
-                    flamingo::Executor::Scope use(ex);
-                    fk::linear_q(M, x.data(), K, m, nullptr, yt.data(), N);
-                }
-                for (std::size_t i = 0; i < M; ++i)
-                    for (std::size_t r = 0; r < N; ++r) {
-                        double ref = 0, mag = 0;
-                        for (std::size_t k = 0; k < K; ++k) {
-                            ref += ref_weight(m, r, k) * x[i * K + k];
-                            mag += std::fabs(ref_weight(m, r, k) * x[i * K + k]);
-                        }
-                        REQUIRE(std::fabs(y[i * N + r] - ref) <= 1e-5 * mag);
-                        REQUIRE(yt[i * N + r] == y[i * N + r]);
+                std::vector<std::vector<double>> ref(M), bound(M);
+                for (std::size_t i = 0; i < M; ++i) {
+                    if (integer) {
+                        ref_gemv(m, x.data() + i * ldx, ref[i], bound[i]);
+                        continue;
                     }
+                    ref[i].assign(N, 0.0), bound[i].assign(N, 0.0);
+                    for (std::size_t r = 0; r < N; ++r)
+                        for (std::size_t k = 0; k < K; ++k) {
+                            ref[i][r] += ref_weight(m, r, k) * x[i * ldx + k];
+                            bound[i][r] += 1e-5 * std::fabs(ref_weight(m, r, k) * x[i * ldx + k]);
+                        }
+                }
+                for (bool acc : {false, true}) {
+                    std::vector<float> y1(M * ldy, 1.0f), y2(M * ldy, 1.0f);
+                    const float* b = acc ? bias.data() : nullptr;
+                    fk::linear_q(M, x.data(), ldx, m, b, y1.data(), ldy, acc);
+                    {
+                        flamingo::Executor ex(2);
+                        flamingo::Executor::Scope use(ex);
+                        fk::linear_q(M, x.data(), ldx, m, b, y2.data(), ldy, acc);
+                    }
+                    for (std::size_t i = 0; i < M; ++i)
+                        for (std::size_t r = 0; r < ldy; ++r) {
+                            if (r >= N) {  // the gap between rows of Y is not written
+                                REQUIRE(y1[i * ldy + r] == 1.0f);
+                                continue;
+                            }
+                            const double add = acc ? bias[r] + 1.0 : 0.0;
+                            REQUIRE(std::fabs(y1[i * ldy + r] - (ref[i][r] + add)) <=
+                                    bound[i][r] + 1e-6 * (std::fabs(add) + 1));
+                        }
+                    REQUIRE(y2 == y1);  // each output is computed the same way whatever the split
+                }
             }
 }
 
@@ -257,13 +299,13 @@ TEST_CASE("linear_q few rows: every activation row matches the scalar integer re
                     check_rows(y, 0);
                     fk::detail::gemv_q_rows(m, a.data(), M, 0, N, y.data(), N);
                     check_rows(y, 0);
-                    if (M <= 3) {  // the integer path with every kernel set
+                    if (M <= 3 || integer_many_rows()) {  // the integer path through the public entry point
                         std::fill(y.begin(), y.end(), 1.0f);
                         fk::linear_q(M, x.data(), K, m, bias.data(), y.data(), N, true);
                         check_rows(y, 1.0);
                     }
 #if defined(FLAMINGO_DISPATCH)
-                    // The AVX-512 table (always with VNNI) takes the integer path up to 8 rows.
+                    // The AVX-512 table (always with VNNI) takes up to 8 rows in one pass.
                     if (const fk::KernelTable* t = fk::kernel_table(fk::Isa::avx512)) {
                         std::fill(y.begin(), y.end(), 1.0f);
                         t->linear_q(M, x.data(), K, m, bias.data(), y.data(), N, true);

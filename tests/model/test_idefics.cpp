@@ -9,6 +9,10 @@
 
 #include <flamingo/generate/generate.hpp>
 #include <flamingo/model/idefics.hpp>
+#include <flamingo/kernels/quant.hpp>
+#if defined(FLAMINGO_DISPATCH)
+#include <flamingo/kernels/dispatch.hpp>
+#endif
 
 using namespace flamingo;
 
@@ -25,6 +29,15 @@ std::shared_ptr<const Model> load(const std::string& c, model::WeightType w = mo
 std::vector<std::int32_t> prompt_of(const std::string& c) {
     auto ids = fixture::ints(c, "input_ids.npy");
     return {ids.begin(), ids.end()};
+}
+
+// Whether the q8/q4 kernels round a prompt's activations (AVX512-VNNI; kernels/quant.hpp).
+bool rounds_prompt_activations() {
+#if defined(FLAMINGO_DISPATCH)
+    return kernels::active_kernels().isa == kernels::Isa::avx512;
+#else
+    return kernels::detail::kQIntegerManyRows;
+#endif
 }
 
 }  // namespace
@@ -209,14 +222,25 @@ TEST_CASE("IDEFICS: the processor's prompt text") {
 
 TEST_CASE("IDEFICS: q8 and q4 weights give the reference's logits for the same quantised weights") {
     // The reference multiplies by the dequantised q8/q4 matrices the C++ model
-    // holds (idefics_ref.quantize_weights). A prompt is read in batches of
-    // several rows, whose activations are not rounded: f32 tolerances hold.
+    // holds (idefics_ref.quantize_weights) with f32 activations. With
+    // AVX512-VNNI the C++ kernels round every activation row to int8 per block
+    // of 32 (kernels/quant.hpp), prompts included, which the reference does
+    // not model: there the logits are held to a bound on the largest error
+    // relative to the largest logit (measured 0.018 q8, 0.019 q4), as the
+    // parity fixtures' q8 logits are (test_quantized.cpp). Without VNNI a
+    // prompt's rows are multiplied in f32 and f32 tolerances hold.
     for (auto w : {model::WeightType::Q8, model::WeightType::Q4}) {
         const std::string name(model::weight_type_name(w));
         CAPTURE(name);
         auto model = load("idefics", w);
-        fixture::expect_close(fixture::logits(model->network(), "idefics").data(),
-                              fixture::floats("idefics", "logits_" + name + ".npy"), 1e-4, 1e-4, name + " logits");
+        const auto got = fixture::logits(model->network(), "idefics");
+        const auto want = fixture::floats("idefics", "logits_" + name + ".npy");
+        double err = 0, mag = 0;
+        for (std::size_t i = 0; i < want.size(); ++i)
+            err = std::max(err, std::fabs(double(got[i]) - want[i])), mag = std::max(mag, std::fabs(double(want[i])));
+        MESSAGE(name, ": max |logit error| / max |logit| = ", err / mag);
+        if (rounds_prompt_activations()) CHECK(err / mag < 0.06);
+        else fixture::expect_close(got.data(), want, 1e-4, 1e-4, name + " logits");
     }
 }
 

@@ -142,10 +142,12 @@ TEST_CASE("q8 and q4: the bundled model's next-token distributions against f32 o
     const std::size_t vocab = Model::load(dir)->vocab_size();
     const auto f32 = logits(WeightType::F32);
     // Measured (printed): q8 the same top token at all 349 positions (the
-    // issue asks for 99%), KL mean 0.00006, max 0.0026 nats; q4 334 of 349
-    // (95.7%), mean 0.016, max 1.5. Bounds: q8 the 99% asked for and ~3x on
-    // KL; q4 about two positions in a hundred and 2x.
-    for (const auto& [w, top1, mean_kl, max_kl] : {std::tuple{WeightType::Q8, 0.99, 0.0002, 0.008},
+    // issue asks for 99%), KL mean 0.00018, max 0.020 nats; q4 334 of 349
+    // (95.7%), mean 0.016, max 1.4. Bounds: q8 the 99% asked for and ~1.5-3x on
+    // KL; q4 about two positions in a hundred and 2x. (q8's KL was mean
+    // 0.00006, max 0.0026 while prompts were multiplied with f32 activations;
+    // with AVX512-VNNI they are rounded to int8 now, kernels/quant.hpp.)
+    for (const auto& [w, top1, mean_kl, max_kl] : {std::tuple{WeightType::Q8, 0.99, 0.0005, 0.03},
                                                   std::tuple{WeightType::Q4, 0.93, 0.04, 3.0}}) {
         const std::string name(model::weight_type_name(w));
         const auto q = logits(w);
@@ -167,8 +169,10 @@ TEST_CASE("q8 and q4: the bundled model's next-token distributions against f32 o
 }
 
 TEST_CASE("q8 and q4: teacher-forced logits stay within the stated distance of the PyTorch reference") {
-    // Relative to the largest reference logit: q8 within 3%, q4 within 40%.
-    // Measured worst cases: q8 0.004-0.024, q4 0.05-0.36 (printed). The fixtures
+    // Relative to the largest reference logit: q8 within 6%, q4 within 40%.
+    // Measured worst cases: q8 0.006-0.042, q4 0.05-0.37 (printed; q8 was
+    // 0.004-0.024 before prompts' activations were rounded to int8 with
+    // AVX512-VNNI, kernels/quant.hpp). The fixtures
     // are tiny randomly initialised models: small logits, and no trained
     // structure for the rounding errors to average out in, so these bounds are
     // loose; the bundled trained model's answers above are the sharper check.
@@ -177,13 +181,14 @@ TEST_CASE("q8 and q4: teacher-forced logits stay within the stated distance of t
     struct Bounds {
         double mean_kl, max_kl, top1;
     };
-    // Measured (printed): q8 mean KL 0.00008-0.0014, max 0.0049 nats, top-1 274
-    // of 278 positions (98.6%: short of the 99% aimed at; all four differences
-    // are near-ties, the reference's two tokens within 0.08 in log-prob); q4
-    // mean 0.015-0.26, max 0.85, top-1 212 of 278 (76%). The KL bounds are
-    // about 3x (q8) and 2x (q4) the worst fixture, and top-1 allows two more
-    // differences (q8): room for another kernel set's summation order.
-    const std::map<WeightType, Bounds> bound = {{WeightType::Q8, {0.005, 0.015, 0.975}},
+    // Measured (printed): q8 mean KL 0.00015-0.0022, max 0.0069 nats, top-1 272
+    // of 278 positions (97.8%: short of the 99% aimed at; all six differences
+    // are near-ties, the reference's two tokens within 0.083 in log-prob); q4
+    // mean 0.015-0.26, max 0.86, top-1 210 of 278 (76%). (q8 before prompts'
+    // activations were rounded: mean 0.00008-0.0014, max 0.0049, 274 of 278.)
+    // The KL bounds are about 2x (q8) and 2x (q4) the worst fixture, and top-1
+    // allows two more differences (q8): room for another kernel set.
+    const std::map<WeightType, Bounds> bound = {{WeightType::Q8, {0.005, 0.015, 0.97}},
                                                 {WeightType::Q4, {0.5, 1.7, 0.70}}};
     std::map<WeightType, std::pair<std::size_t, std::size_t>> top1;  // (same, positions)
     std::map<WeightType, double> tie_gap;
@@ -201,7 +206,7 @@ TEST_CASE("q8 and q4: teacher-forced logits stay within the stated distance of t
             MESSAGE(c, " ", name, ": max |logit error| / max |logit| = ", e, "; top-1 as the reference at ",
                     d.same_top1, " of ", d.positions, " positions; KL(ref || ", name, ") mean ", d.mean_kl,
                     ", max ", d.max_kl, " nats");
-            CHECK(e < (w == WeightType::Q8 ? 0.03 : 0.40));
+            CHECK(e < (w == WeightType::Q8 ? 0.06 : 0.40));
             CHECK(d.mean_kl < bound.at(w).mean_kl);
             CHECK(d.max_kl < bound.at(w).max_kl);
             top1[w].first += d.same_top1, top1[w].second += d.positions;

@@ -20,8 +20,8 @@
 // Accuracy contracts:
 //   quantize_*: each dequantised weight is within d/2 of the original
 //     (q8: max|w|/254 of its block; q4: (max - min)/30), plus f32 rounding.
-//   linear_q, few rows (M <= 8 with AVX512-VNNI, M <= 3 otherwise: one-token
-//     decoding, beam search, batched decoding): each activation row is
+//   linear_q with AVX512-VNNI (any number of activation rows M), and
+//   without it for M <= 3: each activation row is
 //     quantised the same way as q8 weights (per block of 32, scale max|x|/127,
 //     round to nearest) and each block's dot product is computed exactly in
 //     int32 (in partial sums of a few elements); these are then combined in f32:
@@ -29,12 +29,21 @@
 //     expression evaluated exactly, the error is below 1e-5 times the same
 //     sum taken over |each element's term| (tests check this). Against the float product
 //     with the original weights, add the quantisation errors of both sides.
-//   linear_q, more rows (GEMM): panels of weights are dequantised to f32
-//     and multiplied by the f32 kernel (activations not quantised), so only
-//     the weight quantisation error adds to the f32 contract of gemm.hpp.
+//   linear_q without AVX512-VNNI, M > 3: panels of weights are dequantised
+//     to f32 and multiplied by the f32 kernel (activations not quantised), so
+//     only the weight quantisation error adds to the f32 contract of gemm.hpp.
 // The integer dot products use AVX512-VNNI (vpdpbusd) when the compiler
-// targets it, plain C++ otherwise; both give the same integers. The weights
-// are read once for all the rows.
+// targets it, plain C++ otherwise; both give the same integers. Activation
+// rows are taken kQFewRows at a time (8 with VNNI, 3 otherwise: one-token
+// decoding, beam search and batched decoding are one such group); with more
+// rows (prompts, images) the weights are taken a panel at a time, kept in
+// cache while every group of rows passes over it, so they are read from
+// memory once whatever M is. Measured (bench_quant, one thread, M = 9..257
+// at OpenFlamingo-3B shapes; bench/README.md): with VNNI this is 1.1-19x the
+// speed of dequantising in 57 of 60 cases (the other three, q8 on ViT-L's MLP
+// shapes at M = 128 and 257: 0.83-0.99x), so VNNI builds never dequantise;
+// the plain C++ loop is 0.16-0.75x it (q8 from M = 16, q4 from M = 9; the
+// AVX2 set, two shapes), so builds without VNNI dequantise above kQFewRows.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -162,13 +171,24 @@ inline QBuffer quantize(QFormat f, const float* w, std::size_t rows, std::size_t
 
 namespace detail {
 
-// Activation rows handled by the integer path (weights read once for all of
-// them); more rows go through dequantised panels and the f32 kernel.
+// Activation rows per pass of the integer kernels over a weight row.
 #ifdef FLAMINGO_QUANT_VNNI
 inline constexpr std::size_t kQFewRows = 8;
 #else
 inline constexpr std::size_t kQFewRows = 3;  // as before the VNNI few-row kernel; 4-8 rows in plain C++ not measured
 #endif
+
+// More rows than kQFewRows use the integer kernels too (with VNNI), or dequantised panels (see the top).
+#ifdef FLAMINGO_QUANT_VNNI
+inline constexpr bool kQIntegerManyRows = true;
+#else
+inline constexpr bool kQIntegerManyRows = false;
+#endif
+
+// Bytes of quantised weights (with their scales) per panel of the many-row
+// product: a panel stays in L2 (1-2 MB per core on current x86) while every
+// group of activation rows passes over it.
+inline constexpr std::size_t kQPanelBytes = std::size_t(256) << 10;
 
 // One activation row quantised per block (the q8 weight rule), with each
 // block's sum of quantised values, plus the layouts the SIMD kernels read.
@@ -395,7 +415,7 @@ inline void gemv_q_rows_vnni(const QMatrix& m, const QActivations* a, std::size_
 #endif
 
 // y[i * ldy + r - n0] = W[r] · x_i for weight rows [n0, n1) and M <= kQFewRows
-// quantised activation rows (no bias).
+// quantised activation rows (no bias); the weights are read once for all M.
 inline void gemv_q_rows(const QMatrix& m, const QActivations* a, std::size_t M, std::size_t n0, std::size_t n1,
                         float* y, std::size_t ldy) {
 #ifdef FLAMINGO_QUANT_VNNI
@@ -419,6 +439,26 @@ inline void gemv_q_rows(const QMatrix& m, const QActivations* a, std::size_t M, 
     gemv_q_rows_portable(m, a, M, n0, n1, y, ldy);
 }
 
+// Y[M,N] = X[M,K] · W^T + bias by panels of weight rows dequantised to f32,
+// each multiplied by the f32 kernel: many rows without VNNI.
+inline void linear_q_dequantised(std::size_t M, const float* X, std::size_t ldx, const QMatrix& W, const float* bias,
+                                 float* Y, std::size_t ldy, bool accumulate) {
+    const std::size_t N = W.rows, K = W.cols;
+    const std::size_t panel = std::clamp<std::size_t>((std::size_t(1) << 17) / K / 16 * 16, 16, 256);
+    parallel_for(
+        N,
+        [&](std::size_t n0, std::size_t n1) {
+            thread_local std::vector<float> buf;
+            for (std::size_t p0 = n0; p0 < n1; p0 += panel) {
+                const std::size_t p1 = std::min(n1, p0 + panel);
+                buf.resize((p1 - p0) * K);
+                for (std::size_t r = p0; r < p1; ++r) dequantize_row(W, r, buf.data() + (r - p0) * K);
+                linear(M, p1 - p0, K, X, ldx, buf.data(), K, bias ? bias + p0 : nullptr, Y + p0, ldy, accumulate);
+            }
+        },
+        16);
+}
+
 inline void check_qmatrix(const QMatrix& m) {
     check(!m.empty() && m.scales != nullptr && (m.format == QFormat::Q8 || m.offsets != nullptr), ErrorKind::Shape,
           "linear: ", qformat_name(m.format), " weights [", m.rows, ", ", m.cols, "] lack data, scales or offsets");
@@ -438,37 +478,36 @@ inline void linear_q(std::size_t M, const float* X, std::size_t ldx, const QMatr
     detail::check_matrix("linear", "Y", Y, M, N, ldy);
     if (K == 0) return detail::empty_product(M, N, bias, Y, ldy, accumulate);
     detail::check_qmatrix(W);
-    if (M <= detail::kQFewRows) {
-        // Few activation rows: weights are read once for all of them, as integers.
-        std::vector<detail::QActivations>& a = detail::qactivations(M);
-        for (std::size_t i = 0; i < M; ++i) a[i].prepare(X + i * ldx, K, W.format);
-        parallel_for(
-            N,
-            [&](std::size_t n0, std::size_t n1) {
-                thread_local std::vector<float> tmp;
-                tmp.resize(M * (n1 - n0));
-                detail::gemv_q_rows(W, a.data(), M, n0, n1, tmp.data(), n1 - n0);
-                for (std::size_t i = 0; i < M; ++i)
-                    for (std::size_t n = n0; n < n1; ++n) {
-                        float v = tmp[i * (n1 - n0) + n - n0] + (bias ? bias[n] : 0.0f);
-                        float& y = Y[i * ldy + n];
-                        y = accumulate ? y + v : v;
-                    }
-            },
-            16);
-        return;
-    }
-    // Many rows: dequantise panels of weight rows and use the f32 kernel on each.
-    const std::size_t panel = std::clamp<std::size_t>((std::size_t(1) << 17) / K / 16 * 16, 16, 256);
+    if (!detail::kQIntegerManyRows && M > detail::kQFewRows)
+        return detail::linear_q_dequantised(M, X, ldx, W, bias, Y, ldy, accumulate);
+    // Each activation row is quantised once. Each thread's weight rows are
+    // taken a panel at a time, small enough to stay in L2 while every group of
+    // up to kQFewRows activation rows runs the integer kernel over it.
+    std::vector<detail::QActivations>& a = detail::qactivations(M);
+    parallel_for(M, [&](std::size_t i0, std::size_t i1) {
+        for (std::size_t i = i0; i < i1; ++i) a[i].prepare(X + i * ldx, K, W.format);
+    });
+    // One group (decoding): no panels, one pass over the thread's rows as before.
+    const std::size_t row_bytes = W.row_bytes() + W.blocks() * sizeof(float) * (W.format == QFormat::Q4 ? 2 : 1);
+    const std::size_t panel =
+        M <= detail::kQFewRows ? N : std::max<std::size_t>(16, detail::kQPanelBytes / row_bytes / 16 * 16);
     parallel_for(
         N,
         [&](std::size_t n0, std::size_t n1) {
-            thread_local std::vector<float> buf;
+            thread_local std::vector<float> tmp;
             for (std::size_t p0 = n0; p0 < n1; p0 += panel) {
-                const std::size_t p1 = std::min(n1, p0 + panel);
-                buf.resize((p1 - p0) * K);
-                for (std::size_t r = p0; r < p1; ++r) dequantize_row(W, r, buf.data() + (r - p0) * K);
-                linear(M, p1 - p0, K, X, ldx, buf.data(), K, bias ? bias + p0 : nullptr, Y + p0, ldy, accumulate);
+                const std::size_t p1 = std::min(n1, p0 + panel), np = p1 - p0;
+                tmp.resize(detail::kQFewRows * np);
+                for (std::size_t g = 0; g < M; g += detail::kQFewRows) {
+                    const std::size_t mm = std::min(detail::kQFewRows, M - g);
+                    detail::gemv_q_rows(W, a.data() + g, mm, p0, p1, tmp.data(), np);
+                    for (std::size_t i = 0; i < mm; ++i)
+                        for (std::size_t n = p0; n < p1; ++n) {
+                            const float v = tmp[i * np + n - p0] + (bias ? bias[n] : 0.0f);
+                            float& y = Y[(g + i) * ldy + n];
+                            y = accumulate ? y + v : v;
+                        }
+                }
             }
         },
         16);
