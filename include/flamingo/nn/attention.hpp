@@ -39,6 +39,8 @@ public:
     }
     float* k(std::size_t layer, std::size_t pos) { return k_.data() + (layer * capacity_ + pos) * width_; }
     float* v(std::size_t layer, std::size_t pos) { return v_.data() + (layer * capacity_ + pos) * width_; }
+    const float* k(std::size_t layer, std::size_t pos) const { return k_.data() + (layer * capacity_ + pos) * width_; }
+    const float* v(std::size_t layer, std::size_t pos) const { return v_.data() + (layer * capacity_ + pos) * width_; }
     std::uint8_t mark(std::size_t pos) const { return marks_[pos]; }
     void set_mark(std::size_t pos, std::uint8_t m) {
         check(pos < capacity_, ErrorKind::Limit, "KV cache: position ", pos, " exceeds its capacity ", capacity_);
