@@ -5,6 +5,7 @@
 // cache: tests/concurrency, which runs under ThreadSanitizer too.)
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -132,6 +133,57 @@ TEST_CASE("the cache keeps to its budget, evicting the least recently used") {
     small.generate(a, o);
     CHECK(tiny->stats().bytes == 0);
     CHECK(tiny->stats().prefixes == 0);
+}
+
+TEST_CASE("prompts that begin alike share the memory of their common positions, which outlives its first holder") {
+    const auto model = Model::load(kModel);
+    generate::GenerateOptions o;
+    o.max_new_tokens = 3;
+    const std::string shared =
+        "A photo of three striped yellow circles. A photo of four orange crosses. A photo of four orange circles. A photo of";
+    const std::string a = shared + " two", b = shared + " one red", c = shared + " five";
+    // a's leading tokens that b or c have too
+    auto alike = [&](const std::string& x, const std::string& y) {
+        const auto tx = model->tokenize(x), ty = model->tokenize(y);
+        return std::size_t(std::mismatch(tx.begin(), tx.end(), ty.begin(), ty.end()).first - tx.begin());
+    };
+    const std::size_t common = std::max(alike(a, b), alike(a, c));
+    REQUIRE(common >= 20);  // longer than a block of keys/values (16 positions): there is something to share
+    // bytes of a cache given these prompts in turn, each by a context of its own, gone before the next comes
+    auto bytes_after = [&](std::vector<std::string> prompts) {
+        auto cache = std::make_shared<PrefixCache>(std::size_t(16) << 20);
+        for (const auto& p : prompts) {
+            Context ctx(model, {1, nullptr}, cache);
+            ctx.generate(p, o);
+        }
+        return cache->stats().bytes;
+    };
+    const std::size_t ab = bytes_after({a, b}), abc = bytes_after({a, b, c});
+    CHECK(ab < bytes_after({a}) + bytes_after({b}));  // b took a's blocks of the common positions
+
+    // a budget one byte short of all three: c comes in, a (least recently used) goes, and the
+    // blocks b shares with it stay and count as if a had never been
+    auto cache = std::make_shared<PrefixCache>(abc - 1);
+    for (const auto& p : {a, b, c}) {
+        Context ctx(model, {1, nullptr}, cache);
+        ctx.generate(p, o);
+    }
+    const auto s = cache->stats();
+    CHECK(s.evictions == 1);
+    CHECK(s.prefixes == 2);
+    CHECK(s.bytes == bytes_after({b, c}));
+
+    // b and c are whole, a's beginning is still there (in b's blocks); answers are a fresh context's
+    Context ctx(model, {1, nullptr}, cache);
+    for (const auto& [p, reused] : {std::pair{b, count_tokens(*model, b) - 1}, {c, count_tokens(*model, c) - 1},
+                                    {a, common}}) {
+        CAPTURE(p);
+        const auto before = ctx.stats().reused_tokens;
+        const auto g = ctx.generate(p, o);
+        CHECK(ctx.stats().reused_tokens - before == reused);
+        Context plain(model, {1, nullptr});
+        CHECK(g.tokens == plain.generate(p, o).tokens);
+    }
 }
 
 TEST_CASE("text-only prompts and an extended prompt reuse the whole of an earlier one") {

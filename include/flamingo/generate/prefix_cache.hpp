@@ -9,8 +9,11 @@
 // or its visual tokens when those are given already encoded. A prefix entry
 // holds the token ids of a prompt that was read, the digests of the media it
 // was read with, and the decoder's self-attention keys/values of every
-// position. The gated cross-attention keeps nothing per position: its
-// keys/values are projected from the visual tokens, once per prompt.
+// position, in blocks of up to 16 positions: an entry stored after another
+// that serves its beginning shares that one's blocks of the common positions
+// (reference-counted) and copies only the rest. The gated cross-attention
+// keeps nothing per position: its keys/values are projected from the visual
+// tokens, once per prompt.
 //
 // Validity. Position i's keys/values depend on the tokens at or before it and,
 // through cross-attention, on the media its text time selects: with
@@ -22,12 +25,14 @@
 // again, for its logits.
 //
 // Bounds. Prefixes and media share one budget of bytes; the least recently
-// used go first. An entry a longer one makes redundant (a prefix of it, on the
-// same media) is dropped when the longer one comes in.
+// used go first. A block counts once, while some entry holds it. An entry a
+// longer one makes redundant (a prefix of it, on the same media) is dropped
+// when the longer one comes in.
 //
-// Concurrency. One mutex guards the index. Entries are immutable and handed out
-// as shared_ptrs: keys/values are copied out after the lock is released, and an
-// entry evicted meanwhile lives until its reader lets go of it.
+// Concurrency. One mutex guards the index and the blocks' counts of entries.
+// Entries and the keys/values of blocks are immutable and handed out as
+// shared_ptrs: keys/values are copied in and out with the lock released, and
+// an entry evicted meanwhile lives until its reader lets go of it.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -163,40 +168,72 @@ public:
             lru_.splice(lru_.begin(), lru_, at);
         }
         s.prepare(sequences, capacity, 1);
-        s.cache(0).copy_prefix(best->kv, n);
+        nn::KVCache& kv = s.cache(0);
+        std::size_t pos = 0;
+        for (const auto& b : best->blocks) {
+            if (pos == n) break;
+            const std::size_t count = std::min(b->positions, n - pos);
+            b->copy_to(kv, pos, count);
+            pos += count;
+        }
+        kv.set_length(n);
         s.mutable_stats().reused_tokens += n;
         return n;
     }
 
     // Keeps the keys/values of `prompt` (the first prompt.size() positions of
-    // sequence 0 of `s`, read with media `media`), unless an entry holds them already.
+    // sequence 0 of `s`, read with media `media`), unless an entry holds them
+    // already. The blocks of the longest entry that serves its beginning are
+    // shared, not copied: only the positions after them are.
     void store(const Session& s, std::span<const std::int32_t> prompt, std::span<const Digest> media) {
         const std::size_t n = prompt.size();
         if (n == 0 || s.num_caches() == 0 || s.cache(0).length() < n) return;
         const model::Flamingo& m = s.model();
-        const std::size_t bytes = 2 * m.num_layers() * n * m.kv_width() * sizeof(float) +
-                                  n * sizeof(std::int32_t) + media.size() * sizeof(Digest) + kOverhead;
-        if (bytes > budget_ || covered(m, prompt, media)) return;
+        std::shared_ptr<const Prefix> base;
+        std::size_t k = 0;  // positions of `base` that serve `prompt`
+        {
+            std::lock_guard lock(mu_);
+            check_model(m);
+            for (auto it = lru_.begin(); it != lru_.end(); ++it) {
+                if (!it->prefix) continue;
+                const std::size_t u = usable(it->prefix->tokens, it->prefix->media, prompt, media, n);
+                if (u == n) {  // held already
+                    lru_.splice(lru_.begin(), lru_, it);
+                    return;
+                }
+                if (u > k) k = u, base = it->prefix;
+            }
+        }
         // the copy is made outside the lock; another thread may store the same meanwhile
         auto p = std::make_shared<Prefix>();
         p->tokens.assign(prompt.begin(), prompt.end());
         p->media.assign(media.begin(), media.end());
-        p->kv = nn::KVCache(m.num_layers(), n, m.kv_width());
-        p->kv.copy_prefix(s.cache(0), n);
+        std::size_t pos = 0, bytes = own_bytes(*p);
+        if (base)
+            for (const auto& b : base->blocks) {
+                if (pos + b->positions > k) break;
+                p->blocks.push_back(b), pos += b->positions, bytes += b->bytes;
+            }
+        for (std::size_t q = pos; q < n; q += kBlockPositions) bytes += block_bytes(m, std::min(kBlockPositions, n - q));
+        if (bytes > budget_) return;
+        for (; pos < n; pos += kBlockPositions)
+            p->blocks.push_back(Block::copy_of(s.cache(0), m.num_layers(), pos, std::min(kBlockPositions, n - pos)));
+
         std::lock_guard lock(mu_);
         for (const Item& it : lru_)
             if (it.prefix && usable(it.prefix->tokens, it.prefix->media, prompt, media, n) == n) return;
         // entries the new one holds all of are redundant
         for (auto it = lru_.begin(); it != lru_.end();) {
-            if (it->prefix && usable(prompt, media, it->prefix->tokens, it->prefix->media, n) == it->prefix->tokens.size()) {
-                bytes_ -= it->bytes;
-                it = lru_.erase(it);
-            } else {
+            if (it->prefix && usable(prompt, media, it->prefix->tokens, it->prefix->media, n) == it->prefix->tokens.size())
+                it = drop(it);
+            else
                 ++it;
-            }
         }
-        lru_.push_front(Item{std::move(p), nullptr, {}, bytes});
-        bytes_ += bytes;
+        // shared blocks are counted once, while some entry holds them
+        for (const auto& b : p->blocks)
+            if (b->users++ == 0) bytes_ += b->bytes;
+        bytes_ += own_bytes(*p);
+        lru_.push_front(Item{std::move(p), nullptr, {}, 0});
         evict();
     }
 
@@ -223,21 +260,70 @@ public:
     }
 
 private:
+    // Keys/values of consecutive positions of a prompt, in every layer. Entries
+    // whose prompts begin alike share the blocks of the positions they share.
+    struct Block {
+        std::size_t positions = 0, width = 0, layers = 0, bytes = 0;
+        std::unique_ptr<float[]> kv;  // keys [layers][positions][width], then values alike
+        std::vector<std::uint8_t> marks;
+        std::size_t users = 0;  // entries in the index holding it (under the lock)
+
+        const float* k(std::size_t layer) const { return kv.get() + layer * positions * width; }
+        const float* v(std::size_t layer) const { return k(layers + layer); }
+
+        // Positions [pos0, pos0 + count) of `src`.
+        static std::shared_ptr<Block> copy_of(const nn::KVCache& src, std::size_t layers, std::size_t pos0,
+                                              std::size_t count) {
+            auto b = std::make_shared<Block>();
+            b->positions = count, b->width = src.width(), b->layers = layers;
+            b->bytes = bytes_of(layers, count, b->width);
+            // not zeroed first: every value is written here
+            b->kv = std::make_unique_for_overwrite<float[]>(2 * layers * count * b->width);
+            const std::size_t row = count * b->width * sizeof(float);
+            for (std::size_t l = 0; l < layers; ++l) {
+                std::memcpy(b->kv.get() + l * count * b->width, src.k(l, pos0), row);
+                std::memcpy(b->kv.get() + (layers + l) * count * b->width, src.v(l, pos0), row);
+            }
+            for (std::size_t i = 0; i < count; ++i) b->marks.push_back(src.mark(pos0 + i));
+            return b;
+        }
+        // Its first `count` positions into positions [pos0, pos0 + count) of `dst`.
+        void copy_to(nn::KVCache& dst, std::size_t pos0, std::size_t count) const {
+            check(dst.width() == width && pos0 + count <= dst.capacity(), ErrorKind::Shape,
+                  "prefix cache: cannot copy ", count, " positions into a KV cache of another shape");
+            for (std::size_t l = 0; l < layers; ++l) {
+                std::memcpy(dst.k(l, pos0), k(l), count * width * sizeof(float));
+                std::memcpy(dst.v(l, pos0), v(l), count * width * sizeof(float));
+            }
+            for (std::size_t i = 0; i < count; ++i) dst.set_mark(pos0 + i, marks[i]);
+        }
+        static std::size_t bytes_of(std::size_t layers, std::size_t positions, std::size_t width) {
+            return positions * (2 * layers * width * sizeof(float) + 1) + kOverhead;
+        }
+    };
     struct Prefix {
         std::vector<std::int32_t> tokens;
         std::vector<Digest> media;
-        nn::KVCache kv;  // tokens.size() positions
+        std::vector<std::shared_ptr<Block>> blocks;  // tokens.size() positions, in order
     };
     struct Item {
         std::shared_ptr<const Prefix> prefix;  // a prefix, or
         std::shared_ptr<const Visual> media;   // a medium's visual tokens
         Digest key;                            // (the medium's)
-        std::size_t bytes = 0;
+        std::size_t bytes = 0;                 // a medium's; a prefix's are its own_bytes and its blocks'
     };
     struct DigestHash {
         std::size_t operator()(const Digest& d) const { return std::size_t(d.a ^ (d.b * 0x9e3779b97f4a7c15ULL)); }
     };
     static constexpr std::size_t kOverhead = 256;  // an entry's bookkeeping, roughly
+    static constexpr std::size_t kBlockPositions = 16;
+
+    static std::size_t own_bytes(const Prefix& p) {
+        return p.tokens.size() * sizeof(std::int32_t) + p.media.size() * sizeof(Digest) + kOverhead;
+    }
+    static std::size_t block_bytes(const model::Flamingo& m, std::size_t positions) {
+        return Block::bytes_of(m.num_layers(), positions, m.kv_width());
+    }
 
     static std::uint64_t rotl(std::uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
     static std::uint64_t mix(std::uint64_t x) {  // splitmix64's finaliser
@@ -252,26 +338,25 @@ private:
         check(model_ == &m, "this prefix cache serves another model");
     }
 
-    bool covered(const model::Flamingo& m, std::span<const std::int32_t> prompt, std::span<const Digest> media) {
-        std::lock_guard lock(mu_);
-        check_model(m);
-        for (auto it = lru_.begin(); it != lru_.end(); ++it)
-            if (it->prefix && usable(it->prefix->tokens, it->prefix->media, prompt, media, prompt.size()) == prompt.size()) {
-                lru_.splice(lru_.begin(), lru_, it);
-                return true;
-            }
-        return false;
-    }
-
     // Under the lock: least recently used out until the entries fit.
     void evict() {
         while (bytes_ > budget_ && !lru_.empty()) {
-            Item& last = lru_.back();
-            if (last.media) media_index_.erase(last.key);
-            bytes_ -= last.bytes;
-            lru_.pop_back();
+            drop(std::prev(lru_.end()));
             ++stats_.evictions;
         }
+    }
+    // Under the lock: an entry out of the index; the blocks no other entry
+    // holds stop counting (they live on while a reader holds them).
+    std::list<Item>::iterator drop(std::list<Item>::iterator it) {
+        if (it->media) {
+            media_index_.erase(it->key);
+            bytes_ -= it->bytes;
+        } else {
+            for (const auto& b : it->prefix->blocks)
+                if (--b->users == 0) bytes_ -= b->bytes;
+            bytes_ -= own_bytes(*it->prefix);
+        }
+        return lru_.erase(it);
     }
 
     mutable std::mutex mu_;

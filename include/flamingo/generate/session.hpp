@@ -124,6 +124,9 @@ public:
                 // kept histories grow: leave room for a few more turns
                 capacity = std::max(capacity, std::min(model_.max_positions(), 2 * old[0].capacity()));
             }
+            // in steps of positions, so that a request a little longer than the
+            // last finds room; room never written costs no memory (KVCache)
+            capacity = std::min(model_.max_positions(), (capacity + kCapacityStep - 1) / kCapacityStep * kCapacityStep);
             caches_.clear();
             for (std::size_t i = 0; i < sequences; ++i)
                 caches_.emplace_back(model_.num_layers(), capacity, model_.kv_width());
@@ -212,6 +215,7 @@ public:
 
 private:
     using clock = std::chrono::steady_clock;
+    static constexpr std::size_t kCapacityStep = 128;
     static double seconds_since(clock::time_point t0) {
         return std::chrono::duration<double>(clock::now() - t0).count();
     }

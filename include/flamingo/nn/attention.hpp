@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <span>
 #include <vector>
@@ -26,9 +27,12 @@ namespace flamingo::nn {
 class KVCache {
 public:
     KVCache() = default;
+    // Keys/values are not zeroed: a position is read only after it is written,
+    // and the pages of positions never written are never touched.
     KVCache(std::size_t layers, std::size_t capacity, std::size_t kv_width)
         : layers_(layers), capacity_(capacity), width_(kv_width),
-          k_(layers * capacity * kv_width), v_(layers * capacity * kv_width), marks_(capacity) {}
+          k_(std::make_unique_for_overwrite<float[]>(layers * capacity * kv_width)),
+          v_(std::make_unique_for_overwrite<float[]>(layers * capacity * kv_width)), marks_(capacity) {}
 
     std::size_t capacity() const { return capacity_; }
     std::size_t width() const { return width_; }
@@ -37,8 +41,10 @@ public:
         check(n <= capacity_, ErrorKind::Limit, "KV cache: length ", n, " exceeds its capacity ", capacity_);
         length_ = n;
     }
-    float* k(std::size_t layer, std::size_t pos) { return k_.data() + (layer * capacity_ + pos) * width_; }
-    float* v(std::size_t layer, std::size_t pos) { return v_.data() + (layer * capacity_ + pos) * width_; }
+    float* k(std::size_t layer, std::size_t pos) { return k_.get() + (layer * capacity_ + pos) * width_; }
+    float* v(std::size_t layer, std::size_t pos) { return v_.get() + (layer * capacity_ + pos) * width_; }
+    const float* k(std::size_t layer, std::size_t pos) const { return k_.get() + (layer * capacity_ + pos) * width_; }
+    const float* v(std::size_t layer, std::size_t pos) const { return v_.get() + (layer * capacity_ + pos) * width_; }
     std::uint8_t mark(std::size_t pos) const { return marks_[pos]; }
     void set_mark(std::size_t pos, std::uint8_t m) {
         check(pos < capacity_, ErrorKind::Limit, "KV cache: position ", pos, " exceeds its capacity ", capacity_);
@@ -49,8 +55,8 @@ public:
     void copy_from(const KVCache& src, std::size_t from, std::size_t to) {
         for (std::size_t l = 0; l < layers_; ++l) {
             std::size_t off = (l * capacity_ + from) * width_, n = (to - from) * width_;
-            std::memcpy(k_.data() + off, src.k_.data() + off, n * sizeof(float));
-            std::memcpy(v_.data() + off, src.v_.data() + off, n * sizeof(float));
+            std::memcpy(k_.get() + off, src.k_.get() + off, n * sizeof(float));
+            std::memcpy(v_.get() + off, src.v_.get() + off, n * sizeof(float));
         }
         std::copy(src.marks_.begin() + std::ptrdiff_t(from), src.marks_.begin() + std::ptrdiff_t(to),
                   marks_.begin() + std::ptrdiff_t(from));
@@ -61,9 +67,9 @@ public:
         check(src.layers_ == layers_ && src.width_ == width_ && n <= src.length_ && n <= capacity_, ErrorKind::Shape,
               "KV cache: cannot take ", n, " positions from a cache of another shape or length");
         for (std::size_t l = 0; l < layers_; ++l) {
-            std::memcpy(k_.data() + l * capacity_ * width_, src.k_.data() + l * src.capacity_ * width_,
+            std::memcpy(k_.get() + l * capacity_ * width_, src.k_.get() + l * src.capacity_ * width_,
                         n * width_ * sizeof(float));
-            std::memcpy(v_.data() + l * capacity_ * width_, src.v_.data() + l * src.capacity_ * width_,
+            std::memcpy(v_.get() + l * capacity_ * width_, src.v_.get() + l * src.capacity_ * width_,
                         n * width_ * sizeof(float));
         }
         std::copy_n(src.marks_.begin(), n, marks_.begin());
@@ -72,7 +78,7 @@ public:
 
 private:
     std::size_t layers_ = 0, capacity_ = 0, width_ = 0, length_ = 0;
-    std::vector<float> k_, v_;
+    std::unique_ptr<float[]> k_, v_;
     std::vector<std::uint8_t> marks_;
 };
 
