@@ -104,52 +104,58 @@ TEST_CASE("requests joining one after another mid-way and leaving early get the 
     std::vector<std::vector<std::int32_t>> want;
     for (const auto& q : reqs) want.push_back(alone(model, q));
 
-    auto batcher = std::make_shared<generate::Batcher>(model->network(), 8, std::make_shared<Executor>(1));
-    const std::size_t n = reqs.size();
-    std::vector<std::vector<std::int32_t>> got(n);
-    std::vector<std::atomic<bool>> finished(n);
-    std::vector<std::thread> threads(n);
-    std::atomic<std::size_t> launched{0};  // threads[k] is set once launched > k
-    // Request k's second token (chosen in the loop) starts request k + 1 and
-    // holds the loop until k + 1 waits to join (or is over): each one joins
-    // while the earlier ones are decoding, at a known point of theirs.
-    std::function<void(std::size_t)> start = [&](std::size_t k) {
-        threads[k] = std::thread([&, k] {
-            Context ctx(model, {1, nullptr});
-            ctx.set_batcher(batcher);
-            ctx.set_media(reqs[k].images);
-            generate::GenerateOptions o = reqs[k].o;
-            std::size_t count = 0;
-            bool next = k + 1 == n;
-            o.on_token = [&, k](std::int32_t) {
-                if (++count != 2 || next) return;
-                start(k + 1), next = true;
-                while (batcher->stats().waiting == 0 && !finished[k + 1])
-                    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-            };
-            got[k] = ctx.generate(reqs[k].prompt, o).tokens;
-            finished[k] = true;
-            if (!next) start(k + 1);  // ended on its first token
-        });
-        launched = k + 1;
-    };
-    start(0);
-    for (std::size_t k = 0; k < n; ++k) {
-        while (launched <= k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        threads[k].join();
+    // On two threads the loop runs the sequences' attentions across them
+    // (nn::for_each_segment), each on one thread as it runs alone here.
+    for (int loop_threads : {1, 2}) {
+        CAPTURE(loop_threads);
+        auto batcher =
+            std::make_shared<generate::Batcher>(model->network(), 8, std::make_shared<Executor>(loop_threads));
+        const std::size_t n = reqs.size();
+        std::vector<std::vector<std::int32_t>> got(n);
+        std::vector<std::atomic<bool>> finished(n);
+        std::vector<std::thread> threads(n);
+        std::atomic<std::size_t> launched{0};  // threads[k] is set once launched > k
+        // Request k's second token (chosen in the loop) starts request k + 1 and
+        // holds the loop until k + 1 waits to join (or is over): each one joins
+        // while the earlier ones are decoding, at a known point of theirs.
+        std::function<void(std::size_t)> start = [&](std::size_t k) {
+            threads[k] = std::thread([&, k] {
+                Context ctx(model, {1, nullptr});
+                ctx.set_batcher(batcher);
+                ctx.set_media(reqs[k].images);
+                generate::GenerateOptions o = reqs[k].o;
+                std::size_t count = 0;
+                bool next = k + 1 == n;
+                o.on_token = [&, k](std::int32_t) {
+                    if (++count != 2 || next) return;
+                    start(k + 1), next = true;
+                    while (batcher->stats().waiting == 0 && !finished[k + 1])
+                        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                };
+                got[k] = ctx.generate(reqs[k].prompt, o).tokens;
+                finished[k] = true;
+                if (!next) start(k + 1);  // ended on its first token
+            });
+            launched = k + 1;
+        };
+        start(0);
+        for (std::size_t k = 0; k < n; ++k) {
+            while (launched <= k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            threads[k].join();
+        }
+        for (std::size_t k = 0; k < n; ++k) {
+            CAPTURE(k);
+            CHECK(got[k] == want[k]);
+        }
+        // the loop did hold several requests at once
+        const auto st = batcher->stats();
+        std::size_t widest = 0;
+        for (std::size_t i = 0; i < st.sizes.size(); ++i)
+            if (st.sizes[i]) widest = i;
+        CHECK(widest >= 3);
+        CHECK(st.active == 0);
+        CHECK(st.waiting == 0);
     }
-    for (std::size_t k = 0; k < n; ++k) {
-        CAPTURE(k);
-        CHECK(got[k] == want[k]);
-    }
-    // the loop did hold several requests at once
-    const auto st = batcher->stats();
-    std::size_t widest = 0;
-    for (std::size_t i = 0; i < st.sizes.size(); ++i)
-        if (st.sizes[i]) widest = i;
-    CHECK(widest >= 3);
-    CHECK(st.active == 0);
-    CHECK(st.waiting == 0);
 }
 
 TEST_CASE("more requests than the batch holds wait for room; beam search and a cancelled request go their own way") {

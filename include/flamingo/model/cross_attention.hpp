@@ -80,9 +80,8 @@ public:
         std::uint32_t* hi = ws.indices(M);
         p_.norm(x, h);
         p_.attn.query(h, q);
-        for (std::size_t s = 0; s < segments.size(); ++s) {
-            const nn::Segment& seg = segments[s];
-            const MediaKV& mk = *media[s];
+        nn::for_each_segment(segments, [&](const nn::Segment& seg) {
+            const MediaKV& mk = *media[std::size_t(&seg - segments.data())];
             const std::uint32_t n = std::uint32_t(mk.n_latents), all = std::uint32_t(mk.n_media * mk.n_latents);
             for (std::size_t i = seg.row0; i < seg.row0 + seg.rows; ++i) {
                 const std::uint32_t t = text_time[i];
@@ -100,7 +99,7 @@ public:
             const auto rows = [&](const nn::Act& a) { return a.rows(seg.row0, seg.row0 + seg.rows); };
             p_.attn.attention(rows(q), mk.kv.empty() ? nullptr : mk.kv[layer].data(), mk.n_media * mk.n_latents,
                               lo + seg.row0, hi + seg.row0, rows(o));
-        }
+        });
         auto y = h;  // the normed input is spent: reuse it for the branches
         p_.attn.output(o, y);
         add_gated(x, y, p_.attn_gate);

@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "../core/executor.hpp"
 #include "../core/expr.hpp"
 #include "../kernels/attention.hpp"
 #include "../kernels/rope.hpp"
@@ -91,6 +92,24 @@ struct Segment {
     KVCache* cache = nullptr;
 };
 
+// Runs f(segment) for every segment. A decoding step of several sequences
+// (one row each) runs them across the threads, each attention on one thread:
+// alone, each would be too small to split well (a few heads over a short
+// cache) and would cost a parallel loop, with its wait for the slowest thread,
+// per sequence and layer. Other batches (a prompt) split inside each attention.
+template <class F>
+void for_each_segment(std::span<const Segment> segments, F&& f) {
+    const bool decoding = segments.size() > 1 && std::all_of(segments.begin(), segments.end(),
+                                                             [](const Segment& s) { return s.rows == 1; });
+    if (!decoding) {
+        for (const Segment& seg : segments) f(seg);
+        return;
+    }
+    parallel_for(segments.size(), [&](std::size_t b, std::size_t e) {
+        for (std::size_t s = b; s < e; ++s) f(segments[s]);
+    });
+}
+
 // How a checkpoint lays out the query/key/value projection.
 enum class QKVLayout {
     Fused,      // one [q | k | v] projection (open_clip in_proj, MPT Wqkv)
@@ -150,7 +169,7 @@ struct SelfAttention {
 
         const Layout c = offsets();
         auto o = ws.rows(M, q_width());
-        for (const Segment& seg : segments) {
+        for_each_segment(segments, [&](const Segment& seg) {
             float* rows = buf.data() + seg.row0 * W;
             if (rope) {
                 kernels::apply_rope(rows + c.q, seg.rows, W, heads, c.head_stride, rope->rot_dim(), seg.pos0, *rope);
@@ -187,7 +206,7 @@ struct SelfAttention {
                 a.causal = causal, a.q_pos0 = 0;
             }
             kernels::attention(a);
-        }
+        });
         out(o, y, accumulate);
     }
 };
