@@ -200,15 +200,18 @@ def task_weights_choice(rng, weights):
     return task
 
 
-def encode_document(tok, doc, mask_new_names=True, answers_only=True):
+def encode_document(tok, doc, mask_new_names=True, answers_only=True, first_weight=None):
     """Token ids of a document in Flamingo's format, and the positions left
     out of the loss: the tokens of every made-up name's first appearance
     (random letters no model can predict), and with answers_only the
     template prefixes ("Question: What colour ...?  Answer:", "This is a").
     The frozen decoder cannot lower their loss (which question comes next is
     chance), so their gradients are noise that swamps Adam's step size for
-    the one answer token in each chunk that depends on the image."""
-    ids, skip, seen = [], [], set()
+    the one answer token in each chunk that depends on the image.
+    With first_weight, also {position: first_weight} for the first token of
+    every name said again: the one token that needs the picture matched to
+    an earlier one (the rest of the name is copying)."""
+    ids, skip, seen, weighted = [], [], set(), {}
     for c in doc.chunks:
         start = len(ids)
         ids += tok.encode(T.IMAGE + c.prefix)
@@ -217,13 +220,16 @@ def encode_document(tok, doc, mask_new_names=True, answers_only=True):
         if doc.task == "binding":
             name = c.answer[:-1]
             piece = tok.encode(" " + name)
-            if mask_new_names and name not in seen:
-                skip += range(len(ids), len(ids) + len(piece))
+            if name not in seen:
+                if mask_new_names:
+                    skip += range(len(ids), len(ids) + len(piece))
                 seen.add(name)
+            elif first_weight is not None:
+                weighted[len(ids)] = first_weight
             ids += piece + tok.encode("." + T.EOC)
         else:
             ids += tok.encode((" " if c.prefix else "") + c.answer + T.EOC)
-    return ids, skip
+    return (ids, skip) if first_weight is None else (ids, skip, weighted)
 
 
 def encode_dialogue(tok, turns):
@@ -240,9 +246,10 @@ def encode_dialogue(tok, turns):
     return ids, skip
 
 
-def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True):
+def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True, first_weight=None):
     """Interleaved documents of 1..max_images images drawn from the pool:
-    (ids, pool indices, positions left out of the loss)."""
+    (ids, pool indices, positions left out of the loss, {position: loss
+    weight} where it is not 1); first_weight as encode_document's."""
     def make(rng, n):
         out = []
         for _ in range(n):
@@ -250,23 +257,25 @@ def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True)
             if task == "dialogue":
                 turns = T.sample_dialogue(rng, pool.source)
                 ids, skip = encode_dialogue(tok, turns)
-                out.append((ids, [pool.index_of[sc] for sc, _, _ in turns if sc is not None], skip))
+                out.append((ids, [pool.index_of[sc] for sc, _, _ in turns if sc is not None], skip, {}))
                 continue
             doc = T.sample_document(rng, task, rng.randint(1, max_images), pool.source, names)
-            ids, skip = encode_document(tok, doc, mask_new_names)
-            out.append((ids, [pool.index_of[c.scene] for c in doc.chunks], skip))
+            ids, skip, *weighted = encode_document(tok, doc, mask_new_names, first_weight=first_weight)
+            out.append((ids, [pool.index_of[c.scene] for c in doc.chunks], skip, weighted[0] if weighted else {}))
         return out
     return make
 
 
 def flamingo_collate(tok, items):
-    """ids [B, T], the loss mask over targets (text only: never <image>, never
-    padding) and pool indices [B, N] (-1 pads)."""
+    """ids [B, T], the loss weights over targets (text only: never <image>,
+    never padding) and pool indices [B, N] (-1 pads)."""
     seqs = [it[0] for it in items]
     ids = pad(seqs, tok.token_id(T.EOT))
-    mask = pad([[1] * len(s) for s in seqs], 0)
+    mask = pad([[1] * len(s) for s in seqs], 0).astype(np.float32)
     mask[ids == tok.token_id(T.IMAGE)] = 0
     for row, it in enumerate(items):
         mask[row, list(it[2])] = 0
+        for pos, w in (it[3] if len(it) > 3 else {}).items():
+            mask[row, pos] = w
     img = pad([it[1] for it in items], -1)
     return ids, mask, img

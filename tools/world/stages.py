@@ -391,11 +391,14 @@ def assemble(tok, vit, lm):
 
 
 def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-3, weights=None,
-                   every=50, probe=None, gate_lr=1e-2, clip=1.0, latent_std=0.02, warm=False, warmup=200):
+                   every=50, probe=None, gate_lr=1e-2, clip=1.0, latent_std=0.02, warm=False, warmup=200,
+                   first_weight=None):
     """Trains Perceiver, gated cross-attention and the rows of <image> and
     <|endofchunk|> in the input and output embeddings; everything else frozen.
     warm: the model's Perceiver, cross-attention and new rows are already
-    trained (by an earlier run of this stage) and go on from there."""
+    trained (by an earlier run of this stage) and go on from there.
+    probe: (every N steps, fn(model, steps done)). first_weight: loss weight
+    of the first token of a repeated made-up name (data.encode_document)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     weights = weights or {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": 1.5}
@@ -439,7 +442,7 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-
     opt.add_param_group({"params": gates, "weight_decay": 0.0, "lr": gate_lr, "lr_scale": gate_lr / lr})
     params = decay + keep + [emb, head] + gates
     model.train()
-    batches = data.stream(rng, data.flamingo_items(tok, pool, names, weights), batch)
+    batches = data.stream(rng, data.flamingo_items(tok, pool, names, weights, first_weight=first_weight), batch)
     t0 = time.time()
     for step in range(steps):
         set_lr(opt, cosine_lr(step, steps, lr, warmup))
@@ -461,6 +464,6 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-
                 f"({time.time() - t0:.0f}s)")
         if probe is not None and (step + 1) % probe[0] == 0:
             model.eval()
-            probe[1](model)
+            probe[1](model, step + 1)
             model.train()
     return model.eval()

@@ -265,6 +265,37 @@ class TrainingDataTest(unittest.TestCase):
         self.assertEqual(ids[:half], ids[half:])
         self.assertEqual(weights, [0.0] * half + [2.0] * half)
 
+    def test_flamingo_binding_loss_on_repeated_names(self):
+        from world import data
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+        rng = random.Random(8)
+        source = T.random_scene_source("train")
+        docs = [T.sample_document(rng, "binding", 5, source, T.training_names()) for _ in range(20)]
+        items = []
+        for doc in docs:
+            ids, skip, weighted = data.encode_document(tok, doc, first_weight=4.0)
+            self.assertEqual(tok.decode(ids), doc.interleaved())
+            items.append((ids, [0] * len(doc.chunks), skip, weighted))
+        ids, mask, _ = data.flamingo_collate(tok, items)
+        for row, doc in enumerate(docs):
+            n = len(items[row][0])
+            said = [c.answer for c in doc.chunks]
+            again = [a for i, a in enumerate(said) if a in said[:i]]
+            # in the loss: each name said again, and every full stop and <|endofchunk|>
+            kept = "".join(tok.decode([t]) if mask[row, i] else "\0" for i, t in enumerate(ids[row, :n]))
+            expected = [(" " + a if a in said[:i] else ".") + T.EOC for i, a in enumerate(said)]
+            self.assertEqual([k for k in kept.split("\0") if k], expected)
+            # weighted: the first token of each of those names, and only it
+            heavy = [i for i in range(n) if mask[row, i] == 4.0]
+            self.assertEqual(len(heavy), len(again))
+            for i, a in zip(heavy, again):
+                self.assertTrue((" " + a).startswith(tok.decode([int(ids[row, i])])))
+                self.assertTrue(tok.decode([int(t) for t in ids[row, :i]]).endswith(T.IMAGE + T.BINDING_PREFIX))
+            self.assertTrue(set(mask[row, :n].tolist()) <= {0.0, 1.0, 4.0})
+        # without first_weight: the items of before, every kept token weighted 1
+        ids2, skip2 = data.encode_document(tok, docs[0])
+        self.assertEqual((ids2, skip2), (items[0][0], items[0][2]))
+
     def test_dialogue_in_the_chat_template(self):
         from world import data
         tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))

@@ -13,6 +13,7 @@ model directory describes is computed from bf16-rounded frozen weights.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -99,8 +100,13 @@ def main():
     ap.add_argument("--flamingo-binding", type=float, default=1.5, help="weight of binding documents (others 1)")
     ap.add_argument("--flamingo-dialogue", type=float, default=0.0,
                     help="weight of conversations in the chat template (tasks.sample_dialogue); not yet trained")
-    ap.add_argument("--flamingo-from", metavar="DIR",
-                    help="start the Flamingo stage from this model directory's Perceiver and cross-attention")
+    ap.add_argument("--flamingo-from", metavar="DIR|FILE",
+                    help="start the Flamingo stage from the Perceiver and cross-attention of this model directory, "
+                         "or of a Flamingo stage file of --work (a checkpoint written at a probe)")
+    ap.add_argument("--flamingo-first-weight", type=float,
+                    help="loss weight of the first token of a repeated made-up name (others 1)")
+    ap.add_argument("--flamingo-seed", type=int, default=4, help="offset from --seed of the Flamingo stage's seed "
+                    "(a run that goes on from another's checkpoint needs another one)")
     ap.add_argument("--probe-every", type=int, default=500)
     ap.add_argument("--probe-size", type=int, default=50)
     args = ap.parse_args()
@@ -214,20 +220,36 @@ def main():
     probe_recs = probe_set(seed, args.probe_size, dev_names)
     probe_cache = evaluate.ImageCache(model, S.render)
 
-    def probe(m):
+    def probe(m, step=None):
         t = time.time()
         acc = evaluate.probe_accuracy(m, tok, probe_recs, probe_cache.tokens)
         log(f"probe ({time.time() - t:.0f}s):\n" + format_probe(acc))
+        if step is not None and step < args.flamingo_steps:
+            # a checkpoint another run can start from (--flamingo-from), as the
+            # finished stage stores it: weights rounded to bfloat16
+            params = dict(m.named_parameters())
+            state = {k: v.bfloat16().float() if k in params else v.clone() for k, v in m.state_dict().items()}
+            path = os.path.join(args.work, f"flamingo-{fl_tag}-at{step}.pt")
+            torch.save(state, path)
+            log(f"checkpoint {path}")
 
     weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": args.flamingo_binding}
     fl_tag = f"{seed}-{args.clip_steps}-{lm_tag}-{args.flamingo_steps}-w{args.flamingo_binding}"
     if args.flamingo_dialogue:
         weights["dialogue"] = args.flamingo_dialogue
         fl_tag += f"-dlg{args.flamingo_dialogue}"
+    if args.flamingo_seed != 4:
+        fl_tag += f"-seed{args.flamingo_seed}"
+    if args.flamingo_first_weight is not None:
+        fl_tag += f"-first{args.flamingo_first_weight}"
     if args.flamingo_from:
         # Perceiver, cross-attention and the new rows from an earlier Flamingo
         # stage (e.g. the shipped model, made with the decoder before --bind-steps)
-        tensors = ref.load_state_dir(args.flamingo_from)
+        if os.path.isfile(args.flamingo_from):
+            tensors = torch.load(args.flamingo_from)
+            fl_tag += "-from" + hashlib.sha1(os.path.basename(args.flamingo_from).encode()).hexdigest()[:8]
+        else:
+            tensors = ref.load_state_dir(args.flamingo_from)
         trained = {k: v.float() for k, v in tensors.items()
                    if k.startswith("perceiver.") or ".gated_cross_attn_layer." in k}
         missing, unexpected = model.load_state_dict(trained, strict=False)
@@ -237,12 +259,14 @@ def main():
                 rows = [tok.token_id(T.IMAGE), tok.token_id(T.EOC)]
                 model.lang_encoder.state_dict()[name][rows] = tensors["lang_encoder." + name][rows].float()
         fl_tag += f"-warm-lr{args.flamingo_lr}"
+        log(f"Flamingo stage files: flamingo-{fl_tag}*.pt")
         probe(model)
 
     def flamingo():
-        stages.train_flamingo(model, tok, pool, feats, train_names, args.flamingo_steps, seed + 4,
+        stages.train_flamingo(model, tok, pool, feats, train_names, args.flamingo_steps, seed + args.flamingo_seed,
                               lr=args.flamingo_lr, weights=weights, probe=(args.probe_every, probe),
-                              warm=bool(args.flamingo_from), warmup=50 if args.flamingo_from else 200)
+                              warm=bool(args.flamingo_from), warmup=50 if args.flamingo_from else 200,
+                              first_weight=args.flamingo_first_weight)
         stages.round_bf16_(model)
         return model.state_dict()
 
