@@ -243,14 +243,19 @@ inline QBuffer quantize(QFormat f, const float* w, std::size_t rows, std::size_t
     b.data.resize(rows * shape.row_bytes());
     b.scales.resize(rows * shape.blocks());
     if (f == QFormat::Q4) b.offsets.resize(rows * shape.blocks());
-    for (std::size_t r = 0; r < rows; ++r) {
-        if (f == QFormat::Q8)
-            quantize_row_q8(w + r * ld, cols, reinterpret_cast<std::int8_t*>(b.data.data() + r * shape.row_bytes()),
-                            b.scales.data() + r * shape.blocks());
-        else
-            quantize_row_q4(w + r * ld, cols, b.data.data() + r * shape.row_bytes(),
-                            b.scales.data() + r * shape.blocks(), b.offsets.data() + r * shape.blocks());
-    }
+    // Rows on the calling thread's executor, if any (q4's search costs some
+    // 6x min/max); each row's bytes do not depend on the split.
+    parallel_for(rows, [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r) {
+            if (f == QFormat::Q8)
+                quantize_row_q8(w + r * ld, cols,
+                                reinterpret_cast<std::int8_t*>(b.data.data() + r * shape.row_bytes()),
+                                b.scales.data() + r * shape.blocks());
+            else
+                quantize_row_q4(w + r * ld, cols, b.data.data() + r * shape.row_bytes(),
+                                b.scales.data() + r * shape.blocks(), b.offsets.data() + r * shape.blocks());
+        }
+    });
     return b;
 }
 
