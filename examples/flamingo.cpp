@@ -322,6 +322,8 @@ int run(int argc, char** argv) {
         if (!lo.weights || !flamingo::model::is_quantized(*lo.weights))
             fail("quantize needs --weights q8 or --weights q4");
         auto t0 = clock_type::now();
+        flamingo::Executor ex(threads);  // quantising runs its rows on --threads threads
+        flamingo::Executor::Scope use(ex);
         const auto s = flamingo::model::quantize_model(model_dir, out, *lo.weights);
         std::cout << "wrote " << out << ": " << s.matrices << " matrices quantised to "
                   << flamingo::model::weight_type_name(*lo.weights) << ", " << s.tensors << " tensors, "
@@ -332,7 +334,11 @@ int run(int argc, char** argv) {
 
     auto t0 = clock_type::now();
     if (progress) std::cerr << "loading " << model_dir << "...\r" << std::flush;
-    const auto model = flamingo::Model::load(model_dir, lo);
+    const auto model = [&] {  // quantising at load (--weights q8|q4) runs its rows on --threads threads
+        flamingo::Executor ex(threads);
+        flamingo::Executor::Scope use(ex);
+        return flamingo::Model::load(model_dir, lo);
+    }();
     // chat, batch and serve run on contexts of their own
     flamingo::Context ctx(model, {cmd == "chat" || cmd == "batch" || cmd == "serve" ? 1 : threads, nullptr});
     if (progress) std::cerr << "\33[2K" << std::flush;

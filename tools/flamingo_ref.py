@@ -1025,13 +1025,71 @@ def score_candidates(model, vision_x, prompt_ids, candidates, media=None):
 
 QBLOCK = 32
 
+# q4's search for each block's scale and offset (kernels/quant.hpp,
+# detail::q4_block): min/max first, then for each t of Q4_GRID the levels of
+# scale (max - min) / (15 + t) from the minimum refitted by least squares, then
+# Q4_REFITS least-squares refits of the best levels so far; a candidate
+# replaces the best when its squared error is smaller. Written operation for
+# operation as the C++ (float32 levels, float64 sums in order over the block
+# of exact products) so that both give the same bytes.
+Q4_GRID = (-1.0, -0.5, 0.5, 1.0, 2.0)
+Q4_REFITS = 2
+
+
+def _q4_levels(b, valid, d, m):
+    q = torch.where(d > 0, torch.round((b - m) / torch.where(d > 0, d, 1.0)), 0.0).clamp(0, 15)
+    return torch.where(valid, q, 0.0)
+
+
+def _q4_error(b, valid, d, m, q):
+    dd, dm = d.double(), m.double()
+    acc = torch.zeros(b.shape[:-1] + (1,), dtype=torch.float64)
+    for i in range(QBLOCK):  # in order, as the C++ loop
+        e = (b[..., i:i + 1].double() - (dd * q[..., i:i + 1].double() + dm)).float().double()
+        acc = acc + torch.where(valid[..., i:i + 1], e * e, 0.0)
+    return acc
+
+
+def _q4_fit(b, valid, q):
+    n = valid.sum(-1, keepdim=True).double()
+    qd = q.double()
+    sq, sqq = qd.sum(-1, keepdim=True), (qd * qd).sum(-1, keepdim=True)  # integers: exact in any order
+    den = n * sqq - sq * sq
+    num, sx = torch.zeros_like(sq), torch.zeros_like(sq)
+    for i in range(QBLOCK):
+        xi, ok = b[..., i:i + 1].double(), valid[..., i:i + 1]
+        num = num + torch.where(ok, (n * qd[..., i:i + 1] - sq) * xi, 0.0)
+        sx = sx + torch.where(ok, xi, 0.0)
+    d = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0).float()
+    return d, ((sx - d.double() * sq) / n).float()  # d <= 0: no fit
+
+
+def _q4_search(b, valid, lo, hi):
+    d, m = (hi - lo) / torch.tensor(15.0), lo
+    q = _q4_levels(b, valid, d, m)
+    e = _q4_error(b, valid, d, m, q)
+
+    def consider(d2, m2, d, m, q, e):
+        q2 = _q4_levels(b, valid, d2, m2)
+        e2 = _q4_error(b, valid, d2, m2, q2)
+        better = (d2 > 0) & (e2 < e)
+        return (torch.where(better, d2, d), torch.where(better, m2, m), torch.where(better, q2, q),
+                torch.where(better, e2, e))
+    for t in Q4_GRID:
+        d2, m2 = _q4_fit(b, valid, _q4_levels(b, valid, (hi - lo) / torch.tensor(15.0 + t), lo))
+        d, m, q, e = consider(d2, m2, d, m, q, e)
+    for _ in range(Q4_REFITS):
+        d2, m2 = _q4_fit(b, valid, q)
+        d, m, q, e = consider(d2, m2, d, m, q, e)
+    return d, m, q
+
 
 def quantize_dequantize(w, fmt):
     """w [out, in] (float32) -> the float32 values of its q8/q4 blocks of 32 along `in`."""
     out, n = w.shape
     pad = (-n) % QBLOCK
     b = F.pad(w.float(), (0, pad)).reshape(out, -1, QBLOCK)
-    valid = (torch.arange(n + pad) < n).reshape(1, -1, QBLOCK)  # padding takes no part in min/max
+    valid = (torch.arange(n + pad) < n).reshape(1, -1, QBLOCK).expand_as(b)  # padding takes no part
     if fmt == "q8":
         d = b.abs().amax(-1, keepdim=True) / 127.0
         q = torch.where(d > 0, torch.round(b / torch.where(d > 0, d, 1.0)), 0.0).clamp(-127, 127)
@@ -1040,9 +1098,8 @@ def quantize_dequantize(w, fmt):
         big = torch.finfo(torch.float32).max
         lo = torch.where(valid, b, big).amin(-1, keepdim=True)
         hi = torch.where(valid, b, -big).amax(-1, keepdim=True)
-        d = (hi - lo) / 15.0
-        q = torch.where(d > 0, torch.round((b - lo) / torch.where(d > 0, d, 1.0)), 0.0).clamp(0, 15)
-        v = d * q + lo
+        d, m, q = _q4_search(b, valid, lo, hi)
+        v = d * q + m
     else:
         raise ValueError(f"unknown quantised format {fmt}")
     return v.reshape(out, -1)[:, :n].contiguous()

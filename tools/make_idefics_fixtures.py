@@ -10,6 +10,11 @@ tools/idefics_ref.py (float64; decisions checked in float32 and under logit
 noise). Run from the repository root:
     /usr/bin/python3 tools/make_idefics_fixtures.py [case ...]
     /usr/bin/python3 tools/make_idefics_fixtures.py --check [case ...]
+    /usr/bin/python3 tools/make_idefics_fixtures.py --requantize [case ...]
+
+--requantize rewrites only the outputs that depend on the quantisation rule
+(expected/logits_q8.npy, logits_q4.npy, chat.json) from the committed weights,
+for when flamingo_ref.quantize_dequantize changes.
 """
 
 import json
@@ -495,12 +500,51 @@ def check_fixtures(names):
     return bad
 
 
+def requantize_fixtures(names):
+    """The quantised outputs of the committed cases, recomputed from their
+    weights as run_case computes them (the weights are not regenerated)."""
+    for name in names:
+        d = os.path.join(ROOT, name)
+        exp = os.path.join(d, "expected")
+        prompt = json.load(open(os.path.join(exp, "prompt.json")))
+        tok = json.load(open(os.path.join(d, "tokenizer.json"), encoding="utf-8"))
+        ids = prompt["input_ids"]
+        pixels = np.load(os.path.join(exp, "pixels.npy"))
+        S = pixels.shape[-1]
+        for fmt in ("q8", "q4"):
+            f = os.path.join(exp, f"logits_{fmt}.npy")
+            if os.path.exists(f):
+                mq = ir.load_model_dir(d, torch.float64, eos_token=prompt["stop_token"])
+                ir.quantize_weights(mq, fmt)
+                with torch.no_grad():
+                    lq = mq.forward_media(mq.encode_vision_x(torch.from_numpy(pixels.astype(np.float64))[None]),
+                                          torch.tensor([ids]))[0]
+                np.save(f, lq.numpy().astype(np.float32))
+        f = os.path.join(exp, "chat.json")
+        if os.path.exists(f):
+            mq = ir.load_model_dir(d, torch.float64, eos_token=prompt["stop_token"])
+            ir.quantize_weights(mq, CHATS[0]["weights"])
+            stops = {tok["model"]["vocab"][prompt["stop_token"]], 2}
+            for chat in CHATS:
+                order = [prompt["images"].index(t["image"]) for t in chat["turns"] if "image" in t]
+                px = torch.from_numpy(pixels.astype(np.float64)).reshape(-1, 3, S, S)[order]
+                answers, stopped, gap = chat_replies(mq, tok, mq.config["chat_template"], px, chat, stops)
+                if gap > 0.02 and ir.EOU in stopped:
+                    break
+            assert gap > 0.02 and ir.EOU in stopped, f"{name}: every q4 chat meets a near-tie or never stops"
+            mf.write_json(f, {**chat, "answers": answers, "stopped": stopped, "min_top2_logit_gap": round(gap, 4)})
+        print(f"{name}: quantised outputs rewritten")
+
+
 def main(argv):
     torch.set_num_threads(1)
     check = "--check" in argv
     names = [a for a in argv if not a.startswith("--")] or list(case_specs())
     if check:
         return 1 if check_fixtures(names) else 0
+    if "--requantize" in argv:
+        requantize_fixtures(names)
+        return 0
     specs = case_specs()
     for name in names:
         run_case(name, specs[name], 100 + list(specs).index(name))

@@ -95,7 +95,7 @@ void ref_gemv(const fk::QMatrix& m, const float* x, std::vector<double>& y, std:
 
 }  // namespace
 
-TEST_CASE("quantize: q8 and q4 round trips stay within half a step of each block") {
+TEST_CASE("quantize: q8 and q4 round trips stay within half a step of each block, q4 no worse than min/max") {
     std::mt19937 gen(7);
     for (QFormat f : {QFormat::Q8, QFormat::Q4})
         for (std::size_t K : kCols) {
@@ -113,14 +113,35 @@ TEST_CASE("quantize: q8 and q4 round trips stay within half a step of each block
                     CAPTURE(fk::qformat_name(f));
                     CAPTURE(K);
                     CAPTURE(k);
-                    REQUIRE(std::fabs(row[k] - w[r * K + k]) <= 0.5 * step * (1 + 1e-5) + 1e-7 * std::fabs(w[r * K + k]));
-                    REQUIRE(std::fabs(row[k] - ref_weight(m, r, k)) <= 1e-6 * ref_weight_terms(m, r, k) + 1e-30);
                     const int v = stored_value(m, r, k);
+                    // Within half a step, except q4 values beyond the block's
+                    // range [m, m + 15 d] (clamped to its nearest end).
+                    const bool clamped = f == QFormat::Q4 && ((v == 0 && w[r * K + k] < row[k]) ||
+                                                              (v == 15 && w[r * K + k] > row[k]));
+                    if (!clamped)
+                        REQUIRE(std::fabs(row[k] - w[r * K + k]) <= 0.5 * step * (1 + 1e-5) + 1e-7 * std::fabs(w[r * K + k]));
+                    REQUIRE(std::fabs(row[k] - ref_weight(m, r, k)) <= 1e-6 * ref_weight_terms(m, r, k) + 1e-30);
                     if (f == QFormat::Q8) REQUIRE((v >= -127 && v <= 127));
                     else REQUIRE((v >= 0 && v <= 15));
                 }
                 // The padding of the last block is zero.
                 for (std::size_t k = K; k < m.padded_cols(); ++k) REQUIRE(stored_value(m, r, k) == 0);
+                // q4: no block's squared error exceeds that of min/max (d = (max - min) / 15, m = min).
+                if (f == QFormat::Q4)
+                    for (std::size_t k0 = 0; k0 < K; k0 += 32) {
+                        const std::size_t n = std::min<std::size_t>(32, K - k0);
+                        const float* x = w.data() + r * K + k0;
+                        const float lo = *std::min_element(x, x + n), hi = *std::max_element(x, x + n);
+                        const double d = (double(hi) - lo) / 15;
+                        double got = 0, minmax = 0;
+                        for (std::size_t i = 0; i < n; ++i) {
+                            const double mm = d > 0 ? lo + d * std::clamp(std::nearbyint((x[i] - lo) / d), 0.0, 15.0) : lo;
+                            minmax += (mm - x[i]) * (mm - x[i]);
+                            got += (row[k0 + i] - double(x[i])) * (row[k0 + i] - double(x[i]));
+                        }
+                        CAPTURE(k0);
+                        REQUIRE(got <= minmax * (1 + 1e-4) + 1e-12);
+                    }
             }
         }
 }

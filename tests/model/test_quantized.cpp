@@ -110,7 +110,7 @@ TEST_CASE("q8 and q4: the bundled model gives its f32 answers on the evaluation 
         for (std::size_t i = 0; i < q.generated.size(); ++i) same += q.generated[i] == f32.generated[i];
         for (std::size_t i = 0; i < q.chosen.size(); ++i) same += q.chosen[i] == f32.chosen[i];
         MESSAGE(std::string(model::weight_type_name(w)), ": ", same, " of ", total, " answers as with f32 weights");
-        // Measured: 19 of 20 for both q8 and q4 (one differs); more than one is a regression.
+        // Measured: 19 of 20 for q8 (one differs), 20 of 20 for q4; more than one is a regression.
         CHECK(same + 1 >= total);
     }
 }
@@ -142,13 +142,14 @@ TEST_CASE("q8 and q4: the bundled model's next-token distributions against f32 o
     const std::size_t vocab = Model::load(dir)->vocab_size();
     const auto f32 = logits(WeightType::F32);
     // Measured (printed): q8 the same top token at all 349 positions (the
-    // issue asks for 99%), KL mean 0.00018, max 0.020 nats; q4 334 of 349
-    // (95.7%), mean 0.016, max 1.4. Bounds: q8 the 99% asked for and ~1.5-3x on
-    // KL; q4 about two positions in a hundred and 2x. (q8's KL was mean
+    // issue asks for 99%), KL mean 0.00018, max 0.020 nats; q4 342 of 349
+    // (98.0%), mean 0.0053, max 0.27 (334, 0.016 and 1.4 with min/max q4
+    // blocks, before the least-squares search). Bounds: q8 the 99% asked for
+    // and ~1.5-3x on KL; q4 about two positions in a hundred and ~2x. (q8's KL was mean
     // 0.00006, max 0.0026 while prompts were multiplied with f32 activations;
     // with AVX512-VNNI they are rounded to int8 now, kernels/quant.hpp.)
     for (const auto& [w, top1, mean_kl, max_kl] : {std::tuple{WeightType::Q8, 0.99, 0.0005, 0.03},
-                                                  std::tuple{WeightType::Q4, 0.93, 0.04, 3.0}}) {
+                                                  std::tuple{WeightType::Q4, 0.96, 0.012, 0.6}}) {
         const std::string name(model::weight_type_name(w));
         const auto q = logits(w);
         std::size_t same = 0, positions = 0;
@@ -169,8 +170,9 @@ TEST_CASE("q8 and q4: the bundled model's next-token distributions against f32 o
 }
 
 TEST_CASE("q8 and q4: teacher-forced logits stay within the stated distance of the PyTorch reference") {
-    // Relative to the largest reference logit: q8 within 6%, q4 within 40%.
-    // Measured worst cases: q8 0.006-0.042, q4 0.05-0.37 (printed; q8 was
+    // Relative to the largest reference logit: q8 within 6%, q4 within 35%.
+    // Measured worst cases: q8 0.006-0.042, q4 0.06-0.28 (printed; q4 was
+    // 0.05-0.37 with min/max blocks; q8 was
     // 0.004-0.024 before prompts' activations were rounded to int8 with
     // AVX512-VNNI, kernels/quant.hpp). The fixtures
     // are tiny randomly initialised models: small logits, and no trained
@@ -184,12 +186,13 @@ TEST_CASE("q8 and q4: teacher-forced logits stay within the stated distance of t
     // Measured (printed): q8 mean KL 0.00015-0.0022, max 0.0069 nats, top-1 272
     // of 278 positions (97.8%: short of the 99% aimed at; all six differences
     // are near-ties, the reference's two tokens within 0.083 in log-prob); q4
-    // mean 0.015-0.26, max 0.86, top-1 210 of 278 (76%). (q8 before prompts'
+    // mean 0.013-0.16, max 0.37, top-1 219 of 278 (79%; with min/max blocks,
+    // before the least-squares search: 0.015-0.26, 0.86, 210). (q8 before prompts'
     // activations were rounded: mean 0.00008-0.0014, max 0.0049, 274 of 278.)
     // The KL bounds are about 2x (q8) and 2x (q4) the worst fixture, and top-1
-    // allows two more differences (q8): room for another kernel set.
+    // allows two more differences (q8), ten (q4): room for another kernel set.
     const std::map<WeightType, Bounds> bound = {{WeightType::Q8, {0.005, 0.015, 0.97}},
-                                                {WeightType::Q4, {0.5, 1.7, 0.70}}};
+                                                {WeightType::Q4, {0.3, 0.75, 0.75}}};
     std::map<WeightType, std::pair<std::size_t, std::size_t>> top1;  // (same, positions)
     std::map<WeightType, double> tie_gap;
     for (const auto& c : fixture::cases()) {
@@ -206,7 +209,7 @@ TEST_CASE("q8 and q4: teacher-forced logits stay within the stated distance of t
             MESSAGE(c, " ", name, ": max |logit error| / max |logit| = ", e, "; top-1 as the reference at ",
                     d.same_top1, " of ", d.positions, " positions; KL(ref || ", name, ") mean ", d.mean_kl,
                     ", max ", d.max_kl, " nats");
-            CHECK(e < (w == WeightType::Q8 ? 0.06 : 0.40));
+            CHECK(e < (w == WeightType::Q8 ? 0.06 : 0.35));
             CHECK(d.mean_kl < bound.at(w).mean_kl);
             CHECK(d.max_kl < bound.at(w).max_kl);
             top1[w].first += d.same_top1, top1[w].second += d.positions;
