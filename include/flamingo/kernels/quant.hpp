@@ -55,6 +55,9 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512F__)
 #include <immintrin.h>
 #define FLAMINGO_QUANT_VNNI 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FLAMINGO_QUANT_AVX2 1
 #endif
 
 #include "../core/error.hpp"
@@ -172,14 +175,14 @@ inline QBuffer quantize(QFormat f, const float* w, std::size_t rows, std::size_t
 namespace detail {
 
 // Activation rows per pass of the integer kernels over a weight row.
-#ifdef FLAMINGO_QUANT_VNNI
+#if defined(FLAMINGO_QUANT_VNNI) || defined(FLAMINGO_QUANT_AVX2)
 inline constexpr std::size_t kQFewRows = 8;
 #else
 inline constexpr std::size_t kQFewRows = 3;  // as before the VNNI few-row kernel; 4-8 rows in plain C++ not measured
 #endif
 
-// More rows than kQFewRows use the integer kernels too (with VNNI), or dequantised panels (see the top).
-#ifdef FLAMINGO_QUANT_VNNI
+// More rows than kQFewRows use the integer kernels too (with VNNI or AVX2), or dequantised panels (see the top).
+#if defined(FLAMINGO_QUANT_VNNI) || defined(FLAMINGO_QUANT_AVX2)
 inline constexpr bool kQIntegerManyRows = true;
 #else
 inline constexpr bool kQIntegerManyRows = false;
@@ -216,6 +219,8 @@ struct QActivations {
     std::vector<std::int8_t> bytes, nat;   // [groups * 16 * 32]
     std::vector<std::int32_t> init, init2; // q8: [groups * 4 * 16], [groups * 8 * 16]
     std::vector<float> dx, corr;      // [groups * 16]: scales; q4: scale * sum
+#elif defined(FLAMINGO_QUANT_AVX2)
+    std::vector<float> corr;  // [blocks]: q4's offset term d * sum per block
 #endif
     void prepare(const float* x, std::size_t cols, QFormat f) {
         const std::size_t nb = (cols + kQBlock - 1) / kQBlock;
@@ -252,6 +257,9 @@ struct QActivations {
                 init[l] = -128 * (lo[0] + lo[1] + lo[2] + lo[3] + lo[64] + lo[65] + lo[66] + lo[67]);
             }
         }
+#elif defined(FLAMINGO_QUANT_AVX2)
+        corr.resize(nb);
+        for (std::size_t b = 0; b < nb; ++b) corr[b] = d[b] * float(sum[b]);
 #endif
     }
 };
@@ -414,15 +422,121 @@ inline void gemv_q_rows_vnni(const QMatrix& m, const QActivations* a, std::size_
 }
 #endif
 
+#ifdef FLAMINGO_QUANT_AVX2
+// The 32 weights of one block as bytes in element order: q8 as stored (int8);
+// q4's low nibbles (elements 0-15) then its high nibbles (16-31), as 0..15.
+template <QFormat F>
+inline __m256i load_block_avx2(const std::uint8_t* p) {
+    if constexpr (F == QFormat::Q8) {
+        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    } else {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), lo = _mm_set1_epi8(0x0f);
+        return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), lo), _mm_and_si128(v, lo));
+    }
+}
+
+inline float hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// out[i][j] = W[r0 + j] · x_i for MM activation rows and R weight rows, AVX2.
+// Per block, vpmaddubsw multiplies unsigned by signed bytes into pairs of
+// int16 sums (saturating) and vpmaddwd by ones adds the pairs into 8 int32
+// lanes of 4 products each, converted and scaled by d_w * d_x:
+//   q8: |w| (0..128, unsigned) times x with w's sign moved onto it (vpsignb;
+//       x in [-127, 127], so negating it cannot overflow): a pair is at most
+//       2 * 128 * 127 = 32512 < 32767, never saturated, even for a stored -128.
+//       (The VNNI trick, w + 128 unsigned, would reach 2 * 255 * 127 = 64770.)
+//   q4: the nibbles are unsigned already: pairs within 2 * 15 * 127 = 3810;
+//       the offset term m * (d_x * sum x_q) is one multiply-add per 8 blocks.
+// The R rows are read as R streams while the same bytes of the next R rows
+// are prefetched.
+template <QFormat F, std::size_t MM, std::size_t R>
+inline void gemv_q_block_avx2(const QMatrix& m, const QActivations* a, std::size_t r0, float (&out)[MM][R]) {
+    constexpr std::size_t BB = F == QFormat::Q8 ? 32 : 16;  // weight bytes per block
+    const std::size_t nb = m.blocks(), rb = m.row_bytes();
+    const std::uint8_t* w0 = m.row(r0);
+    const float* ds0 = m.scales + r0 * nb;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[MM][R];
+    for (std::size_t i = 0; i < MM; ++i)
+        for (std::size_t r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_ps();
+    for (std::size_t b = 0; b < nb; ++b) {
+        __m256i w[R], u[R];  // the block's weights; q8: also |w|
+        float dw[R];
+        for (std::size_t r = 0; r < R; ++r) {
+            const std::uint8_t* p = w0 + r * rb + b * BB;
+            __builtin_prefetch(p + R * rb, 0, 3);
+            w[r] = load_block_avx2<F>(p);
+            if constexpr (F == QFormat::Q8) u[r] = _mm256_abs_epi8(w[r]);
+            dw[r] = ds0[r * nb + b];
+        }
+        for (std::size_t i = 0; i < MM; ++i) {
+            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].q.data() + b * kQBlock));
+            const float dx = a[i].d[b];
+            for (std::size_t r = 0; r < R; ++r) {
+                const __m256i pairs = F == QFormat::Q8 ? _mm256_maddubs_epi16(u[r], _mm256_sign_epi8(x, w[r]))
+                                                       : _mm256_maddubs_epi16(w[r], x);
+                const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                acc[i][r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dw[r] * dx), acc[i][r]);
+            }
+        }
+    }
+    if constexpr (F == QFormat::Q4) {  // offset term, 8 blocks at a time, then the rest
+        const std::size_t nb8 = nb / 8 * 8;
+        for (std::size_t r = 0; r < R; ++r) {
+            const float* o = m.offsets + (r0 + r) * nb;
+            for (std::size_t i = 0; i < MM; ++i) {
+                __m256 t = _mm256_setzero_ps();
+                for (std::size_t b = 0; b < nb8; b += 8)
+                    t = _mm256_fmadd_ps(_mm256_loadu_ps(o + b), _mm256_loadu_ps(a[i].corr.data() + b), t);
+                float rest = 0.0f;
+                for (std::size_t b = nb8; b < nb; ++b) rest += o[b] * a[i].corr[b];
+                out[i][r] = hsum_avx2(_mm256_add_ps(acc[i][r], t)) + rest;
+            }
+        }
+    } else {
+        for (std::size_t i = 0; i < MM; ++i)
+            for (std::size_t r = 0; r < R; ++r) out[i][r] = hsum_avx2(acc[i][r]);
+    }
+}
+
+template <QFormat F, std::size_t MM>
+inline void gemv_q_rows_avx2(const QMatrix& m, const QActivations* a, std::size_t n0, std::size_t n1, float* y,
+                             std::size_t ldy) {
+    // Weight rows per pass: enough independent chains, within the 16 vector registers.
+    constexpr std::size_t R = MM == 1 ? 4 : MM <= 4 ? 2 : 1;
+    std::size_t r = n0;
+    for (; r + R <= n1; r += R) {
+        float out[MM][R];
+        gemv_q_block_avx2<F, MM, R>(m, a, r, out);
+        for (std::size_t i = 0; i < MM; ++i)
+            for (std::size_t j = 0; j < R; ++j) y[i * ldy + r + j - n0] = out[i][j];
+    }
+    for (; r < n1; ++r) {
+        float out[MM][1];
+        gemv_q_block_avx2<F, MM, 1>(m, a, r, out);
+        for (std::size_t i = 0; i < MM; ++i) y[i * ldy + r - n0] = out[i][0];
+    }
+}
+#endif
+
 // y[i * ldy + r - n0] = W[r] · x_i for weight rows [n0, n1) and M <= kQFewRows
 // quantised activation rows (no bias); the weights are read once for all M.
 inline void gemv_q_rows(const QMatrix& m, const QActivations* a, std::size_t M, std::size_t n0, std::size_t n1,
                         float* y, std::size_t ldy) {
-#ifdef FLAMINGO_QUANT_VNNI
+#if defined(FLAMINGO_QUANT_VNNI) || defined(FLAMINGO_QUANT_AVX2)
     auto rows = [&](auto mm) {
         constexpr std::size_t MM = decltype(mm)::value;
+#ifdef FLAMINGO_QUANT_VNNI
         if (m.format == QFormat::Q8) return gemv_q_rows_vnni<QFormat::Q8, MM>(m, a, n0, n1, y, ldy);
         return gemv_q_rows_vnni<QFormat::Q4, MM>(m, a, n0, n1, y, ldy);
+#else
+        if (m.format == QFormat::Q8) return gemv_q_rows_avx2<QFormat::Q8, MM>(m, a, n0, n1, y, ldy);
+        return gemv_q_rows_avx2<QFormat::Q4, MM>(m, a, n0, n1, y, ldy);
+#endif
     };
     switch (M) {
         case 1: return rows(std::integral_constant<std::size_t, 1>{});
