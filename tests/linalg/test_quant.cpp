@@ -355,9 +355,10 @@ TEST_CASE("linear_q worst-case blocks: the largest products stay exact on every 
     // largest pairs the int16 stage of an AVX2 kernel can meet (q8:
     // 2 * 128 * 127 = 32512 <= 32767). A kernel whose pairs saturate (e.g.
     // vpmaddubsw on w + 128 and x, up to 2 * 255 * 127) is off here by far
-    // more than the bound. K = 300: 10 blocks (one group of 8 and a rest);
-    // N = 11: weight rows in passes of 4, 2 and 1 and a remainder.
-    const std::size_t K = 300, N = 11;
+    // more than the bound. K = 330: 11 blocks (one group of 8 and a rest; q4
+    // in the AVX2 set: 5 pairs and a last block alone); N = 11: weight rows
+    // in passes of 4, 2 and 1 and a remainder.
+    const std::size_t K = 330, N = 11;
     for (QFormat f : {QFormat::Q8, QFormat::Q4})
         for (int pattern = 0; pattern < 4; ++pattern) {
             fk::QMatrix shape{f, N, K};

@@ -20,8 +20,8 @@
 // Accuracy contracts:
 //   quantize_*: each dequantised weight is within d/2 of the original
 //     (q8: max|w|/254 of its block; q4: (max - min)/30), plus f32 rounding.
-//   linear_q with AVX512-VNNI (any number of activation rows M), and
-//   without it for M <= 3: each activation row is
+//   linear_q with AVX512-VNNI or AVX2 (any number of activation rows M), and
+//   in plain C++ for M <= 3: each activation row is
 //     quantised the same way as q8 weights (per block of 32, scale max|x|/127,
 //     round to nearest) and each block's dot product is computed exactly in
 //     int32 (in partial sums of a few elements); these are then combined in f32:
@@ -29,12 +29,16 @@
 //     expression evaluated exactly, the error is below 1e-5 times the same
 //     sum taken over |each element's term| (tests check this). Against the float product
 //     with the original weights, add the quantisation errors of both sides.
-//   linear_q without AVX512-VNNI, M > 3: panels of weights are dequantised
+//   linear_q in plain C++ (neither AVX2 nor VNNI: the SSE2 set), M > 3:
+//     panels of weights are dequantised
 //     to f32 and multiplied by the f32 kernel (activations not quantised), so
 //     only the weight quantisation error adds to the f32 contract of gemm.hpp.
-// The integer dot products use AVX512-VNNI (vpdpbusd) when the compiler
-// targets it, plain C++ otherwise; both give the same integers. Activation
-// rows are taken kQFewRows at a time (8 with VNNI, 3 otherwise: one-token
+// What runs where: the integer dot products use AVX512-VNNI (vpdpbusd, 512-bit)
+// when the compiler targets it (the avx512 kernel set), else AVX2 (vpmaddubsw +
+// vpmaddwd, 256-bit: the avx2 set, and AVX-512 builds without VNNI), else plain
+// C++ (the sse2 set); all give the same integers. (AVX-VNNI, vpdpbusd on 256
+// bits, is not used.) Activation
+// rows are taken kQFewRows at a time (8 with VNNI or AVX2, 3 otherwise: one-token
 // decoding, beam search and batched decoding are one such group); with more
 // rows (prompts, images) the weights are taken a panel at a time, kept in
 // cache while every group of rows passes over it, so they are read from
@@ -42,8 +46,13 @@
 // at OpenFlamingo-3B shapes; bench/README.md): with VNNI this is 1.1-19x the
 // speed of dequantising in 57 of 60 cases (the other three, q8 on ViT-L's MLP
 // shapes at M = 128 and 257: 0.83-0.99x), so VNNI builds never dequantise;
-// the plain C++ loop is 0.16-0.75x it (q8 from M = 16, q4 from M = 9; the
-// AVX2 set, two shapes), so builds without VNNI dequantise above kQFewRows.
+// with AVX2 (M = 9..257, three of the shapes, loaded machine) it is 1.1-12x
+// in 29 of 30 cases, and the 30th (q4, 4096 x 1024, M = 257: 0.72-0.80x)
+// went to 1.45x once q4 took two blocks per load, so AVX2 builds never
+// dequantise either; the
+// plain C++ loop is 0.16-0.75x it (q8 from M = 16, q4 from M = 9; the
+// AVX2 set before its integer kernel, two shapes), so the SSE2 set
+// dequantises above kQFewRows.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -220,7 +229,13 @@ struct QActivations {
     std::vector<std::int32_t> init, init2; // q8: [groups * 4 * 16], [groups * 8 * 16]
     std::vector<float> dx, corr;      // [groups * 16]: scales; q4: scale * sum
 #elif defined(FLAMINGO_QUANT_AVX2)
-    std::vector<float> corr;  // [blocks]: q4's offset term d * sum per block
+    // q4 takes two blocks per 32-byte load (their low nibbles, then their high
+    // nibbles): `pairs` holds the activations in that order, [b0 0-15, b1 0-15,
+    // b0 16-31, b1 16-31] per 2 blocks, and `dx8` their scales [d0 x4, d1 x4],
+    // so lanes 0-3 of a step's int32 vector belong to b0 and 4-7 to b1.
+    std::vector<float> corr;       // [blocks]: q4's offset term d * sum per block
+    std::vector<std::int8_t> pairs; // q4: [blocks / 2 * 64]
+    std::vector<float> dx8;        // q4: [blocks / 2 * 8]
 #endif
     void prepare(const float* x, std::size_t cols, QFormat f) {
         const std::size_t nb = (cols + kQBlock - 1) / kQBlock;
@@ -260,6 +275,16 @@ struct QActivations {
 #elif defined(FLAMINGO_QUANT_AVX2)
         corr.resize(nb);
         for (std::size_t b = 0; b < nb; ++b) corr[b] = d[b] * float(sum[b]);
+        if (f == QFormat::Q4) {
+            pairs.resize(nb / 2 * 64);
+            dx8.resize(nb / 2 * 8);
+            for (std::size_t b = 0; b + 1 < nb; b += 2)
+                for (std::size_t h = 0; h < 2; ++h) {
+                    std::memcpy(pairs.data() + b * 32 + h * 16, q.data() + (b + h) * kQBlock, 16);
+                    std::memcpy(pairs.data() + b * 32 + 32 + h * 16, q.data() + (b + h) * kQBlock + 16, 16);
+                    std::fill_n(dx8.data() + b * 4 + h * 4, 4, d[b + h]);
+                }
+        }
 #endif
     }
 };
@@ -273,7 +298,7 @@ inline std::vector<QActivations>& qactivations(std::size_t M) {
 
 // y[i * ldy + r - n0] = W[r] · x_i for weight rows r in [n0, n1) and the M
 // quantised activation rows a[0..M) (no bias), in plain C++: the path without
-// VNNI, and compiled always so tests can compare the two.
+// VNNI or AVX2, and compiled always so tests can compare them.
 inline void gemv_q_rows_portable(const QMatrix& m, const QActivations* a, std::size_t M, std::size_t n0,
                                  std::size_t n1, float* y, std::size_t ldy) {
     const std::size_t nb = m.blocks();
@@ -449,8 +474,12 @@ inline float hsum_avx2(__m256 v) {
 //       x in [-127, 127], so negating it cannot overflow): a pair is at most
 //       2 * 128 * 127 = 32512 < 32767, never saturated, even for a stored -128.
 //       (The VNNI trick, w + 128 unsigned, would reach 2 * 255 * 127 = 64770.)
-//   q4: the nibbles are unsigned already: pairs within 2 * 15 * 127 = 3810;
-//       the offset term m * (d_x * sum x_q) is one multiply-add per 8 blocks.
+//   q4: the nibbles are unsigned already: pairs within 2 * 15 * 127 = 3810.
+//       Two blocks per step: one 32-byte load, its low and its high nibbles
+//       multiplied by the activations in QActivations::pairs' order and the
+//       two int16 vectors added (at most 4 * 15 * 127 = 7620), so one
+//       vpmaddwd, conversion and multiply-add serve 64 weights. The offset
+//       term m * (d_x * sum x_q) is one multiply-add per 8 blocks.
 // The R rows are read as R streams while the same bytes of the next R rows
 // are prefetched.
 template <QFormat F, std::size_t MM, std::size_t R>
@@ -463,7 +492,36 @@ inline void gemv_q_block_avx2(const QMatrix& m, const QActivations* a, std::size
     __m256 acc[MM][R];
     for (std::size_t i = 0; i < MM; ++i)
         for (std::size_t r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_ps();
-    for (std::size_t b = 0; b < nb; ++b) {
+    std::size_t b = 0;
+    if constexpr (F == QFormat::Q4) {
+        const __m256i lomask = _mm256_set1_epi8(0x0f);
+        const __m256i halves = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+        for (; b + 2 <= nb; b += 2) {
+            __m256i lo[R], hi[R];
+            __m256 dw[R];  // [d_b x4, d_b+1 x4]
+            for (std::size_t r = 0; r < R; ++r) {
+                const std::uint8_t* p = w0 + r * rb + b * BB;
+                __builtin_prefetch(p + R * rb, 0, 3);
+                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+                lo[r] = _mm256_and_si256(v, lomask);
+                hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), lomask);
+                const __m128 d2 = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ds0 + r * nb + b)));
+                dw[r] = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d2), halves);
+            }
+            for (std::size_t i = 0; i < MM; ++i) {
+                const std::int8_t* xp = a[i].pairs.data() + b * kQBlock;
+                const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp));
+                const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 32));
+                const __m256 dx = _mm256_loadu_ps(a[i].dx8.data() + b * 4);
+                for (std::size_t r = 0; r < R; ++r) {
+                    const __m256i sums = _mm256_add_epi16(_mm256_maddubs_epi16(lo[r], xl), _mm256_maddubs_epi16(hi[r], xh));
+                    const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums, ones));
+                    acc[i][r] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw[r], dx), acc[i][r]);
+                }
+            }
+        }
+    }
+    for (; b < nb; ++b) {  // q8: every block; q4: the last of an odd count
         __m256i w[R], u[R];  // the block's weights; q8: also |w|
         float dw[R];
         for (std::size_t r = 0; r < R; ++r) {
@@ -490,10 +548,10 @@ inline void gemv_q_block_avx2(const QMatrix& m, const QActivations* a, std::size
             const float* o = m.offsets + (r0 + r) * nb;
             for (std::size_t i = 0; i < MM; ++i) {
                 __m256 t = _mm256_setzero_ps();
-                for (std::size_t b = 0; b < nb8; b += 8)
-                    t = _mm256_fmadd_ps(_mm256_loadu_ps(o + b), _mm256_loadu_ps(a[i].corr.data() + b), t);
+                for (std::size_t k = 0; k < nb8; k += 8)
+                    t = _mm256_fmadd_ps(_mm256_loadu_ps(o + k), _mm256_loadu_ps(a[i].corr.data() + k), t);
                 float rest = 0.0f;
-                for (std::size_t b = nb8; b < nb; ++b) rest += o[b] * a[i].corr[b];
+                for (std::size_t k = nb8; k < nb; ++k) rest += o[k] * a[i].corr[k];
                 out[i][r] = hsum_avx2(_mm256_add_ps(acc[i][r], t)) + rest;
             }
         }
@@ -507,7 +565,7 @@ template <QFormat F, std::size_t MM>
 inline void gemv_q_rows_avx2(const QMatrix& m, const QActivations* a, std::size_t n0, std::size_t n1, float* y,
                              std::size_t ldy) {
     // Weight rows per pass: enough independent chains, within the 16 vector registers.
-    constexpr std::size_t R = MM == 1 ? 4 : MM <= 4 ? 2 : 1;
+    constexpr std::size_t R = F == QFormat::Q4 ? (MM <= 2 ? 2 : 1) : MM == 1 ? 4 : MM <= 4 ? 2 : 1;
     std::size_t r = n0;
     for (; r + R <= n1; r += R) {
         float out[MM][R];
@@ -554,7 +612,7 @@ inline void gemv_q_rows(const QMatrix& m, const QActivations* a, std::size_t M, 
 }
 
 // Y[M,N] = X[M,K] · W^T + bias by panels of weight rows dequantised to f32,
-// each multiplied by the f32 kernel: many rows without VNNI.
+// each multiplied by the f32 kernel: many rows in plain C++ builds (the SSE2 set).
 inline void linear_q_dequantised(std::size_t M, const float* X, std::size_t ldx, const QMatrix& W, const float* bias,
                                  float* Y, std::size_t ldy, bool accumulate) {
     const std::size_t N = W.rows, K = W.cols;
