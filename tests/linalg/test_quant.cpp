@@ -212,21 +212,21 @@ TEST_CASE("linear_q one row: close to the float product within the quantisation 
     }
 }
 
-// Whether linear_q multiplies more than 3 rows as integers here (AVX512-VNNI)
-// or by dequantised weights (quant.hpp's contracts).
+// Whether linear_q multiplies more than 3 rows as integers here (AVX512-VNNI
+// or AVX2) or by dequantised weights (quant.hpp's contracts).
 bool integer_many_rows() {
 #if defined(FLAMINGO_DISPATCH)
-    return fk::active_kernels().isa == fk::Isa::avx512;  // the AVX-512 set always has VNNI
+    return fk::active_kernels().isa != fk::Isa::sse2;
 #else
     return fk::detail::kQIntegerManyRows;
 #endif
 }
 
 TEST_CASE("linear_q many rows: each row matches the scalar reference of its path, threaded or not") {
-    // More rows than one pass of the kernels takes (8 with VNNI, 3 otherwise),
+    // More rows than one pass of the kernels takes (8 with VNNI or AVX2, 3 otherwise),
     // with a last group of a different size; K = 4100 makes each thread's
     // weight rows more than one panel. Strided X and Y, bias and accumulate.
-    // With VNNI, the integer reference; without, the dequantised weights times
+    // With VNNI or AVX2, the integer reference; otherwise the dequantised weights times
     // the f32 activations (1e-5 of the sum of |terms|).
     const bool integer = integer_many_rows();
     MESSAGE("many rows: ", std::string(integer ? "integer kernels" : "dequantised weights"));
@@ -326,8 +326,11 @@ TEST_CASE("linear_q few rows: every activation row matches the scalar integer re
                         check_rows(y, 1.0);
                     }
 #if defined(FLAMINGO_DISPATCH)
-                    // The AVX-512 table (always with VNNI) takes up to 8 rows in one pass.
-                    if (const fk::KernelTable* t = fk::kernel_table(fk::Isa::avx512)) {
+                    // The AVX-512 (always with VNNI) and AVX2 tables take up to 8 rows in one pass.
+                    for (fk::Isa isa : {fk::Isa::avx512, fk::Isa::avx2}) {
+                        const fk::KernelTable* t = fk::kernel_table(isa);
+                        if (!t) continue;
+                        CAPTURE(fk::isa_name(isa));
                         std::fill(y.begin(), y.end(), 1.0f);
                         t->linear_q(M, x.data(), K, m, bias.data(), y.data(), N, true);
                         check_rows(y, 1.0);
@@ -339,6 +342,97 @@ TEST_CASE("linear_q few rows: every activation row matches the scalar integer re
                     }
 #endif
                 }
+}
+
+namespace {
+
+using LinearQ = void (*)(std::size_t, const float*, std::size_t, const fk::QMatrix&, const float*, float*, std::size_t,
+                         bool);
+struct QPath {
+    std::string name;
+    LinearQ f;
+    bool integer_many_rows;  // more than 3 rows as integers too (quant.hpp's contracts)
+};
+
+// linear_q of every kernel set this CPU runs (dispatching builds), else of this build's flags.
+std::vector<QPath> q_paths() {
+    std::vector<QPath> v;
+#if defined(FLAMINGO_DISPATCH)
+    for (int i = 0; i < fk::kIsaCount; ++i)
+        if (const fk::KernelTable* t = fk::kernel_table(fk::Isa(i)))
+            v.push_back({fk::isa_name(fk::Isa(i)), t->linear_q, fk::Isa(i) != fk::Isa::sse2});
+#else
+    v.push_back({"inline", &fk::linear_q, fk::detail::kQIntegerManyRows});
+#endif
+    return v;
+}
+
+}  // namespace
+
+TEST_CASE("linear_q worst-case blocks: the largest products stay exact on every kernel set") {
+    // Activations of one magnitude quantise to +-127; q8 weights +-127 (and
+    // -128, which quantize never writes but a file could hold) and q4 weights
+    // 0 and 15, with signs matched so that adjacent products add up: the
+    // largest pairs the int16 stage of an AVX2 kernel can meet (q8:
+    // 2 * 128 * 127 = 32512 <= 32767). A kernel whose pairs saturate (e.g.
+    // vpmaddubsw on w + 128 and x, up to 2 * 255 * 127) is off here by far
+    // more than the bound. K = 330: 11 blocks (one group of 8 and a rest; q4
+    // in the AVX2 set: 5 pairs and a last block alone); N = 11: weight rows
+    // in passes of 4, 2 and 1 and a remainder.
+    const std::size_t K = 330, N = 11;
+    for (QFormat f : {QFormat::Q8, QFormat::Q4})
+        for (int pattern = 0; pattern < 4; ++pattern) {
+            fk::QMatrix shape{f, N, K};
+            const std::size_t nb = shape.blocks(), rb = shape.row_bytes();
+            fk::QBuffer buf;
+            buf.data.assign(N * rb, 0);
+            buf.scales.resize(N * nb);
+            buf.offsets.assign(f == QFormat::Q4 ? N * nb : 0, -0.75f);
+            for (std::size_t r = 0; r < N; ++r) {
+                for (std::size_t b = 0; b < nb; ++b) buf.scales[r * nb + b] = 0.5f + 0.25f * float((r + b) % 3);
+                for (std::size_t k = 0; k < K; ++k) {
+                    const bool hi = pattern == 0 ? true : pattern == 1 ? false : pattern == 2 ? (k / 2 + r) % 2 == 0
+                                                                                           : (k / 2 + r) % 3 != 0;
+                    std::uint8_t* row = buf.data.data() + r * rb;
+                    if (f == QFormat::Q8) {
+                        const int v = hi ? 127 : pattern == 3 ? -128 : -127;
+                        row[k] = std::uint8_t(std::int8_t(v));
+                    } else {
+                        const std::size_t b = k / 32, i = k % 32;
+                        row[b * 16 + i % 16] |= std::uint8_t((hi ? 15 : 0) << (i < 16 ? 0 : 4));
+                    }
+                }
+            }
+            const fk::QMatrix m = buf.view(f, N, K);
+            for (const QPath& path : q_paths())
+                for (std::size_t M : {1u, 2u, 3u, 4u, 8u, 9u}) {
+                    if (M > 3 && !path.integer_many_rows) continue;  // dequantised: other contract, tested above
+                    CAPTURE(path.name);
+                    CAPTURE(fk::qformat_name(f));
+                    CAPTURE(pattern);
+                    CAPTURE(M);
+                    // Row i: all +2, all -2, or the sign of weight row i (products all
+                    // positive), or its opposite (all negative).
+                    std::vector<float> x(M * K);
+                    for (std::size_t i = 0; i < M; ++i)
+                        for (std::size_t k = 0; k < K; ++k) {
+                            const int w = stored_value(m, i % N, k);
+                            const float s = f == QFormat::Q8 ? (w < 0 ? -1.0f : 1.0f) : (w > 0 ? 1.0f : -1.0f);
+                            x[i * K + k] = i % 4 == 0 ? 2.0f : i % 4 == 1 ? -2.0f : i % 4 == 2 ? 2.0f * s : -2.0f * s;
+                        }
+                    std::vector<float> y(M * N);
+                    path.f(M, x.data(), K, m, nullptr, y.data(), N, false);
+                    std::vector<double> ref, bound;
+                    for (std::size_t i = 0; i < M; ++i) {
+                        ref_gemv(m, x.data() + i * K, ref, bound);
+                        for (std::size_t r = 0; r < N; ++r) {
+                            CAPTURE(i);
+                            CAPTURE(r);
+                            REQUIRE(std::fabs(y[i * N + r] - ref[r]) <= bound[r]);
+                        }
+                    }
+                }
+        }
 }
 
 TEST_CASE("linear_q: GEMV is the same with threads, and bad operands are errors") {

@@ -31,10 +31,10 @@ std::vector<std::int32_t> prompt_of(const std::string& c) {
     return {ids.begin(), ids.end()};
 }
 
-// Whether the q8/q4 kernels round a prompt's activations (AVX512-VNNI; kernels/quant.hpp).
+// Whether the q8/q4 kernels round a prompt's activations (AVX512-VNNI or AVX2; kernels/quant.hpp).
 bool rounds_prompt_activations() {
 #if defined(FLAMINGO_DISPATCH)
-    return kernels::active_kernels().isa == kernels::Isa::avx512;
+    return kernels::active_kernels().isa != kernels::Isa::sse2;
 #else
     return kernels::detail::kQIntegerManyRows;
 #endif

@@ -26,8 +26,8 @@
 //     values within [m, m + 15 d], the others are clamped to its nearer end,
 //     and each block's squared error is at most min/max's (whose values are
 //     within (max - min)/30).
-//   linear_q with AVX512-VNNI (any number of activation rows M), and
-//   without it for M <= 3: each activation row is
+//   linear_q with AVX512-VNNI or AVX2 (any number of activation rows M), and
+//   in plain C++ for M <= 3: each activation row is
 //     quantised the same way as q8 weights (per block of 32, scale max|x|/127,
 //     round to nearest) and each block's dot product is computed exactly in
 //     int32 (in partial sums of a few elements); these are then combined in f32:
@@ -35,12 +35,16 @@
 //     expression evaluated exactly, the error is below 1e-5 times the same
 //     sum taken over |each element's term| (tests check this). Against the float product
 //     with the original weights, add the quantisation errors of both sides.
-//   linear_q without AVX512-VNNI, M > 3: panels of weights are dequantised
+//   linear_q in plain C++ (neither AVX2 nor VNNI: the SSE2 set), M > 3:
+//     panels of weights are dequantised
 //     to f32 and multiplied by the f32 kernel (activations not quantised), so
 //     only the weight quantisation error adds to the f32 contract of gemm.hpp.
-// The integer dot products use AVX512-VNNI (vpdpbusd) when the compiler
-// targets it, plain C++ otherwise; both give the same integers. Activation
-// rows are taken kQFewRows at a time (8 with VNNI, 3 otherwise: one-token
+// What runs where: the integer dot products use AVX512-VNNI (vpdpbusd, 512-bit)
+// when the compiler targets it (the avx512 kernel set), else AVX2 (vpmaddubsw +
+// vpmaddwd, 256-bit: the avx2 set, and AVX-512 builds without VNNI), else plain
+// C++ (the sse2 set); all give the same integers. (AVX-VNNI, vpdpbusd on 256
+// bits, is not used.) Activation
+// rows are taken kQFewRows at a time (8 with VNNI or AVX2, 3 otherwise: one-token
 // decoding, beam search and batched decoding are one such group); with more
 // rows (prompts, images) the weights are taken a panel at a time, kept in
 // cache while every group of rows passes over it, so they are read from
@@ -48,8 +52,13 @@
 // at OpenFlamingo-3B shapes; bench/README.md): with VNNI this is 1.1-19x the
 // speed of dequantising in 57 of 60 cases (the other three, q8 on ViT-L's MLP
 // shapes at M = 128 and 257: 0.83-0.99x), so VNNI builds never dequantise;
-// the plain C++ loop is 0.16-0.75x it (q8 from M = 16, q4 from M = 9; the
-// AVX2 set, two shapes), so builds without VNNI dequantise above kQFewRows.
+// with AVX2 (M = 9..257, three of the shapes, loaded machine) it is 1.1-12x
+// in 29 of 30 cases, and the 30th (q4, 4096 x 1024, M = 257: 0.72-0.80x)
+// went to 1.45x once q4 took two blocks per load, so AVX2 builds never
+// dequantise either; the
+// plain C++ loop is 0.16-0.75x it (q8 from M = 16, q4 from M = 9; the
+// AVX2 set before its integer kernel, two shapes), so the SSE2 set
+// dequantises above kQFewRows.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -61,6 +70,9 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512F__)
 #include <immintrin.h>
 #define FLAMINGO_QUANT_VNNI 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FLAMINGO_QUANT_AVX2 1
 #endif
 
 #include "../core/error.hpp"
@@ -262,14 +274,14 @@ inline QBuffer quantize(QFormat f, const float* w, std::size_t rows, std::size_t
 namespace detail {
 
 // Activation rows per pass of the integer kernels over a weight row.
-#ifdef FLAMINGO_QUANT_VNNI
+#if defined(FLAMINGO_QUANT_VNNI) || defined(FLAMINGO_QUANT_AVX2)
 inline constexpr std::size_t kQFewRows = 8;
 #else
 inline constexpr std::size_t kQFewRows = 3;  // as before the VNNI few-row kernel; 4-8 rows in plain C++ not measured
 #endif
 
-// More rows than kQFewRows use the integer kernels too (with VNNI), or dequantised panels (see the top).
-#ifdef FLAMINGO_QUANT_VNNI
+// More rows than kQFewRows use the integer kernels too (with VNNI or AVX2), or dequantised panels (see the top).
+#if defined(FLAMINGO_QUANT_VNNI) || defined(FLAMINGO_QUANT_AVX2)
 inline constexpr bool kQIntegerManyRows = true;
 #else
 inline constexpr bool kQIntegerManyRows = false;
@@ -306,6 +318,14 @@ struct QActivations {
     std::vector<std::int8_t> bytes, nat;   // [groups * 16 * 32]
     std::vector<std::int32_t> init, init2; // q8: [groups * 4 * 16], [groups * 8 * 16]
     std::vector<float> dx, corr;      // [groups * 16]: scales; q4: scale * sum
+#elif defined(FLAMINGO_QUANT_AVX2)
+    // q4 takes two blocks per 32-byte load (their low nibbles, then their high
+    // nibbles): `pairs` holds the activations in that order, [b0 0-15, b1 0-15,
+    // b0 16-31, b1 16-31] per 2 blocks, and `dx8` their scales [d0 x4, d1 x4],
+    // so lanes 0-3 of a step's int32 vector belong to b0 and 4-7 to b1.
+    std::vector<float> corr;       // [blocks]: q4's offset term d * sum per block
+    std::vector<std::int8_t> pairs; // q4: [blocks / 2 * 64]
+    std::vector<float> dx8;        // q4: [blocks / 2 * 8]
 #endif
     void prepare(const float* x, std::size_t cols, QFormat f) {
         const std::size_t nb = (cols + kQBlock - 1) / kQBlock;
@@ -342,6 +362,19 @@ struct QActivations {
                 init[l] = -128 * (lo[0] + lo[1] + lo[2] + lo[3] + lo[64] + lo[65] + lo[66] + lo[67]);
             }
         }
+#elif defined(FLAMINGO_QUANT_AVX2)
+        corr.resize(nb);
+        for (std::size_t b = 0; b < nb; ++b) corr[b] = d[b] * float(sum[b]);
+        if (f == QFormat::Q4) {
+            pairs.resize(nb / 2 * 64);
+            dx8.resize(nb / 2 * 8);
+            for (std::size_t b = 0; b + 1 < nb; b += 2)
+                for (std::size_t h = 0; h < 2; ++h) {
+                    std::memcpy(pairs.data() + b * 32 + h * 16, q.data() + (b + h) * kQBlock, 16);
+                    std::memcpy(pairs.data() + b * 32 + 32 + h * 16, q.data() + (b + h) * kQBlock + 16, 16);
+                    std::fill_n(dx8.data() + b * 4 + h * 4, 4, d[b + h]);
+                }
+        }
 #endif
     }
 };
@@ -355,7 +388,7 @@ inline std::vector<QActivations>& qactivations(std::size_t M) {
 
 // y[i * ldy + r - n0] = W[r] · x_i for weight rows r in [n0, n1) and the M
 // quantised activation rows a[0..M) (no bias), in plain C++: the path without
-// VNNI, and compiled always so tests can compare the two.
+// VNNI or AVX2, and compiled always so tests can compare them.
 inline void gemv_q_rows_portable(const QMatrix& m, const QActivations* a, std::size_t M, std::size_t n0,
                                  std::size_t n1, float* y, std::size_t ldy) {
     const std::size_t nb = m.blocks();
@@ -504,15 +537,154 @@ inline void gemv_q_rows_vnni(const QMatrix& m, const QActivations* a, std::size_
 }
 #endif
 
+#ifdef FLAMINGO_QUANT_AVX2
+// The 32 weights of one block as bytes in element order: q8 as stored (int8);
+// q4's low nibbles (elements 0-15) then its high nibbles (16-31), as 0..15.
+template <QFormat F>
+inline __m256i load_block_avx2(const std::uint8_t* p) {
+    if constexpr (F == QFormat::Q8) {
+        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    } else {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), lo = _mm_set1_epi8(0x0f);
+        return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), lo), _mm_and_si128(v, lo));
+    }
+}
+
+inline float hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// out[i][j] = W[r0 + j] · x_i for MM activation rows and R weight rows, AVX2.
+// Per block, vpmaddubsw multiplies unsigned by signed bytes into pairs of
+// int16 sums (saturating) and vpmaddwd by ones adds the pairs into 8 int32
+// lanes of 4 products each, converted and scaled by d_w * d_x:
+//   q8: |w| (0..128, unsigned) times x with w's sign moved onto it (vpsignb;
+//       x in [-127, 127], so negating it cannot overflow): a pair is at most
+//       2 * 128 * 127 = 32512 < 32767, never saturated, even for a stored -128.
+//       (The VNNI trick, w + 128 unsigned, would reach 2 * 255 * 127 = 64770.)
+//   q4: the nibbles are unsigned already: pairs within 2 * 15 * 127 = 3810.
+//       Two blocks per step: one 32-byte load, its low and its high nibbles
+//       multiplied by the activations in QActivations::pairs' order and the
+//       two int16 vectors added (at most 4 * 15 * 127 = 7620), so one
+//       vpmaddwd, conversion and multiply-add serve 64 weights. The offset
+//       term m * (d_x * sum x_q) is one multiply-add per 8 blocks.
+// The R rows are read as R streams while the same bytes of the next R rows
+// are prefetched.
+template <QFormat F, std::size_t MM, std::size_t R>
+inline void gemv_q_block_avx2(const QMatrix& m, const QActivations* a, std::size_t r0, float (&out)[MM][R]) {
+    constexpr std::size_t BB = F == QFormat::Q8 ? 32 : 16;  // weight bytes per block
+    const std::size_t nb = m.blocks(), rb = m.row_bytes();
+    const std::uint8_t* w0 = m.row(r0);
+    const float* ds0 = m.scales + r0 * nb;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[MM][R];
+    for (std::size_t i = 0; i < MM; ++i)
+        for (std::size_t r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_ps();
+    std::size_t b = 0;
+    if constexpr (F == QFormat::Q4) {
+        const __m256i lomask = _mm256_set1_epi8(0x0f);
+        const __m256i halves = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+        for (; b + 2 <= nb; b += 2) {
+            __m256i lo[R], hi[R];
+            __m256 dw[R];  // [d_b x4, d_b+1 x4]
+            for (std::size_t r = 0; r < R; ++r) {
+                const std::uint8_t* p = w0 + r * rb + b * BB;
+                __builtin_prefetch(p + R * rb, 0, 3);
+                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+                lo[r] = _mm256_and_si256(v, lomask);
+                hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), lomask);
+                const __m128 d2 = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ds0 + r * nb + b)));
+                dw[r] = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d2), halves);
+            }
+            for (std::size_t i = 0; i < MM; ++i) {
+                const std::int8_t* xp = a[i].pairs.data() + b * kQBlock;
+                const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp));
+                const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 32));
+                const __m256 dx = _mm256_loadu_ps(a[i].dx8.data() + b * 4);
+                for (std::size_t r = 0; r < R; ++r) {
+                    const __m256i sums = _mm256_add_epi16(_mm256_maddubs_epi16(lo[r], xl), _mm256_maddubs_epi16(hi[r], xh));
+                    const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums, ones));
+                    acc[i][r] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw[r], dx), acc[i][r]);
+                }
+            }
+        }
+    }
+    for (; b < nb; ++b) {  // q8: every block; q4: the last of an odd count
+        __m256i w[R], u[R];  // the block's weights; q8: also |w|
+        float dw[R];
+        for (std::size_t r = 0; r < R; ++r) {
+            const std::uint8_t* p = w0 + r * rb + b * BB;
+            __builtin_prefetch(p + R * rb, 0, 3);
+            w[r] = load_block_avx2<F>(p);
+            if constexpr (F == QFormat::Q8) u[r] = _mm256_abs_epi8(w[r]);
+            dw[r] = ds0[r * nb + b];
+        }
+        for (std::size_t i = 0; i < MM; ++i) {
+            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].q.data() + b * kQBlock));
+            const float dx = a[i].d[b];
+            for (std::size_t r = 0; r < R; ++r) {
+                const __m256i pairs = F == QFormat::Q8 ? _mm256_maddubs_epi16(u[r], _mm256_sign_epi8(x, w[r]))
+                                                       : _mm256_maddubs_epi16(w[r], x);
+                const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                acc[i][r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dw[r] * dx), acc[i][r]);
+            }
+        }
+    }
+    if constexpr (F == QFormat::Q4) {  // offset term, 8 blocks at a time, then the rest
+        const std::size_t nb8 = nb / 8 * 8;
+        for (std::size_t r = 0; r < R; ++r) {
+            const float* o = m.offsets + (r0 + r) * nb;
+            for (std::size_t i = 0; i < MM; ++i) {
+                __m256 t = _mm256_setzero_ps();
+                for (std::size_t k = 0; k < nb8; k += 8)
+                    t = _mm256_fmadd_ps(_mm256_loadu_ps(o + k), _mm256_loadu_ps(a[i].corr.data() + k), t);
+                float rest = 0.0f;
+                for (std::size_t k = nb8; k < nb; ++k) rest += o[k] * a[i].corr[k];
+                out[i][r] = hsum_avx2(_mm256_add_ps(acc[i][r], t)) + rest;
+            }
+        }
+    } else {
+        for (std::size_t i = 0; i < MM; ++i)
+            for (std::size_t r = 0; r < R; ++r) out[i][r] = hsum_avx2(acc[i][r]);
+    }
+}
+
+template <QFormat F, std::size_t MM>
+inline void gemv_q_rows_avx2(const QMatrix& m, const QActivations* a, std::size_t n0, std::size_t n1, float* y,
+                             std::size_t ldy) {
+    // Weight rows per pass: enough independent chains, within the 16 vector registers.
+    constexpr std::size_t R = F == QFormat::Q4 ? (MM <= 2 ? 2 : 1) : MM == 1 ? 4 : MM <= 4 ? 2 : 1;
+    std::size_t r = n0;
+    for (; r + R <= n1; r += R) {
+        float out[MM][R];
+        gemv_q_block_avx2<F, MM, R>(m, a, r, out);
+        for (std::size_t i = 0; i < MM; ++i)
+            for (std::size_t j = 0; j < R; ++j) y[i * ldy + r + j - n0] = out[i][j];
+    }
+    for (; r < n1; ++r) {
+        float out[MM][1];
+        gemv_q_block_avx2<F, MM, 1>(m, a, r, out);
+        for (std::size_t i = 0; i < MM; ++i) y[i * ldy + r - n0] = out[i][0];
+    }
+}
+#endif
+
 // y[i * ldy + r - n0] = W[r] · x_i for weight rows [n0, n1) and M <= kQFewRows
 // quantised activation rows (no bias); the weights are read once for all M.
 inline void gemv_q_rows(const QMatrix& m, const QActivations* a, std::size_t M, std::size_t n0, std::size_t n1,
                         float* y, std::size_t ldy) {
-#ifdef FLAMINGO_QUANT_VNNI
+#if defined(FLAMINGO_QUANT_VNNI) || defined(FLAMINGO_QUANT_AVX2)
     auto rows = [&](auto mm) {
         constexpr std::size_t MM = decltype(mm)::value;
+#ifdef FLAMINGO_QUANT_VNNI
         if (m.format == QFormat::Q8) return gemv_q_rows_vnni<QFormat::Q8, MM>(m, a, n0, n1, y, ldy);
         return gemv_q_rows_vnni<QFormat::Q4, MM>(m, a, n0, n1, y, ldy);
+#else
+        if (m.format == QFormat::Q8) return gemv_q_rows_avx2<QFormat::Q8, MM>(m, a, n0, n1, y, ldy);
+        return gemv_q_rows_avx2<QFormat::Q4, MM>(m, a, n0, n1, y, ldy);
+#endif
     };
     switch (M) {
         case 1: return rows(std::integral_constant<std::size_t, 1>{});
@@ -530,7 +702,7 @@ inline void gemv_q_rows(const QMatrix& m, const QActivations* a, std::size_t M, 
 }
 
 // Y[M,N] = X[M,K] · W^T + bias by panels of weight rows dequantised to f32,
-// each multiplied by the f32 kernel: many rows without VNNI.
+// each multiplied by the f32 kernel: many rows in plain C++ builds (the SSE2 set).
 inline void linear_q_dequantised(std::size_t M, const float* X, std::size_t ldx, const QMatrix& W, const float* bias,
                                  float* Y, std::size_t ldy, bool accumulate) {
     const std::size_t N = W.rows, K = W.cols;
