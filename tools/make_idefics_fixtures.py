@@ -429,6 +429,16 @@ def shift_for_chat(model, config, tok, stop, pixels, W, row):
     raise AssertionError("no shift makes a chat stop on <end_of_utterance>")
 
 
+def quantized_logits(d, prompt, pixels, ids, fmt):
+    """The case's logits with its weights quantised to fmt (q8 or q4), as the
+    committed logits_{fmt}.npy hold them."""
+    mq = ir.load_model_dir(d, torch.float64, eos_token=prompt["stop_token"])
+    ir.quantize_weights(mq, fmt)
+    with torch.no_grad():
+        return mq.forward_media(mq.encode_vision_x(torch.from_numpy(pixels.astype(np.float64))[None]),
+                                torch.tensor([ids]))[0].numpy()
+
+
 def check_fixtures(names):
     """Recompute the committed cases with the reference; returns the number of mismatches."""
     bad = 0
@@ -469,13 +479,9 @@ def check_fixtures(names):
         for fmt in ("q8", "q4"):
             f = os.path.join(exp, f"logits_{fmt}.npy")
             if os.path.exists(f):
-                mq = ir.load_model_dir(d, torch.float64, eos_token=prompt["stop_token"])
-                ir.quantize_weights(mq, fmt)
-                with torch.no_grad():
-                    lq = mq.forward_media(mq.encode_vision_x(torch.from_numpy(pixels.astype(np.float64))[None]),
-                                          torch.tensor([ids]))[0]
+                lq = quantized_logits(d, prompt, pixels, ids, fmt)
                 want = np.load(f)
-                if np.abs(lq.numpy() - want).max() > 1e-5 * max(1.0, np.abs(want).max()):
+                if np.abs(lq - want).max() > 1e-5 * max(1.0, np.abs(want).max()):
                     problems.append(f"logits_{fmt}")
         problems += check_eod(d, exp, model, media)
         f = os.path.join(exp, "nonsquare_pixels.npy")
@@ -514,12 +520,7 @@ def requantize_fixtures(names):
         for fmt in ("q8", "q4"):
             f = os.path.join(exp, f"logits_{fmt}.npy")
             if os.path.exists(f):
-                mq = ir.load_model_dir(d, torch.float64, eos_token=prompt["stop_token"])
-                ir.quantize_weights(mq, fmt)
-                with torch.no_grad():
-                    lq = mq.forward_media(mq.encode_vision_x(torch.from_numpy(pixels.astype(np.float64))[None]),
-                                          torch.tensor([ids]))[0]
-                np.save(f, lq.numpy().astype(np.float32))
+                np.save(f, quantized_logits(d, prompt, pixels, ids, fmt).astype(np.float32))
         f = os.path.join(exp, "chat.json")
         if os.path.exists(f):
             mq = ir.load_model_dir(d, torch.float64, eos_token=prompt["stop_token"])
