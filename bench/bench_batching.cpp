@@ -6,7 +6,7 @@
 // the mean time of one decoding step (what N rows cost against one). The
 // two modes alternate going first from row to row.
 //
-//   bench_batching [--model DIR] [--weights f32|bf16] [--threads T] [--tokens K] [--reps R] [--counts 1,2,4,8]
+//   bench_batching [--model DIR] [--weights f32|bf16|q8|q4] [--threads T] [--tokens K] [--reps R] [--counts 1,2,4,8]
 //
 // Alone, each context gets max(1, T / N) threads (serve's split); batched, the
 // loop gets T and each context max(1, T / N) for its prompt. DIR defaults to
@@ -27,6 +27,8 @@
 #include <vector>
 
 #include <flamingo/flamingo.hpp>
+
+#include "bench_common.hpp"
 
 namespace {
 
@@ -118,7 +120,7 @@ int main(int argc, char** argv) try {
             return argv[++i];
         };
         if (a == "--model") o.model = value();
-        else if (a == "--weights") o.weights = value() == "bf16" ? flamingo::WeightType::BF16 : flamingo::WeightType::F32;
+        else if (a == "--weights") o.weights = bench::weights_arg("bench_batching", value());
         else if (a == "--threads") o.threads = std::max(1, std::atoi(value().c_str()));
         else if (a == "--tokens") o.tokens = std::size_t(std::max(1, std::atoi(value().c_str())));
         else if (a == "--reps") o.reps = std::max(1, std::atoi(value().c_str()));

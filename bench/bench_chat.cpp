@@ -7,7 +7,7 @@
 // history (what a stateless client-server round trip without the cache
 // costs: the whole history read again).
 //
-//   bench_chat [--model DIR] [--weights f32|bf16] [--threads N] [--turns T] [--tokens N] [--reps R]
+//   bench_chat [--model DIR] [--weights f32|bf16|q8|q4] [--threads N] [--turns T] [--tokens N] [--reps R]
 //
 // Figures are medians over R conversations. DIR defaults to the bundled model;
 // for a large model use the random-weight OpenFlamingo-3B directory that
@@ -22,6 +22,8 @@
 #include <vector>
 
 #include <flamingo/chat.hpp>
+
+#include "bench_common.hpp"
 
 namespace {
 
@@ -63,11 +65,6 @@ Turn turn(flamingo::Conversation& c, const std::string& text, const flamingo::Pi
     return t;
 }
 
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -76,13 +73,13 @@ int main(int argc, char** argv) {
         const std::string a = argv[i];
         const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
         if (a == "--model" && v) o.model = v, ++i;
-        else if (a == "--weights" && v) o.weights = std::strcmp(v, "bf16") == 0 ? flamingo::WeightType::BF16 : flamingo::WeightType::F32, ++i;
+        else if (a == "--weights" && v) o.weights = bench::weights_arg("bench_chat", v), ++i;
         else if (a == "--threads" && v) o.threads = std::atoi(v), ++i;
         else if (a == "--turns" && v) o.turns = std::size_t(std::atoi(v)), ++i;
         else if (a == "--tokens" && v) o.tokens = std::size_t(std::atoi(v)), ++i;
         else if (a == "--reps" && v) o.reps = std::size_t(std::atoi(v)), ++i;
         else {
-            std::fprintf(stderr, "usage: bench_chat [--model DIR] [--weights f32|bf16] [--threads N] [--turns T] [--tokens N] [--reps R]\n");
+            std::fprintf(stderr, "usage: bench_chat [--model DIR] [--weights f32|bf16|q8|q4] [--threads N] [--turns T] [--tokens N] [--reps R]\n");
             return 2;
         }
     }
@@ -133,13 +130,13 @@ int main(int argc, char** argv) {
         std::vector<double> s, rd, md, st;
         for (const auto& ts : runs)
             s.push_back(ts[k].seconds), rd.push_back(ts[k].read), md.push_back(ts[k].media), st.push_back(ts[k].steps);
-        total[k] = median(s);
+        total[k] = bench::median(s);
         std::printf("| %zu | %zu | %zu | %.3f | %.3f | %.3f | %.3f |\n", k + 1, runs[0][k].history,
-                    runs[0][k].read_tokens, median(rd), median(md), median(st), total[k]);
+                    runs[0][k].read_tokens, bench::median(rd), bench::median(md), bench::median(st), total[k]);
     }
     std::printf("| %zu, fresh conversation | 0 | %zu | %.3f | | | %.3f |\n", o.turns, fresh_tokens[0],
-                median(fresh_read), median(fresh_s));
+                bench::median(fresh_read), bench::median(fresh_s));
     std::printf("turn %zu: %.3f s (turn 2: %.3f s) against %.3f s with the history read again: %.2fx\n", o.turns,
-                total.back(), total[1], median(fresh_s), median(fresh_s) / total.back());
+                total.back(), total[1], bench::median(fresh_s), bench::median(fresh_s) / total.back());
     return 0;
 }

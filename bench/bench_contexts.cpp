@@ -3,7 +3,7 @@
 // model, against N separate processes each loading the model and doing the
 // same. Aggregate tokens/s and peak RSS, side by side in one run.
 //
-//   bench_contexts [--model DIR] [--weights f32|bf16] [--contexts N] [--tokens T] [--reps R]
+//   bench_contexts [--model DIR] [--weights f32|bf16|q8|q4] [--contexts N] [--tokens T] [--reps R]
 //
 // DIR defaults to the bundled model; for a figure that means something about
 // serving a large model use the random-weight OpenFlamingo-3B directory that
@@ -25,6 +25,8 @@
 #include <vector>
 
 #include <flamingo/flamingo.hpp>
+
+#include "bench_common.hpp"
 
 namespace {
 
@@ -157,7 +159,7 @@ int main(int argc, char** argv) try {
             return argv[++i];
         };
         if (a == "--model") o.model = value();
-        else if (a == "--weights") o.weights = value() == "bf16" ? flamingo::WeightType::BF16 : flamingo::WeightType::F32;
+        else if (a == "--weights") o.weights = bench::weights_arg("bench_contexts", value());
         else if (a == "--contexts") o.contexts = std::max(1, std::atoi(value().c_str()));
         else if (a == "--tokens") o.tokens = std::size_t(std::max(1, std::atoi(value().c_str())));
         else if (a == "--reps") o.reps = std::max(1, std::atoi(value().c_str()));

@@ -4,7 +4,7 @@
 // request on a context without a cache and on one with a cache, and checks
 // that both give the same tokens.
 //
-//   bench_prefix [--model DIR] [--weights f32|bf16] [--threads N] [--shots K] [--queries Q] [--tokens T] [--reps R]
+//   bench_prefix [--model DIR] [--weights f32|bf16|q8|q4] [--threads N] [--shots K] [--queries Q] [--tokens T] [--reps R]
 //
 // Each request's time is the median over R runs (a fresh context and cache each),
 // the runs without and with the cache alternating, so that other load on the
@@ -21,6 +21,8 @@
 #include <vector>
 
 #include <flamingo/flamingo.hpp>
+
+#include "bench_common.hpp"
 
 namespace {
 
@@ -88,11 +90,6 @@ Run run(const std::shared_ptr<const flamingo::Model>& model, const Options& o,
     return r;
 }
 
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-}
-
 double mean_after_first(const std::vector<double>& v) {
     double s = 0;
     for (std::size_t i = 1; i < v.size(); ++i) s += v[i];
@@ -107,14 +104,14 @@ int main(int argc, char** argv) {
         const std::string a = argv[i];
         const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
         if (a == "--model" && v) o.model = v, ++i;
-        else if (a == "--weights" && v) o.weights = std::strcmp(v, "bf16") == 0 ? flamingo::WeightType::BF16 : flamingo::WeightType::F32, ++i;
+        else if (a == "--weights" && v) o.weights = bench::weights_arg("bench_prefix", v), ++i;
         else if (a == "--threads" && v) o.threads = std::atoi(v), ++i;
         else if (a == "--shots" && v) o.shots = std::size_t(std::clamp(std::atoi(v), 1, 4)), ++i;
         else if (a == "--queries" && v) o.queries = std::size_t(std::atoi(v)), ++i;
         else if (a == "--tokens" && v) o.tokens = std::size_t(std::atoi(v)), ++i;
         else if (a == "--reps" && v) o.reps = std::size_t(std::atoi(v)), ++i;
         else {
-            std::fprintf(stderr, "usage: bench_prefix [--model DIR] [--weights f32|bf16] [--threads N] [--shots K] [--queries Q] [--tokens T] [--reps R]\n");
+            std::fprintf(stderr, "usage: bench_prefix [--model DIR] [--weights f32|bf16|q8|q4] [--threads N] [--shots K] [--queries Q] [--tokens T] [--reps R]\n");
             return 2;
         }
     }
@@ -144,7 +141,7 @@ int main(int argc, char** argv) {
         on = run(model, o, cache);
         for (std::size_t q = 0; q < o.queries; ++q) t_off[q].push_back(off.seconds[q]), t_on[q].push_back(on.seconds[q]);
     }
-    for (std::size_t q = 0; q < o.queries; ++q) off.seconds[q] = median(t_off[q]), on.seconds[q] = median(t_on[q]);
+    for (std::size_t q = 0; q < o.queries; ++q) off.seconds[q] = bench::median(t_off[q]), on.seconds[q] = bench::median(t_on[q]);
 
     std::printf("| | first request | later requests (mean) | prompt tokens read | reused | images encoded |\n|---|---|---|---|---|---|\n");
     std::printf("| without cache | %.3f s | %.3f s | %zu | %zu | %zu |\n", off.seconds[0], mean_after_first(off.seconds),
