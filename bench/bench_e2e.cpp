@@ -693,9 +693,9 @@ void run_one(const fs::path& model_dir, flamingo::model::WeightType type, const 
     note_load();
 
     // Weight bytes as the model holds them: matrices in the weight type, the rest as float.
-    // (q8 9 and q4 6 bits per weight with their f32 scales and offsets)
+    // (q8 8.5 and q4 5 bits per weight with their f16 scales and offsets)
     using flamingo::model::WeightType;
-    const double wsize = type == WeightType::F32 ? 4 : type == WeightType::Q8 ? 1.125 : type == WeightType::Q4 ? 0.75 : 2;
+    const double wsize = type == WeightType::F32 ? 4 : type == WeightType::Q8 ? 1.0625 : type == WeightType::Q4 ? 0.625 : 2;
     const bool idefics = o.idefics.has_value();
     for (const auto& t : flamingo::io::list_tensors(model_dir)) {
         // IDEFICS: the file's own bytes (a quantised directory's blocks, scales

@@ -85,7 +85,7 @@ void BM_gemv_bf16(benchmark::State& state) { BM_gemv_float<bf16>(state); }
 void gemv_q(benchmark::State& state, fk::QFormat f, bool dequant = false) {
     const std::size_t N = state.range(0), K = state.range(1), M = state.range(2);
     const fk::QBuffer one = fk::quantize(f, random_floats(N * K).data(), N, K, K);
-    const std::size_t bytes = one.data.size() + (one.scales.size() + one.offsets.size()) * sizeof(float);
+    const std::size_t bytes = one.data.size() + (one.scales.size() + one.offsets.size()) * sizeof(flamingo::f16);
     // Many rows: 128 MiB of copies (4x the 32 MB L3 a Zen 5 core sees) suffice and set up faster.
     std::vector<fk::QBuffer> bufs(copies_for(bytes, M > 8 ? kColdBytes / 4 : kColdBytes), one);
     auto x = random_floats(M * K, 2);

@@ -114,8 +114,21 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x):  # x: [L, N, D] (sequence first, as open_clip)
         y = self.ln_1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
+        if getattr(self, "round_activations", False):
+            x = x + self._attention_rounded(y)
+        else:
+            x = x + self.attn(y, y, y, need_weights=False)[0]
         return x + self.mlp(self.ln_2(x))
+
+    def _attention_rounded(self, y):
+        """self.attn(y, y, y) written out, so that the inputs of both its
+        projections can be rounded (ActivationRounding)."""
+        a, (L, N, D) = self.attn, y.shape
+        H = a.num_heads
+        qkv = F.linear(q8_activations(y), a.in_proj_weight, a.in_proj_bias)
+        q, k, v = qkv.reshape(L, N, 3, H, D // H).permute(2, 1, 3, 0, 4)  # [N, H, L, D/H] each
+        o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D // H), dim=-1) @ v
+        return F.linear(q8_activations(o.permute(2, 0, 1, 3).reshape(L, N, D)), a.out_proj.weight, a.out_proj.bias)
 
 
 class VisionTransformer(nn.Module):
@@ -725,11 +738,14 @@ class FlamingoLM(nn.Module):
             alibi = (dist[None, :] * slopes[:, None]).to(dtype)[None, :, None, :]
         return _Ctx(alibi=alibi)
 
-    def _head(self, w):
-        """The output head's matrix: w, or its quantised copy (quantize_linear_weights)
-        when the head is tied to the embedding, which itself stays float."""
+    def _logits(self, x, w):
+        """x times the output head's matrix: w, or its quantised copy
+        (quantize_linear_weights) when the head is tied to the embedding, which
+        itself stays float; x rounded under ActivationRounding."""
         q = getattr(self, "quantized_head", None)
-        return w if q is None else q
+        if getattr(self, "round_activations", False):
+            x = q8_activations(x)
+        return x @ (w if q is None else q).t()
 
     def forward(self, input_ids, media, text_time):
         """input_ids [B, T]; media [B, T_img, n, D_vis]; text_time [B, T] -> logits [B, T, V]."""
@@ -743,13 +759,13 @@ class FlamingoLM(nn.Module):
         if self.family == "llama":
             x = self.model.norm(x)
             w = self.lm_head.weight if hasattr(self, "lm_head") else self.model.embed_tokens.weight
-            return x @ self._head(w).t()
+            return self._logits(x, w)
         if self.family == "gpt_neox":
             x = self.gpt_neox.final_layer_norm(x)
             w = self.embed_out.weight if hasattr(self, "embed_out") else self.gpt_neox.embed_in.weight
-            return x @ self._head(w).t()
+            return self._logits(x, w)
         x = (self.transformer.norm_f if self.family == "mpt" else self.transformer.ln_f)(x)
-        logits = x @ self._head(self.transformer.wte.weight).t()
+        logits = self._logits(x, self.transformer.wte.weight)
         if self.logit_scale is not None:
             logits = logits * self.logit_scale
         return logits
@@ -1036,6 +1052,12 @@ Q4_GRID = (-1.0, -0.5, 0.5, 1.0, 2.0)
 Q4_REFITS = 2
 
 
+def _f16(x):
+    """x rounded to float16 (nearest even, as the C++ f16), back in float32: the
+    stored scales and offsets are f16."""
+    return x.to(torch.float16).float()
+
+
 def _q4_levels(b, valid, d, m):
     q = torch.where(d > 0, torch.round((b - m) / torch.where(d > 0, d, 1.0)), 0.0).clamp(0, 15)
     return torch.where(valid, q, 0.0)
@@ -1065,11 +1087,12 @@ def _q4_fit(b, valid, q):
 
 
 def _q4_search(b, valid, lo, hi):
-    d, m = (hi - lo) / torch.tensor(15.0), lo
+    d, m = _f16((hi - lo) / torch.tensor(15.0)), _f16(lo)
     q = _q4_levels(b, valid, d, m)
     e = _q4_error(b, valid, d, m, q)
 
     def consider(d2, m2, d, m, q, e):
+        d2, m2 = _f16(d2), _f16(m2)
         q2 = _q4_levels(b, valid, d2, m2)
         e2 = _q4_error(b, valid, d2, m2, q2)
         better = (d2 > 0) & (e2 < e)
@@ -1091,7 +1114,7 @@ def quantize_dequantize(w, fmt):
     b = F.pad(w.float(), (0, pad)).reshape(out, -1, QBLOCK)
     valid = (torch.arange(n + pad) < n).reshape(1, -1, QBLOCK).expand_as(b)  # padding takes no part
     if fmt == "q8":
-        d = b.abs().amax(-1, keepdim=True) / 127.0
+        d = _f16(b.abs().amax(-1, keepdim=True) / 127.0)
         q = torch.where(d > 0, torch.round(b / torch.where(d > 0, d, 1.0)), 0.0).clamp(-127, 127)
         v = d * q
     elif fmt == "q4":
@@ -1103,6 +1126,54 @@ def quantize_dequantize(w, fmt):
     else:
         raise ValueError(f"unknown quantised format {fmt}")
     return v.reshape(out, -1)[:, :n].contiguous()
+
+
+def q8_activations(x):
+    """x [..., n] rounded as the C++ q8/q4 products round activations: per
+    block of 32, scale max|x| / 127 (float32), round to nearest even."""
+    n = x.shape[-1]
+    b = F.pad(x.float(), (0, (-n) % QBLOCK)).reshape(*x.shape[:-1], -1, QBLOCK)
+    d = b.abs().amax(-1, keepdim=True) / 127.0
+    q = torch.where(d > 0, torch.round(b / torch.where(d > 0, d, 1.0)), 0.0).clamp(-127, 127)
+    return (d * q).reshape(*x.shape[:-1], -1)[..., :n].to(x.dtype)
+
+
+class ActivationRounding:
+    """With quantised weights the C++ products with AVX2 or AVX512-VNNI (the
+    kernel sets of every x86-64 machine the tests run on) round every row of
+    activations entering a quantised matrix to q8 (kernels/quant.hpp), one
+    row or many. Within this context the model does the same: every
+    nn.Linear's input, the patch embedding's input patch by patch (each patch
+    [3, p, p] flattened, as the C++ reads the convolution as a matrix), the
+    vision attention's projections and the output head's input."""
+
+    def __init__(self, model):
+        self.model, self.handles, self.flagged = model, [], []
+
+    @staticmethod
+    def _patches(mod, inp):
+        (x,) = inp
+        p = mod.kernel_size[0]
+        cols = F.unfold(x, p, stride=p)  # [n, 3 p p, patches]
+        cols = q8_activations(cols.transpose(1, 2)).transpose(1, 2)
+        return (F.fold(cols, x.shape[-2:], p, stride=p),)
+
+    def __enter__(self):
+        for mod in self.model.modules():
+            if isinstance(mod, nn.Linear):
+                self.handles.append(mod.register_forward_pre_hook(lambda mod, inp: (q8_activations(inp[0]),)))
+            elif isinstance(mod, nn.Conv2d):
+                self.handles.append(mod.register_forward_pre_hook(self._patches))
+            if isinstance(mod, ResidualAttentionBlock) or hasattr(mod, "_logits"):
+                mod.round_activations = True
+                self.flagged.append(mod)
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        for mod in self.flagged:
+            mod.round_activations = False
 
 
 @torch.no_grad()

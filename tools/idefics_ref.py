@@ -482,50 +482,6 @@ def quantize_weights(model, fmt):
     w.copy_(fr.quantize_dequantize(w, fmt).to(w.dtype))
 
 
-def q8_activations(x):
-    """x [..., n] rounded as the C++ q8/q4 GEMV rounds one row's activations:
-    per block of 32, scale max|x| / 127 (float32), round to nearest even."""
-    n = x.shape[-1]
-    b = F.pad(x.float(), (0, (-n) % fr.QBLOCK)).reshape(*x.shape[:-1], -1, fr.QBLOCK)
-    d = b.abs().amax(-1, keepdim=True) / 127.0
-    q = torch.where(d > 0, torch.round(b / torch.where(d > 0, d, 1.0)), 0.0).clamp(-127, 127)
-    return (d * q).reshape(*x.shape[:-1], -1)[..., :n].to(x.dtype)
-
-
-class GemvRounding:
-    """With quantised weights the C++ decoder multiplies a batch of one row
-    (each decoding step) with its activations rounded to q8 (kernels/quant.hpp),
-    a batch of several rows (a prompt) exactly. Within this context, the rows
-    at `positions` of every decoder linear layer's input (self-attention,
-    the text side of cross-attention, MLPs) and every row entering the output
-    head (only one is ever computed there) are rounded so."""
-
-    def __init__(self, model, positions):
-        self.model, self.positions = model, sorted(positions)
-        self.handles = []
-
-    def _rows(self, mod, inp):
-        (x,) = inp
-        rows = [p for p in self.positions if p < x.shape[1]]
-        if rows:
-            x = x.clone()
-            x[:, rows] = q8_activations(x[:, rows])
-        return (x,)
-
-    def __enter__(self):
-        m = self.model.model
-        for block in list(m.layers) + list(m.gated_cross_attn_layers):
-            for name, mod in block.named_modules():
-                if isinstance(mod, nn.Linear) and not name.endswith(("cross_attn.k_proj", "cross_attn.v_proj")):
-                    self.handles.append(mod.register_forward_pre_hook(self._rows))
-        self.handles.append(self.model.lm_head.register_forward_pre_hook(lambda mod, inp: (q8_activations(inp[0]),)))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-
-
 # --------------------------------------------------------------------------
 # Model directories
 # --------------------------------------------------------------------------

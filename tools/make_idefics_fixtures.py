@@ -358,41 +358,30 @@ def chat_replies(model, tok, template, pixels, chat, stops):
     conversation rendered with the template (a message's images as <image>
     before its text), the processor's ids, greedy search to a stop token, the
     reply decoded, leading whitespace dropped, kept as the assistant's
-    message. Like the C++ conversation, a turn reads only the tokens past
-    those its cache holds (the previous prompt and the reply but its last
-    token), in one batch, and each generated token alone: those single rows
-    are the ones whose activations the quantised GEMV rounds (GemvRounding).
-    Returns the replies, the stop token each ended on (None: none), and the smallest
+    message. Every product's activations are rounded as the C++ quantised
+    products round them (ActivationRounding; per row, so how the C++
+    conversation batches a turn's tokens does not matter). Returns the replies, the stop token each ended on (None: none), and the smallest
     top-2 logit gap met."""
     convo, answers, stopped, n_images, gap = "", [], [], 0, float("inf")
-    cached, gemv = [], set()
     for turn in chat["turns"]:
         n_images += 1 if "image" in turn else 0
         convo += template["user"].replace("{content}", ("<image>" if "image" in turn else "") + turn["text"])
         ids = tt.encode(tok, ir.prompt_text(convo + template["generation_prompt"]), add_special_tokens=False)
-        keep = 0
-        while keep < min(len(ids), len(cached)) and ids[keep] == cached[keep]:
-            keep += 1
-        keep = min(keep, len(ids) - 1)
-        gemv = {p for p in gemv if p < keep}
-        if len(ids) - keep == 1:
-            gemv.add(keep)
-        media = model.encode_vision_x(pixels[:n_images].reshape(1, n_images, 1, *pixels.shape[1:]))
+        with fr.ActivationRounding(model):
+            media = model.encode_vision_x(pixels[:n_images].reshape(1, n_images, 1, *pixels.shape[1:]))
         seqs, P = torch.tensor([ids]), len(ids)
         for _ in range(chat["max_new_tokens"]):
-            with ir.GemvRounding(model, gemv):
+            with fr.ActivationRounding(model):
                 logits = fr._next_logits(model, media, seqs, P)[0]
             top = torch.topk(logits, 2).values
             gap = min(gap, float(top[0] - top[1]))
             t = int(torch.argmax(logits))
-            gemv.add(seqs.shape[1])  # fed alone at the next step
             seqs = torch.cat([seqs, torch.tensor([[t]])], dim=1)
             if t in stops:
                 break
         new = seqs[0, P:].tolist()
         stopped.append(next(a["content"] for a in tok["added_tokens"] if a["id"] == new[-1])
                        if new and new[-1] in stops else None)  # the stop token a reply ended on
-        cached = ids + new[:-1]
         text = tt.decode(tok, new[:-1] if new and new[-1] in stops else new).lstrip(" \t\n")
         answers.append(text.replace("\n", " ").replace("\r", " "))
         convo += template["assistant"].replace("{content}", text)

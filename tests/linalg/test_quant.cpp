@@ -47,9 +47,9 @@ int stored_value(const fk::QMatrix& m, std::size_t r, std::size_t k) {
 
 double ref_weight(const fk::QMatrix& m, std::size_t r, std::size_t k) {
     const std::size_t b = k / 32;
-    const double d = m.scales[r * m.blocks() + b];
+    const double d = float(m.scales[r * m.blocks() + b]);
     const double v = stored_value(m, r, k);
-    return m.format == QFormat::Q8 ? d * v : d * v + m.offsets[r * m.blocks() + b];
+    return m.format == QFormat::Q8 ? d * v : d * v + float(m.offsets[r * m.blocks() + b]);
 }
 
 // |scale * q| + |offset|: float rounding of the dequantised value is relative to
@@ -57,8 +57,8 @@ double ref_weight(const fk::QMatrix& m, std::size_t r, std::size_t k) {
 // the sum is fused (FMA) depends on the build.
 double ref_weight_terms(const fk::QMatrix& m, std::size_t r, std::size_t k) {
     const std::size_t b = k / 32;
-    const double dv = std::fabs(double(m.scales[r * m.blocks() + b]) * stored_value(m, r, k));
-    return m.format == QFormat::Q8 ? dv : dv + std::fabs(double(m.offsets[r * m.blocks() + b]));
+    const double dv = std::fabs(double(float(m.scales[r * m.blocks() + b])) * stored_value(m, r, k));
+    return m.format == QFormat::Q8 ? dv : dv + std::fabs(double(float(m.offsets[r * m.blocks() + b])));
 }
 
 // y = W x by the documented GEMV rule, in double; bound = 1e-5 * sum over elements of |terms|.
@@ -84,7 +84,7 @@ void ref_gemv(const fk::QMatrix& m, const float* x, std::vector<double>& y, std:
                 dot += p, sum += xq[k];
                 absdot += std::labs(p), abssum += std::labs(xq[k]);
             }
-            const double dw = m.scales[r * nb + b], mw = m.format == QFormat::Q4 ? m.offsets[r * nb + b] : 0.0;
+            const double dw = float(m.scales[r * nb + b]), mw = m.format == QFormat::Q4 ? float(m.offsets[r * nb + b]) : 0.0;
             y[r] += dw * xd[b] * double(dot) + mw * xd[b] * double(sum);
             // The kernels add a block's partial dots (a few elements each) in
             // float, so rounding is relative to the elements' magnitudes, not
@@ -109,33 +109,37 @@ TEST_CASE("quantize: q8 and q4 round trips stay within half a step of each block
                 fk::dequantize_row(m, r, row.data());
                 for (std::size_t k = 0; k < K; ++k) {
                     const std::size_t b = k / 32;
-                    const double step = m.scales[r * m.blocks() + b];
+                    const double step = float(m.scales[r * m.blocks() + b]);
                     CAPTURE(fk::qformat_name(f));
                     CAPTURE(K);
                     CAPTURE(k);
                     const int v = stored_value(m, r, k);
-                    // Within half a step, except q4 values beyond the block's
-                    // range [m, m + 15 d] (clamped to its nearest end).
+                    // Within half a step plus the f16 rounding of d and m
+                    // (2^-11 of the weight, where a block's extreme is
+                    // clamped or a block is constant), except q4 values beyond
+                    // the block's range [m, m + 15 d] (clamped to its nearest end).
                     const bool clamped = f == QFormat::Q4 && ((v == 0 && w[r * K + k] < row[k]) ||
                                                               (v == 15 && w[r * K + k] > row[k]));
                     if (!clamped)
-                        REQUIRE(std::fabs(row[k] - w[r * K + k]) <= 0.5 * step * (1 + 1e-5) + 1e-7 * std::fabs(w[r * K + k]));
+                        REQUIRE(std::fabs(row[k] - w[r * K + k]) <=
+                                0.5 * step * (1 + 1e-5) + (std::ldexp(1.0, -11) + 1e-7) * std::fabs(w[r * K + k]));
                     REQUIRE(std::fabs(row[k] - ref_weight(m, r, k)) <= 1e-6 * ref_weight_terms(m, r, k) + 1e-30);
                     if (f == QFormat::Q8) REQUIRE((v >= -127 && v <= 127));
                     else REQUIRE((v >= 0 && v <= 15));
                 }
                 // The padding of the last block is zero.
                 for (std::size_t k = K; k < m.padded_cols(); ++k) REQUIRE(stored_value(m, r, k) == 0);
-                // q4: no block's squared error exceeds that of min/max (d = (max - min) / 15, m = min).
+                // q4: no block's squared error exceeds that of min/max (d = (max - min) / 15, m = min,
+                // both rounded to f16 as stored).
                 if (f == QFormat::Q4)
                     for (std::size_t k0 = 0; k0 < K; k0 += 32) {
                         const std::size_t n = std::min<std::size_t>(32, K - k0);
                         const float* x = w.data() + r * K + k0;
                         const float lo = *std::min_element(x, x + n), hi = *std::max_element(x, x + n);
-                        const double d = (double(hi) - lo) / 15;
+                        const double d = float(flamingo::f16((hi - lo) / 15.0f)), lo16 = float(flamingo::f16(lo));
                         double got = 0, minmax = 0;
                         for (std::size_t i = 0; i < n; ++i) {
-                            const double mm = d > 0 ? lo + d * std::clamp(std::nearbyint((x[i] - lo) / d), 0.0, 15.0) : lo;
+                            const double mm = d > 0 ? lo16 + d * std::clamp(std::nearbyint((x[i] - lo16) / d), 0.0, 15.0) : lo16;
                             minmax += (mm - x[i]) * (mm - x[i]);
                             got += (row[k0 + i] - double(x[i])) * (row[k0 + i] - double(x[i]));
                         }
@@ -146,14 +150,21 @@ TEST_CASE("quantize: q8 and q4 round trips stay within half a step of each block
         }
 }
 
-TEST_CASE("quantize: constant and all-zero blocks are exact") {
-    std::vector<float> w(64, 0.0f);
-    for (std::size_t k = 32; k < 64; ++k) w[k] = -0.25f;
+TEST_CASE("quantize: all-zero blocks are exact, constant blocks within the f16 rounding of their value") {
+    std::vector<float> w(96, 0.0f);
+    for (std::size_t k = 32; k < 64; ++k) w[k] = -0.25f;  // a power of two: exact in f16 as q4's offset
+    for (std::size_t k = 64; k < 96; ++k) w[k] = 0.1f;    // not: 0.1 * (1 - 2^-13) or so
     for (QFormat f : {QFormat::Q8, QFormat::Q4}) {
-        auto buf = fk::quantize(f, w.data(), 1, 64, 64);
-        std::vector<float> row(64);
-        fk::dequantize_row(buf.view(f, 1, 64), 0, row.data());
-        for (std::size_t k = 0; k < 64; ++k) CHECK(row[k] == w[k]);
+        CAPTURE(fk::qformat_name(f));
+        auto buf = fk::quantize(f, w.data(), 1, 96, 96);
+        std::vector<float> row(96);
+        fk::dequantize_row(buf.view(f, 1, 96), 0, row.data());
+        for (std::size_t k = 0; k < 96; ++k) {
+            CAPTURE(k);
+            if (w[k] == 0.0f || (f == QFormat::Q4 && w[k] == -0.25f)) CHECK(row[k] == w[k]);
+            else CHECK(std::fabs(row[k] - w[k]) <= std::ldexp(std::fabs(w[k]), -11));
+        }
+        CHECK(row[70] != 0.1f);  // (else the case above tests nothing)
     }
 }
 
@@ -387,9 +398,9 @@ TEST_CASE("linear_q worst-case blocks: the largest products stay exact on every 
             fk::QBuffer buf;
             buf.data.assign(N * rb, 0);
             buf.scales.resize(N * nb);
-            buf.offsets.assign(f == QFormat::Q4 ? N * nb : 0, -0.75f);
+            buf.offsets.assign(f == QFormat::Q4 ? N * nb : 0, flamingo::f16(-0.75f));
             for (std::size_t r = 0; r < N; ++r) {
-                for (std::size_t b = 0; b < nb; ++b) buf.scales[r * nb + b] = 0.5f + 0.25f * float((r + b) % 3);
+                for (std::size_t b = 0; b < nb; ++b) buf.scales[r * nb + b] = flamingo::f16(0.5f + 0.25f * float((r + b) % 3));
                 for (std::size_t k = 0; k < K; ++k) {
                     const bool hi = pattern == 0 ? true : pattern == 1 ? false : pattern == 2 ? (k / 2 + r) % 2 == 0
                                                                                            : (k / 2 + r) % 3 != 0;

@@ -170,16 +170,32 @@ TEST_CASE("quantised files: inconsistent tensors are one-line errors naming the 
         const fs::path d = corrupted(q8, "scales-count", [&](auto& ts, auto&) {
             auto& s = entry(ts, mlp + ".scales");
             s.shape = {m.rows, m.blocks() + 1};
-            s.data = floats.data(), s.nbytes = m.rows * (m.blocks() + 1) * 4;
+            s.data = floats.data(), s.nbytes = m.rows * (m.blocks() + 1) * 2;
         });
         expect_load_error(d, ErrorKind::Shape, {file, "'" + mlp + ".scales'", "expected shape", "found"});
     }
-    SUBCASE("F16 scales") {
-        const fs::path d = corrupted(q8, "scales-f16", [&](auto& ts, auto&) {
-            auto& s = entry(ts, mlp + ".scales");
-            s.dtype = io::FileDType::F16, s.nbytes /= 2;
+    SUBCASE("BF16 scales") {
+        const fs::path d = corrupted(q8, "scales-bf16", [&](auto& ts, auto&) {
+            entry(ts, mlp + ".scales").dtype = io::FileDType::BF16;
         });
-        expect_load_error(d, ErrorKind::Shape, {file, "'" + mlp + ".scales'", "must be F32, found F16"});
+        expect_load_error(d, ErrorKind::Shape, {file, "'" + mlp + ".scales'", "must be F16 (or F32), found BF16"});
+    }
+    SUBCASE("F32 scales and offsets, as written before they were f16, load as their f16 values") {
+        const auto q4_loaded = model::load_flamingo(q4);
+        const kernels::QMatrix m4 = q4_loaded->weights().quantized_matrices().at(mlp);
+        std::vector<float> sc(m4.rows * m4.blocks()), of(sc.size());
+        for (std::size_t i = 0; i < sc.size(); ++i) sc[i] = float(m4.scales[i]), of[i] = float(m4.offsets[i]);
+        const fs::path d = corrupted(q4, "scales-f32", [&](auto& ts, auto&) {
+            for (auto [suffix, v] : {std::pair{".scales", &sc}, std::pair{".offsets", &of}}) {
+                auto& s = entry(ts, mlp + suffix);
+                s.dtype = io::FileDType::F32, s.data = v->data(), s.nbytes = v->size() * sizeof(float);
+            }
+        });
+        const auto old = model::load_flamingo(d);
+        const kernels::QMatrix mo = old->weights().quantized_matrices().at(mlp);
+        CHECK(std::memcmp(mo.scales, m4.scales, sc.size() * sizeof(f16)) == 0);
+        CHECK(std::memcmp(mo.offsets, m4.offsets, sc.size() * sizeof(f16)) == 0);
+        CHECK(old->copied_quantized_bytes() == 2 * sc.size() * sizeof(f16));
     }
     SUBCASE("an I16 matrix") {
         const fs::path d = corrupted(q8, "weight-i16", [&](auto& ts, auto&) {

@@ -9,7 +9,9 @@ reference's scorer. Writes the accuracy table as Markdown.
 
 `--weights q8|q4` runs the model with its linear layers' matrices quantised
 and dequantised as the C++ model's --weights q8|q4 holds them
-(flamingo_ref.quantize_linear_weights); `--cli-table` writes the accuracy
+(flamingo_ref.quantize_linear_weights) and their inputs rounded to q8 as the
+C++ AVX2 and AVX-512 kernels round them (flamingo_ref.ActivationRounding);
+`--cli-table` writes the accuracy
 table exactly as `flamingo eval --out` does, for comparing the two.
 
 Also `--agreement FILE` writes the fixture the C++ side checks itself against.
@@ -310,8 +312,9 @@ def main():
     torch.set_num_threads(args.threads)
 
     model = ref.load_model_dir(args.model, torch.float32)  # bf16 weights, exact, computed in float32
-    if args.weights != "f32":
+    if args.weights != "f32":  # the weights quantised, and the activations rounded, as the C++ rounds them
         ref.quantize_linear_weights(model, args.weights)
+        ref.ActivationRounding(model).__enter__()
     tok = bpe.Tokenizer.load(os.path.join(args.model, "tokenizer.json"))
     images = ImageCache(model, load_png)
     data = evalset.read(args.eval)
@@ -350,7 +353,7 @@ def main():
             results.setdefault(task, []).append((rec["shots"], ok, rec.get("held_out_pair", False)))
             outputs[rec["id"]] = (rec, ok, out, extra)
         print(f"{task}: {len(results[task])} prompts ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
-    what = "bf16 weights" if args.weights == "f32" else f"{args.weights} weights (dequantised)"
+    what = "bf16 weights" if args.weights == "f32" else f"{args.weights} weights (dequantised, activations rounded)"
     md = (f"Accuracy (PyTorch reference, {what} computed in float32):\n\n" + table(results) + "\n\n"
           + held_out_table(results) + "\n")
     print(md)

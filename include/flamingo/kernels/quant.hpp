@@ -4,17 +4,22 @@
 // Formats (README, "Quantised weights"): a weight matrix [rows, cols] is cut
 // along cols (the input dimension) into blocks of 32; cols is padded with
 // zeros to a multiple of 32, so any cols works. Per block and row:
-//   q8: 32 int8 values q in [-127, 127], scale d (f32):  w = d * q,
-//       d = max|w| / 127 (symmetric; -128 is never used).
-//   q4: 32 4-bit values q in [0, 15] in 16 bytes, scale d and offset m (f32):
+//   q8: 32 int8 values q in [-127, 127], scale d (f16):  w = d * q,
+//       d = max|w| / 127 rounded to f16 (symmetric; -128 is never used).
+//   q4: 32 4-bit values q in [0, 15] in 16 bytes, scale d and offset m (f16):
 //       w = d * q + m, q = round((w - m) / d) clamped to [0, 15]; (d, m) the
 //       candidate of least squared error over the block: min/max (m = min(w),
-//       d = (max(w) - min(w)) / 15) or a least-squares refit (detail::q4_block).
+//       d = (max(w) - min(w)) / 15) or a least-squares refit (detail::q4_block),
+//       each rounded to f16 before its levels and error are computed.
 //       Byte j (0..15) of a block holds element j in its low nibble and
 //       element j + 16 in its high nibble.
-// Scales and offsets are f32 rather than f16: they add no rounding of their
-// own and have no range limits (f16 scales of near-zero blocks go subnormal);
-// the price is 0.5 bit per weight each (q8: 9 bits per weight, q4: 6).
+// Scales and offsets are f16, as ggml's: 8.5 bits per weight for q8 and 5 for
+// q4 (with f32 they were 9 and 6, and q4 could not read less than 6/16 of
+// bf16's bytes). The levels are chosen for the rounded values, so the contract
+// below holds as before; where rounding shrank d, the block's extreme weight
+// is clamped by up to 2^-11 of itself (q8). Blocks with max|w| below
+// 2^-14 * 127 get subnormal scales (absolute error at most ~4e-6 per weight);
+// blocks beyond f16's range (|w| near 65504 for q4) are refused by quantize().
 // The offset makes q4 use all 16 levels on a block's actual range: relative
 // RMS error with min/max alone 0.078 against 0.086 for the best symmetric
 // 4-bit variant on Gaussian blocks, 0.094 against 0.116 on heavy-tailed
@@ -22,10 +27,10 @@
 //
 // Accuracy contracts:
 //   quantize_*: each dequantised weight is within d/2 of the original
-//     (q8: max|w|/254 of its block), plus f32 rounding; q4: the same for the
-//     values within [m, m + 15 d], the others are clamped to its nearer end,
-//     and each block's squared error is at most min/max's (whose values are
-//     within (max - min)/30).
+//     (q8: max|w|/254 of its block, up to the f16 rounding of d), plus f32
+//     rounding; q4: the same for the values within [m, m + 15 d], the others
+//     are clamped to its nearer end, and each block's squared error is at most
+//     that of min/max rounded to f16 (whose values are within about (max - min)/30).
 //   linear_q with AVX512-VNNI or AVX2 (any number of activation rows M), and
 //   in plain C++ for M <= 3: each activation row is
 //     quantised the same way as q8 weights (per block of 32, scale max|x|/127,
@@ -60,6 +65,7 @@
 // AVX2 set before its integer kernel, two shapes), so the SSE2 set
 // dequantises above kQFewRows.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -70,7 +76,7 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512F__)
 #include <immintrin.h>
 #define FLAMINGO_QUANT_VNNI 1
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define FLAMINGO_QUANT_AVX2 1
 #endif
@@ -93,8 +99,8 @@ struct QMatrix {
     QFormat format = QFormat::Q8;
     std::size_t rows = 0, cols = 0;
     const void* data = nullptr;       // q8: int8 [rows, padded_cols()]; q4: uint8 [rows, padded_cols() / 2]
-    const float* scales = nullptr;    // [rows, blocks()]
-    const float* offsets = nullptr;   // q4: [rows, blocks()]; q8: unused
+    const f16* scales = nullptr;      // [rows, blocks()]
+    const f16* offsets = nullptr;     // q4: [rows, blocks()]; q8: unused
 
     bool empty() const { return data == nullptr; }
     std::size_t blocks() const { return (cols + kQBlock - 1) / kQBlock; }
@@ -106,7 +112,7 @@ struct QMatrix {
 // Owns a quantised matrix's storage.
 struct QBuffer {
     std::vector<std::uint8_t> data;
-    std::vector<float> scales, offsets;
+    std::vector<f16> scales, offsets;
 
     QMatrix view(QFormat f, std::size_t rows, std::size_t cols) const {
         return {f, rows, cols, data.data(), scales.data(), f == QFormat::Q4 ? offsets.data() : nullptr};
@@ -117,15 +123,22 @@ FLAMINGO_KERNELS_BEGIN
 
 // ---- quantisation of one row ------------------------------------------------
 
-// x[cols] -> q[padded cols] int8, scales[blocks].
-inline void quantize_row_q8(const float* x, std::size_t cols, std::int8_t* q, float* scales) {
+namespace detail {
+inline float round_f16(float x) { return float(f16(x)); }
+}  // namespace detail
+
+// x[cols] -> q[padded cols] int8, scales[blocks]: f16 for weights, float for
+// activations (quantised per call, whose scales are not stored).
+template <class Scale>
+inline void quantize_row_q8(const float* x, std::size_t cols, std::int8_t* q, Scale* scales) {
     const std::size_t nb = (cols + kQBlock - 1) / kQBlock;
     for (std::size_t b = 0; b < nb; ++b) {
         const std::size_t k0 = b * kQBlock, n = std::min(kQBlock, cols - k0);
         float amax = 0.0f;
         for (std::size_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[k0 + i]));
-        const float d = amax / 127.0f;
-        scales[b] = d;
+        float d = amax / 127.0f;
+        if constexpr (std::is_same_v<Scale, f16>) d = detail::round_f16(d);
+        scales[b] = Scale(d);
         for (std::size_t i = 0; i < kQBlock; ++i) {
             float v = (i < n && d > 0.0f) ? std::nearbyint(x[k0 + i] / d) : 0.0f;
             q[k0 + i] = std::int8_t(std::clamp(v, -127.0f, 127.0f));
@@ -189,28 +202,30 @@ inline constexpr int kQ4Refits = 2;
 // One q4 block x[0, n): levels v[0, n), scale d and offset m. The candidate
 // with the least squared error wins; the first is min/max (d = (max - min) /
 // 15, m = min), so no block does worse than that rule.
-inline void q4_block(const float* x, std::size_t n, std::uint8_t* v, float& d_out, float& m_out) {
+inline void q4_block(const float* x, std::size_t n, std::uint8_t* v, f16& d_out, f16& m_out) {
     float lo = x[0], hi = x[0];
     for (std::size_t i = 1; i < n; ++i) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
-    float d = (hi - lo) / 15.0f, m = lo;
+    float d = round_f16((hi - lo) / 15.0f), m = round_f16(lo);
     q4_levels(x, n, d, m, v);
     double err = q4_error(x, n, d, m, v);
     std::uint8_t t[kQBlock], w[kQBlock];
     auto consider = [&](const std::uint8_t* levels) {
         float d2 = 0.0f, m2 = 0.0f;
         if (!q4_fit(x, n, levels, d2, m2)) return;
+        d2 = round_f16(d2), m2 = round_f16(m2);
+        if (!(d2 > 0.0f)) return;
         q4_levels(x, n, d2, m2, w);
         const double e2 = q4_error(x, n, d2, m2, w);
         if (e2 < err) err = e2, d = d2, m = m2, std::copy(w, w + n, v);
     };
-    if (d > 0.0f) {  // (a constant block is exact already)
+    if (hi > lo) {  // (a constant block is exact already)
         for (const float g : kQ4Grid) {
             q4_levels(x, n, (hi - lo) / (15.0f + g), lo, t);
             consider(t);
         }
         for (int k = 0; k < kQ4Refits; ++k) consider(v);
     }
-    d_out = d, m_out = m;
+    d_out = f16(d), m_out = f16(m);
 }
 
 }  // namespace detail
@@ -219,7 +234,7 @@ inline void q4_block(const float* x, std::size_t n, std::uint8_t* v, float& d_ou
 // Each block's (d, m) is the one of a few candidates with the least squared
 // error over the block (detail::q4_block); the first candidate is min/max
 // (d = (max - min) / 15, m = min), so no block does worse than that rule.
-inline void quantize_row_q4(const float* x, std::size_t cols, std::uint8_t* q, float* scales, float* offsets) {
+inline void quantize_row_q4(const float* x, std::size_t cols, std::uint8_t* q, f16* scales, f16* offsets) {
     const std::size_t nb = (cols + kQBlock - 1) / kQBlock;
     for (std::size_t b = 0; b < nb; ++b) {
         const std::size_t k0 = b * kQBlock, n = std::min(kQBlock, cols - k0);
@@ -233,17 +248,17 @@ inline void quantize_row_q4(const float* x, std::size_t cols, std::uint8_t* q, f
 // Row r of m as floats (its cols values; the padding is not written).
 inline void dequantize_row(const QMatrix& m, std::size_t r, float* out) {
     const std::uint8_t* p = m.row(r);
-    const float* d = m.scales + r * m.blocks();
+    const f16* d = m.scales + r * m.blocks();
     if (m.format == QFormat::Q8) {
         const std::int8_t* q = reinterpret_cast<const std::int8_t*>(p);
-        for (std::size_t k = 0; k < m.cols; ++k) out[k] = d[k / kQBlock] * float(q[k]);
+        for (std::size_t k = 0; k < m.cols; ++k) out[k] = float(d[k / kQBlock]) * float(q[k]);
     } else {
-        const float* o = m.offsets + r * m.blocks();
+        const f16* o = m.offsets + r * m.blocks();
         for (std::size_t k = 0; k < m.cols; ++k) {
             const std::size_t b = k / kQBlock, i = k % kQBlock;
             const std::uint8_t byte = p[b * (kQBlock / 2) + i % (kQBlock / 2)];
             const int v = i < kQBlock / 2 ? (byte & 0x0f) : (byte >> 4);
-            out[k] = d[b] * float(v) + o[b];
+            out[k] = float(d[b]) * float(v) + float(o[b]);
         }
     }
 }
@@ -257,8 +272,19 @@ inline QBuffer quantize(QFormat f, const float* w, std::size_t rows, std::size_t
     if (f == QFormat::Q4) b.offsets.resize(rows * shape.blocks());
     // Rows on the calling thread's executor, if any (q4's search costs some
     // 6x min/max); each row's bytes do not depend on the split.
+    // f16 scales and offsets bound the weights (with room for q4's refits,
+    // whose offset can pass the block's minimum): a row beyond is refused, as
+    // is a NaN, before its levels are computed from an infinite scale.
+    const float limit = f == QFormat::Q8 ? 8.0e6f : 32768.0f;
+    std::atomic<std::size_t> bad{rows};
     parallel_for(rows, [&](std::size_t r0, std::size_t r1) {
         for (std::size_t r = r0; r < r1; ++r) {
+            bool ok = true;
+            for (std::size_t k = 0; k < cols; ++k) ok &= std::fabs(w[r * ld + k]) < limit;
+            if (!ok) {
+                for (std::size_t cur = bad.load(); r < cur && !bad.compare_exchange_weak(cur, r);) {}
+                continue;
+            }
             if (f == QFormat::Q8)
                 quantize_row_q8(w + r * ld, cols,
                                 reinterpret_cast<std::int8_t*>(b.data.data() + r * shape.row_bytes()),
@@ -268,6 +294,13 @@ inline QBuffer quantize(QFormat f, const float* w, std::size_t rows, std::size_t
                                 b.scales.data() + r * shape.blocks(), b.offsets.data() + r * shape.blocks());
         }
     });
+    if (const std::size_t r = bad.load(); r < rows) {
+        std::size_t k = 0;
+        while (std::fabs(w[r * ld + k]) < limit) ++k;
+        fail(ErrorKind::Input, "quantize: the ", qformat_name(f), " weight at [", r, ", ", k, "] is ", w[r * ld + k],
+             "; ", qformat_name(f), "'s f16 scales", f == QFormat::Q4 ? " and offsets" : "",
+             " hold weights of magnitude below ", limit);
+    }
     return b;
 }
 
@@ -394,7 +427,7 @@ inline void gemv_q_rows_portable(const QMatrix& m, const QActivations* a, std::s
     const std::size_t nb = m.blocks();
     for (std::size_t r = n0; r < n1; ++r) {
         const std::uint8_t* p = m.row(r);
-        const float* ds = m.scales + r * nb;
+        const f16* ds = m.scales + r * nb;
         for (std::size_t i = 0; i < M; ++i) {
             float acc = 0.0f;
             for (std::size_t b = 0; b < nb; ++b) {
@@ -403,12 +436,13 @@ inline void gemv_q_rows_portable(const QMatrix& m, const QActivations* a, std::s
                 if (m.format == QFormat::Q8) {
                     const std::int8_t* w = reinterpret_cast<const std::int8_t*>(p) + b * kQBlock;
                     for (std::size_t j = 0; j < kQBlock; ++j) dot += std::int32_t(w[j]) * xa[j];
-                    acc += ds[b] * a[i].d[b] * float(dot);
+                    acc += float(ds[b]) * a[i].d[b] * float(dot);
                 } else {
                     const std::uint8_t* w = p + b * (kQBlock / 2);
                     for (std::size_t j = 0; j < kQBlock / 2; ++j)
                         dot += std::int32_t(w[j] & 0x0f) * xa[j] + std::int32_t(w[j] >> 4) * xa[j + kQBlock / 2];
-                    acc += ds[b] * a[i].d[b] * float(dot) + m.offsets[r * nb + b] * a[i].d[b] * float(a[i].sum[b]);
+                    acc += float(ds[b]) * a[i].d[b] * float(dot) +
+                           float(m.offsets[r * nb + b]) * a[i].d[b] * float(a[i].sum[b]);
                 }
             }
             y[i * ldy + r - n0] = acc;
@@ -417,6 +451,11 @@ inline void gemv_q_rows_portable(const QMatrix& m, const QActivations* a, std::s
 }
 
 #ifdef FLAMINGO_QUANT_VNNI
+// The first n of 16 f16 values at p as floats (the rest 0), n given as a mask.
+inline __m512 load_f16x16(__mmask16 km, const f16* p) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, p));
+}
+
 // out[i][j] = W[r0 + j] · x_i for MM activation rows and R weight rows, AVX512-VNNI.
 // Per group of 16 blocks, each row's 16 scales are one vector. Per 4 blocks
 // (QActivations describes the order) two vpdpbusd per activation row give 16
@@ -431,8 +470,8 @@ inline void gemv_q_block_vnni(const QMatrix& m, const QActivations* a, std::size
     constexpr std::size_t BV = Pairs ? 2 : 4;              // blocks per step
     const std::size_t nb = m.blocks(), rb = m.row_bytes();
     const std::uint8_t* w0 = m.row(r0);
-    const float* ds0 = m.scales + r0 * nb;
-    const float* os0 = F == QFormat::Q4 ? m.offsets + r0 * nb : nullptr;
+    const f16* ds0 = m.scales + r0 * nb;
+    const f16* os0 = F == QFormat::Q4 ? m.offsets + r0 * nb : nullptr;
     __m512 acc[MM][R];
     for (std::size_t i = 0; i < MM; ++i)
         for (std::size_t r = 0; r < R; ++r) acc[i][r] = _mm512_setzero_ps();
@@ -445,12 +484,12 @@ inline void gemv_q_block_vnni(const QMatrix& m, const QActivations* a, std::size
         const __mmask16 km = kFull ? __mmask16(0xffff) : __mmask16((1u << nbt) - 1);
         __m512 dw[R];
         for (std::size_t r = 0; r < R; ++r) {
-            dw[r] = _mm512_maskz_loadu_ps(km, ds0 + r * nb + b0);
+            dw[r] = load_f16x16(km, ds0 + r * nb + b0);
             __builtin_prefetch(ds0 + (R + r) * nb + b0, 0, 3);
         }
         if constexpr (F == QFormat::Q4)
             for (std::size_t r = 0; r < R; ++r) {  // offset term: m * (d_x * sum x_q) per block
-                const __m512 mo = _mm512_maskz_loadu_ps(km, os0 + r * nb + b0);
+                const __m512 mo = load_f16x16(km, os0 + r * nb + b0);
                 __builtin_prefetch(os0 + (R + r) * nb + b0, 0, 3);
                 for (std::size_t i = 0; i < MM; ++i)
                     acc[i][r] = _mm512_fmadd_ps(mo, _mm512_loadu_ps(a[i].corr.data() + b0), acc[i][r]);
@@ -577,7 +616,7 @@ inline void gemv_q_block_avx2(const QMatrix& m, const QActivations* a, std::size
     constexpr std::size_t BB = F == QFormat::Q8 ? 32 : 16;  // weight bytes per block
     const std::size_t nb = m.blocks(), rb = m.row_bytes();
     const std::uint8_t* w0 = m.row(r0);
-    const float* ds0 = m.scales + r0 * nb;
+    const f16* ds0 = m.scales + r0 * nb;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[MM][R];
     for (std::size_t i = 0; i < MM; ++i)
@@ -595,8 +634,9 @@ inline void gemv_q_block_avx2(const QMatrix& m, const QActivations* a, std::size
                 const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
                 lo[r] = _mm256_and_si256(v, lomask);
                 hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), lomask);
-                const __m128 d2 = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ds0 + r * nb + b)));
-                dw[r] = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d2), halves);
+                std::uint32_t d2;  // two f16 scales
+                std::memcpy(&d2, ds0 + r * nb + b, sizeof d2);
+                dw[r] = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(_mm_cvtsi32_si128(int(d2)))), halves);
             }
             for (std::size_t i = 0; i < MM; ++i) {
                 const std::int8_t* xp = a[i].pairs.data() + b * kQBlock;
@@ -619,7 +659,7 @@ inline void gemv_q_block_avx2(const QMatrix& m, const QActivations* a, std::size
             __builtin_prefetch(p + R * rb, 0, 3);
             w[r] = load_block_avx2<F>(p);
             if constexpr (F == QFormat::Q8) u[r] = _mm256_abs_epi8(w[r]);
-            dw[r] = ds0[r * nb + b];
+            dw[r] = _cvtsh_ss(ds0[r * nb + b].bits);
         }
         for (std::size_t i = 0; i < MM; ++i) {
             const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].q.data() + b * kQBlock));
@@ -635,13 +675,14 @@ inline void gemv_q_block_avx2(const QMatrix& m, const QActivations* a, std::size
     if constexpr (F == QFormat::Q4) {  // offset term, 8 blocks at a time, then the rest
         const std::size_t nb8 = nb / 8 * 8;
         for (std::size_t r = 0; r < R; ++r) {
-            const float* o = m.offsets + (r0 + r) * nb;
+            const f16* o = m.offsets + (r0 + r) * nb;
             for (std::size_t i = 0; i < MM; ++i) {
                 __m256 t = _mm256_setzero_ps();
                 for (std::size_t k = 0; k < nb8; k += 8)
-                    t = _mm256_fmadd_ps(_mm256_loadu_ps(o + k), _mm256_loadu_ps(a[i].corr.data() + k), t);
+                    t = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(o + k))),
+                                        _mm256_loadu_ps(a[i].corr.data() + k), t);
                 float rest = 0.0f;
-                for (std::size_t k = nb8; k < nb; ++k) rest += o[k] * a[i].corr[k];
+                for (std::size_t k = nb8; k < nb; ++k) rest += float(o[k]) * a[i].corr[k];
                 out[i][r] = hsum_avx2(_mm256_add_ps(acc[i][r], t)) + rest;
             }
         }
@@ -750,7 +791,7 @@ inline void linear_q(std::size_t M, const float* X, std::size_t ldx, const QMatr
         for (std::size_t i = i0; i < i1; ++i) a[i].prepare(X + i * ldx, K, W.format);
     });
     // One group (decoding): no panels, one pass over the thread's rows as before.
-    const std::size_t row_bytes = W.row_bytes() + W.blocks() * sizeof(float) * (W.format == QFormat::Q4 ? 2 : 1);
+    const std::size_t row_bytes = W.row_bytes() + W.blocks() * sizeof(f16) * (W.format == QFormat::Q4 ? 2 : 1);
     const std::size_t panel =
         M <= detail::kQFewRows ? N : std::max<std::size_t>(16, detail::kQPanelBytes / row_bytes / 16 * 16);
     parallel_for(

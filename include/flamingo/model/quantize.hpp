@@ -7,7 +7,7 @@
 //
 // The output directory gets one model.safetensors: for every linear layer's
 // matrix `<name>`, `<name>` I8 [out, in32] (q8) or U8 [out, in32 / 2] (q4),
-// `<name>.scales` F32 [out, in32 / 32] and for q4 `<name>.offsets` F32
+// `<name>.scales` F16 [out, in32 / 32] and for q4 `<name>.offsets` F16
 // [out, in32 / 32]; every other tensor as stored in the source (same dtype
 // and bytes); __metadata__ {"format": "pt", "flamingo.quantization": "q8"|"q4"},
 // by which a load recognises the format. Every other file and directory of
@@ -71,11 +71,11 @@ inline QuantizeSummary quantize_model(const std::filesystem::path& src, const st
         const std::size_t blocks = m.rows * m.blocks();
         quantised.push_back({name, m.format == kernels::QFormat::Q8 ? io::FileDType::I8 : io::FileDType::U8,
                              {m.rows, m.row_bytes()}, m.data, m.rows * m.row_bytes()});
-        plain.push_back({name + Weights::kScales, io::FileDType::F32, {m.rows, m.blocks()}, m.scales,
-                         blocks * sizeof(float)});
+        plain.push_back({name + Weights::kScales, io::FileDType::F16, {m.rows, m.blocks()}, m.scales,
+                         blocks * sizeof(f16)});
         if (m.format == kernels::QFormat::Q4)
-            plain.push_back({name + Weights::kOffsets, io::FileDType::F32, {m.rows, m.blocks()}, m.offsets,
-                             blocks * sizeof(float)});
+            plain.push_back({name + Weights::kOffsets, io::FileDType::F16, {m.rows, m.blocks()}, m.offsets,
+                             blocks * sizeof(f16)});
         ++sum.matrices;
     }
     auto quantised_part = [&](const std::string& n) {

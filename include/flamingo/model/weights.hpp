@@ -241,14 +241,15 @@ public:
         std::size_t n = 0;
         for (auto& b : owned_f32_) n += b.size() * sizeof(float);
         for (auto& b : owned_b16_) n += b.size() * sizeof(bf16);
-        for (auto& b : owned_q_) n += b.data.size() + (b.scales.size() + b.offsets.size()) * sizeof(float);
+        for (auto& b : owned_f16_) n += b.size() * sizeof(f16);
+        for (auto& b : owned_q_) n += b.data.size() + (b.scales.size() + b.offsets.size()) * sizeof(f16);
         return n;
     }
     // Of those, the bytes of quantised matrices (quantised at load, or their
     // scales realigned): 0 when every quantised matrix is a view into the mapping.
     std::size_t copied_quantized_bytes() const {
         std::size_t n = copied_scale_bytes_;
-        for (auto& b : owned_q_) n += b.data.size() + (b.scales.size() + b.offsets.size()) * sizeof(float);
+        for (auto& b : owned_q_) n += b.data.size() + (b.scales.size() + b.offsets.size()) * sizeof(f16);
         return n;
     }
 
@@ -266,23 +267,25 @@ private:
     // Deques keep element addresses stable as buffers are added.
     std::deque<std::vector<float>> owned_f32_;
     std::deque<std::vector<bf16>> owned_b16_;
+    std::deque<std::vector<f16>> owned_f16_;  // quantised matrices' scales, realigned or from F32
     std::deque<kernels::QBuffer> owned_q_;
     std::map<std::string, kernels::QMatrix> quantized_;
     std::size_t copied_scale_bytes_ = 0;
 
     kernels::QFormat qformat() const { return type_ == WeightType::Q8 ? kernels::QFormat::Q8 : kernels::QFormat::Q4; }
 
-    // An F32 [rows, blocks] companion of a stored quantised matrix, in place
-    // when aligned (a copy otherwise).
-    const float* block_floats(const std::string& name, const std::string& what, const kernels::QMatrix& m,
-                              const std::string& matrix_file) {
+    // An F16 [rows, blocks] companion of a stored quantised matrix, in place
+    // when aligned (a copy otherwise). F32, as directories written before
+    // scales were f16 hold, is rounded to f16 (a copy).
+    const f16* block_halves(const std::string& name, const std::string& what, const kernels::QMatrix& m,
+                            const std::string& matrix_file) {
         const io::TensorInfo* t = ckpt_.find(name);
         if (!t)
             fail(ErrorKind::Shape, matrix_file, ": tensor '", name, "' is missing (", what, " of the ",
-                 kernels::qformat_name(m.format), " matrix '", name.substr(0, name.rfind('.')), "', F32 [", m.rows,
+                 kernels::qformat_name(m.format), " matrix '", name.substr(0, name.rfind('.')), "', F16 [", m.rows,
                  ", ", m.blocks(), "])");
-        if (t->file_dtype != io::FileDType::F32)
-            fail(ErrorKind::Shape, t->file, ": tensor '", name, "': ", what, " must be F32, found ",
+        if (t->file_dtype != io::FileDType::F16 && t->file_dtype != io::FileDType::F32)
+            fail(ErrorKind::Shape, t->file, ": tensor '", name, "': ", what, " must be F16 (or F32), found ",
                  io::file_dtype_name(t->file_dtype));
         const std::size_t want[2] = {m.rows, m.blocks()};
         if (!std::equal(t->shape.begin(), t->shape.end(), want, want + 2))
@@ -290,15 +293,17 @@ private:
                  what, ": one per block of 32 inputs of each of ", m.rows, " rows of ", m.cols, " inputs), found ",
                  io::shape_string(t->shape));
         used_.insert(name);
-        if (io::is_aligned(*t)) return reinterpret_cast<const float*>(t->data);
-        auto& buf = owned_f32_.emplace_back(t->numel());
-        io::read_as_float(*t, buf.data());
-        copied_scale_bytes_ += buf.size() * sizeof(float);
+        if (t->file_dtype == io::FileDType::F16 && io::is_aligned(*t)) return reinterpret_cast<const f16*>(t->data);
+        std::vector<float> tmp(t->numel());
+        io::read_as_float(*t, tmp.data());
+        auto& buf = owned_f16_.emplace_back(tmp.size());
+        for (std::size_t i = 0; i < tmp.size(); ++i) buf[i] = f16(tmp[i]);
+        copied_scale_bytes_ += buf.size() * sizeof(f16);
         return buf.data();
     }
 
     // A linear layer's matrix [rows, cols] stored quantised: `name` I8 [rows,
-    // in32] (q8) or U8 [rows, in32 / 2] (q4), `name.scales` F32 [rows, in32 /
+    // in32] (q8) or U8 [rows, in32 / 2] (q4), `name.scales` F16 [rows, in32 /
     // 32], for q4 `name.offsets` likewise; in32 is cols rounded up to a
     // multiple of 32. Viewed in place: nothing is copied.
     nn::Linear mapped_quantized(const std::string& name, std::size_t rows, std::size_t cols) {
@@ -324,8 +329,8 @@ private:
                  " (", kernels::qformat_name(fmt), " of [", rows, ", ", cols, "]), found ", io::shape_string(t->shape));
         used_.insert(name);
         m.data = t->data;
-        m.scales = block_floats(name + kScales, "scales", m, t->file);
-        if (fmt == kernels::QFormat::Q4) m.offsets = block_floats(name + kOffsets, "offsets", m, t->file);
+        m.scales = block_halves(name + kScales, "scales", m, t->file);
+        if (fmt == kernels::QFormat::Q4) m.offsets = block_halves(name + kOffsets, "offsets", m, t->file);
         quantized_[name] = m;
         nn::Linear l;
         l.q = m;
