@@ -19,7 +19,8 @@
 // below holds as before; where rounding shrank d, the block's extreme weight
 // is clamped by up to 2^-11 of itself (q8). Blocks with max|w| below
 // 2^-14 * 127 get subnormal scales (absolute error at most ~4e-6 per weight);
-// blocks beyond f16's range (|w| near 65504 for q4) are refused by quantize().
+// blocks beyond f16's range (with room: |w| >= 32768 for q4, 8e6 for q8)
+// are refused by quantize().
 // The offset makes q4 use all 16 levels on a block's actual range: relative
 // RMS error with min/max alone 0.078 against 0.086 for the best symmetric
 // 4-bit variant on Gaussian blocks, 0.094 against 0.116 on heavy-tailed
@@ -218,7 +219,7 @@ inline void q4_block(const float* x, std::size_t n, std::uint8_t* v, f16& d_out,
         const double e2 = q4_error(x, n, d2, m2, w);
         if (e2 < err) err = e2, d = d2, m = m2, std::copy(w, w + n, v);
     };
-    if (hi > lo) {  // (a constant block is exact already)
+    if (hi > lo) {  // (a constant block has nothing better than min/max)
         for (const float g : kQ4Grid) {
             q4_levels(x, n, (hi - lo) / (15.0f + g), lo, t);
             consider(t);
