@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -165,6 +166,27 @@ TEST_CASE("quantize: all-zero blocks are exact, constant blocks within the f16 r
             else CHECK(std::fabs(row[k] - w[k]) <= std::ldexp(std::fabs(w[k]), -11));
         }
         CHECK(row[70] != 0.1f);  // (else the case above tests nothing)
+    }
+}
+
+TEST_CASE("quantize: weights beyond what f16 scales and offsets hold are refused, naming the first") {
+    // Just below each format's bound quantises (the largest weight within 2^-11 of itself);
+    // at it, or a NaN, is an error naming the row and column of the first such weight.
+    for (auto [f, limit] : {std::pair{QFormat::Q8, 8.0e6f}, std::pair{QFormat::Q4, 32768.0f}}) {
+        CAPTURE(fk::qformat_name(f));
+        std::vector<float> w(2 * 40, 0.5f);
+        w[45] = std::nextafter(limit, 0.0f);
+        auto buf = fk::quantize(f, w.data(), 2, 40, 40);
+        std::vector<float> row(40);
+        fk::dequantize_row(buf.view(f, 2, 40), 1, row.data());
+        CHECK(std::fabs(row[5] - w[45]) <= std::ldexp(w[45], -11));
+        for (float bad : {limit, -limit, std::numeric_limits<float>::quiet_NaN()}) {
+            w[45] = bad;
+            w[47] = limit;  // a later one is not the one named
+            CHECK_THROWS_WITH_AS(fk::quantize(f, w.data(), 2, 40, 40), doctest::Contains("weight at [1, 5]"),
+                                 flamingo::Error);
+            w[47] = 0.5f;
+        }
     }
 }
 
