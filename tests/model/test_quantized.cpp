@@ -234,7 +234,7 @@ TEST_CASE("q8 and q4: every linear layer is quantised, the embedding stays float
     CHECK(!model::parse_weight_type("q5"));
 }
 
-TEST_CASE("q8 and q4: a non-finite weight is a one-line error naming the tensor") {
+TEST_CASE("q8 and q4: a non-finite weight, or one beyond f16 scales' range, is a one-line error naming the tensor") {
     // A copy of the llama fixture with one NaN written into an MLP matrix.
     const fs::path src = fixture::dir("llama");
     const fs::path d = fs::temp_directory_path() / "flamingo_quant_nan";
@@ -255,23 +255,28 @@ TEST_CASE("q8 and q4: a non-finite weight is a one-line error naming the tensor"
             break;
         }
     REQUIRE(!name.empty());
-    const float nan = std::nanf("");
-    io.write(reinterpret_cast<const char*>(&nan), 4);
-    io.close();
-
-    for (WeightType w : {WeightType::Q8, WeightType::Q4}) {
-        try {
-            model::load_flamingo(d, w);
-            FAIL("no error");
-        } catch (const Error& e) {
-            const std::string msg = e.what();
-            INFO(msg);
-            CHECK(e.kind() == ErrorKind::Format);
-            CHECK(msg.find(name) != std::string::npos);
-            CHECK(msg.find("non-finite value at [0, 5]") != std::string::npos);
-            CHECK(msg.find('\n') == std::string::npos);
+    const std::streamoff at = io.tellp();
+    // A NaN, then a finite weight beyond what f16 scales hold (1e9: both formats' bounds).
+    for (float bad : {std::nanf(""), 1e9f}) {
+        io.seekp(at);
+        io.write(reinterpret_cast<const char*>(&bad), 4);
+        io.flush();
+        for (WeightType w : {WeightType::Q8, WeightType::Q4}) {
+            try {
+                model::load_flamingo(d, w);
+                FAIL("no error");
+            } catch (const Error& e) {
+                const std::string msg = e.what();
+                INFO(msg);
+                CHECK(e.kind() == ErrorKind::Format);
+                CHECK(msg.find(name) != std::string::npos);
+                CHECK(msg.find(std::isnan(bad) ? "non-finite value at [0, 5]" : "weight at [0, 5] is 1e+09") !=
+                      std::string::npos);
+                CHECK(msg.find('\n') == std::string::npos);
+            }
         }
     }
+    io.close();
     CHECK_NOTHROW(model::load_flamingo(d, WeightType::F32));  // float weights are taken as stored
     fs::remove_all(d);
 }

@@ -337,8 +337,9 @@ private:
         return l;
     }
 
-    // A NaN or infinity would spread over its whole block (through the scale):
-    // refused, naming the tensor and the element.
+    // A NaN or infinity would spread over its whole block (through the scale),
+    // and a weight beyond f16's range has no scale: refused, naming the tensor
+    // and the element.
     // `named`: the matrix is the checkpoint tensor `name` (not the tied head).
     nn::Linear quantized(const float* f, std::size_t rows, std::size_t cols, const std::string& file,
                          const std::string& name, bool named = true) {
@@ -347,7 +348,13 @@ private:
                 fail(ErrorKind::Format, file, ": tensor '", name, "' has a non-finite value at [", i / cols, ", ",
                      i % cols, "] and cannot be quantised to ", weight_type_name(type_));
         const auto fmt = qformat();
-        auto& buf = owned_q_.emplace_back(kernels::quantize(fmt, f, rows, cols, cols));
+        kernels::QBuffer q;
+        try {
+            q = kernels::quantize(fmt, f, rows, cols, cols);
+        } catch (const Error& e) {  // a weight beyond f16 scales' range: name the tensor
+            fail(ErrorKind::Format, file, ": tensor '", name, "': ", e.what());
+        }
+        auto& buf = owned_q_.emplace_back(std::move(q));
         nn::Linear l;
         l.q = buf.view(fmt, rows, cols);
         if (named) quantized_[name] = l.q;
