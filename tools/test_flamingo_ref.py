@@ -288,6 +288,45 @@ class DecodingTest(unittest.TestCase):
         self.assertEqual(fr.no_repeat_ngram_banned([1, 2], 3), [])
 
 
+class ActivationRoundingTest(unittest.TestCase):
+    def test_q8_activations_per_block(self):
+        # per block of 32 along the last dimension: d = max|x| / 127 in float32, x -> d * round(x / d)
+        x = torch.randn(3, 70, generator=torch.Generator().manual_seed(5))
+        x[1, 32:64] = 0.0  # an all-zero block stays zero
+        got = fr.q8_activations(x)
+        for r in range(3):
+            for b0 in range(0, 70, 32):
+                blk = x[r, b0:b0 + 32].float()
+                d = blk.abs().max() / torch.tensor(127.0, dtype=torch.float32)
+                for i, v in enumerate(blk):
+                    want = 0.0 if d == 0 else float(d * torch.round(v / d))
+                    self.assertEqual(float(got[r, b0 + i]), want)
+
+    def test_vision_attention_written_out_is_the_module(self):
+        # with rounding made the identity, the written-out attention equals nn.MultiheadAttention
+        block = fr.ResidualAttentionBlock(64, 4, 2.0, True)
+        randomize(block, 3)
+        x = torch.randn(5, 2, 64, generator=torch.Generator().manual_seed(4))
+        want = block(x)
+        saved, fr.q8_activations = fr.q8_activations, (lambda t: t)
+        try:
+            block.round_activations = True
+            got = block(x)
+        finally:
+            fr.q8_activations, block.round_activations = saved, False
+        self.assertLess(float((got - want).abs().max()), 1e-12)
+
+    def test_context_rounds_linear_inputs_and_restores(self):
+        lin = torch.nn.Sequential(torch.nn.Linear(40, 8))
+        randomize(lin, 6)
+        x = torch.randn(4, 40, generator=torch.Generator().manual_seed(7))
+        with fr.ActivationRounding(lin):
+            inside = lin(x)
+        self.assertTrue(torch.equal(inside, lin(fr.q8_activations(x))))
+        self.assertFalse(torch.equal(inside, lin(x)))
+        self.assertTrue(torch.equal(lin(x), torch.nn.functional.linear(x, lin[0].weight, lin[0].bias)))
+
+
 class TokenizerTest(unittest.TestCase):
     def test_gpt2_split(self):
         self.assertEqual(tt.GPT2_SPLIT.findall("Hello world's 42!  ok\n"),
