@@ -286,9 +286,11 @@ std::string shape_name(const Shape& s) {
     return std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
 }
 // Linear GEMM shapes: Perceiver / ViT ones, then an OpenFlamingo-3B prompt of
-// 165 tokens (d_model 2048, MLP 8192): attention projection, MLP up, MLP down.
+// 165 tokens (d_model 2048, MLP 8192): attention projection, MLP up, MLP down;
+// last kGemmShapes' three, which bench/pytorch_gemm.py measures in PyTorch.
 const Shape kLinearShapes[] = {{64, 1024, 1024},  {257, 4096, 1024}, {1300, 2048, 2048},
-                               {165, 2048, 2048}, {165, 8192, 2048}, {165, 2048, 8192}};
+                               {165, 2048, 2048}, {165, 8192, 2048}, {165, 2048, 8192},
+                               {64, 2048, 8192},  {320, 1024, 1024}, {1024, 1024, 1024}};
 const std::pair<std::size_t, std::size_t> kGemvShapes[] = {{2048, 2048}, {2048, 8192}, {8192, 2048}, {50280, 2048}};
 
 void register_all() {

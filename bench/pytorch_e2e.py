@@ -16,7 +16,11 @@ from the memory-mapped file (copy-on-write), as bench_e2e does.
 Debian's torch does its float32 matrix products in the system BLAS
 (libblas.so.3), which may be the netlib reference implementation (~25x slower).
 When Debian's OpenBLAS is installed the script restarts itself with it first on
-the library path, and says which BLAS it ran with. OMP_WAIT_POLICY defaults to
+the library path, and says which BLAS it ran with. Likewise with Debian's
+tcmalloc (libtcmalloc-minimal4) preloaded, unless FLAMINGO_E2E_MALLOC=glibc:
+on the VM of bench/README.md glibc's malloc returned the large activation
+buffers to the kernel after every call, and the page faults of taking them
+back made bf16 image encoding ~1.8x slower. OMP_WAIT_POLICY defaults to
 PASSIVE: without it this PyTorch build's OpenMP and OpenBLAS threads fight over
 the two cores and fp32 runs 1.6-2.8x slower.
 
@@ -34,10 +38,14 @@ import os
 import sys
 
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread"
-if os.path.isdir(OPENBLAS) and not os.environ.get("FLAMINGO_E2E_BLAS"):
-    # The loader reads LD_LIBRARY_PATH at start-up only: restart with it set.
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+if not os.environ.get("FLAMINGO_E2E_BLAS"):
+    # The loader reads LD_LIBRARY_PATH and LD_PRELOAD at start-up only: restart with them set.
     env = dict(os.environ, FLAMINGO_E2E_BLAS="1")
-    env["LD_LIBRARY_PATH"] = OPENBLAS + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    if os.path.isdir(OPENBLAS):
+        env["LD_LIBRARY_PATH"] = OPENBLAS + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    if os.path.exists(TCMALLOC) and os.environ.get("FLAMINGO_E2E_MALLOC", "tcmalloc") == "tcmalloc":
+        env["LD_PRELOAD"] = TCMALLOC + (" " + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the torch import
 
@@ -346,6 +354,12 @@ def load_average():
     return os.getloadavg()[0]
 
 
+def malloc_library():
+    """tcmalloc when preloaded, else glibc's malloc."""
+    with open("/proc/self/maps") as f:
+        return "tcmalloc" if any("tcmalloc" in line for line in f) else "glibc"
+
+
 @torch.inference_mode()
 def measure(model_dir, dtype, threads, new_tokens, reps):
     torch.set_num_threads(threads)
@@ -359,7 +373,7 @@ def measure(model_dir, dtype, threads, new_tokens, reps):
     params = dict(model.named_parameters())
     r = {"dtype": dtype, "dir": model_dir, "load_s": load_s, "threads": torch.get_num_threads(),
          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "torch": torch.__version__,
-         "blas": blas_library(),
+         "blas": blas_library(), "malloc": malloc_library(),
          "params": sum(p.numel() for p in params.values()),
          "weight_bytes": sum(p.numel() * p.element_size() for p in params.values()),
          "decode_bytes": sum(p.numel() * p.element_size() for n, p in params.items()
@@ -429,7 +443,8 @@ def print_table(args, cols):
     print(f"\nPyTorch {torch.__version__} end-to-end, OpenFlamingo-3B shape (random weights), "
           f"{args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}, best of {args.reps} runs")
     print(f"model directory: {args.dir}")
-    print(f"BLAS: {', '.join(sorted({r['blas'] for _, r in cols if 'blas' in r}))}\n")
+    print(f"BLAS: {', '.join(sorted({r['blas'] for _, r in cols if 'blas' in r}))}; "
+          f"malloc: {', '.join(sorted({r['malloc'] for _, r in cols if 'malloc' in r}))}\n")
     gb = lambda x: f"{x / 1e9:.2f} GB"  # noqa: E731
     cores = lambda t: f" ({t[1] / t[0]:.1f} cores)"  # noqa: E731
     rows = [
