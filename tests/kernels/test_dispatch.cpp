@@ -1,6 +1,6 @@
 // The run-time kernel choice (kernels/dispatch.hpp): the detector, FLAMINGO_ISA,
 // and every table this CPU runs checked against plain scalar references, so even
-// a -march=native test build exercises the AVX2 and SSE2 kernels a little. (The
+// a -march=native test build exercises the AVX-VNNI, AVX2 and SSE2 kernels a little. (The
 // whole kernel suite runs once per set through FLAMINGO_ISA: tests/CMakeLists.txt.)
 #ifdef FLAMINGO_TEST_KERNEL_TABLES
 
