@@ -28,6 +28,7 @@ flags = shlex.split(os.environ.get("FLAMINGO_CXXFLAGS", "-O3"))
 KERNEL_TABLES = [
     ("src/kernels_sse2.cpp", ["-mno-avx"]),
     ("src/kernels_avx2.cpp", ["-mno-avx512f", "-mavx2", "-mfma", "-mf16c"]),
+    ("src/kernels_avxvnni.cpp", ["-mno-avx512f", "-mavx2", "-mfma", "-mf16c", "-mavxvnni"]),
     ("src/kernels_avx512.cpp", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
                                 "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]),
 ]

@@ -12,11 +12,12 @@ namespace flamingo::kernels {
 
 namespace dispatch_sse2 { extern const KernelTable table_sse2; }
 namespace dispatch_avx2 { extern const KernelTable table_avx2; }
+namespace dispatch_avxvnni { extern const KernelTable table_avxvnni; }
 namespace dispatch_avx512 { extern const KernelTable table_avx512; }
 
 namespace {
 
-const char* const kNames[kIsaCount] = {"sse2", "avx2", "avx512"};
+const char* const kNames[kIsaCount] = {"sse2", "avx2", "avxvnni", "avx512"};
 
 // What the kernels of each set execute. __builtin_cpu_supports reads cpuid and,
 // for AVX and AVX-512, also checks XCR0: the OS must save the wider registers.
@@ -28,6 +29,10 @@ bool cpu_runs(Isa isa) {
         case Isa::avx2:
             return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                    __builtin_cpu_supports("f16c");  // -mf16c in CMakeLists.txt
+        case Isa::avxvnni:
+            // libgcc sets "avxvnni" (cpuid leaf 7 subleaf 1, EAX bit 4) only when
+            // XCR0 says the OS saves the AVX registers.
+            return __builtin_cpu_supports("avxvnni") && cpu_runs(Isa::avx2);
         case Isa::avx512:
             return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                    __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
@@ -37,27 +42,40 @@ bool cpu_runs(Isa isa) {
     return false;
 }
 
+// The highest set in m at or below `top` (sse2 when none).
+Isa highest(IsaMask m, Isa top) {
+    for (int i = int(top); i > 0; --i)
+        if (m & isa_bit(Isa(i))) return Isa(i);
+    return Isa::sse2;
+}
+
 }  // namespace
 
 const char* isa_name(Isa isa) { return kNames[int(isa)]; }
 
-Isa detect_isa() {
-    for (int i = kIsaCount - 1; i > 0; --i)
-        if (cpu_runs(Isa(i))) return Isa(i);
-    return Isa::sse2;
+IsaMask runnable_isas() {
+    IsaMask m = 0;
+    for (int i = 0; i < kIsaCount; ++i)
+        if (cpu_runs(Isa(i))) m |= isa_bit(Isa(i));
+    return m;
 }
 
-Isa choose_isa(Isa best, const char* requested, std::string* warning) {
-    if (!requested || !*requested) return best;
+Isa detect_isa() { return highest(runnable_isas(), Isa(kIsaCount - 1)); }
+
+Isa choose_isa(IsaMask runnable, const char* requested, std::string* warning) {
+    if (!requested || !*requested) return highest(runnable, Isa(kIsaCount - 1));
     for (int i = 0; i < kIsaCount; ++i) {
         if (std::string_view(requested) != kNames[i]) continue;
-        if (i <= int(best)) return Isa(i);
-        if (warning)
+        // Not a chain (dispatch.hpp): the nearest set below that runs, e.g.
+        // avx2 for avxvnni on Zen 4, avxvnni for avx512 on Alder Lake.
+        const Isa isa = highest(runnable, Isa(i));
+        if (isa != Isa(i) && warning)
             *warning = std::string("FLAMINGO_ISA=") + requested + " asks for a kernel set this CPU cannot run; using " +
-                       kNames[int(best)];
-        return best;
+                       kNames[int(isa)];
+        return isa;
     }
-    fail("FLAMINGO_ISA=", requested, " is not a kernel set; use avx512, avx2 or sse2 (or leave it unset for the best)");
+    fail("FLAMINGO_ISA=", requested,
+         " is not a kernel set; use avx512, avxvnni, avx2 or sse2 (or leave it unset for the best)");
 }
 
 const KernelTable* kernel_table(Isa isa) {
@@ -65,6 +83,7 @@ const KernelTable* kernel_table(Isa isa) {
     switch (isa) {
         case Isa::sse2: return &dispatch_sse2::table_sse2;
         case Isa::avx2: return &dispatch_avx2::table_avx2;
+        case Isa::avxvnni: return &dispatch_avxvnni::table_avxvnni;
         case Isa::avx512: return &dispatch_avx512::table_avx512;
     }
     return nullptr;
@@ -75,7 +94,7 @@ const KernelTable& active_kernels() {
     // call; if FLAMINGO_ISA is invalid the error reaches that caller (and the next).
     static const KernelTable& table = [] () -> const KernelTable& {
         std::string warning;
-        const Isa isa = choose_isa(detect_isa(), std::getenv("FLAMINGO_ISA"), &warning);
+        const Isa isa = choose_isa(runnable_isas(), std::getenv("FLAMINGO_ISA"), &warning);
         if (!warning.empty()) std::fprintf(stderr, "flamingo: warning: %s\n", warning.c_str());
         return *kernel_table(isa);
     }();

@@ -57,7 +57,7 @@ case "$what" in
     npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
     npm ci --prefix tests/serve/node --no-audit --no-fund --loglevel=error
     # The default build picks its kernels at run time; its ctest also runs the
-    # kernel suites with FLAMINGO_ISA=avx2 and sse2, so every set this machine
+    # kernel suites with FLAMINGO_ISA=avxvnni, avx2 and sse2, so every set this machine
     # has is tested (and the tensor library's own code is built for the baseline).
     stage "optimised build and tests"
     build build -DFLAMINGO_BUILD_TESTS=ON -DFLAMINGO_NATIVE=OFF  # explicit: an old cache may say ON

@@ -1,6 +1,6 @@
 // The run-time kernel choice (kernels/dispatch.hpp): the detector, FLAMINGO_ISA,
 // and every table this CPU runs checked against plain scalar references, so even
-// a -march=native test build exercises the AVX2 and SSE2 kernels a little. (The
+// a -march=native test build exercises the AVX-VNNI, AVX2 and SSE2 kernels a little. (The
 // whole kernel suite runs once per set through FLAMINGO_ISA: tests/CMakeLists.txt.)
 #ifdef FLAMINGO_TEST_KERNEL_TABLES
 
@@ -32,6 +32,7 @@ bool cpu_has_avx512_set() {
 bool cpu_has_avx2_set() {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
+bool cpu_has_avxvnni_set() { return cpu_has_avx2_set() && __builtin_cpu_supports("avxvnni"); }
 
 // Y = X W^T + b in double; also sum |x||w| per output for the tolerance.
 void reference_linear(std::size_t M, std::size_t N, std::size_t K, const std::vector<float>& X,
@@ -65,36 +66,67 @@ TEST_CASE("dispatch: the detected set runs on this CPU and is the best it offers
     const fk::KernelTable* t = fk::kernel_table(best);
     REQUIRE(t != nullptr);
     CHECK(t->isa == best);
-    const Isa expected = cpu_has_avx512_set() && cpu_has_avx2_set() ? Isa::avx512
-                         : cpu_has_avx2_set()                       ? Isa::avx2
-                                                                    : Isa::sse2;
+    // Not a chain: an AVX-512 CPU may lack AVX-VNNI (Zen 4) and the reverse (Alder Lake).
+    const bool has[fk::kIsaCount] = {true, cpu_has_avx2_set(), cpu_has_avxvnni_set(),
+                                     cpu_has_avx512_set() && cpu_has_avx2_set()};
+    const Isa expected = has[3] ? Isa::avx512 : has[2] ? Isa::avxvnni : has[1] ? Isa::avx2 : Isa::sse2;
     CHECK(best == expected);
-    // Every lower set runs too; none above the best does.
-    for (int i = 0; i < fk::kIsaCount; ++i) CHECK((fk::kernel_table(Isa(i)) != nullptr) == (i <= int(best)));
-    const std::string set = std::string("kernel set: ") + t->description;
+    fk::IsaMask mask = 0;
+    for (int i = 0; i < fk::kIsaCount; ++i) {
+        CAPTURE(fk::isa_name(Isa(i)));
+        CHECK((fk::kernel_table(Isa(i)) != nullptr) == has[i]);
+        if (has[i]) mask |= fk::isa_bit(Isa(i));
+    }
+    CHECK(fk::runnable_isas() == mask);
+    std::string runs;
+    for (int i = 0; i < fk::kIsaCount; ++i)
+        if (has[i]) runs += std::string(" ") + fk::isa_name(Isa(i));
+    const std::string set = std::string("kernel set: ") + t->description + "; runnable:" + runs;
     MESSAGE(set);
 }
 
-TEST_CASE("dispatch: FLAMINGO_ISA lowers the set; a set the CPU lacks falls back with a warning; a bad name is an error") {
+TEST_CASE("dispatch: FLAMINGO_ISA chooses the set; a set the CPU lacks falls back with a warning; a bad name is an error") {
+    using fk::isa_bit;
+    const fk::IsaMask all = isa_bit(Isa::sse2) | isa_bit(Isa::avx2) | isa_bit(Isa::avxvnni) | isa_bit(Isa::avx512);
+    const fk::IsaMask avx2_cpu = isa_bit(Isa::sse2) | isa_bit(Isa::avx2);  // Haswell .. Zen 3
+    const fk::IsaMask zen4 = avx2_cpu | isa_bit(Isa::avx512);             // AVX-512 without AVX-VNNI
+    const fk::IsaMask alder = avx2_cpu | isa_bit(Isa::avxvnni);           // AVX-VNNI without AVX-512
     std::string w;
-    CHECK(fk::choose_isa(Isa::avx512, nullptr, &w) == Isa::avx512);
-    CHECK(fk::choose_isa(Isa::avx512, "", &w) == Isa::avx512);
-    CHECK(fk::choose_isa(Isa::avx512, "avx2", &w) == Isa::avx2);
-    CHECK(fk::choose_isa(Isa::avx512, "sse2", &w) == Isa::sse2);
+    CHECK(fk::choose_isa(all, nullptr, &w) == Isa::avx512);
+    CHECK(fk::choose_isa(all, "", &w) == Isa::avx512);
+    CHECK(fk::choose_isa(all, "avxvnni", &w) == Isa::avxvnni);
+    CHECK(fk::choose_isa(all, "avx2", &w) == Isa::avx2);
+    CHECK(fk::choose_isa(all, "sse2", &w) == Isa::sse2);
+    CHECK(fk::choose_isa(zen4, nullptr, &w) == Isa::avx512);
+    CHECK(fk::choose_isa(zen4, "avx2", &w) == Isa::avx2);
+    CHECK(fk::choose_isa(alder, nullptr, &w) == Isa::avxvnni);
+    CHECK(fk::choose_isa(alder, "avx2", &w) == Isa::avx2);
+    CHECK(fk::choose_isa(avx2_cpu, "", &w) == Isa::avx2);
+    CHECK(fk::choose_isa(0, nullptr, &w) == Isa::sse2);  // sse2 runs everywhere, listed or not
     CHECK(w.empty());
-    // Forcing a higher set than the CPU has (here a pretended AVX2-only and SSE2-only CPU).
-    CHECK(fk::choose_isa(Isa::avx2, "avx512", &w) == Isa::avx2);
+    // A set the CPU lacks: the highest runnable set below it, with a warning.
+    CHECK(fk::choose_isa(avx2_cpu, "avx512", &w) == Isa::avx2);
     CHECK(w.find("avx512") != std::string::npos);
     CHECK(w.find("using avx2") != std::string::npos);
     w.clear();
-    CHECK(fk::choose_isa(Isa::sse2, "avx2", &w) == Isa::sse2);
+    CHECK(fk::choose_isa(zen4, "avxvnni", &w) == Isa::avx2);  // not avx512, which is above it
+    CHECK(w.find("FLAMINGO_ISA=avxvnni") != std::string::npos);
+    CHECK(w.find("using avx2") != std::string::npos);
+    w.clear();
+    CHECK(fk::choose_isa(alder, "avx512", &w) == Isa::avxvnni);
+    CHECK(w.find("using avxvnni") != std::string::npos);
+    w.clear();
+    CHECK(fk::choose_isa(isa_bit(Isa::sse2), "avx2", &w) == Isa::sse2);
     CHECK(!w.empty());
-    CHECK_THROWS_WITH_AS(fk::choose_isa(Isa::avx512, "AVX512", &w), doctest::Contains("not a kernel set"),
-                         flamingo::Error);
-    CHECK_THROWS_AS(fk::choose_isa(Isa::avx512, "avx", &w), flamingo::Error);
+    w.clear();
+    CHECK(fk::choose_isa(isa_bit(Isa::sse2), "avxvnni", &w) == Isa::sse2);
+    CHECK(w.find("using sse2") != std::string::npos);
+    CHECK_THROWS_WITH_AS(fk::choose_isa(all, "AVX512", &w), doctest::Contains("not a kernel set"), flamingo::Error);
+    CHECK_THROWS_WITH_AS(fk::choose_isa(all, "avx-vnni", &w), doctest::Contains("avxvnni"), flamingo::Error);
+    CHECK_THROWS_AS(fk::choose_isa(all, "avx", &w), flamingo::Error);
 
     // The table in use is the one the environment asked for (ctest sets FLAMINGO_ISA per run).
-    const Isa chosen = fk::choose_isa(fk::detect_isa(), std::getenv("FLAMINGO_ISA"), nullptr);
+    const Isa chosen = fk::choose_isa(fk::runnable_isas(), std::getenv("FLAMINGO_ISA"), nullptr);
     CHECK(fk::active_kernels().isa == chosen);
 #ifdef FLAMINGO_DISPATCH
     // Dispatching programs report the active table's bf16 path.

@@ -359,8 +359,8 @@ TEST_CASE("linear_q few rows: every activation row matches the scalar integer re
                         check_rows(y, 1.0);
                     }
 #if defined(FLAMINGO_DISPATCH)
-                    // The AVX-512 (always with VNNI) and AVX2 tables take up to 8 rows in one pass.
-                    for (fk::Isa isa : {fk::Isa::avx512, fk::Isa::avx2}) {
+                    // The AVX-512 (always with VNNI), AVX-VNNI and AVX2 tables take up to 8 rows in one pass.
+                    for (fk::Isa isa : {fk::Isa::avx512, fk::Isa::avxvnni, fk::Isa::avx2}) {
                         const fk::KernelTable* t = fk::kernel_table(isa);
                         if (!t) continue;
                         CAPTURE(fk::isa_name(isa));
@@ -372,6 +372,15 @@ TEST_CASE("linear_q few rows: every activation row matches the scalar integer re
                         std::vector<float> yt(M * N, 1.0f);
                         t->linear_q(M, x.data(), K, m, bias.data(), yt.data(), N, true);
                         REQUIRE(yt == y);
+                    }
+                    // avxvnni is the avx2 kernel with vpdpbusd forming the same integers
+                    // (quant.hpp), so its outputs are the avx2 set's bit for bit.
+                    const fk::KernelTable *t2 = fk::kernel_table(fk::Isa::avx2), *tv = fk::kernel_table(fk::Isa::avxvnni);
+                    if (t2 && tv) {
+                        std::vector<float> y2(M * N), yv(M * N);
+                        t2->linear_q(M, x.data(), K, m, bias.data(), y2.data(), N, false);
+                        tv->linear_q(M, x.data(), K, m, bias.data(), yv.data(), N, false);
+                        REQUIRE(yv == y2);
                     }
 #endif
                 }
@@ -465,6 +474,57 @@ TEST_CASE("linear_q worst-case blocks: the largest products stay exact on every 
                         }
                     }
                 }
+        }
+}
+
+TEST_CASE("linear_q exact integers: every kernel set's block dot products equal the plain C++ sums") {
+    // Scales 1 and integer offsets, activations integers with a +-127 in each
+    // block (so their scale is 1 and they quantise to themselves): every term
+    // and partial sum is an integer below 2^24 (19 blocks * 32 * 128 * 127),
+    // so each output is the integer sum of the block dots exactly, whichever
+    // instructions formed them (vpdpbusd, vpmaddubsw + vpmaddwd, plain C++).
+    // q8 weights span [-128, 127], q4 [0, 15]; K = 600: 19 blocks, more than
+    // one group of 16 and an odd count.
+    std::mt19937 gen(21);
+    for (QFormat f : {QFormat::Q8, QFormat::Q4})
+        for (std::size_t K : {32u, 95u, 600u}) {
+            const std::size_t N = 11;
+            fk::QMatrix shape{f, N, K};
+            const std::size_t nb = shape.blocks(), rb = shape.row_bytes();
+            fk::QBuffer buf;
+            buf.data.resize(N * rb);
+            std::uniform_int_distribution<int> byte(0, 255);
+            for (auto& v : buf.data) v = std::uint8_t(byte(gen));
+            if (f == QFormat::Q8)  // zero padding, as stored
+                for (std::size_t r = 0; r < N; ++r) std::fill(buf.data.begin() + r * rb + K, buf.data.begin() + (r + 1) * rb, 0);
+            buf.scales.assign(N * nb, flamingo::f16(1.0f));
+            if (f == QFormat::Q4)
+                for (std::size_t i = 0; i < N * nb; ++i) buf.offsets.push_back(flamingo::f16(float(int(i % 5) - 2)));
+            const fk::QMatrix m = buf.view(f, N, K);
+            std::uniform_int_distribution<int> act(-127, 127);
+            for (std::size_t M : {1u, 2u, 3u, 5u, 8u, 9u, 17u}) {
+                std::vector<float> x(M * K);
+                for (std::size_t k = 0; k < M * K; ++k) x[k] = float(k % K % 32 == 0 ? (k % 2 ? 127 : -127) : act(gen));
+                std::vector<long> ref(M * N, 0);
+                for (std::size_t i = 0; i < M; ++i)
+                    for (std::size_t r = 0; r < N; ++r)
+                        for (std::size_t k = 0; k < K; ++k) {
+                            const long w = stored_value(m, r, k) + (f == QFormat::Q4 ? long(float(m.offsets[r * nb + k / 32])) : 0);
+                            ref[i * N + r] += w * long(x[i * K + k]);
+                        }
+                for (const QPath& path : q_paths()) {
+                    CAPTURE(path.name);
+                    CAPTURE(fk::qformat_name(f));
+                    CAPTURE(K);
+                    CAPTURE(M);
+                    std::vector<float> y(M * N);
+                    path.f(M, x.data(), K, m, nullptr, y.data(), N, false);
+                    for (std::size_t j = 0; j < M * N; ++j) {
+                        CAPTURE(j);
+                        REQUIRE(double(y[j]) == double(ref[j]));
+                    }
+                }
+            }
         }
 }
 

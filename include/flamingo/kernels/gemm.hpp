@@ -92,7 +92,7 @@ inline const char* bf16_gemm_kind() {
 // The kernel set in use, for logs (kernels/dispatch.hpp).
 inline std::string kernel_set() {
 #if FLAMINGO_KERNELS_DISPATCHED
-    return std::string(active_kernels().description) + ", chosen at run time (FLAMINGO_ISA=avx2|sse2 lowers it)";
+    return std::string(active_kernels().description) + ", chosen at run time (FLAMINGO_ISA=avx512|avxvnni|avx2|sse2 picks another)";
 #else
 #define FLAMINGO_KERNELS_STR2(x) #x
 #define FLAMINGO_KERNELS_STR(x) FLAMINGO_KERNELS_STR2(x)

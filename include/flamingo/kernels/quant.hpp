@@ -32,7 +32,7 @@
 //     rounding; q4: the same for the values within [m, m + 15 d], the others
 //     are clamped to its nearer end, and each block's squared error is at most
 //     that of min/max rounded to f16 (whose values are within about (max - min)/30).
-//   linear_q with AVX512-VNNI or AVX2 (any number of activation rows M), and
+//   linear_q with AVX512-VNNI, AVX-VNNI or AVX2 (any number of activation rows M), and
 //   in plain C++ for M <= 3: each activation row is
 //     quantised the same way as q8 weights (per block of 32, scale max|x|/127,
 //     round to nearest) and each block's dot product is computed exactly in
@@ -41,15 +41,20 @@
 //     expression evaluated exactly, the error is below 1e-5 times the same
 //     sum taken over |each element's term| (tests check this). Against the float product
 //     with the original weights, add the quantisation errors of both sides.
-//   linear_q in plain C++ (neither AVX2 nor VNNI: the SSE2 set), M > 3:
+//   linear_q in plain C++ (no AVX2: the SSE2 set), M > 3:
 //     panels of weights are dequantised
 //     to f32 and multiplied by the f32 kernel (activations not quantised), so
 //     only the weight quantisation error adds to the f32 contract of gemm.hpp.
 // What runs where: the integer dot products use AVX512-VNNI (vpdpbusd, 512-bit)
-// when the compiler targets it (the avx512 kernel set), else AVX2 (vpmaddubsw +
-// vpmaddwd, 256-bit: the avx2 set, and AVX-512 builds without VNNI), else plain
-// C++ (the sse2 set); all give the same integers. (AVX-VNNI, vpdpbusd on 256
-// bits, is not used.) Activation
+// when the compiler targets it (the avx512 kernel set), else AVX2 (256-bit,
+// gemv_q_block_avx2) with its int32 sums from AVX-VNNI's VEX vpdpbusd when
+// targeted without AVX-512 (the avxvnni set: Alder Lake and later Intel client
+// CPUs, Zen 5) or from vpmaddubsw + vpmaddwd (the avx2 set, and AVX-512 builds
+// without VNNI), else plain C++ (the sse2 set); all give the same integers
+// (tests compare them exactly). The avxvnni kernels are the avx2 ones, same
+// layouts and order of float operations, with one vpdpbusd (two for a q4 pair
+// of blocks) in place of the vpmaddubsw/vpmaddwd pair, so their outputs equal
+// the avx2 set's bit for bit. Activation
 // rows are taken kQFewRows at a time (8 with VNNI or AVX2, 3 otherwise: one-token
 // decoding, beam search and batched decoding are one such group); with more
 // rows (prompts, images) the weights are taken a panel at a time, kept in
@@ -80,6 +85,9 @@
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define FLAMINGO_QUANT_AVX2 1
+#if defined(__AVXVNNI__) && !defined(__AVX512F__)
+#define FLAMINGO_QUANT_AVXVNNI 1  // the AVX2 kernels with vpdpbusd (VEX) for the int32 sums
+#endif
 #endif
 
 #include "../core/error.hpp"
@@ -599,7 +607,10 @@ inline float hsum_avx2(__m256 v) {
 // out[i][j] = W[r0 + j] · x_i for MM activation rows and R weight rows, AVX2.
 // Per block, vpmaddubsw multiplies unsigned by signed bytes into pairs of
 // int16 sums (saturating) and vpmaddwd by ones adds the pairs into 8 int32
-// lanes of 4 products each, converted and scaled by d_w * d_x:
+// lanes of 4 products each, converted and scaled by d_w * d_x. With AVX-VNNI
+// one vpdpbusd does both on the same operands, its int32 sums exact without an
+// int16 stage; the same unsigned/signed operands keep it free of the +128
+// correction the 512-bit kernel needs (measured: bench/README.md, "The avxvnni set"):
 //   q8: |w| (0..128, unsigned) times x with w's sign moved onto it (vpsignb;
 //       x in [-127, 127], so negating it cannot overflow): a pair is at most
 //       2 * 128 * 127 = 32512 < 32767, never saturated, even for a stored -128.
@@ -618,7 +629,7 @@ inline void gemv_q_block_avx2(const QMatrix& m, const QActivations* a, std::size
     const std::size_t nb = m.blocks(), rb = m.row_bytes();
     const std::uint8_t* w0 = m.row(r0);
     const f16* ds0 = m.scales + r0 * nb;
-    const __m256i ones = _mm256_set1_epi16(1);
+    [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);  // not with AVX-VNNI
     __m256 acc[MM][R];
     for (std::size_t i = 0; i < MM; ++i)
         for (std::size_t r = 0; r < R; ++r) acc[i][r] = _mm256_setzero_ps();
@@ -645,9 +656,14 @@ inline void gemv_q_block_avx2(const QMatrix& m, const QActivations* a, std::size
                 const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 32));
                 const __m256 dx = _mm256_loadu_ps(a[i].dx8.data() + b * 4);
                 for (std::size_t r = 0; r < R; ++r) {
+#ifdef FLAMINGO_QUANT_AVXVNNI
+                    const __m256i isum = _mm256_dpbusd_avx_epi32(
+                        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo[r], xl), hi[r], xh);
+#else
                     const __m256i sums = _mm256_add_epi16(_mm256_maddubs_epi16(lo[r], xl), _mm256_maddubs_epi16(hi[r], xh));
-                    const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums, ones));
-                    acc[i][r] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw[r], dx), acc[i][r]);
+                    const __m256i isum = _mm256_madd_epi16(sums, ones);
+#endif
+                    acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw[r], dx), acc[i][r]);
                 }
             }
         }
@@ -666,10 +682,14 @@ inline void gemv_q_block_avx2(const QMatrix& m, const QActivations* a, std::size
             const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].q.data() + b * kQBlock));
             const float dx = a[i].d[b];
             for (std::size_t r = 0; r < R; ++r) {
-                const __m256i pairs = F == QFormat::Q8 ? _mm256_maddubs_epi16(u[r], _mm256_sign_epi8(x, w[r]))
-                                                       : _mm256_maddubs_epi16(w[r], x);
-                const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-                acc[i][r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dw[r] * dx), acc[i][r]);
+                const __m256i wu = F == QFormat::Q8 ? u[r] : w[r];                         // unsigned
+                const __m256i xs = F == QFormat::Q8 ? _mm256_sign_epi8(x, w[r]) : x;      // signed
+#ifdef FLAMINGO_QUANT_AVXVNNI
+                const __m256i isum = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), wu, xs);
+#else
+                const __m256i isum = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xs), ones);
+#endif
+                acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dw[r] * dx), acc[i][r]);
             }
         }
     }

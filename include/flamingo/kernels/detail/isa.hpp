@@ -19,6 +19,8 @@
 #define FLAMINGO_KERNELS_NS isa_avx512bf16
 #elif defined(__AVX512F__)
 #define FLAMINGO_KERNELS_NS isa_avx512
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__AVXVNNI__)
+#define FLAMINGO_KERNELS_NS isa_avxvnni  // quant.hpp's integer kernels differ
 #elif defined(__AVX2__) && defined(__FMA__)
 #define FLAMINGO_KERNELS_NS isa_avx2
 #elif defined(__AVX__)
