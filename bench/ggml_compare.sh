@@ -3,7 +3,10 @@
 # outside the project tree; never in CI), on a random-weight LLaMA decoder of
 # IDEFICS-9B's decoder shape (bench/ggml_llama_gguf.py). llama-bench's
 # tokens/s (tg32, 2 threads) against the file's tensor bytes gives ggml's read
-# rate, to set beside bench_e2e --idefics (bench/README.md, "ggml").
+# rate, to set beside bench_e2e --idefics (bench/README.md, "ggml"). For equal
+# shapes on our side: bench_e2e --make-idefics DIR --cross-layer-interval 32
+# (the same LLaMA-7B decoder with one gated cross-attention block, 2.6% more
+# weight bytes per token), then `flamingo quantize` to DIR/q8 and DIR/q4.
 #   bench/ggml_compare.sh                  # LLAMA_CPP_REPO=URL or path, LLAMA_CPP_DIR, OUT to override
 set -euo pipefail
 pin=c392e5094deaf2d1a7c18683214f007fad3fe42b
