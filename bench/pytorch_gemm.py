@@ -6,8 +6,11 @@
 For each M x N x K: torch.matmul of an [M, K] by a [K, N] float32 matrix (the
 system BLAS: OpenBLAS when installed, see below) and the same in bfloat16
 (oneDNN with AVX512-BF16 where the CPU has it), and F.linear with a bf16
-weight stored [N, K] as the models hold it. Best GFLOP/s over repeated calls
-for about --seconds each, after a warm-up, like Google Benchmark's rate.
+weight stored [N, K] as the models hold it. Repeated calls for about --seconds
+each, after a warm-up; each column gives two GFLOP/s figures, best/mean: the
+fastest single call, and all calls over all their time. The mean is Google
+Benchmark's statistic (bench_gemm's GFLOP/s); bench_gemm's Linear rows also
+report the best call (best_GFLOP/s), so compare best with best, mean with mean.
 
 As bench/pytorch_e2e.py: Debian's torch takes its float32 products from
 libblas.so.3, which may be the netlib reference (~25x slower); with Debian's
@@ -37,16 +40,18 @@ SHAPES = [(64, 2048, 8192), (320, 1024, 1024), (1024, 1024, 1024)]
 
 
 def rate(fn, flops, seconds):
+    """GFLOP/s of the fastest call and over all calls: "best/mean"."""
     for _ in range(3):
         fn()
     best = float("inf")
     spent = 0.0
+    calls = 0
     while spent < seconds:
         t = time.perf_counter()
         fn()
         dt = time.perf_counter() - t
-        best, spent = min(best, dt), spent + dt
-    return flops / best * 1e-9
+        best, spent, calls = min(best, dt), spent + dt, calls + 1
+    return f"{flops / best * 1e-9:.1f}/{flops * calls / spent * 1e-9:.1f}"
 
 
 def blas_name():
@@ -64,7 +69,7 @@ def main():
     torch.manual_seed(0)
     print(f"PyTorch {torch.__version__}, {a.threads} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
           f"BLAS: {blas_name()}, oneDNN: {torch.backends.mkldnn.is_available()}")
-    print(f"{'M x N x K':<18}{'f32 matmul':>12}{'bf16 matmul':>13}{'bf16 linear':>13}   GFLOP/s")
+    print(f"{'M x N x K':<18}{'f32 matmul':>14}{'bf16 matmul':>14}{'bf16 linear':>14}   GFLOP/s, best/mean")
     with torch.no_grad():
         for M, N, K in SHAPES:
             flops = 2.0 * M * N * K
@@ -74,7 +79,7 @@ def main():
             f32 = rate(lambda: torch.matmul(a32, b32), flops, a.seconds)
             bm = rate(lambda: torch.matmul(a16, b16), flops, a.seconds)
             bl = rate(lambda: F.linear(a16, w16), flops, a.seconds)
-            print(f"{f'{M}x{N}x{K}':<18}{f32:>12.1f}{bm:>13.1f}{bl:>13.1f}")
+            print(f"{f'{M}x{N}x{K}':<18}{f32:>14}{bm:>14}{bl:>14}")
 
 
 if __name__ == "__main__":
