@@ -113,8 +113,8 @@ const Option kOptions[] = {
     {"port", "N", "serve", nullptr},
     {"queue", "N", "serve", nullptr},
     {"batch", "N", "batch serve",
-     "decode the workers' greedy and sampling requests together, up to N\n"
-     "                      sequences per step, reading the weights once for all (default 0: off)"},
+     "decode the workers' generations together, up to N sequences (a beam\n"
+     "                      search: one per beam) per step, reading the weights once for all (default 0: off)"},
     {"api-key", "KEY", "serve", nullptr},
     {"body-timeout", "SEC", "serve", "seconds a request's body may take to arrive (default 30); past them 408"},
     {"resume", nullptr, "batch", nullptr},

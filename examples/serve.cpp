@@ -196,8 +196,8 @@ public:
         }
         if (batcher) {
             const auto b = batcher->stats();
-            os << "# HELP flamingo_batch_sequences Requests in the shared decoding loop now.\n"
-               << "# TYPE flamingo_batch_sequences gauge\nflamingo_batch_sequences " << b.active << "\n"
+            os << "# HELP flamingo_batch_sequences Sequences in the shared decoding loop now (one per beam).\n"
+               << "# TYPE flamingo_batch_sequences gauge\nflamingo_batch_sequences " << b.sequences << "\n"
                << "# HELP flamingo_batch_waiting Requests waiting for room in the decoding loop.\n"
                << "# TYPE flamingo_batch_waiting gauge\nflamingo_batch_waiting " << b.waiting << "\n"
                << "# HELP flamingo_batch_size Sequences per decoding step.\n"

@@ -19,9 +19,9 @@ struct Options {
     std::size_t queue = 8;      // requests that may wait for a worker (0: none); past them 503
     std::size_t prefix_cache_mb = 256;  // prompt prefixes and media the workers share (0: no cache)
     int body_timeout = 30;      // seconds a request's body may take to arrive after its headers; past them 408
-    // Sequences per decoding step of the loop the workers' greedy and sampling
-    // requests share (generate/batcher.hpp; its kernels use `threads`); 0: each
-    // worker decodes alone.
+    // Sequences (a beam search: one per beam) per decoding step of the loop
+    // the workers' generations share (generate/batcher.hpp; its kernels use
+    // `threads`); 0: each worker decodes alone.
     std::size_t batch = 0;
 };
 

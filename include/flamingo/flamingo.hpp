@@ -183,8 +183,8 @@ public:
     }
     const std::shared_ptr<PrefixCache>& prefix_cache() const { return cache_; }
     // A decoding loop shared with other contexts of the model (see
-    // generate/batcher.hpp): greedy search and sampling of generate() and of
-    // a conversation's replies step there, together with the other contexts'
+    // generate/batcher.hpp): generate() and a conversation's replies (greedy,
+    // sampling, beam search) step there, together with the other contexts'
     // requests; null: alone. Set it between calls, never during one.
     void set_batcher(std::shared_ptr<generate::Batcher> batcher) {
         check(!batcher || &batcher->model() == &model_->network(), "the batcher runs another model");

@@ -61,9 +61,51 @@ std::vector<std::int32_t> alone(const std::shared_ptr<const Model>& model, const
     return ctx.generate(q.prompt, q.o).tokens;
 }
 
+// A request's answer and its decoding steps (Session::Stats::steps).
+struct Outcome {
+    Generation g;
+    std::size_t steps = 0;
+};
+Outcome run(const std::shared_ptr<const Model>& model, const Request& q,
+            const std::shared_ptr<generate::Batcher>& batcher = nullptr) {
+    Context ctx(model, {1, nullptr});
+    ctx.set_batcher(batcher);
+    ctx.set_media(q.images);
+    Outcome out;
+    out.g = ctx.generate(q.prompt, q.o);
+    out.steps = ctx.stats().steps;
+    return out;
+}
+
+// A beam search's score as the batched run must give it: its log-probabilities
+// come from rows multiplied with other rows than alone, whose float rounding
+// may differ in the last bits (the tokens do not), so to 1e-5 (relative). 0
+// for greedy search and sampling.
+doctest::Approx score_of(const Outcome& alone) { return doctest::Approx(alone.g.score).epsilon(1e-5); }
+
+// Beam searches on the evaluation prompts: different widths and lengths, each
+// early_stopping mode, a length penalty and the no-repeat-n-gram rule.
+std::vector<Request> beam_requests() {
+    auto out = requests();
+    out.resize(5);
+    for (auto& q : out) q.o = {};
+    out[0].o.num_beams = 2, out[0].o.max_new_tokens = 6;
+    out[1].o.num_beams = 3, out[1].o.max_new_tokens = 10, out[1].o.early_stopping = generate::EarlyStopping::True;
+    out[1].o.length_penalty = 0.7f;
+    out[2].o.num_beams = 4, out[2].o.max_new_tokens = 8, out[2].o.early_stopping = generate::EarlyStopping::Never;
+    out[2].o.no_repeat_ngram_size = 2;
+    out[3].o.num_beams = 3, out[3].o.max_new_tokens = 3;  // ends at max_new_tokens, not on a stop token
+    // never stopping: the beams' parents cross over many steps, so their caches change hands
+    out[4].o.num_beams = 3, out[4].o.max_new_tokens = 14, out[4].o.eos = -1;
+    out[4].o.early_stopping = generate::EarlyStopping::Never;
+    return out;
+}
+
 }  // namespace
 
-TEST_CASE("sessions of the parity fixtures decoded together give the reference's greedy tokens") {
+TEST_CASE("sessions of the parity fixtures decoded together give the reference's greedy and beam search tokens") {
+    // The fixtures' random weights give flat distributions: beams' parents
+    // cross often, so each beam's row must run on the cache slot it was given.
     for (const auto& c : fixture::cases()) {
         CAPTURE(c);
         const auto net = model::load_flamingo(fixture::dir(c));
@@ -72,10 +114,17 @@ TEST_CASE("sessions of the parity fixtures decoded together give the reference's
         const auto shape = fixture::shape(c, "pixels.npy");
         const auto ids = fixture::ints(c, "input_ids.npy");
         const std::vector<std::int32_t> prompt(ids.begin(), ids.end());
-        // every greedy setting twice, all at once
+        // every greedy and beam setting twice, all at once
         std::vector<nlohmann::json> runs;
-        for (const auto& e : g["greedy"]) runs.push_back(e), runs.push_back(e);
-        generate::Batcher batcher(*net, runs.size(), std::make_shared<Executor>(1));
+        std::size_t rows = 0;
+        for (const char* kind : {"greedy", "beam"})
+            for (const auto& e : g[kind]) {
+                auto run = e;
+                run["num_beams"] = e.value("num_beams", 1);
+                runs.push_back(run), runs.push_back(run);
+                rows += 2 * run["num_beams"].get<std::size_t>();
+            }
+        generate::Batcher batcher(*net, rows, std::make_shared<Executor>(1));
         std::vector<generate::GenerateResult> got(runs.size());
         std::vector<std::thread> threads;
         for (std::size_t i = 0; i < runs.size(); ++i)
@@ -84,16 +133,25 @@ TEST_CASE("sessions of the parity fixtures decoded together give the reference's
                 Executor::Scope use(ex);
                 generate::Session s(*net);
                 s.set_media(pixels.data(), shape[0], shape[1]);
+                const auto& e = runs[i];
                 generate::GenerateOptions o;
-                o.max_new_tokens = runs[i]["max_new_tokens"];
-                o.no_repeat_ngram_size = runs[i]["no_repeat_ngram_size"];
+                o.max_new_tokens = e["max_new_tokens"];
+                o.no_repeat_ngram_size = e["no_repeat_ngram_size"];
+                o.num_beams = e["num_beams"];
+                if (o.num_beams > 1) {
+                    o.length_penalty = e["length_penalty"];
+                    o.early_stopping = e["early_stopping"].is_string() ? generate::EarlyStopping::Never
+                                       : e["early_stopping"].get<bool>() ? generate::EarlyStopping::True
+                                                                         : generate::EarlyStopping::False;
+                }
                 got[i] = batcher.generate(s, prompt, o);
             });
         for (auto& t : threads) t.join();
         for (std::size_t i = 0; i < runs.size(); ++i) {
-            CAPTURE(i);
+            CAPTURE(runs[i].dump());
             CHECK(got[i].tokens == ids_of(runs[i]["tokens"]));
-            CHECK(got[i].stopped == runs[i]["ended_on_eoc"].get<bool>());
+            if (runs[i]["num_beams"] == 1) CHECK(got[i].stopped == runs[i]["ended_on_eoc"].get<bool>());
+            else CHECK(got[i].score == doctest::Approx(runs[i]["score"].get<double>()).epsilon(1e-5));
         }
     }
 }
@@ -158,24 +216,25 @@ TEST_CASE("requests joining one after another mid-way and leaving early get the 
     }
 }
 
-TEST_CASE("more requests than the batch holds wait for room; beam search and a cancelled request go their own way") {
+TEST_CASE("more requests than the batch holds wait for room, a beam search wider than the batch has the loop alone, "
+          "and a cancelled request ends alone") {
     const auto model = Model::load(kModel);
     auto reqs = requests();
-    reqs[2].o.num_beams = 3;  // decoded alone, not in the loop
-    std::vector<std::vector<std::int32_t>> want;
-    for (const auto& q : reqs) want.push_back(alone(model, q));
+    reqs[2].o.num_beams = 3;  // three rows, more than the batch of two holds
+    std::vector<Outcome> want;
+    for (const auto& q : reqs) want.push_back(run(model, q));
 
     auto batcher = std::make_shared<generate::Batcher>(model->network(), 2, std::make_shared<Executor>(1));
     const std::size_t n = reqs.size();
-    std::vector<std::vector<std::int32_t>> got(n);
+    std::vector<Outcome> got(n);
     std::atomic<bool> cancelled_threw{false};
     std::vector<std::thread> threads;
     for (std::size_t k = 0; k <= n; ++k)
         threads.emplace_back([&, k] {
-            Context ctx(model, {1, nullptr});
-            ctx.set_batcher(batcher);
             if (k == n) {  // gives up at its third token, as a client gone away
                 struct Gone {};
+                Context ctx(model, {1, nullptr});
+                ctx.set_batcher(batcher);
                 ctx.set_media(reqs[0].images);
                 generate::GenerateOptions o;
                 o.max_new_tokens = 50;
@@ -190,17 +249,133 @@ TEST_CASE("more requests than the batch holds wait for room; beam search and a c
                 }
                 return;
             }
-            ctx.set_media(reqs[k].images);
-            got[k] = ctx.generate(reqs[k].prompt, reqs[k].o).tokens;
+            got[k] = run(model, reqs[k], batcher);
         });
     for (auto& t : threads) t.join();
     CHECK(cancelled_threw);
     for (std::size_t k = 0; k < n; ++k) {
         CAPTURE(k);
-        CHECK(got[k] == want[k]);
+        CHECK(got[k].g.tokens == want[k].g.tokens);
+        CHECK(got[k].g.score == score_of(want[k]));
+        CHECK(got[k].steps == want[k].steps);
+    }
+    // Steps of up to two rows, but for the beam search's: every one of its
+    // steps (and only those) ran its three rows and nothing else.
+    const auto st = batcher->stats();
+    REQUIRE(st.sizes.size() == 4);
+    CHECK(want[2].steps > 0);
+    CHECK(st.sizes[3] == want[2].steps);
+    CHECK(st.active == 0);
+    CHECK(st.sequences == 0);
+    CHECK(st.waiting == 0);
+}
+
+TEST_CASE("beam searches decode in the loop together with greedy and sampling requests and each other") {
+    // Every request waits to join until all have read their prompts, so they
+    // start decoding together; each then gets generate()'s tokens, score and
+    // number of steps alone. These prompts keep the beams' choices clear of
+    // near-ties, so the batch's other rounding changes none of their tokens.
+    const auto model = Model::load(kModel);
+    auto reqs = requests();
+    for (auto& q : beam_requests()) reqs.push_back(q);
+    std::size_t beam_rows = 0;
+    for (const auto& q : reqs)
+        if (q.o.num_beams > 1) beam_rows += q.o.num_beams;
+    std::vector<Outcome> want;
+    for (const auto& q : reqs) want.push_back(run(model, q));
+
+    for (int loop_threads : {1, 2}) {
+        CAPTURE(loop_threads);
+        auto batcher =
+            std::make_shared<generate::Batcher>(model->network(), 64, std::make_shared<Executor>(loop_threads));
+        const std::size_t n = reqs.size();
+        std::vector<Outcome> got(n);
+        std::atomic<std::size_t> returned{0};
+        std::vector<std::thread> threads;
+        // Request 0's second token (the first the loop chooses) starts the
+        // others and holds the loop until each waits to join it (or never
+        // needed to: its first token ended it).
+        std::atomic<bool> go{false};
+        std::size_t count = 0;
+        Request first = reqs[0];
+        first.o.max_new_tokens = 16, first.o.eos = -1;
+        first.o.on_token = [&](std::int32_t) {
+            if (++count != 2) return;
+            go = true;
+            while (batcher->stats().waiting + returned < n - 1)
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        };
+        Request first_plain = first;
+        first_plain.o.on_token = nullptr;
+        const Outcome first_alone = run(model, first_plain);
+        for (std::size_t k = 0; k < n; ++k)
+            threads.emplace_back([&, k] {
+                while (k > 0 && !go) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                got[k] = run(model, k == 0 ? first : reqs[k], batcher);
+                ++returned;
+            });
+        for (auto& t : threads) t.join();
+        CHECK(got[0].g.tokens == first_alone.g.tokens);
+        for (std::size_t k = 1; k < n; ++k) {
+            CAPTURE(k);
+            CHECK(got[k].g.tokens == want[k].g.tokens);
+            CHECK(got[k].g.stopped == want[k].g.stopped);
+            CHECK(got[k].g.score == score_of(want[k]));
+            CHECK(got[k].steps == want[k].steps);
+        }
+        // the beams did share steps with the others: some step ran all their rows and request 0's
+        const auto st = batcher->stats();
+        std::size_t widest = 0;
+        for (std::size_t i = 0; i < st.sizes.size(); ++i)
+            if (st.sizes[i]) widest = i;
+        CHECK(widest >= beam_rows + 1);
+        CHECK(st.active == 0);
+        CHECK(st.sequences == 0);
+        CHECK(st.waiting == 0);
+    }
+}
+
+TEST_CASE("a beam search whose on_step throws ends alone; the others keep decoding") {
+    const auto model = Model::load(kModel);
+    auto reqs = beam_requests();
+    reqs.push_back(requests()[0]);
+    std::vector<Outcome> want;
+    for (const auto& q : reqs) want.push_back(run(model, q));
+
+    auto batcher = std::make_shared<generate::Batcher>(model->network(), 16, std::make_shared<Executor>(1));
+    struct Gone {};
+    std::size_t calls = 0;
+    std::atomic<bool> gone_threw{false};
+    std::vector<Outcome> got(reqs.size());
+    std::vector<std::thread> threads;
+    for (std::size_t k = 0; k <= reqs.size(); ++k)
+        threads.emplace_back([&, k] {
+            if (k < reqs.size()) {
+                got[k] = run(model, reqs[k], batcher);
+                return;
+            }
+            Request q = reqs[2];  // a client gone before the search's third step
+            q.o.eos = -1, q.o.max_new_tokens = 20;
+            q.o.on_step = [&] {
+                if (++calls == 3) throw Gone{};
+            };
+            try {
+                run(model, q, batcher);
+            } catch (const Gone&) {
+                gone_threw = true;
+            }
+        });
+    for (auto& t : threads) t.join();
+    CHECK(gone_threw);
+    CHECK(calls == 3);
+    for (std::size_t k = 0; k < reqs.size(); ++k) {
+        CAPTURE(k);
+        CHECK(got[k].g.tokens == want[k].g.tokens);
+        CHECK(got[k].g.score == score_of(want[k]));
     }
     const auto st = batcher->stats();
     CHECK(st.active == 0);
+    CHECK(st.sequences == 0);
     CHECK(st.waiting == 0);
 }
 

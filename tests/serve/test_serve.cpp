@@ -1025,6 +1025,12 @@ TEST_CASE("with --batch, concurrent requests decoded together give their single 
         {"generate", "--model", kModel.string(), "--prompt", kPrompt, "--image", image("two_red_circles.png").string(),
          "--image", image("one_striped_blue_star.png").string(), "--image", image("three_green_triangles.png").string(),
          "--temperature", "0.9", "--top-p", "0.9", "--seed", "5", "--json", "--threads", "1"}));
+    json beams = generate_body();  // three of the loop's four rows
+    beams["num_beams"] = 3;
+    const json beams_want = json::parse(command(
+        {"generate", "--model", kModel.string(), "--prompt", kPrompt, "--image", image("two_red_circles.png").string(),
+         "--image", image("one_striped_blue_star.png").string(), "--image", image("three_green_triangles.png").string(),
+         "--num-beams", "3", "--json", "--threads", "1"}));
     const json short_prompt = {{"prompt", "<image>A photo of"}, {"images", {b64_image("yellow_diamond.png")}},
                                {"max_new_tokens", 3}};
     const json short_want = json::parse(command({"generate", "--model", kModel.string(), "--prompt",
@@ -1051,7 +1057,7 @@ TEST_CASE("with --batch, concurrent requests decoded together give their single 
     const std::vector<std::pair<std::string, json>> sends = {
         {"/v1/generate", generate_body()}, {"/v1/generate", stream},       {"/v1/generate", sampled},
         {"/v1/generate", short_prompt},    {"/v1/chat/completions", chat}, {"/v1/generate", generate_body()},
-        {"/v1/generate", sampled},         {"/v1/generate", stream}};
+        {"/v1/generate", sampled},         {"/v1/generate", stream},       {"/v1/generate", beams}};
     std::vector<Reply> replies(sends.size());
     for (int round = 0; round < 2; ++round) {  // twice: the second round finds the loop warm
         std::vector<std::thread> threads;
@@ -1081,6 +1087,9 @@ TEST_CASE("with --batch, concurrent requests decoded together give their single 
                 CHECK(result["tokens"] == e["tokens"]);
             } else if (body.contains("seed")) {
                 CHECK(replies[i].j["tokens"] == sampled_want["tokens"]);
+            } else if (body.contains("num_beams")) {
+                CHECK(replies[i].j["tokens"] == beams_want["tokens"]);
+                CHECK(replies[i].j["text"] == beams_want["text"]);
             } else if (body.contains("max_new_tokens")) {
                 CHECK(replies[i].j["tokens"] == short_want["tokens"]);
                 CHECK(replies[i].j["stopped"] == false);

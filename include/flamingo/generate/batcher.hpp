@@ -12,17 +12,23 @@
 // the loop steps the others: a long prompt never holds up their tokens (it
 // only competes with them for cores), and a request whose first token ends it
 // never joins. It then joins the loop, which, between steps, admits waiting
-// requests (up to max_batch sequences) and lets finished ones go. Each step
-// is one row per sequence: segment i is sequence i's row, on its session's KV
-// cache, reading its session's media keys/values (model::Batch). Choosing a
-// token (no-repeat n-grams, argmax or the request's own sampler, on_token)
-// runs on the loop's thread in the order generate() uses, so a request gets
-// the tokens it gets alone; only the float rounding of a product's rows may
-// differ with the batch's row count (as for beams), which a near-tie could
-// turn into another token. An on_token that throws (a client gone) ends that
-// request alone, at its next token; generate() rethrows it.
+// requests in their order while their rows fit in max_batch, and lets
+// finished ones go. A greedy or sampling request is one row, a beam search
+// one row per beam: each step runs one row per sequence, segment i being
+// sequence i's row on its KV cache (a beam's: the cache slot BeamSearch gives
+// it), reading its session's media keys/values (model::Batch). A beam search
+// with more beams than max_batch still runs: it joins once the loop is empty
+// and has it to itself (the others wait behind it), so a serving user's
+// request runs whatever its num_beams, as it does without a batcher.
 //
-// Beam search stays on generate()'s own path (its beams are already one batch).
+// Choosing tokens (no-repeat n-grams, argmax or the request's own sampler,
+// on_token; a beam search's BeamSearch::advance, the same code generate()
+// runs) happens on the loop's thread in the order generate() uses, so a
+// request gets the tokens it gets alone; only the float rounding of a
+// product's rows may differ with the batch's row count, which a near-tie
+// could turn into another token (and a beam score's last bits). An on_token
+// or on_step that throws (a client gone) ends that request alone, at its next
+// token or before its next step; generate() rethrows it.
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -31,6 +37,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <thread>
 #include <vector>
@@ -42,15 +49,13 @@ namespace flamingo::generate {
 
 class Batcher {
 public:
-    // max_batch: sequences per step; the loop's parallel kernels run on `executor`.
+    // max_batch: rows per step (a beam search takes one per beam); the loop's
+    // parallel kernels run on `executor`.
     Batcher(const model::Flamingo& m, std::size_t max_batch, std::shared_ptr<Executor> executor)
         : model_(m), max_(max_batch), ex_(std::move(executor)) {
         check(max_batch >= 1, "a batch holds at least one sequence");
         check(ex_ != nullptr, "a batcher needs an executor");
-        const std::size_t V = m.vocab_size();
-        tokens_.resize(max_), text_time_.resize(max_), rows_.resize(max_), segments_.resize(max_);
-        media_.resize(max_), logits_.resize(max_ * V);
-        ws_.reserve(m.forward_workspace(max_, max_));
+        fit(max_);
         sizes_.assign(max_ + 1, 0);
         thread_ = std::thread([this] { loop(); });
     }
@@ -69,38 +74,47 @@ public:
     const model::Flamingo& model() const { return model_; }
     std::size_t max_batch() const { return max_; }
 
-    // generate::generate()'s answer; greedy search and sampling decode in the
-    // shared loop, beam search alone. The caller's executor reads the prompt.
+    // generate::generate()'s answer, decoded in the shared loop: greedy
+    // search, sampling and beam search alike. The caller's executor reads the
+    // prompt (and chooses a beam search's first tokens).
     GenerateResult generate(Session& s, std::span<const std::int32_t> prompt, const GenerateOptions& o,
                             std::size_t cached = 0) {
         check(&s.model() == &model_, "the session runs on another model than the batcher");
-        if (o.num_beams != 1) return generate::generate(s, prompt, o, cached);
         detail::check_options(o);
         const std::size_t P = prompt.size();
         check(P + o.max_new_tokens <= model_.max_positions(), ErrorKind::Limit, "the prompt (", P, " tokens) plus ",
               o.max_new_tokens, " new tokens exceeds the model's context of ", model_.max_positions(), " positions");
         Member m(s, o, prompt);
-        m.scores = detail::read_prompt(s, prompt, 1, o.max_new_tokens, cached);
-        if (choose(m)) return std::move(m.r);
+        auto first = detail::read_prompt(s, prompt, o.num_beams, o.max_new_tokens, cached);
+        if (o.num_beams == 1) {
+            m.scores = std::move(first);
+            if (choose(m)) return std::move(m.r);
+        } else {
+            m.beams.emplace(s, prompt, o, first);
+            if (m.beams->finished()) return m.beams->result();
+        }
         {
             std::lock_guard lock(mu_);
             waiting_.push_back(&m);
         }
         cv_.notify_all();
-        std::unique_lock lock(mu_);
-        done_cv_.wait(lock, [&] { return m.done; });
+        {
+            std::unique_lock lock(mu_);
+            done_cv_.wait(lock, [&] { return m.done; });
+        }
         if (m.error) std::rethrow_exception(m.error);
-        return std::move(m.r);
+        return m.beams ? m.beams->result() : std::move(m.r);
     }
 
     struct Stats {
-        std::size_t active = 0, waiting = 0;  // sequences in the loop, and waiting to join it
-        std::uint64_t steps = 0, rows = 0;    // decoding steps run, and sequences stepped in them
-        std::vector<std::uint64_t> sizes;     // sizes[n]: steps of n sequences
+        std::size_t active = 0, waiting = 0;  // requests in the loop, and waiting to join it
+        std::size_t sequences = 0;            // rows of the requests in the loop (one per beam)
+        std::uint64_t steps = 0, rows = 0;    // decoding steps run, and rows stepped in them
+        std::vector<std::uint64_t> sizes;     // sizes[n]: steps of n rows
     };
     Stats stats() const {
         std::lock_guard lock(mu_);
-        return {active_count_, waiting_.size(), steps_, rows_total_, sizes_};
+        return {active_count_, waiting_.size(), active_rows_, steps_, rows_total_, sizes_};
     }
 
 private:
@@ -109,19 +123,26 @@ private:
         Member(Session& s, const GenerateOptions& o, std::span<const std::int32_t> prompt)
             : s(s), o(o), is_stop{o.eos.value_or(s.model().config().eoc_token_id), o.stop_tokens},
               sampling(o.temperature && *o.temperature > 0.0f),
-              sample({sampling ? *o.temperature : 1.0f, o.top_k, o.top_p}, o.seed), seq(prompt.begin(), prompt.end()) {
+              sample({sampling ? *o.temperature : 1.0f, o.top_k, o.top_p}, o.seed) {
+            if (o.num_beams != 1) return;  // the beam search keeps its own state
             sample.reserve(s.vocab_size());
+            seq.assign(prompt.begin(), prompt.end());
             seq.reserve(prompt.size() + o.max_new_tokens);
             r.tokens.reserve(o.max_new_tokens);
         }
+        std::size_t rows() const { return beams ? beams->beams() : 1; }
+        bool ended() const { return beams ? beams->finished() : r.stopped || r.tokens.size() == o.max_new_tokens; }
+
         Session& s;
         const GenerateOptions& o;
+        // greedy search and sampling
         detail::StopSet is_stop;
         bool sampling;
         Sampler sample;
         std::vector<std::int32_t> seq;  // prompt and tokens so far (for no_repeat_ngram_size)
         std::vector<float> scores;      // the next token's logits
         GenerateResult r;
+        std::optional<BeamSearch> beams;  // set: beam search, one row per beam
         bool done = false;  // guarded by mu_
         std::exception_ptr error;
     };
@@ -138,70 +159,115 @@ private:
         return m.r.tokens.size() == m.o.max_new_tokens;
     }
 
+    // Sizes the loop's buffers for steps of `rows` rows.
+    void fit(std::size_t rows) {
+        if (rows <= tokens_.size()) return;
+        tokens_.resize(rows), text_time_.resize(rows), rows_.resize(rows), segments_.resize(rows);
+        media_.resize(rows), logits_.resize(rows * model_.vocab_size());
+        ws_.reserve(model_.forward_workspace(rows, rows));
+    }
+
     void loop() {
         Executor::Scope use(*ex_);
         std::vector<Member*> active, finished;
         active.reserve(max_), finished.reserve(max_);
+        std::size_t rows = 0, ran = 0;  // rows of the active members; rows the last step ran
         for (;;) {
             {
                 std::unique_lock lock(mu_);
-                // between steps: the finished leave, the waiting join
+                if (ran) {
+                    if (ran >= sizes_.size()) sizes_.resize(ran + 1, 0);  // a beam search wider than max_batch
+                    ++steps_, rows_total_ += ran, ++sizes_[ran];
+                }
+                // between steps: the finished leave, the waiting join in their
+                // order while their rows fit (one wider than the batch once the loop is empty)
                 for (Member* m : finished) m->done = true;
                 if (!finished.empty()) done_cv_.notify_all();
                 finished.clear();
-                active_count_ = active.size();
+                active_count_ = active.size(), active_rows_ = rows;
                 cv_.wait(lock, [&] { return stopping_ || !active.empty() || !waiting_.empty(); });
-                while (!waiting_.empty() && active.size() < max_) active.push_back(waiting_.front()), waiting_.pop_front();
-                active_count_ = active.size();
+                while (!waiting_.empty() && (active.empty() || rows + waiting_.front()->rows() <= max_)) {
+                    rows += waiting_.front()->rows();
+                    active.push_back(waiting_.front()), waiting_.pop_front();
+                }
+                active_count_ = active.size(), active_rows_ = rows;
                 if (active.empty()) return;  // stopping, nobody left
-                ++steps_, rows_total_ += active.size(), ++sizes_[active.size()];
             }
-            step(active);
+            ran = step(active);
             std::size_t kept = 0;
             for (Member* m : active) {
-                if (m->error || ended(*m)) finished.push_back(m);
+                if (m->error || m->ended()) finished.push_back(m), rows -= m->rows();
                 else active[kept++] = m;  // the others keep their order
             }
             active.resize(kept);
         }
     }
 
-    static bool ended(const Member& m) { return m.r.stopped || m.r.tokens.size() == m.o.max_new_tokens; }
-
-    // One decoding step of every active member: its last token, one row each,
-    // then each member's next token from its row of logits.
-    void step(std::span<Member* const> active) {
-        const std::size_t n = active.size(), V = model_.vocab_size();
-        for (std::size_t i = 0; i < n; ++i) {
-            Session& s = active[i]->s;
-            nn::KVCache& c = s.cache(0);
-            tokens_[i] = active[i]->r.tokens.back();
+    // One decoding step of every active member: its last token (a beam
+    // search: each beam's, on the beam's cache), one row each, then each
+    // member's next tokens from its rows of logits. Returns the rows run.
+    std::size_t step(std::span<Member* const> active) {
+        // a beam search's on_step comes before each of its steps; a throw ends that request alone
+        std::size_t n = 0;
+        for (Member* m : active) {
+            if (m->beams && m->o.on_step) try {
+                    m->o.on_step();
+                } catch (...) {
+                    m->error = std::current_exception();
+                }
+            if (!m->error) n += m->rows();
+        }
+        if (n == 0) return 0;
+        fit(n);
+        std::size_t i = 0;
+        auto row = [&](Session& s, std::int32_t token, nn::KVCache& c) {
+            tokens_[i] = token;
             text_time_[i] = std::uint32_t(s.num_media());  // generated tokens see the whole prompt's media
             rows_[i] = i;
             segments_[i] = {i, 1, c.length(), &c};
             media_[i] = &s.media_kv();
+            ++i;
+        };
+        for (Member* m : active) {
+            if (m->error) continue;
+            if (!m->beams) {
+                row(m->s, m->r.tokens.back(), m->s.cache(0));
+                continue;
+            }
+            for (std::size_t b = 0; b < m->beams->beams(); ++b)
+                row(m->s, m->beams->tokens()[b], m->s.cache(m->beams->slots()[b]));
         }
+        const std::size_t V = model_.vocab_size();
         const auto t0 = std::chrono::steady_clock::now();
         try {
             model_.forward({{tokens_.data(), n}, {text_time_.data(), n}, {segments_.data(), n}, {media_.data(), n}},
                            {rows_.data(), n}, nn::act(logits_.data(), n, V), ws_);
         } catch (...) {  // fails every request of the step
-            for (Member* m : active) m->error = std::current_exception();
-            return;
+            for (Member* m : active)
+                if (!m->error) m->error = std::current_exception();
+            return n;
         }
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        for (std::size_t i = 0; i < n; ++i) {
-            Member& m = *active[i];
-            m.s.cache(0).set_length(segments_[i].pos0 + 1);
-            auto& st = m.s.mutable_stats();
+        i = 0;
+        for (Member* m : active) {
+            if (m->error) continue;
+            const std::size_t k = m->rows();
+            for (std::size_t j = i; j < i + k; ++j) segments_[j].cache->set_length(segments_[j].pos0 + 1);
+            auto& st = m->s.mutable_stats();
             st.step_seconds += dt, ++st.steps;
-            std::copy_n(logits_.data() + i * V, V, m.scores.data());
             try {
-                choose(m);
+                if (m->beams) {
+                    m->beams->advance({logits_.data() + i * V, k * V});
+                } else {
+                    std::copy_n(logits_.data() + i * V, V, m->scores.data());
+                    choose(*m);
+                }
             } catch (...) {  // this request alone ends
-                m.error = std::current_exception();
+                m->error = std::current_exception();
             }
+            i += k;
         }
+        return n;
     }
 
     const model::Flamingo& model_;
@@ -220,7 +286,7 @@ private:
     std::condition_variable cv_, done_cv_;
     std::deque<Member*> waiting_;
     bool stopping_ = false;
-    std::size_t active_count_ = 0;
+    std::size_t active_count_ = 0, active_rows_ = 0;
     std::uint64_t steps_ = 0, rows_total_ = 0;
     std::vector<std::uint64_t> sizes_;
     std::thread thread_;  // last: starts once the rest is built

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <span>
@@ -128,6 +129,140 @@ struct Hypotheses {
 
 }  // namespace detail
 
+// Beam search one step at a time: whoever runs the forward passes (generate()
+// alone with Session::step, or a Batcher together with other requests' rows)
+// asks for the step's tokens and cache slots and hands its logits back. Its
+// state is sized once: a step allocates nothing.
+class BeamSearch {
+public:
+    // After the prompt is read into cache 0, `first` being its last
+    // position's logits: every beam starts from the prompt's cache, and the
+    // first tokens are chosen.
+    BeamSearch(Session& s, std::span<const std::int32_t> prompt, const GenerateOptions& o, std::span<const float> first)
+        : s_(s), is_stop_{o.eos.value_or(s.model().config().eoc_token_id), o.stop_tokens}, B_(o.num_beams),
+          V_(s.vocab_size()), P_(prompt.size()), max_length_(P_ + o.max_new_tokens), no_repeat_(o.no_repeat_ngram_size),
+          hyps_(B_, o.length_penalty, o.early_stopping, max_length_),
+          seqs_(B_, std::vector<std::int32_t>(prompt.begin(), prompt.end())), beam_scores_(B_, -1e9),
+          logp_(B_ * V_), cand_(B_ * V_), order_(B_ * V_), slot_(B_), new_slot_(B_), taken_(B_), cur_len_(P_) {
+        for (std::size_t b = 1; b < B_; ++b) s.cache(b).copy_from(s.cache(0), 0, P_);
+        beam_scores_[0] = 0;
+        for (std::size_t b = 0; b < B_; ++b) {
+            std::copy(first.begin(), first.end(), logp_.begin() + std::ptrdiff_t(b * V_));
+            slot_[b] = b;  // slot_[b]: the cache of beam b
+        }
+        next_scores_.reserve(B_), next_tokens_.reserve(B_), next_src_.reserve(B_);
+        for (auto& q : seqs_) q.reserve(max_length_);
+        new_seqs_ = seqs_;
+        for (auto& q : new_seqs_) q.reserve(max_length_);
+        select();
+    }
+
+    bool finished() const { return finished_; }
+    std::size_t beams() const { return B_; }
+    // The next step, while not finished: beam b's last token, to run as the
+    // next position of the session's cache slots()[b].
+    std::span<const std::int32_t> tokens() const { return next_tokens_; }
+    std::span<const std::size_t> slots() const { return slot_; }
+    // That step's logits [beams, vocab] (row b: beam b); chooses the next tokens.
+    void advance(std::span<const float> logits) {
+        check(!finished_ && logits.size() == B_ * V_, "beam search: a step's logits must be [beams, vocab]");
+        std::copy(logits.begin(), logits.end(), logp_.begin());
+        select();
+    }
+    // Once finished: the best hypothesis.
+    GenerateResult result() {
+        check(finished_, "beam search: not finished");
+        if (!done_)
+            for (std::size_t b = 0; b < B_; ++b) hyps_.add(seqs_[b], beam_scores_[b]);
+        done_ = true;
+        // finalize: stable sort by score, the last of equals wins
+        std::stable_sort(hyps_.slots.begin(), hyps_.slots.begin() + std::ptrdiff_t(hyps_.count),
+                         [](const auto& a, const auto& b) { return a.first < b.first; });
+        const auto& best = hyps_.slots[hyps_.count - 1];
+        GenerateResult r;
+        r.score = best.first;
+        // a finished hypothesis ends with its stop token; a live beam never holds one
+        r.tokens.assign(best.second.begin() + std::ptrdiff_t(P_), best.second.end());
+        r.stopped = !r.tokens.empty() && is_stop_(r.tokens.back());
+        return r;
+    }
+
+private:
+    // Each beam's best continuations from logp_, the finished ones kept, the
+    // beams' caches reordered for the next step.
+    void select() {
+        for (std::size_t b = 0; b < B_; ++b) {
+            std::span<float> row(logp_.data() + b * V_, V_);
+            log_softmax(row);
+            ban_repeated_ngrams(seqs_[b], no_repeat_, row);
+            for (std::size_t v = 0; v < V_; ++v) cand_[b * V_ + v] = double(row[v]) + beam_scores_[b];
+        }
+        // the 2 * num_beams best (beam, token) pairs, best first; ties keep the lower index, as topk
+        const std::size_t K = std::min(2 * B_, B_ * V_);
+        std::iota(order_.begin(), order_.end(), 0);
+        std::partial_sort(order_.begin(), order_.begin() + std::ptrdiff_t(K), order_.end(),
+                          [&](std::size_t a, std::size_t c) {
+                              return cand_[a] > cand_[c] || (cand_[a] == cand_[c] && a < c);
+                          });
+        next_scores_.clear(), next_tokens_.clear(), next_src_.clear();
+        for (std::size_t rank = 0; rank < K && next_tokens_.size() < B_; ++rank) {
+            const std::size_t src = order_[rank] / V_;
+            const std::int32_t tok = std::int32_t(order_[rank] % V_);
+            if (is_stop_(tok)) {
+                if (rank >= B_) continue;
+                hyps_.add(seqs_[src], cand_[order_[rank]], tok);
+            } else {
+                next_scores_.push_back(cand_[order_[rank]]);
+                next_tokens_.push_back(tok);
+                next_src_.push_back(src);
+            }
+        }
+        check(next_tokens_.size() == B_, "beam search: fewer candidates than beams (vocabulary too small)");
+        done_ = done_ || hyps_.done(cand_[order_[0]], cur_len_ + 1);
+        // Beam b continues from beam next_src_[b]. Its first child takes a parent's
+        // cache over; other children get the cache of a beam that had none and
+        // copy the parent's generated positions into it.
+        std::fill(new_slot_.begin(), new_slot_.end(), B_);
+        std::fill(taken_.begin(), taken_.end(), false);
+        for (std::size_t b = 0; b < B_; ++b) {
+            new_seqs_[b] = seqs_[next_src_[b]];
+            new_seqs_[b].push_back(next_tokens_[b]);
+            const std::size_t ps = slot_[next_src_[b]];
+            if (!taken_[ps]) new_slot_[b] = ps, taken_[ps] = true;
+        }
+        std::size_t free = 0;
+        for (std::size_t b = 0; b < B_; ++b) {
+            if (new_slot_[b] != B_) continue;
+            while (taken_[free]) ++free;
+            taken_[free] = true;
+            new_slot_[b] = free;
+            s_.cache(free).copy_from(s_.cache(slot_[next_src_[b]]), P_, cur_len_);
+        }
+        slot_ = new_slot_;
+        std::swap(seqs_, new_seqs_);
+        beam_scores_ = next_scores_;
+        ++cur_len_;
+        finished_ = done_ || cur_len_ >= max_length_;
+    }
+
+    Session& s_;
+    detail::StopSet is_stop_;
+    std::size_t B_, V_, P_, max_length_, no_repeat_;
+    detail::Hypotheses hyps_;
+    std::vector<std::vector<std::int32_t>> seqs_, new_seqs_;
+    std::vector<double> beam_scores_;
+    std::vector<float> logp_;
+    std::vector<double> cand_;
+    std::vector<std::size_t> order_, slot_, new_slot_;
+    std::vector<bool> taken_;
+    // per-step bookkeeping, reserved once
+    std::vector<double> next_scores_;
+    std::vector<std::int32_t> next_tokens_;
+    std::vector<std::size_t> next_src_;
+    std::size_t cur_len_;
+    bool done_ = false, finished_ = false;
+};
+
 // Greedy search or sampling (num_beams == 1), or beam search. Sequence 0's
 // cache may already hold the prompt's first `cached` positions (a
 // conversation's earlier turns); only the rest is read.
@@ -167,95 +302,12 @@ inline GenerateResult generate(Session& s, std::span<const std::int32_t> prompt,
         return r;
     }
 
-    // Beam search: every beam starts from the prompt's cache.
-    for (std::size_t b = 1; b < B; ++b) s.cache(b).copy_from(s.cache(0), 0, P);
-    const std::size_t max_length = P + o.max_new_tokens;
-    detail::Hypotheses hyps(B, o.length_penalty, o.early_stopping, max_length);
-    std::vector<std::vector<std::int32_t>> seqs(B, std::vector<std::int32_t>(prompt.begin(), prompt.end()));
-    std::vector<double> beam_scores(B, -1e9);
-    beam_scores[0] = 0;
-    std::vector<float> logp(B * V);
-    for (std::size_t b = 0; b < B; ++b) std::copy(first.begin(), first.end(), logp.begin() + std::ptrdiff_t(b * V));
-    std::vector<std::size_t> order(B * V), slot(B);  // slot[b]: the cache of beam b
-    for (std::size_t b = 0; b < B; ++b) slot[b] = b;
-    std::vector<double> cand(B * V);
-    // Per-step bookkeeping, sized once: a step allocates nothing.
-    std::vector<double> next_scores;
-    std::vector<std::int32_t> next_tokens;
-    std::vector<std::size_t> next_src, new_slot(B);
-    std::vector<bool> taken(B);
-    next_scores.reserve(B), next_tokens.reserve(B), next_src.reserve(B);
-    for (auto& q : seqs) q.reserve(max_length);
-    std::vector<std::vector<std::int32_t>> new_seqs = seqs;
-    for (auto& q : new_seqs) q.reserve(max_length);
-    bool done = false;
-    std::size_t cur_len = P;
-    while (true) {
-        for (std::size_t b = 0; b < B; ++b) {
-            std::span<float> row(logp.data() + b * V, V);
-            log_softmax(row);
-            ban_repeated_ngrams(seqs[b], o.no_repeat_ngram_size, row);
-            for (std::size_t v = 0; v < V; ++v) cand[b * V + v] = double(row[v]) + beam_scores[b];
-        }
-        // the 2 * num_beams best (beam, token) pairs, best first; ties keep the lower index, as topk
-        const std::size_t K = std::min(2 * B, B * V);
-        std::iota(order.begin(), order.end(), 0);
-        std::partial_sort(order.begin(), order.begin() + std::ptrdiff_t(K), order.end(),
-                          [&](std::size_t a, std::size_t c) { return cand[a] > cand[c] || (cand[a] == cand[c] && a < c); });
-        next_scores.clear(), next_tokens.clear(), next_src.clear();
-        for (std::size_t rank = 0; rank < K && next_tokens.size() < B; ++rank) {
-            const std::size_t src = order[rank] / V;
-            const std::int32_t tok = std::int32_t(order[rank] % V);
-            if (is_stop(tok)) {
-                if (rank >= B) continue;
-                hyps.add(seqs[src], cand[order[rank]], tok);
-            } else {
-                next_scores.push_back(cand[order[rank]]);
-                next_tokens.push_back(tok);
-                next_src.push_back(src);
-            }
-        }
-        check(next_tokens.size() == B, "beam search: fewer candidates than beams (vocabulary too small)");
-        done = done || hyps.done(cand[order[0]], cur_len + 1);
-        // Beam b continues from beam next_src[b]. Its first child takes a parent's
-        // cache over; other children get the cache of a beam that had none and
-        // copy the parent's generated positions into it.
-        std::fill(new_slot.begin(), new_slot.end(), B);
-        std::fill(taken.begin(), taken.end(), false);
-        for (std::size_t b = 0; b < B; ++b) {
-            new_seqs[b] = seqs[next_src[b]];
-            new_seqs[b].push_back(next_tokens[b]);
-            const std::size_t ps = slot[next_src[b]];
-            if (!taken[ps]) new_slot[b] = ps, taken[ps] = true;
-        }
-        std::size_t free = 0;
-        for (std::size_t b = 0; b < B; ++b) {
-            if (new_slot[b] != B) continue;
-            while (taken[free]) ++free;
-            taken[free] = true;
-            new_slot[b] = free;
-            s.cache(free).copy_from(s.cache(slot[next_src[b]]), P, cur_len);
-        }
-        slot = new_slot;
-        std::swap(seqs, new_seqs);
-        beam_scores = next_scores;
-        ++cur_len;
-        if (done || cur_len >= max_length) break;
+    BeamSearch search(s, prompt, o, first);
+    while (!search.finished()) {
         if (o.on_step) o.on_step();
-        auto lg = s.step(next_tokens, slot);
-        std::copy(lg.begin(), lg.end(), logp.begin());
+        search.advance(s.step(search.tokens(), search.slots()));
     }
-    if (!done)
-        for (std::size_t b = 0; b < B; ++b) hyps.add(seqs[b], beam_scores[b]);
-    // finalize: stable sort by score, the last of equals wins
-    std::stable_sort(hyps.slots.begin(), hyps.slots.begin() + std::ptrdiff_t(hyps.count),
-                     [](const auto& a, const auto& b) { return a.first < b.first; });
-    const auto& best = hyps.slots[hyps.count - 1];
-    r.score = best.first;
-    // a finished hypothesis ends with its stop token; a live beam never holds one
-    r.tokens.assign(best.second.begin() + std::ptrdiff_t(P), best.second.end());
-    r.stopped = !r.tokens.empty() && is_stop(r.tokens.back());
-    return r;
+    return search.result();
 }
 
 struct CandidateScore {
