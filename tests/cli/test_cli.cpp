@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -265,6 +266,39 @@ std::vector<std::string> lines_of(const std::string& text) {
     return out;
 }
 
+// JSON values equal but for numbers that are not integers, which may differ
+// in their last bits (relative 1e-5).
+bool close_json(const nlohmann::json& a, const nlohmann::json& b) {
+    if (a.is_number_float() || b.is_number_float()) {
+        if (!a.is_number() || !b.is_number()) return false;
+        const double x = a.get<double>(), y = b.get<double>();
+        return std::abs(x - y) <= 1e-5 * std::max({1.0, std::abs(x), std::abs(y)});
+    }
+    if (a.type() != b.type() || a.size() != b.size()) return false;
+    if (a.is_array()) {
+        for (std::size_t i = 0; i < a.size(); ++i)
+            if (!close_json(a[i], b[i])) return false;
+        return true;
+    }
+    if (a.is_object()) {
+        for (auto it = a.begin(); it != a.end(); ++it)
+            if (!b.contains(it.key()) || !close_json(it.value(), b[it.key()])) return false;
+        return true;
+    }
+    return a == b;
+}
+
+// Output lines alike as close_json says; lines that are not JSON must be equal.
+bool close_lines(const std::string& x, const std::string& y) {
+    const auto a = lines_of(x), b = lines_of(y);
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        const auto ja = nlohmann::json::parse(a[i], nullptr, false), jb = nlohmann::json::parse(b[i], nullptr, false);
+        if (ja.is_discarded() || jb.is_discarded() ? a[i] != b[i] : !close_json(ja, jb)) return false;
+    }
+    return true;
+}
+
 }  // namespace
 
 TEST_CASE("chat through a pipe: one answer per line; /image, /reset, /quit; a bad line does not end it") {
@@ -404,14 +438,19 @@ TEST_CASE("batch: mixed good and bad lines in order, the single commands' answer
     base2.insert(base2.end(), {"--parallel", "2"});
     auto two = run(base2);
     CHECK(two.status == 3);
-    CHECK(two.out == one.out);
+    // Workers share the prefix cache, so a prefix or an image may come from
+    // another line's computation, whose rows were rounded in another batch:
+    // scores can differ in their last bits, everything else is equal.
+    INFO("one:\n" << one.out << "two:\n" << two.out);
+    CHECK(close_lines(two.out, one.out));
 
     // --batch 4: the generations of 4 workers decoded together, the same lines
     auto base4 = base;
     base4.insert(base4.end(), {"--parallel", "4", "--batch", "4"});
     auto four = run(base4);
     CHECK(four.status == 3);
-    CHECK(four.out == one.out);
+    INFO("four:\n" << four.out);
+    CHECK(close_lines(four.out, one.out));
 
     // --resume: the ids already in --out are skipped, the rest appended (a cut-off last line is dropped)
     const fs::path partial = dir / "out.jsonl";
