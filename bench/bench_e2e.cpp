@@ -701,13 +701,24 @@ void run_one(const fs::path& model_dir, flamingo::model::WeightType type, const 
     using flamingo::model::WeightType;
     const double wsize = type == WeightType::F32 ? 4 : type == WeightType::Q8 ? 1.0625 : type == WeightType::Q4 ? 0.625 : 2;
     const bool idefics = o.idefics.has_value();
-    for (const auto& t : flamingo::io::list_tensors(model_dir)) {
-        // IDEFICS: the file's own bytes (a quantised directory's blocks, scales
+    const auto tensors = flamingo::io::list_tensors(model_dir);
+    // A directory written by `flamingo quantize` (its matrices have `.scales`) is
+    // counted in its own bytes like IDEFICS's: its q4 matrices' element counts are
+    // packed bytes, not weights.
+    const bool stored = idefics || std::any_of(tensors.begin(), tensors.end(),
+                                               [](const auto& t) { return t.name.ends_with(".scales"); });
+    for (const auto& t : tensors) {
+        // Stored: the file's own bytes (a quantised directory's blocks, scales
         // and offsets as stored); rows of the few 1-D tensors are read as float.
         const std::size_t bytes =
-            idefics && t.rank() >= 2 ? t.nbytes : std::size_t(double(t.numel()) * (t.rank() >= 2 ? wsize : 4));
-        r.params += t.numel();
+            stored && t.rank() >= 2 ? t.nbytes : std::size_t(double(t.numel()) * (t.rank() >= 2 ? wsize : 4));
+        // Parameters: a q4 matrix's U8 bytes hold two each; scales and offsets are none.
+        if (!(stored && (t.name.ends_with(".scales") || t.name.ends_with(".offsets"))))
+            r.params += t.numel() * (stored && t.file_dtype == flamingo::io::FileDType::U8 ? 2 : 1);
         r.weight_bytes += bytes;
+        // The tied output head (wte) of a quantised directory is stored as in the
+        // source and quantised at load: it is read per token in the weight type.
+        const bool tied_head = stored && !idefics && t.name == "lang_encoder.transformer.wte.weight";
         // Read once per decoded token: the decoder and its cross-attention (the
         // visual keys/values are projected once per prompt; wte is read whole as
         // the output head, its embedding lookup is one row). IDEFICS: its
@@ -718,17 +729,15 @@ void run_one(const fs::path& model_dir, flamingo::model::WeightType type, const 
                        (t.name.starts_with("model.gated_cross_attn_layers.") &&
                         t.name.find(".k_proj.") == std::string::npos && t.name.find(".v_proj.") == std::string::npos))
                     : (t.name.starts_with("lang_encoder.") && t.name.find(".to_kv.") == std::string::npos))
-            r.decode_bytes += bytes;
+            r.decode_bytes += tied_head ? std::size_t(double(t.numel()) * wsize) : bytes;
     }
 
     auto t0 = Clock::now();
     auto model = flamingo::model::load_flamingo(model_dir, type);
     r.load_s = std::chrono::duration<double>(Clock::now() - t0).count();
     r.copied_bytes = model->copied_weight_bytes();
-    if (idefics) {
-        r.weight_bytes += r.copied_bytes;  // converted copies beside the mapped file
-        r.params = flamingo::model::idefics::parameter_count(model->config());  // not the q4 bytes' count
-    }
+    if (stored) r.weight_bytes += r.copied_bytes;  // converted copies beside the mapped file
+    if (idefics) r.params = flamingo::model::idefics::parameter_count(model->config());  // not the q4 bytes' count
     const auto& cfg = model->config();
     // IDEFICS: one image (the short prompt below); OpenFlamingo: the 4-shot prompt's 5.
     const std::size_t n_img = idefics ? 1 : 5;
