@@ -1,7 +1,8 @@
 """Evaluation records beyond tools/world/evalset.py (same record format, so
 evaluate.probe_accuracy and `flamingo eval` judge them alike): fast binding
-with 2 or 3 made-up names at any number of shots. Used for the development
-split while training (development names: tasks.dev_names())."""
+with 2 or 3 made-up names at any number of shots, and conversations judged
+turn by turn. Used for the development split while training (development
+names: tasks.dev_names()) and for the dialogue evaluation set."""
 
 import random
 
@@ -38,3 +39,45 @@ def binding_records(seed, n, names, kinds_n, shots_list):
                         "images": [c.scene for c in chunks], "held_out_pair": chunks[-1].scene.held_out,
                         "judge": "generate", "answer": chunks[-1].answer, "max_new_tokens": 8})
     return out
+
+
+
+DIALOGUE_KINDS = ["first question", "follow-up", "new picture"]
+
+
+def dialogues(seed, n, split="eval"):
+    """n conversations (tasks.sample_dialogue) of fresh scenes."""
+    rng = random.Random(f"{seed}-dialogue")
+    source = T.random_scene_source(split)
+    return [T.sample_dialogue(rng, source) for _ in range(n)]
+
+
+def dialogue_record(i, turns, image_name=lambda sc: sc):
+    """A conversation as `flamingo eval` reads it: {"id", "task", "turns":
+    [{"user", "images", "answer", "held_out_pair"}]}, judged turn by turn."""
+    return {"id": f"dialogue-{i:03d}", "task": "dialogue", "max_new_tokens": 10,
+            "turns": [{"user": user, "images": [image_name(sc)] if sc is not None else [], "answer": answer,
+                       "held_out_pair": (sc if sc is not None else turns[0][0]).held_out} for sc, user, answer in turns]}
+
+
+def turn_records(rec):
+    """One generate record per turn of a dialogue record: the conversation so
+    far in the chat template, earlier turns with their expected answers, ending
+    in the generation prompt, as `flamingo chat` renders it. Task "dialogue:
+    <kind>" (DIALOGUE_KINDS), shots = the number of earlier turns."""
+    out, history, images = [], "", []
+    for t, turn in enumerate(rec["turns"]):
+        images += turn["images"]
+        history += T.CHAT_USER.format(content=T.IMAGE * len(turn["images"]) + turn["user"])
+        kind = DIALOGUE_KINDS[0] if t == 0 else DIALOGUE_KINDS[2] if turn["images"] else DIALOGUE_KINDS[1]
+        out.append({"id": f"{rec['id']}-turn{t + 1}", "task": f"{rec['task']}: {kind}", "shots": t,
+                    "prompt": history + T.CHAT_GENERATION_PROMPT, "images": list(images),
+                    "held_out_pair": turn["held_out_pair"], "judge": "generate", "answer": turn["answer"],
+                    "max_new_tokens": rec["max_new_tokens"]})
+        history += T.CHAT_ASSISTANT.format(content=turn["answer"])
+    return out
+
+
+def dialogue_records(seed, n, split="eval"):
+    """Per-turn records (turn_records) of n fresh conversations, pictures as scenes."""
+    return [r for i, turns in enumerate(dialogues(seed, n, split)) for r in turn_records(dialogue_record(i, turns))]

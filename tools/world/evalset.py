@@ -218,7 +218,7 @@ def read_pool(support_dir):
 
 def read(eval_dir):
     out = {}
-    for task in T.TASKS:
+    for task in T.TASKS + ["dialogue"]:
         path = os.path.join(eval_dir, f"{task}.jsonl")
         if os.path.exists(path):
             with open(path) as f:

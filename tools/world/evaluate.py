@@ -47,7 +47,7 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import flamingo_ref as ref  # noqa: E402
-from world import bpe, evalset  # noqa: E402
+from world import bpe, eval_extra, evalset  # noqa: E402
 from world import tasks as T  # noqa: E402
 
 
@@ -194,13 +194,19 @@ def run_record(model, tok, images, rec):
     return ok, out, {"prompt_ids": prompt_ids, "generated_ids": gen}
 
 
-def table(results, shots=evalset.SHOTS):
+def _rows(results):
+    """The world's tasks in their order, then any others (dialogue turns) by
+    name; and every shot count seen."""
+    tasks = [t for t in T.TASKS if t in results] + sorted(t for t in results if t not in T.TASKS)
+    return tasks, sorted({shot for rs in results.values() for (shot, _ok, _held) in rs})
+
+
+def table(results):
     """Markdown: accuracy per task and shot count."""
+    tasks, shots = _rows(results)
     lines = ["| task | " + " | ".join(f"{s}-shot" for s in shots) + " |",
              "|---|" + "---|" * len(shots)]
-    for task in T.TASKS:
-        if task not in results:
-            continue
+    for task in tasks:
         cells = []
         for s in shots:
             rs = [ok for (shot, ok, _held) in results[task] if shot == s]
@@ -223,12 +229,11 @@ def cli_table(results):
     return "\n".join(lines) + "\n"
 
 
-def held_out_table(results, shots=evalset.SHOTS):
+def held_out_table(results):
+    tasks, shots = _rows(results)
     lines = ["| task, queries with a held-out (shape, colour) pair | " + " | ".join(f"{s}-shot" for s in shots) + " |",
              "|---|" + "---|" * len(shots)]
-    for task in T.TASKS:
-        if task not in results:
-            continue
+    for task in tasks:
         cells = []
         for s in shots:
             rs = [ok for (shot, ok, held) in results[task] if shot == s and held]
@@ -329,6 +334,9 @@ def main():
     if support:  # the pool's embeddings at once (batched), as the C++ cache holds them
         paths = sorted({support.path(i) for i in range(len(support.entries))})
         emb_cache.update(zip(paths, embeddings(model, paths)))
+    if "dialogue" in data:  # a conversation judged turn by turn: a record per turn (--limit: conversations)
+        convs = data["dialogue"][:args.limit] if args.limit else data["dialogue"]
+        data["dialogue"] = [r for conv in convs for r in eval_extra.turn_records(conv)]
     for recs in data.values():
         for rec in recs:
             rec["image_paths"] = [os.path.realpath(os.path.join(args.eval, "images", n)) for n in rec["images"]]
@@ -343,16 +351,16 @@ def main():
         seen = {}
         for rec in recs:
             seen[rec["shots"]] = seen.get(rec["shots"], 0) + 1
-            if args.limit and seen[rec["shots"]] > args.limit:
+            if args.limit and seen[rec["shots"]] > args.limit and task != "dialogue":
                 continue
             if "prompt" not in rec:
                 if not support:
                     raise SystemExit(f"{rec['id']}: a query record (no prompt): give --support")
                 rec = with_examples(rec, support, select(rec, support, args.shots, args.seed, emb)[0])
             ok, out, extra = run_record(model, tok, images, rec)
-            results.setdefault(task, []).append((rec["shots"], ok, rec.get("held_out_pair", False)))
+            results.setdefault(rec["task"], []).append((rec["shots"], ok, rec.get("held_out_pair", False)))
             outputs[rec["id"]] = (rec, ok, out, extra)
-        print(f"{task}: {len(results[task])} prompts ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+        print(f"{task}: {sum(seen.values())} records ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
     what = "bf16 weights" if args.weights == "f32" else f"{args.weights} weights (dequantised, activations rounded)"
     md = (f"Accuracy (PyTorch reference, {what} computed in float32):\n\n" + table(results) + "\n\n"
           + held_out_table(results) + "\n")

@@ -4,6 +4,7 @@
   tests/data/world/eval/queries/<task>.jsonl                   the same queries without examples
   tests/data/world/eval/support/pool.jsonl                     the support pool they draw examples from
   tests/data/world/eval/images/*.png                           every picture (queries/ and support/ link to it)
+  tests/data/world/eval/dialogue/dialogue.jsonl, images/       conversations, judged turn by turn
 
   /usr/bin/python3 tools/world/make_eval.py [--out tests/data/world/eval] [--per-task 200]
   /usr/bin/python3 tools/world/make_eval.py --dev --out /tmp/dev   # a development split
@@ -15,12 +16,14 @@ for the published table.
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from world import common, evalset  # noqa: E402
+from world import common, eval_extra, evalset  # noqa: E402
+from world import scene as S  # noqa: E402
 from world import tasks as T  # noqa: E402
 
 EVAL_SEED = 20240601
@@ -32,6 +35,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(common.REPO, "tests", "data", "world", "eval"))
     ap.add_argument("--per-task", type=int, default=200)
     ap.add_argument("--general", type=int, default=500, help="scenes shared by caption, vqa and classify")
+    ap.add_argument("--dialogues", type=int, default=200, help="conversations of the dialogue set")
     ap.add_argument("--dev", action="store_true", help="the development split (another seed)")
     args = ap.parse_args()
     seed = DEV_SEED if args.dev else EVAL_SEED
@@ -44,6 +48,28 @@ def main():
     files = os.listdir(os.path.join(args.out, "images"))
     size = sum(os.path.getsize(os.path.join(args.out, "images", f)) for f in files)
     print(f"{args.out}: {len(files)} images ({size / 1e6:.2f} MB), {pool} support examples")
+    write_dialogues(os.path.join(args.out, "dialogue"), seed, args.dialogues)
+
+
+def write_dialogues(out, seed, n):
+    """The dialogue set: n conversations about fresh eval-split scenes (held-out
+    pairs included), one JSON line each (eval_extra.dialogue_record)."""
+    img_dir = os.path.join(out, "images")
+    if os.path.isdir(img_dir):
+        shutil.rmtree(img_dir)
+    os.makedirs(img_dir)  # (and the directory above it)
+    names = {}
+
+    def image_name(sc):
+        if sc not in names:
+            names[sc] = f"{len(names):04d}.png"
+            S.save_png(S.render(sc), os.path.join(img_dir, names[sc]))
+        return names[sc]
+
+    with open(os.path.join(out, "dialogue.jsonl"), "w") as f:
+        for i, turns in enumerate(eval_extra.dialogues(seed, n)):
+            f.write(json.dumps(eval_extra.dialogue_record(i, turns, image_name)) + "\n")
+    print(f"{out}: {n} conversations, {len(names)} images")
 
 
 if __name__ == "__main__":

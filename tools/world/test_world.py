@@ -223,12 +223,16 @@ class EvalDataTest(unittest.TestCase):
             with open(os.path.join(tmp, "support", "pool.jsonl"), "rb") as a, \
                     open(os.path.join(EVAL, "support", "pool.jsonl"), "rb") as b:
                 self.assertEqual(a.read(), b.read(), "pool.jsonl")
-            names = sorted(os.listdir(os.path.join(tmp, "images")))
-            self.assertEqual(names, sorted(os.listdir(os.path.join(EVAL, "images"))))
-            for name in names:
-                a = np.asarray(Image.open(os.path.join(tmp, "images", name)))
-                b = np.asarray(Image.open(os.path.join(EVAL, "images", name)))
-                self.assertTrue(np.array_equal(a, b), name)
+            with open(os.path.join(tmp, "dialogue", "dialogue.jsonl"), "rb") as a, \
+                    open(os.path.join(EVAL, "dialogue", "dialogue.jsonl"), "rb") as b:
+                self.assertEqual(a.read(), b.read(), "dialogue.jsonl")
+            for images in ("images", os.path.join("dialogue", "images")):
+                names = sorted(os.listdir(os.path.join(tmp, images)))
+                self.assertEqual(names, sorted(os.listdir(os.path.join(EVAL, images))))
+                for name in names:
+                    a = np.asarray(Image.open(os.path.join(tmp, images, name)))
+                    b = np.asarray(Image.open(os.path.join(EVAL, images, name)))
+                    self.assertTrue(np.array_equal(a, b), name)
 
 
 class TrainingDataTest(unittest.TestCase):
@@ -315,6 +319,24 @@ class TrainingDataTest(unittest.TestCase):
                     q = next(k for d in (T.QUESTIONS, T.FOLLOW_UPS) for k, v in d.items() if v == prev[1])
                     self.assertIsNot(sc, first)
                     self.assertEqual(answer, T.vqa_answer(sc, q, 1))
+
+    def test_dialogue_turn_records(self):
+        # each turn's prompt is the conversation so far as chat_text renders it
+        # (earlier turns with their expected answers) plus the user message and
+        # the generation prompt; its images are the pictures so far
+        from world import eval_extra
+        for i, turns in enumerate(eval_extra.dialogues("t", 30)):
+            recs = eval_extra.turn_records(eval_extra.dialogue_record(i, turns))
+            self.assertEqual(len(recs), len(turns))
+            for t, (rec, (sc, user, answer)) in enumerate(zip(recs, turns)):
+                user_text = T.CHAT_USER.format(content=(T.IMAGE if sc is not None else "") + user)
+                self.assertEqual(rec["prompt"], T.chat_text(turns[:t]) + user_text + T.CHAT_GENERATION_PROMPT)
+                self.assertEqual(rec["images"], [s for s, _, _ in turns[:t + 1] if s is not None])
+                self.assertEqual(rec["answer"], answer)
+                self.assertEqual(rec["shots"], t)
+                kind = "first question" if t == 0 else "new picture" if sc is not None else "follow-up"
+                self.assertEqual(rec["task"], "dialogue: " + kind)
+                self.assertEqual(kind == "new picture", user == T.ANOTHER_PICTURE)
 
     def test_three_way_binding_records(self):
         from world import eval_extra
