@@ -1,6 +1,8 @@
 // The few-shot demo: a bundled Flamingo model answers from a few interleaved
-// examples (captioning, a question, and names made up inside the prompt).
-// Reads <model>/examples/demo.json: [{"title", "prompt", "images", "max_new_tokens", "expected"}].
+// examples (captioning, a question, and names made up inside the prompt), and
+// holds a conversation. Reads <model>/examples/demo.json:
+// [{"title", "prompt", "images", "max_new_tokens", "expected"}], or for a
+// conversation [{"title", "turns": [{"user", "images", "expected"}], "max_new_tokens"}].
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -10,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <flamingo/chat.hpp>
 #include <flamingo/flamingo.hpp>
 
 int main(int argc, char** argv) {
@@ -25,6 +28,28 @@ int main(int argc, char** argv) {
         const nlohmann::json demos = nlohmann::json::parse(in);
         std::printf("model %s (loaded in %.0f ms)\n", model.string().c_str(), load_ms);
         for (const auto& d : demos) {
+            flamingo::generate::GenerateOptions o;
+            o.max_new_tokens = d.value("max_new_tokens", 20);
+            if (d.contains("turns")) {  // the model's chat template, as `flamingo chat`
+                std::printf("\n== %s\n", d.at("title").get<std::string>().c_str());
+                flamingo::Conversation chat(m);
+                for (const auto& turn : d.at("turns")) {
+                    std::vector<std::string> images;
+                    std::string shown;
+                    for (const auto& im : turn.value("images", nlohmann::json::array())) {
+                        images.push_back((model / "examples" / im.get<std::string>()).string());
+                        shown += "[" + im.get<std::string>() + "] ";
+                    }
+                    const auto t = std::chrono::steady_clock::now();
+                    chat.add_user(turn.at("user").get<std::string>(), images);
+                    const auto g = chat.reply(o);
+                    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+                    std::printf("user: %s%s\nanswer: %s   (%.0f ms)\nexpected: %s\n", shown.c_str(),
+                                turn.at("user").get<std::string>().c_str(), chat.messages().back().content.c_str(), ms,
+                                turn.value("expected", "").c_str());
+                }
+                continue;
+            }
             std::vector<std::string> images, shown;
             for (const auto& im : d.at("images")) {
                 images.push_back((model / "examples" / im.get<std::string>()).string());
@@ -32,8 +57,6 @@ int main(int argc, char** argv) {
             }
             const auto t = std::chrono::steady_clock::now();
             p.set_media(images);
-            flamingo::generate::GenerateOptions o;
-            o.max_new_tokens = d.value("max_new_tokens", 20);
             auto g = p.generate(d.at("prompt").get<std::string>(), o);
             const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
             std::printf("\n== %s\n", d.at("title").get<std::string>().c_str());

@@ -246,7 +246,8 @@ def encode_dialogue(tok, turns):
     return ids, skip
 
 
-def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True, first_weight=None):
+def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True, first_weight=None,
+                   question_weights=None):
     """Interleaved documents of 1..max_images images drawn from the pool:
     (ids, pool indices, positions left out of the loss, {position: loss
     weight} where it is not 1); first_weight as encode_document's."""
@@ -255,11 +256,12 @@ def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True,
         for _ in range(n):
             task = task_weights_choice(rng, weights)
             if task == "dialogue":
-                turns = T.sample_dialogue(rng, pool.source)
+                turns = T.sample_dialogue(rng, pool.source, question_weights=question_weights)
                 ids, skip = encode_dialogue(tok, turns)
                 out.append((ids, [pool.index_of[sc] for sc, _, _ in turns if sc is not None], skip, {}))
                 continue
-            doc = T.sample_document(rng, task, rng.randint(1, max_images), pool.source, names)
+            doc = T.sample_document(rng, task, rng.randint(1, max_images), pool.source, names,
+                                    question_weights=question_weights)
             ids, skip, *weighted = encode_document(tok, doc, mask_new_names, first_weight=first_weight)
             out.append((ids, [pool.index_of[c.scene] for c in doc.chunks], skip, weighted[0] if weighted else {}))
         return out

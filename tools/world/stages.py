@@ -392,13 +392,14 @@ def assemble(tok, vit, lm):
 
 def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-3, weights=None,
                    every=50, probe=None, gate_lr=1e-2, clip=1.0, latent_std=0.02, warm=False, warmup=200,
-                   first_weight=None):
+                   first_weight=None, question_weights=None):
     """Trains Perceiver, gated cross-attention and the rows of <image> and
     <|endofchunk|> in the input and output embeddings; everything else frozen.
     warm: the model's Perceiver, cross-attention and new rows are already
     trained (by an earlier run of this stage) and go on from there.
     probe: (every N steps, fn(model, steps done)). first_weight: loss weight
-    of the first token of a repeated made-up name (data.encode_document)."""
+    of the first token of a repeated made-up name (data.encode_document).
+    question_weights: how often each question type is asked (tasks.pick_question)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     weights = weights or {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": 1.5}
@@ -442,7 +443,8 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-
     opt.add_param_group({"params": gates, "weight_decay": 0.0, "lr": gate_lr, "lr_scale": gate_lr / lr})
     params = decay + keep + [emb, head] + gates
     model.train()
-    batches = data.stream(rng, data.flamingo_items(tok, pool, names, weights, first_weight=first_weight), batch)
+    batches = data.stream(rng, data.flamingo_items(tok, pool, names, weights, first_weight=first_weight,
+                                                    question_weights=question_weights), batch)
     t0 = time.time()
     for step in range(steps):
         set_lr(opt, cosine_lr(step, steps, lr, warmup))

@@ -249,10 +249,18 @@ class Document:
         return "\n".join(lines) + "\n"
 
 
-def sample_document(rng, task, n_chunks, scene_source, names=None, split="train"):
+def pick_question(rng, weights=None):
+    """A question type, uniformly or by {type: weight} (others 1)."""
+    if not weights:
+        return rng.choice(QUESTION_TYPES)
+    return rng.choices(QUESTION_TYPES, [weights.get(q, 1.0) for q in QUESTION_TYPES])[0]
+
+
+def sample_document(rng, task, n_chunks, scene_source, names=None, split="train", question_weights=None):
     """A document of one task with n_chunks chunks. scene_source(rng, **fixed)
     returns a scene (or a pool entry) satisfying the fixed attributes; names
-    is a list of made-up names or a NameSampler."""
+    is a list of made-up names or a NameSampler; question_weights as
+    pick_question's."""
     if task == "caption":
         style = rng.randrange(CAPTION_STYLES)
         chunks = []
@@ -265,7 +273,7 @@ def sample_document(rng, task, n_chunks, scene_source, names=None, split="train"
         chunks = []
         for _ in range(n_chunks):
             sc = scene_source(rng)
-            q = rng.choice(QUESTION_TYPES)
+            q = pick_question(rng, question_weights)
             chunks.append(Chunk(sc, vqa_prefix(q), vqa_answer(sc, q, style)))
         return Document(task, style, chunks)
     if task == "classify":
@@ -307,14 +315,14 @@ FOLLOW_UPS = {
 ANOTHER_PICTURE = "What about this one?"
 
 
-def sample_dialogue(rng, scene_source, max_turns=5):
+def sample_dialogue(rng, scene_source, max_turns=5, question_weights=None):
     """A conversation about one or two pictures: (scene or None, user text,
     assistant answer) per turn. A question about the picture, follow-ups
     that ask another attribute of the same picture ("And how many are
     there?"), and maybe a second picture asked the previous question again
     ("What about this one?"). Answers in one style ("Red.")."""
     scene = scene_source(rng)
-    q = rng.choice(QUESTION_TYPES)
+    q = pick_question(rng, question_weights)
     turns, asked = [(scene, QUESTIONS[q], vqa_answer(scene, q, 1))], [q]   # asked: of this picture
     second = rng.random() < 0.5
     while len(turns) < max_turns:

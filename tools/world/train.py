@@ -35,7 +35,7 @@ from world import tasks as T  # noqa: E402
 log = stages.log
 
 
-PROBE_TASKS = T.TASKS + ["binding3"]
+PROBE_TASKS = T.TASKS + ["binding3"] + [f"dialogue: {k}" for k in eval_extra.DIALOGUE_KINDS]
 
 
 def probe_set(seed, per_task, names):
@@ -47,6 +47,7 @@ def probe_set(seed, per_task, names):
     for task in T.TASKS:
         recs += evalset.items(eps[task])
     recs += eval_extra.binding_records(f"probe-{seed}", per_task, names, 3, [3, 6])
+    recs += eval_extra.dialogue_records(f"probe-{seed}", per_task)
     return recs
 
 
@@ -54,7 +55,7 @@ def format_probe(acc):
     lines = []
     for task in PROBE_TASKS:
         cells = " ".join(f"{s}:{100 * acc[(task, s)]:5.1f}" for s in range(9) if (task, s) in acc)
-        lines.append(f"    {task:9s} {cells}")
+        lines.append(f"    {task:9s} {cells}")  # dialogue: cells by the number of earlier turns
     return "\n".join(lines)
 
 
@@ -105,6 +106,8 @@ def main():
                          "or of a Flamingo stage file of --work (a checkpoint written at a probe)")
     ap.add_argument("--flamingo-first-weight", type=float,
                     help="loss weight of the first token of a repeated made-up name (others 1)")
+    ap.add_argument("--flamingo-question-weight", action="append", default=[], metavar="TYPE=W",
+                    help="ask this question type W times as often as the others (VQA and conversations)")
     ap.add_argument("--flamingo-seed", type=int, default=4, help="offset from --seed of the Flamingo stage's seed "
                     "(a run that goes on from another's checkpoint needs another one)")
     ap.add_argument("--probe-every", type=int, default=500)
@@ -242,6 +245,13 @@ def main():
         fl_tag += f"-seed{args.flamingo_seed}"
     if args.flamingo_first_weight is not None:
         fl_tag += f"-first{args.flamingo_first_weight}"
+    question_weights = {}
+    for item in args.flamingo_question_weight:
+        qtype, _, w = item.partition("=")
+        if qtype not in T.QUESTION_TYPES or not w:
+            sys.exit(f"--flamingo-question-weight {item}: expected TYPE=W, TYPE one of {', '.join(T.QUESTION_TYPES)}")
+        question_weights[qtype] = float(w)
+        fl_tag += f"-q{qtype}{float(w)}"
     if args.flamingo_from:
         # Perceiver, cross-attention and the new rows from an earlier Flamingo
         # stage (e.g. the shipped model, made with the decoder before --bind-steps)
@@ -266,7 +276,7 @@ def main():
         stages.train_flamingo(model, tok, pool, feats, train_names, args.flamingo_steps, seed + args.flamingo_seed,
                               lr=args.flamingo_lr, weights=weights, probe=(args.probe_every, probe),
                               warm=bool(args.flamingo_from), warmup=50 if args.flamingo_from else 200,
-                              first_weight=args.flamingo_first_weight)
+                              first_weight=args.flamingo_first_weight, question_weights=question_weights)
         stages.round_bf16_(model)
         return model.state_dict()
 
@@ -293,9 +303,9 @@ EXAMPLES = {
 
 
 def demo_prompts():
-    """The demo's prompts over the example pictures: captioning, a question and
+    """The demo's prompts over the example pictures: captioning, a question,
     fast binding with two held-out made-up names, each with the answer the
-    examples call for."""
+    examples call for, and a three-turn conversation in the chat template."""
     E = EXAMPLES
     cap = lambda k: T.caption(E[k], 0)
     q = lambda k, qtype: f"{T.vqa_prefix(qtype)} {T.vqa_answer(E[k], qtype, 0)}"
@@ -317,6 +327,14 @@ def demo_prompts():
          "images": ["purple_heart_a.png", "yellow_diamond.png", "purple_heart_b.png"],
          "prompt": chunk(T.binding_text(dax)) + chunk(T.binding_text(wug)) + f"{T.IMAGE}{T.BINDING_PREFIX}",
          "expected": f"{dax}.", "max_new_tokens": 8},
+        {"title": "A conversation (flamingo chat)",
+         "turns": [{"user": T.QUESTIONS["colour"], "images": ["two_red_circles.png"],
+                    "expected": T.vqa_answer(E["two_red_circles"], "colour", 1)},
+                   {"user": T.FOLLOW_UPS["count"], "images": [],
+                    "expected": T.vqa_answer(E["two_red_circles"], "count", 1)},
+                   {"user": T.ANOTHER_PICTURE, "images": ["three_green_triangles.png"],
+                    "expected": T.vqa_answer(E["three_green_triangles"], "count", 1)}],
+         "max_new_tokens": 8},
     ]
 
 
@@ -335,6 +353,16 @@ def export(model, tok, out):
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
     ref.save_model_dir(model, out, tok.to_json(), dtype="bf16")
+    # the chat template the conversations were trained in (tasks.chat_text), shipped
+    path = os.path.join(out, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["chat_template"] = {"system": "{content}\n", "user": T.CHAT_USER.format(content="{content}"),
+                               "assistant": T.CHAT_ASSISTANT.format(content="{content}"),
+                               "generation_prompt": T.CHAT_GENERATION_PROMPT, "stop": [T.EOC]}
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
     write_examples(out)
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if os.path.isfile(os.path.join(out, f)))
     log(f"wrote {out} ({size / 1e6:.1f} MB)")
