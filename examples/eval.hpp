@@ -12,6 +12,11 @@
 // `shots` examples come from a support pool (`Support`, --support DIR), picked
 // at random or by RICES (`Examples`), and become the prompt
 //   <image>text<|endofchunk|> per example, then <image>query.
+//
+// A dialogue record has "turns" in place of "prompt": [{"user", "images",
+// "answer"}], a conversation judged turn by turn through `flamingo chat`'s code
+// path (Conversation): each turn's reply is generated greedily after the
+// earlier turns with their expected answers, and must equal its answer.
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,6 +38,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <flamingo/chat.hpp>
 #include <flamingo/flamingo.hpp>
 #include <flamingo/io/safetensors.hpp>
 
@@ -118,6 +124,46 @@ inline Outcome evaluate_one(Context& p, const std::filesystem::path& data, const
         o.correct = o.prediction == strip(answer);
     }
     return o;
+}
+
+// The outcomes of a dialogue record, one per turn, on a conversation that
+// shares `p`'s model and threads. A turn's row in the table is its kind (the
+// first question, a follow-up about the same picture, or a new picture) and
+// its shot count the number of earlier turns.
+inline std::vector<Outcome> evaluate_dialogue(Context& p, const std::filesystem::path& data, const nlohmann::json& r) {
+    const std::string id = r.value("id", "");
+    check(r.at("turns").is_array() && !r.at("turns").empty(), ErrorKind::Input, "record ", id,
+          ": \"turns\" must be a non-empty array");
+    Conversation chat(p.shared_model(), {0, p.shared_executor()});
+    std::vector<Outcome> out;
+    for (std::size_t t = 0; t < r.at("turns").size(); ++t) {
+        const nlohmann::json& turn = r.at("turns")[t];
+        const auto is_string = [&](const char* key) { return turn.contains(key) && turn[key].is_string(); };
+        check(turn.is_object() && is_string("user") && is_string("answer") &&
+                  (!turn.contains("images") || turn["images"].is_array()),
+              ErrorKind::Input, "record ", id, " turn ", t + 1,
+              ": needs strings \"user\" and \"answer\" (and \"images\", if given, a list of file names)");
+        std::vector<std::string> images;
+        for (const auto& im : turn.value("images", nlohmann::json::array())) {
+            check(im.is_string(), ErrorKind::Input, "record ", id, " turn ", t + 1, ": \"images\" must list file names");
+            images.push_back((data / "images" / im.get<std::string>()).string());
+        }
+        chat.add_user(turn.at("user").get<std::string>(), images);
+        generate::GenerateOptions g;
+        g.max_new_tokens = turn.value("max_new_tokens", r.value("max_new_tokens", 10));
+        Outcome o;
+        o.id = id + "-turn" + std::to_string(t + 1);
+        o.task = r.value("task", "dialogue") + (t == 0 ? ": first question" : images.empty() ? ": follow-up" : ": new picture");
+        o.shots = int(t);
+        o.held_out = turn.value("held_out_pair", r.value("held_out_pair", false));
+        o.prediction = strip(chat.reply(g).text);
+        const std::string answer = turn.at("answer");
+        o.correct = o.prediction == strip(answer);
+        chat.pop();  // the expected answer stands in the conversation, not the prediction
+        chat.add_assistant(answer);
+        out.push_back(std::move(o));
+    }
+    return out;
 }
 
 // ---- examples from a support pool: seeded random picks and RICES -----------------------
@@ -467,7 +513,11 @@ inline std::vector<Outcome> run(Context& p, const std::filesystem::path& data, s
                                 bool verbose = false) {
     std::vector<Outcome> out;
     for (const auto& r : records(data, limit)) {
-        out.push_back(evaluate_one(p, data, examples ? examples->complete(r, data, p, p.model(), verbose) : r, frames));
+        if (r.contains("turns")) {
+            for (auto& o : evaluate_dialogue(p, data, r)) out.push_back(std::move(o));
+        } else {
+            out.push_back(evaluate_one(p, data, examples ? examples->complete(r, data, p, p.model(), verbose) : r, frames));
+        }
         if (progress) progress(out.size());
     }
     return out;

@@ -167,8 +167,10 @@ public:
     }
 
     const Model& model() const { return *model_; }
+    const std::shared_ptr<const Model>& shared_model() const { return model_; }
     // The threads this context's work runs on; replace it between calls, never during one.
     Executor& executor() { return *executor_; }
+    const std::shared_ptr<Executor>& shared_executor() const { return executor_; }
     void set_executor(std::shared_ptr<Executor> ex) {
         check(ex != nullptr, "a context needs an executor");
         executor_ = std::move(ex);

@@ -767,3 +767,70 @@ TEST_CASE("eval --support: bad support directories and query records give one-li
     fs::remove_all(d2);
     fs::remove_all(scratch() / "bad_support");
 }
+
+// ---- eval of conversations, turn by turn (tests/data/world/eval/dialogue) ----------------------
+
+TEST_CASE("eval of dialogue records: a conversation's turns are what flamingo chat answers, bad records are named") {
+    const fs::path dlg = kEval / "dialogue";
+    auto convs = json_lines(dlg / "dialogue.jsonl");
+    convs.resize(kSanitized ? 3 : 12);  // the sanitizers check the path, not figures
+    auto dir_with = [&](const std::string& name, const std::vector<nlohmann::json>& lines) {
+        const fs::path d = scratch() / name;
+        fs::remove_all(d);
+        fs::create_directories(d);
+        write_lines(d / "dialogue.jsonl", lines);
+        fs::create_directory_symlink(fs::absolute(dlg / "images"), d / "images");
+        return d;
+    };
+    const fs::path data = dir_with("dialogue_ok", convs), pred = scratch() / "dialogue.jsonl";
+    Result r = run({"eval", "--model", kBundled.string(), "--data", data.string(), "--threads", "1", "--predictions",
+                    pred.string()});
+    INFO("stderr: " << r.err);
+    REQUIRE(r.status == 0);
+    CHECK(r.out.find("| dialogue: first question |") != std::string::npos);
+    const auto preds = json_lines(pred);
+    std::size_t turns = 0;
+    for (const auto& c : convs) turns += c["turns"].size();
+    REQUIRE(preds.size() == turns);
+    CHECK(preds[0]["id"] == convs[0]["id"].get<std::string>() + "-turn1");
+
+    // Where every turn was answered right, the conversation so far is the one
+    // `flamingo chat` holds with its own answers: piped in, it prints them.
+    std::size_t at = 0, piped = 0;
+    for (const auto& c : kSanitized ? std::vector<nlohmann::json>{} : convs) {
+        const std::size_t n = c["turns"].size();
+        bool all = n >= 2;
+        for (std::size_t t = 0; t < n; ++t) all = all && preds[at + t]["correct"].get<bool>();
+        if (all) {
+            std::string in;
+            for (const auto& turn : c["turns"]) {
+                for (const auto& im : turn["images"]) in += "/image " + (dlg / "images" / im.get<std::string>()).string() + "\n";
+                in += turn["user"].get<std::string>() + "\n";
+            }
+            const Result chat = run({"chat", "--model", kBundled.string(), "--threads", "1", "--max-new-tokens", "10"}, &in);
+            REQUIRE(chat.status == 0);
+            const auto lines = lines_of(chat.out);
+            REQUIRE(lines.size() == n);
+            for (std::size_t t = 0; t < n; ++t) CHECK(lines[t] == preds[at + t]["prediction"].get<std::string>());
+            ++piped;
+        }
+        at += n;
+    }
+    CHECK((piped > 0 || kSanitized));
+
+    // Bad records: one line naming the record and what is wrong.
+    auto bad = convs;
+    bad.resize(1);
+    bad[0]["turns"] = nlohmann::json::array();
+    expect_error(run({"eval", "--model", kBundled.string(), "--data", dir_with("dialogue_bad", bad).string()}),
+                 "record dialogue-000: \"turns\" must be a non-empty array");
+    bad = convs;
+    bad.resize(1);
+    bad[0]["turns"][0].erase("user");
+    expect_error(run({"eval", "--model", kBundled.string(), "--data", dir_with("dialogue_bad", bad).string()}),
+                 "record dialogue-000 turn 1: needs strings \"user\" and \"answer\"");
+    bad = convs;
+    bad.resize(1);
+    bad[0]["turns"][0]["images"] = {"no_such.png"};
+    expect_error(run({"eval", "--model", kBundled.string(), "--data", dir_with("dialogue_bad", bad).string()}), "no_such.png");
+}
