@@ -100,7 +100,12 @@ fs::path model_copy(const fs::path& src, const std::string& name, const std::fun
 TEST_CASE("chat: each turn equals a fresh context on the whole conversation, reading only what is new") {
     auto model = Model::load(kModel);
     Conversation conv(model, {1, nullptr});
-    CHECK_FALSE(model->config().chat_template.from_config);  // the default template
+    // The bundled model ships the template its conversations were trained in: the default one.
+    const model::ChatTemplate& t = model->config().chat_template;
+    CHECK(t.from_config);
+    const model::ChatTemplate d;
+    CHECK((t.system == d.system && t.user == d.user && t.assistant == d.assistant &&
+           t.generation_prompt == d.generation_prompt && t.stop == d.stop));
     const std::vector<Turn> turns = {
         {"A photo of", {image("two_red_circles.png")}},
         {"Question: How many shapes are there? Answer:", {image("four_dotted_orange_squares.png")}},

@@ -332,8 +332,8 @@ def demo_prompts():
                     "expected": T.vqa_answer(E["two_red_circles"], "colour", 1)},
                    {"user": T.FOLLOW_UPS["count"], "images": [],
                     "expected": T.vqa_answer(E["two_red_circles"], "count", 1)},
-                   {"user": T.ANOTHER_PICTURE, "images": ["three_green_triangles.png"],
-                    "expected": T.vqa_answer(E["three_green_triangles"], "count", 1)}],
+                   {"user": T.ANOTHER_PICTURE, "images": ["four_dotted_orange_squares.png"],
+                    "expected": T.vqa_answer(E["four_dotted_orange_squares"], "count", 1)}],
          "max_new_tokens": 8},
     ]
 
