@@ -107,9 +107,9 @@ def build(seed, n_per_task, n_general, names):
     return {task: episodes(task, n_per_task, seed, general, names) for task in T.TASKS}
 
 
-def write(out_dir, eps_by_task):
-    """JSONL per task plus the PNG images they name (each scene stored once)."""
-    img_dir = os.path.join(out_dir, "images")
+def image_namer(img_dir):
+    """image_name(scene) -> "NNNN.png": each scene rendered into img_dir once,
+    numbered in the order first asked for (image_name.names: scene -> name)."""
     os.makedirs(img_dir, exist_ok=True)
     names = {}
 
@@ -118,6 +118,13 @@ def write(out_dir, eps_by_task):
             names[sc] = f"{len(names):04d}.png"
             S.save_png(S.render(sc), os.path.join(img_dir, names[sc]))
         return names[sc]
+    image_name.names = names
+    return image_name
+
+
+def write(out_dir, eps_by_task):
+    """JSONL per task plus the PNG images they name (each scene stored once)."""
+    image_name = image_namer(os.path.join(out_dir, "images"))
 
     for task, eps in eps_by_task.items():
         with open(os.path.join(out_dir, f"{task}.jsonl"), "w") as f:

@@ -23,7 +23,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from world import common, eval_extra, evalset  # noqa: E402
-from world import scene as S  # noqa: E402
 from world import tasks as T  # noqa: E402
 
 EVAL_SEED = 20240601
@@ -57,19 +56,11 @@ def write_dialogues(out, seed, n):
     img_dir = os.path.join(out, "images")
     if os.path.isdir(img_dir):
         shutil.rmtree(img_dir)
-    os.makedirs(img_dir)  # (and the directory above it)
-    names = {}
-
-    def image_name(sc):
-        if sc not in names:
-            names[sc] = f"{len(names):04d}.png"
-            S.save_png(S.render(sc), os.path.join(img_dir, names[sc]))
-        return names[sc]
-
+    image_name = evalset.image_namer(img_dir)
     with open(os.path.join(out, "dialogue.jsonl"), "w") as f:
         for i, turns in enumerate(eval_extra.dialogues(seed, n)):
             f.write(json.dumps(eval_extra.dialogue_record(i, turns, image_name)) + "\n")
-    print(f"{out}: {n} conversations, {len(names)} images")
+    print(f"{out}: {n} conversations, {len(image_name.names)} images")
 
 
 if __name__ == "__main__":
