@@ -103,6 +103,8 @@ inline Outcome evaluate_one(Context& p, const std::filesystem::path& data, const
     o.id = r.value("id", ""), o.task = r.value("task", ""), o.shots = r.value("shots", 0);
     o.held_out = r.value("held_out_pair", false);
     if (r.contains("examples")) o.examples = r.at("examples").get<std::vector<std::size_t>>();
+    check(!r.contains("turns"), ErrorKind::Input, "record ", o.id,
+          " is a dialogue record: its turns are judged one by one (flamingo eval, fewshot::run), not as one prompt");
     check(r.contains("prompt"), ErrorKind::Input, "record ", o.id,
           " is a query record (no \"prompt\"): its examples come from a support pool, give --support DIR");
     // names under <data>/images; a support pool's pictures come as absolute paths, which `/` keeps

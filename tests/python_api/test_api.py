@@ -148,6 +148,10 @@ def test_eval_equals_flamingo_eval(bundled, tmp_path):
         flamingo.eval_records(str(broken))
     assert e.value.kind == "format"
     assert str(e.value) == cli_error("eval", "--model", BUNDLED, "--data", broken)
+    # a dialogue record is several outcomes, not one: refused by name
+    dialogue = flamingo.eval_records(str(data / "dialogue"), limit=1)[0]
+    with pytest.raises(flamingo.Error, match="record dialogue-000 is a dialogue record"):
+        bundled.eval_record(str(data / "dialogue"), dialogue)
 
 
 def test_help_and_stubs():
