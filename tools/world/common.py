@@ -53,7 +53,7 @@ VISION = {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_wi
           "quick_gelu": True, "tokens_ln_post": False, "image_mean": CLIP_MEAN, "image_std": CLIP_STD}
 EMBED_DIM = 128          # CLIP embedding (second dimension of vision_encoder.proj)
 PERCEIVER = {"depth": 2, "heads": 4, "dim_head": 32, "num_latents": 32, "ff_mult": 4,
-             "max_num_media": None, "max_num_frames": None}
+             "max_num_media": None, "max_num_frames": 8}   # video: clips of 4 to 8 frames (video.py)
 CROSS_ATTN = {"every_n_layers": 2, "heads": 4, "dim_head": 32, "ff_mult": 4, "only_attend_immediate_media": True}
 TEXT = {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 6, "num_attention_heads": 8,
         "max_position_embeddings": 512}

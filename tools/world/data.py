@@ -281,3 +281,20 @@ def flamingo_collate(tok, items):
             mask[row, pos] = w
     img = pad([it[1] for it in items], -1)
     return ids, mask, img
+
+
+def video_batch(tok, clips, rng, frames, batch, max_clips=4):
+    """A batch of video documents (1..max_clips clips of `frames` frames each,
+    video.ClipPool.document), encoded as encode_document encodes a document:
+    ids, loss weights (the answers) and clip indices [B, N] (-1 pads)."""
+    items = []
+    for _ in range(batch):
+        doc = clips.document(rng, frames, rng.randint(1, max_clips))
+        ids, skip = [], []
+        for _i, prefix, answer in doc:
+            start = len(ids)
+            ids += tok.encode(T.IMAGE + prefix)
+            skip += range(start + 1, len(ids))
+            ids += tok.encode((" " if prefix else "") + answer + T.EOC)
+        items.append((ids, [i for i, _, _ in doc], skip))
+    return flamingo_collate(tok, items)

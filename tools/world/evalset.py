@@ -225,7 +225,7 @@ def read_pool(support_dir):
 
 def read(eval_dir):
     out = {}
-    for task in T.TASKS + ["dialogue"]:
+    for task in T.TASKS + ["dialogue", "video"]:
         path = os.path.join(eval_dir, f"{task}.jsonl")
         if os.path.exists(path):
             with open(path) as f:

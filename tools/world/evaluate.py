@@ -164,10 +164,22 @@ class ImageCache:
                 self.cache[k] = t
         return torch.stack([self.cache[k] for k in keys])
 
-    def media(self, keys):
-        """Visual tokens [1, N, num_latents, D] of the images of one prompt."""
+    def media(self, keys, frames=1):
+        """Visual tokens [1, N, num_latents, D] of the media of one prompt:
+        images, or (frames > 1) videos given as directories of exactly that
+        many frames, in name order (flamingo eval also samples longer ones)."""
+        if frames == 1:
+            with torch.no_grad():
+                return self.model.perceiver(self.tokens(keys)[None, :, None])
+        paths = []
+        for k in keys:
+            names = sorted(os.listdir(k))
+            if len(names) != frames:
+                raise SystemExit(f"{k}: {len(names)} frames, the record says {frames}")
+            paths += [os.path.join(k, n) for n in names]
+        x = self.tokens(paths)
         with torch.no_grad():
-            return self.model.perceiver(self.tokens(keys)[None, :, None])
+            return self.model.perceiver(x.reshape(1, len(keys), frames, *x.shape[1:]))
 
 
 def judge(tok, rec, generated=None, scores=None):
@@ -182,7 +194,7 @@ def judge(tok, rec, generated=None, scores=None):
 
 def run_record(model, tok, images, rec):
     prompt_ids = tok.encode(rec["prompt"])
-    media = images.media(rec["image_paths"])
+    media = images.media(rec["image_paths"], rec.get("frames", 1))
     if rec["judge"] == "score":
         cands = [tok.encode(c) for c in rec["candidates"]]
         scores = ref.score_candidates(model, None, prompt_ids, cands, media=media)
@@ -350,8 +362,9 @@ def main():
     for task, recs in data.items():
         seen = {}
         for rec in recs:
-            seen[rec["shots"]] = seen.get(rec["shots"], 0) + 1
-            if args.limit and seen[rec["shots"]] > args.limit and task != "dialogue":
+            key = (rec["task"], rec["shots"])   # as flamingo eval's --limit (a file may hold several tasks)
+            seen[key] = seen.get(key, 0) + 1
+            if args.limit and seen[key] > args.limit and task != "dialogue":
                 continue
             if "prompt" not in rec:
                 if not support:

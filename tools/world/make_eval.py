@@ -5,6 +5,7 @@
   tests/data/world/eval/support/pool.jsonl                     the support pool they draw examples from
   tests/data/world/eval/images/*.png                           every picture (queries/ and support/ link to it)
   tests/data/world/eval/dialogue/dialogue.jsonl, images/       conversations, judged turn by turn
+  tests/data/world/eval/video/video.jsonl, images/             clips (a directory of frames each), few-shot
 
   /usr/bin/python3 tools/world/make_eval.py [--out tests/data/world/eval] [--per-task 200]
   /usr/bin/python3 tools/world/make_eval.py --dev --out /tmp/dev   # a development split
@@ -22,7 +23,7 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from world import common, eval_extra, evalset  # noqa: E402
+from world import common, eval_extra, evalset, video  # noqa: E402
 from world import tasks as T  # noqa: E402
 
 EVAL_SEED = 20240601
@@ -35,6 +36,7 @@ def main():
     ap.add_argument("--per-task", type=int, default=200)
     ap.add_argument("--general", type=int, default=500, help="scenes shared by caption, vqa and classify")
     ap.add_argument("--dialogues", type=int, default=200, help="conversations of the dialogue set")
+    ap.add_argument("--video", type=int, default=200, help="queries per video task")
     ap.add_argument("--dev", action="store_true", help="the development split (another seed)")
     args = ap.parse_args()
     seed = DEV_SEED if args.dev else EVAL_SEED
@@ -48,6 +50,7 @@ def main():
     size = sum(os.path.getsize(os.path.join(args.out, "images", f)) for f in files)
     print(f"{args.out}: {len(files)} images ({size / 1e6:.2f} MB), {pool} support examples")
     write_dialogues(os.path.join(args.out, "dialogue"), seed, args.dialogues)
+    write_video(os.path.join(args.out, "video"), seed, args.video)
 
 
 def write_dialogues(out, seed, n):
@@ -61,6 +64,20 @@ def write_dialogues(out, seed, n):
         for i, turns in enumerate(eval_extra.dialogues(seed, n)):
             f.write(json.dumps(eval_extra.dialogue_record(i, turns, image_name)) + "\n")
     print(f"{out}: {n} conversations, {len(image_name.names)} images")
+
+
+def write_video(out, seed, n):
+    """The video set: n queries per video task (video.eval_records), the
+    clips' frames under images/NNNN/."""
+    img_dir = os.path.join(out, "images")
+    if os.path.isdir(img_dir):
+        shutil.rmtree(img_dir)
+    clip_name = video.clip_namer(img_dir)
+    recs = video.eval_records(seed, n, clip_name)
+    with open(os.path.join(out, "video.jsonl"), "w") as f:
+        for rec in recs:
+            f.write(json.dumps(rec) + "\n")
+    print(f"{out}: {len(recs)} prompts, {len(clip_name.names)} clips")
 
 
 if __name__ == "__main__":

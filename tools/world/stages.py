@@ -48,12 +48,13 @@ def adamw(params_decay, params_no_decay, lr, wd, eps=1e-6):
 
 
 def split_decay(module):
-    """Weight matrices decay; gains, biases, embeddings of positions/classes and latents do not."""
+    """Weight matrices decay; gains, biases, embeddings of positions/classes/frames and latents do not."""
     decay, keep = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and "embedding" not in name and "latents" not in name else keep).append(p)
+        embedding = "embedding" in name or "_embs" in name or "latents" in name
+        (decay if p.ndim >= 2 and not embedding else keep).append(p)
     return decay, keep
 
 
@@ -392,14 +393,17 @@ def assemble(tok, vit, lm):
 
 def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-3, weights=None,
                    every=50, probe=None, gate_lr=1e-2, clip=1.0, latent_std=0.02, warm=False, warmup=200,
-                   first_weight=None, question_weights=None):
+                   first_weight=None, question_weights=None, video=None):
     """Trains Perceiver, gated cross-attention and the rows of <image> and
     <|endofchunk|> in the input and output embeddings; everything else frozen.
     warm: the model's Perceiver, cross-attention and new rows are already
     trained (by an earlier run of this stage) and go on from there.
     probe: (every N steps, fn(model, steps done)). first_weight: loss weight
     of the first token of a repeated made-up name (data.encode_document).
-    question_weights: how often each question type is asked (tasks.pick_question)."""
+    question_weights: how often each question type is asked (tasks.pick_question).
+    video: (video.ClipPool, {frame count: vision tokens [n, F, v, D]}, share):
+    that share of the batches are clips of one frame count, through the
+    Perceiver with its frame embeddings as the paper trains video."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     weights = weights or {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": 1.5}
@@ -415,6 +419,8 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-
             # which costs thousands of steps before the gates open. Small latents
             # make the output image-dependent from the start.
             model.perceiver.latents.normal_(0.0, latent_std)
+            if model.perceiver.frame_embs is not None:   # the same reason: small, not N(0, 1)
+                model.perceiver.frame_embs.normal_(0.0, latent_std)
             # the new tokens start afresh, as when OpenFlamingo adds them
             emb[new_rows] = torch.randn(len(new_rows), emb.shape[1]) * 0.02
             head[new_rows] = torch.randn(len(new_rows), head.shape[1]) * 0.02
@@ -445,15 +451,22 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-
     model.train()
     batches = data.stream(rng, data.flamingo_items(tok, pool, names, weights, first_weight=first_weight,
                                                     question_weights=question_weights), batch)
+    video_rng = random.Random(f"video-{seed}")
     t0 = time.time()
     for step in range(steps):
         set_lr(opt, cosine_lr(step, steps, lr, warmup))
-        ids, mask, img = data.flamingo_collate(tok, next(batches))
+        if video is not None and video_rng.random() < video[2]:
+            frames = video_rng.choice(sorted(video[1]))
+            ids, mask, idx = data.video_batch(tok, video[0], video_rng, frames, batch)
+            idx = torch.as_tensor(idx)
+            x = video[1][frames][idx.clamp(min=0)].float() * (idx >= 0)[..., None, None, None]
+        else:
+            ids, mask, img = data.flamingo_collate(tok, next(batches))
+            img = torch.as_tensor(img)
+            x = (feats[img.clamp(min=0)].float() * (img >= 0)[..., None, None])[:, :, None]
         ids, mask = torch.as_tensor(ids), torch.as_tensor(mask)
-        img = torch.as_tensor(img)
-        x = feats[img.clamp(min=0)].float() * (img >= 0)[..., None, None]
         with autocast():
-            media = model.perceiver(x[:, :, None])
+            media = model.perceiver(x)
             logits = model.forward_media(media, ids)
         loss = lm_loss(logits, ids, mask)
         opt.zero_grad(set_to_none=True)

@@ -226,9 +226,14 @@ class EvalDataTest(unittest.TestCase):
             with open(os.path.join(tmp, "dialogue", "dialogue.jsonl"), "rb") as a, \
                     open(os.path.join(EVAL, "dialogue", "dialogue.jsonl"), "rb") as b:
                 self.assertEqual(a.read(), b.read(), "dialogue.jsonl")
-            for images in ("images", os.path.join("dialogue", "images")):
-                names = sorted(os.listdir(os.path.join(tmp, images)))
-                self.assertEqual(names, sorted(os.listdir(os.path.join(EVAL, images))))
+            with open(os.path.join(tmp, "video", "video.jsonl"), "rb") as a, \
+                    open(os.path.join(EVAL, "video", "video.jsonl"), "rb") as b:
+                self.assertEqual(a.read(), b.read(), "video.jsonl")
+            for images in ("images", os.path.join("dialogue", "images"), os.path.join("video", "images")):
+                names = sorted(os.path.relpath(os.path.join(d, f), os.path.join(tmp, images))
+                               for d, _, fs in os.walk(os.path.join(tmp, images)) for f in fs)
+                self.assertEqual(names, sorted(os.path.relpath(os.path.join(d, f), os.path.join(EVAL, images))
+                                               for d, _, fs in os.walk(os.path.join(EVAL, images)) for f in fs))
                 for name in names:
                     a = np.asarray(Image.open(os.path.join(tmp, images, name)))
                     b = np.asarray(Image.open(os.path.join(EVAL, images, name)))
@@ -378,6 +383,46 @@ class VideoTest(unittest.TestCase):
                     self.assertFalse(np.array_equal(frames[0], frames[clip.change_at]))
                     self.assertTrue(np.array_equal(ink[0], ink[-1]))     # same layout, other colour
                 self.assertTrue(video.video_caption(clip).endswith("."))
+
+    def test_training_batches(self):
+        """A video batch: one frame count, each document one event's question
+        (or captions), the loss on the answers alone."""
+        from world import data, video
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+        clips = video.ClipPool(12, 3)
+        rng = random.Random(5)
+        ids, mask, idx = data.video_batch(tok, clips, rng, 6, 8)
+        self.assertEqual(idx.shape[0], 8)
+        for row in range(8):
+            used = [int(i) for i in idx[row] if i >= 0]
+            self.assertEqual(int((ids[row] == tok.token_id(T.IMAGE)).sum()), len(used))
+            text = tok.decode([int(t) for t in ids[row]])
+            answers = [video.video_answer(clips.clips[6][i]) for i in used]
+            trained = tok.decode([int(ids[row, p + 1]) for p in range(ids.shape[1] - 1) if mask[row, p + 1] > 0])
+            if "Question:" in text:
+                self.assertEqual(len({clips.clips[6][i].event for i in used}), 1, text)
+                self.assertEqual(trained, "".join(f" {a}{T.EOC}" for a in answers), text)
+            else:
+                self.assertEqual(trained, "".join(video.video_caption(clips.clips[6][i]) + T.EOC for i in used))
+
+    def test_eval_records(self):
+        """Each prompt's clips share its frame count and its event; the answer is the query clip's."""
+        from world import video
+        recs = video.eval_records("t", 6, lambda c: c)
+        self.assertEqual(len(recs), 6 * len(video.TASKS) * 4)
+        for r in recs:
+            clips = r["images"]
+            self.assertEqual(len(clips), r["shots"] + 1)
+            self.assertTrue(all(c.frames == r["frames"] for c in clips))
+            q = clips[-1]
+            if r["task"] == "video caption":
+                self.assertEqual(r["answer"], video.video_caption(q))
+                self.assertTrue(r["prompt"].endswith(T.IMAGE))
+            else:
+                self.assertTrue(all(c.event == r["task"].split()[1] for c in clips))
+                self.assertEqual(r["answer"], video.video_answer(q))
+            self.assertEqual(r["held_out_pair"], video.held_out(q))
+            self.assertFalse(any(c in clips[:-1] for c in clips[-1:]))
 
 
 class ModelTest(unittest.TestCase):

@@ -28,7 +28,7 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 import flamingo_ref as ref  # noqa: E402
-from world import data, eval_extra, evalset, evaluate, stages  # noqa: E402
+from world import data, eval_extra, evalset, evaluate, stages, video  # noqa: E402
 from world import scene as S  # noqa: E402
 from world import tasks as T  # noqa: E402
 
@@ -101,6 +101,9 @@ def main():
     ap.add_argument("--flamingo-binding", type=float, default=1.5, help="weight of binding documents (others 1)")
     ap.add_argument("--flamingo-dialogue", type=float, default=0.0,
                     help="weight of conversations in the chat template (tasks.sample_dialogue); not yet trained")
+    ap.add_argument("--flamingo-video", type=float, default=0.0,
+                    help="share of the Flamingo stage's batches that are video clips (video.py)")
+    ap.add_argument("--video-clips", type=int, default=400, help="training clips of each frame count (4 to 8)")
     ap.add_argument("--flamingo-from", metavar="DIR|FILE",
                     help="start the Flamingo stage from the Perceiver and cross-attention of this model directory, "
                          "or of a Flamingo stage file of --work (a checkpoint written at a probe)")
@@ -252,6 +255,23 @@ def main():
             sys.exit(f"--flamingo-question-weight {item}: expected TYPE=W, TYPE one of {', '.join(T.QUESTION_TYPES)}")
         question_weights[qtype] = float(w)
         fl_tag += f"-q{qtype}{float(w)}"
+    video_data = None
+    if args.flamingo_video:
+        fl_tag += f"-video{args.flamingo_video}-{args.video_clips}"
+        clips = video.ClipPool(args.video_clips, seed + 7)
+
+        def video_tokens():
+            out = {}
+            for f in video.FRAME_COUNTS:
+                frames = clips.frames(f)
+                out[f] = stages.vision_tokens(model.vision_encoder, frames.reshape(-1, *frames.shape[2:]))
+                out[f] = out[f].reshape(len(frames), f, *out[f].shape[1:])
+            return out
+
+        t = time.time()
+        video_data = (clips, cached(f"video-feats-{seed}-{args.clip_steps}-{args.video_clips}.pt", video_tokens),
+                      args.flamingo_video)
+        log(f"video clips: {args.video_clips} of each frame count ({time.time() - t:.0f}s)")
     if args.flamingo_from:
         # Perceiver, cross-attention and the new rows from an earlier Flamingo
         # stage (e.g. the shipped model, made with the decoder before --bind-steps)
@@ -264,6 +284,9 @@ def main():
                    if k.startswith("perceiver.") or ".gated_cross_attn_layer." in k}
         missing, unexpected = model.load_state_dict(trained, strict=False)
         assert not unexpected, unexpected
+        if "perceiver.frame_embs" in missing:   # a model trained on pictures only: frames start as they were
+            with torch.no_grad():
+                model.perceiver.frame_embs.zero_()
         with torch.no_grad():
             for name in ("model.embed_tokens.weight", "lm_head.weight"):
                 rows = [tok.token_id(T.IMAGE), tok.token_id(T.EOC)]
@@ -276,7 +299,8 @@ def main():
         stages.train_flamingo(model, tok, pool, feats, train_names, args.flamingo_steps, seed + args.flamingo_seed,
                               lr=args.flamingo_lr, weights=weights, probe=(args.probe_every, probe),
                               warm=bool(args.flamingo_from), warmup=50 if args.flamingo_from else 200,
-                              first_weight=args.flamingo_first_weight, question_weights=question_weights)
+                              first_weight=args.flamingo_first_weight, question_weights=question_weights,
+                              video=video_data)
         stages.round_bf16_(model)
         return model.state_dict()
 
@@ -299,6 +323,16 @@ EXAMPLES = {
     "purple_heart_a": S.Scene("heart", "purple", "solid", "large", 1, "left", seed=105),
     "yellow_diamond": S.Scene("diamond", "yellow", "striped", "large", 1, "right", seed=106),
     "purple_heart_b": S.Scene("heart", "purple", "solid", "small", 1, "top", seed=107),
+}
+
+# Clips shipped beside the model (directories of frames), for the demo's video question.
+EXAMPLE_CLIPS = {
+    "red_circle_moves_right": video.Clip("move", S.Scene("circle", "red", "solid", "large", 1, "left", seed=111), 6,
+                                         direction="right"),
+    "blue_stars_move_top": video.Clip("move", S.Scene("star", "blue", "striped", "small", 2, "bottom", seed=112), 6,
+                                      direction="top"),
+    "green_squares_move_left": video.Clip("move", S.Scene("square", "green", "dotted", "small", 2, "right",
+                                                          seed=113), 6, direction="left"),
 }
 
 
@@ -335,6 +369,12 @@ def demo_prompts():
                    {"user": T.ANOTHER_PICTURE, "images": ["four_dotted_orange_squares.png"],
                     "expected": T.vqa_answer(E["four_dotted_orange_squares"], "count", 1)}],
          "max_new_tokens": 8},
+        {"title": "A video question, 2 examples (6 frames each)",
+         "images": list(EXAMPLE_CLIPS), "frames": 6,
+         "prompt": "".join(chunk(video.chunk_text(*video.video_chunk_text(c, "question")))
+                           for c in list(EXAMPLE_CLIPS.values())[:2])
+         + T.IMAGE + video.video_chunk_text(EXAMPLE_CLIPS["green_squares_move_left"], "question")[0],
+         "expected": "left", "max_new_tokens": 8},
     ]
 
 
@@ -342,6 +382,11 @@ def write_examples(out):
     os.makedirs(os.path.join(out, "examples"), exist_ok=True)
     for name, sc in EXAMPLES.items():
         S.save_png(S.render(sc), os.path.join(out, "examples", name + ".png"))
+    for name, clip in EXAMPLE_CLIPS.items():
+        d = os.path.join(out, "examples", name)
+        os.makedirs(d, exist_ok=True)
+        for i, frame in enumerate(video.render_clip(clip)):
+            S.save_png(frame, os.path.join(d, f"{i}.png"))
     with open(os.path.join(out, "examples", "demo.json"), "w") as f:
         json.dump(demo_prompts(), f, indent=1)
         f.write("\n")

@@ -6,9 +6,12 @@ A clip is a list of frames (64x64x3 uint8) rendered by scene.render: a move
 shifts the picture of one scene a few pixels per frame (the background fills
 in); appear/disappear render the scene with a growing or shrinking count; a
 colour change renders the same scene (same seed: same layout) in another
-colour from some frame on. Not yet in the Flamingo stage's mix.
+colour from some frame on. A direction is named by the side the group moves
+to, in the world's position words (left, right, top, bottom), which the
+frozen decoder knows as one token each.
 """
 
+import os
 import random
 from dataclasses import dataclass, replace
 
@@ -18,9 +21,10 @@ from . import scene as S
 from . import tasks as T
 
 EVENTS = ["move", "appear", "disappear", "colour"]
-DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
 # where a group that moves that way starts, so it stays in the picture
-_START = {"left": "right", "right": "left", "up": "bottom", "down": "top"}
+_START = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+FRAME_COUNTS = range(4, 9)
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def render_clip(clip):
 # ---- texts ------------------------------------------------------------------------
 
 VIDEO_QUESTIONS = {
-    "move": "Which way do the shapes move?",
+    "move": "Which side do the shapes move to?",
     "appear": "How many shapes appear?",
     "disappear": "How many shapes disappear?",
     "colour": "What colour do the shapes turn?",
@@ -116,8 +120,7 @@ def video_caption(clip):
     if clip.event == "move":
         noun = T.noun_phrase(sc).capitalize()
         verb = "moves" if sc.count == 1 else "move"
-        where = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}[clip.direction]
-        return f"{noun} {verb} {where}."
+        return f"{noun} {verb} to the {clip.direction}."
     if clip.event in ("appear", "disappear"):
         n = abs(clip.last_count - sc.count)
         verb = clip.event + ("s" if n == 1 else "")
@@ -134,12 +137,92 @@ def video_chunk_text(clip, kind):
     return f"Question: {VIDEO_QUESTIONS[clip.event]} Answer:", video_answer(clip)
 
 
-def sample_video_document(rng, n_chunks, split="train"):
-    """A document of clips of one event (question) or of any events (caption)."""
-    kind = rng.choice(["question", "caption"])
-    event = rng.choice(EVENTS) if kind == "question" else None
-    clips = [sample_clip(rng, split, event) for _ in range(n_chunks)]
-    return kind, [(c, *video_chunk_text(c, kind)) for c in clips]
+def held_out(clip):
+    """A (shape, colour) pair held out of training shows in the clip."""
+    return clip.first.held_out or (clip.first.shape, clip.new_colour) in S.HELD_OUT_PAIRS
+
+
+def chunk_text(prefix, answer):
+    return prefix + (" " if prefix else "") + answer
+
+
+# ---- training: a pool of rendered clips per frame count -------------------------------
+
+class ClipPool:
+    """n training clips of every frame count; a batch of the Flamingo stage
+    takes its clips from one count, as a video batch has one frame count.
+    clips[F]: the clips; by_event[F][event]: their indices by event."""
+
+    def __init__(self, n, seed, split="train"):
+        rng = random.Random(f"clips-{seed}")
+        self.clips = {f: [sample_clip(rng, split, frames=f) for _ in range(n)] for f in FRAME_COUNTS}
+        self.by_event = {f: {e: [i for i, c in enumerate(cs) if c.event == e] for e in EVENTS}
+                         for f, cs in self.clips.items()}
+
+    def frames(self, f):
+        """[n, f, 64, 64, 3] uint8."""
+        return np.stack([render_clip(c) for c in self.clips[f]])
+
+    def document(self, rng, f, n_chunks):
+        """n_chunks clips of frame count f, all asked the question of one event
+        or all captioned: [(clip index, prefix, answer)]."""
+        kind = rng.choice(["question", "caption"])
+        if kind == "question":
+            idx = rng.choices(self.by_event[f][rng.choice(EVENTS)], k=n_chunks)
+        else:
+            idx = [rng.randrange(len(self.clips[f])) for _ in range(n_chunks)]
+        return [(i, *video_chunk_text(self.clips[f][i], kind)) for i in idx]
+
+
+# ---- the evaluation set ---------------------------------------------------------------
+
+# a prompt asks one event's question of every clip, or captions clips of any event
+TASKS = ["move", "appear", "disappear", "colour", "caption"]
+SHOTS = [0, 1, 2, 4]
+
+
+def clip_namer(img_dir):
+    """clip_name(clip) -> "NNNN": the clip's frames written once as
+    img_dir/NNNN/<i>.png (a directory of frames, in name order)."""
+    os.makedirs(img_dir, exist_ok=True)
+    names = {}
+
+    def clip_name(clip):
+        if clip not in names:
+            names[clip] = f"{len(names):04d}"
+            d = os.path.join(img_dir, names[clip])
+            os.makedirs(d)
+            for i, frame in enumerate(render_clip(clip)):
+                S.save_png(frame, os.path.join(d, f"{i}.png"))
+        return names[clip]
+    clip_name.names = names
+    return clip_name
+
+
+def eval_records(seed, n, clip_name, examples_per_count=10):
+    """n queries per task ("video <task>"), each a fresh clip of its event
+    (caption: of any event) at a frame count drawn per query (4 to 8), with
+    four examples drawn from the task's examples of that frame count (a few
+    per count, so the set stays small); at 0, 1, 2 and 4 shots the prompt
+    holds the first k examples."""
+    rng = random.Random(f"{seed}-video")
+    out = []
+    for task in TASKS:
+        kind = "caption" if task == "caption" else "question"
+        sample = lambda f: sample_clip(rng, "eval", None if kind == "caption" else task, f)
+        pool = {f: [sample(f) for _ in range(examples_per_count)] for f in FRAME_COUNTS}
+        for q in range(n):
+            f = rng.choice(FRAME_COUNTS)
+            clips = rng.sample(pool[f], 4) + [sample(f)]
+            texts = [video_chunk_text(c, kind) for c in clips]
+            for shots in SHOTS:
+                prompt = "".join(f"{T.IMAGE}{chunk_text(*t)}{T.EOC}" for t in texts[:shots])
+                out.append({"id": f"video-{task}-{q:03d}-{shots}shot", "task": f"video {task}", "shots": shots,
+                            "prompt": prompt + T.IMAGE + texts[4][0],
+                            "images": [clip_name(c) for c in clips[:shots] + clips[4:]], "frames": f,
+                            "held_out_pair": held_out(clips[4]), "judge": "generate", "answer": texts[4][1],
+                            "max_new_tokens": 16})
+    return out
 
 
 def demo(seed=0):
