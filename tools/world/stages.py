@@ -440,14 +440,17 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-
         decay += d
         keep += k
     gates = [b.attn_gate for b in xattn] + [b.ff_gate for b in xattn]
-    keep = [p for p in keep if all(p is not g for g in gates)]
+    # The frame embeddings too: at the base rate they stay ~50x below the
+    # vision tokens' scale, and a clip's frames stay an unordered set.
+    fast = gates + ([model.perceiver.frame_embs] if video is not None else [])
+    keep = [p for p in keep if all(p is not g for g in fast)]
     # Behind nearly closed gates the gradients are tiny (~1e-6): Adam's eps must
     # be well below that or it silently scales the steps down.
     opt = adamw(decay, keep + [emb, head], lr, 0.1, eps=1e-10)
     # The tanh gates start closed; a larger step lets them open as soon as the
     # visual signal is useful, rather than after thousands of steps.
-    opt.add_param_group({"params": gates, "weight_decay": 0.0, "lr": gate_lr, "lr_scale": gate_lr / lr})
-    params = decay + keep + [emb, head] + gates
+    opt.add_param_group({"params": fast, "weight_decay": 0.0, "lr": gate_lr, "lr_scale": gate_lr / lr})
+    params = decay + keep + [emb, head] + fast
     model.train()
     batches = data.stream(rng, data.flamingo_items(tok, pool, names, weights, first_weight=first_weight,
                                                     question_weights=question_weights), batch)

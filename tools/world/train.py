@@ -103,6 +103,8 @@ def main():
                     help="weight of conversations in the chat template (tasks.sample_dialogue); not yet trained")
     ap.add_argument("--flamingo-video", type=float, default=0.0,
                     help="share of the Flamingo stage's batches that are video clips (video.py)")
+    ap.add_argument("--video-event-weight", action="append", default=[], metavar="EVENT=W",
+                    help="ask this video event's question W times as often as the others")
     ap.add_argument("--video-clips", type=int, default=400, help="training clips of each frame count (4 to 8)")
     ap.add_argument("--flamingo-from", metavar="DIR|FILE",
                     help="start the Flamingo stage from the Perceiver and cross-attention of this model directory, "
@@ -257,8 +259,15 @@ def main():
         fl_tag += f"-q{qtype}{float(w)}"
     video_data = None
     if args.flamingo_video:
-        fl_tag += f"-video{args.flamingo_video}-{args.video_clips}"
-        clips = video.ClipPool(args.video_clips, seed + 7)
+        fl_tag += f"-video{args.flamingo_video}-{args.video_clips}-f2"
+        event_weights = {}
+        for item in args.video_event_weight:
+            event, _, w = item.partition("=")
+            if event not in video.EVENTS or not w:
+                sys.exit(f"--video-event-weight {item}: expected EVENT=W, EVENT one of {', '.join(video.EVENTS)}")
+            event_weights[event] = float(w)
+            fl_tag += f"-v{event}{float(w)}"
+        clips = video.ClipPool(args.video_clips, seed + 7, event_weights=event_weights)
 
         def video_tokens():
             out = {}
@@ -284,9 +293,12 @@ def main():
                    if k.startswith("perceiver.") or ".gated_cross_attn_layer." in k}
         missing, unexpected = model.load_state_dict(trained, strict=False)
         assert not unexpected, unexpected
-        if "perceiver.frame_embs" in missing:   # a model trained on pictures only: frames start as they were
+        if "perceiver.frame_embs" in missing:
+            # a model trained on pictures only: the first frame (every picture's)
+            # starts at zero so pictures are seen as before; the others apart from it
             with torch.no_grad():
-                model.perceiver.frame_embs.zero_()
+                model.perceiver.frame_embs.normal_(0.0, 0.5)
+                model.perceiver.frame_embs[0] = 0
         with torch.no_grad():
             for name in ("model.embed_tokens.weight", "lm_head.weight"):
                 rows = [tok.token_id(T.IMAGE), tok.token_id(T.EOC)]
@@ -325,14 +337,16 @@ EXAMPLES = {
     "purple_heart_b": S.Scene("heart", "purple", "solid", "small", 1, "top", seed=107),
 }
 
-# Clips shipped beside the model (directories of frames), for the demo's video question.
+# Clips shipped beside the model (directories of frames), for the demo's video
+# question: shapes that turn another colour part-way (which colour is the later
+# one is the question, so the frames' order matters).
 EXAMPLE_CLIPS = {
-    "red_circle_moves_right": video.Clip("move", S.Scene("circle", "red", "solid", "large", 1, "left", seed=111), 6,
-                                         direction="right"),
-    "blue_stars_move_top": video.Clip("move", S.Scene("star", "blue", "striped", "small", 2, "bottom", seed=112), 6,
-                                      direction="top"),
-    "green_squares_move_left": video.Clip("move", S.Scene("square", "green", "dotted", "small", 2, "right",
-                                                          seed=113), 6, direction="left"),
+    "red_circles_turn_blue": video.Clip("colour", S.Scene("circle", "red", "solid", "large", 2, "left", seed=111), 6,
+                                        new_colour="blue", change_at=3),
+    "yellow_star_turns_purple": video.Clip("colour", S.Scene("star", "yellow", "striped", "large", 1, "top",
+                                                             seed=112), 6, new_colour="purple", change_at=2),
+    "orange_squares_turn_green": video.Clip("colour", S.Scene("square", "orange", "dotted", "small", 3, "bottom",
+                                                              seed=113), 6, new_colour="green", change_at=4),
 }
 
 
@@ -373,8 +387,8 @@ def demo_prompts():
          "images": list(EXAMPLE_CLIPS), "frames": 6,
          "prompt": "".join(chunk(video.chunk_text(*video.video_chunk_text(c, "question")))
                            for c in list(EXAMPLE_CLIPS.values())[:2])
-         + T.IMAGE + video.video_chunk_text(EXAMPLE_CLIPS["green_squares_move_left"], "question")[0],
-         "expected": "left", "max_new_tokens": 8},
+         + T.IMAGE + video.video_chunk_text(EXAMPLE_CLIPS["orange_squares_turn_green"], "question")[0],
+         "expected": "green", "max_new_tokens": 8},
     ]
 
 

@@ -153,8 +153,9 @@ class ClipPool:
     takes its clips from one count, as a video batch has one frame count.
     clips[F]: the clips; by_event[F][event]: their indices by event."""
 
-    def __init__(self, n, seed, split="train"):
+    def __init__(self, n, seed, split="train", event_weights=None):
         rng = random.Random(f"clips-{seed}")
+        self.event_weights = [event_weights.get(e, 1.0) for e in EVENTS] if event_weights else None
         self.clips = {f: [sample_clip(rng, split, frames=f) for _ in range(n)] for f in FRAME_COUNTS}
         self.by_event = {f: {e: [i for i, c in enumerate(cs) if c.event == e] for e in EVENTS}
                          for f, cs in self.clips.items()}
@@ -165,10 +166,11 @@ class ClipPool:
 
     def document(self, rng, f, n_chunks):
         """n_chunks clips of frame count f, all asked the question of one event
-        or all captioned: [(clip index, prefix, answer)]."""
+        (drawn by event_weights) or all captioned: [(clip index, prefix, answer)]."""
         kind = rng.choice(["question", "caption"])
         if kind == "question":
-            idx = rng.choices(self.by_event[f][rng.choice(EVENTS)], k=n_chunks)
+            event = rng.choices(EVENTS, self.event_weights)[0] if self.event_weights else rng.choice(EVENTS)
+            idx = rng.choices(self.by_event[f][event], k=n_chunks)
         else:
             idx = [rng.randrange(len(self.clips[f])) for _ in range(n_chunks)]
         return [(i, *video_chunk_text(self.clips[f][i], kind)) for i in idx]
