@@ -1,7 +1,8 @@
 // The few-shot demo: a bundled Flamingo model answers from a few interleaved
-// examples (captioning, a question, and names made up inside the prompt), and
-// holds a conversation. Reads <model>/examples/demo.json:
-// [{"title", "prompt", "images", "max_new_tokens", "expected"}], or for a
+// examples (captioning, a question, names made up inside the prompt, and a
+// question about video clips), and holds a conversation. Reads <model>/examples/demo.json:
+// [{"title", "prompt", "images", "frames"?, "max_new_tokens", "expected"}] (with
+// "frames", each medium is a video: a directory of that many frames), or for a
 // conversation [{"title", "turns": [{"user", "images", "expected"}], "max_new_tokens"}].
 #include <chrono>
 #include <cstdio>
@@ -56,7 +57,7 @@ int main(int argc, char** argv) {
                 shown.push_back(im.get<std::string>());
             }
             const auto t = std::chrono::steady_clock::now();
-            p.set_media(images);
+            p.set_media(images, d.value("frames", std::size_t(1)));
             auto g = p.generate(d.at("prompt").get<std::string>(), o);
             const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
             std::printf("\n== %s\n", d.at("title").get<std::string>().c_str());

@@ -49,6 +49,7 @@ std::vector<std::string> converse(const std::shared_ptr<const Model>& model, Con
                                   std::vector<std::string> earlier = {}, std::size_t max_new_tokens = 12) {
     std::vector<std::string> all_images = std::move(earlier), answers;
     REQUIRE(conv.num_images() == all_images.size());
+    std::size_t last_reply = 0;  // tokens the previous reply generated
     for (std::size_t i = 0; i < turns.size(); ++i) {
         CAPTURE(i);
         const Turn& t = turns[i];
@@ -70,11 +71,16 @@ std::vector<std::string> converse(const std::shared_ptr<const Model>& model, Con
         CHECK(after.media_encoded - before.media_encoded == t.images.size());
         CHECK(conv.context().num_media() == all_images.size());
         if (expect_incremental) {
-            // the cache held a prefix of this prompt: only the rest is read
+            // The cache holds a prefix of this prompt up to the last reply at least
+            // (its generated tokens need not be how its text tokenizes, e.g. " ar"
+            // " are" where the text reads ":" "ar"): only the rest is read.
             REQUIRE(cached.size() < ids.size());
-            CHECK(std::equal(cached.begin(), cached.end(), ids.begin()));
-            CHECK(after.read_tokens - before.read_tokens == ids.size() - cached.size());
+            std::size_t common = 0;
+            while (common < cached.size() && cached[common] == ids[common]) ++common;
+            CHECK(common + last_reply >= cached.size());
+            CHECK(after.read_tokens - before.read_tokens == ids.size() - common);
         }
+        last_reply = got.tokens.size();
         answers.push_back(got.text);
     }
     return answers;
