@@ -59,6 +59,20 @@ def format_probe(acc):
     return "\n".join(lines)
 
 
+def weights_option(items, option, names):
+    """{name: weight} from repeated NAME=W arguments of `option`."""
+    out = {}
+    for item in items:
+        name, _, w = item.partition("=")
+        try:
+            if name not in names:
+                raise ValueError
+            out[name] = float(w)
+        except ValueError:
+            sys.exit(f"{option} {item}: expected NAME=W (W a number), NAME one of {', '.join(names)}")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(common.REPO, "models", "shapes-flamingo"))
@@ -250,23 +264,13 @@ def main():
         fl_tag += f"-seed{args.flamingo_seed}"
     if args.flamingo_first_weight is not None:
         fl_tag += f"-first{args.flamingo_first_weight}"
-    question_weights = {}
-    for item in args.flamingo_question_weight:
-        qtype, _, w = item.partition("=")
-        if qtype not in T.QUESTION_TYPES or not w:
-            sys.exit(f"--flamingo-question-weight {item}: expected TYPE=W, TYPE one of {', '.join(T.QUESTION_TYPES)}")
-        question_weights[qtype] = float(w)
-        fl_tag += f"-q{qtype}{float(w)}"
+    question_weights = weights_option(args.flamingo_question_weight, "--flamingo-question-weight", T.QUESTION_TYPES)
+    fl_tag += "".join(f"-q{k}{w}" for k, w in question_weights.items())
     video_data = None
     if args.flamingo_video:
         fl_tag += f"-video{args.flamingo_video}-{args.video_clips}-f2"
-        event_weights = {}
-        for item in args.video_event_weight:
-            event, _, w = item.partition("=")
-            if event not in video.EVENTS or not w:
-                sys.exit(f"--video-event-weight {item}: expected EVENT=W, EVENT one of {', '.join(video.EVENTS)}")
-            event_weights[event] = float(w)
-            fl_tag += f"-v{event}{float(w)}"
+        event_weights = weights_option(args.video_event_weight, "--video-event-weight", video.EVENTS)
+        fl_tag += "".join(f"-v{k}{w}" for k, w in event_weights.items())
         clips = video.ClipPool(args.video_clips, seed + 7, event_weights=event_weights)
 
         def video_tokens():
