@@ -425,6 +425,29 @@ class VideoTest(unittest.TestCase):
             self.assertFalse(any(c in clips[:-1] for c in clips[-1:]))
 
 
+class TrainScriptTest(unittest.TestCase):
+    def test_shipped_demo_is_what_the_script_writes(self):
+        from world import train, video
+        with open(os.path.join(MODEL, "examples", "demo.json")) as f:
+            self.assertEqual(json.load(f), train.demo_prompts())
+        for name, clip in train.EXAMPLE_CLIPS.items():
+            frames = video.render_clip(clip)
+            self.assertEqual(sorted(os.listdir(os.path.join(MODEL, "examples", name))),
+                             [f"{i}.png" for i in range(len(frames))])
+            for i, frame in enumerate(frames):
+                shipped = np.asarray(Image.open(os.path.join(MODEL, "examples", name, f"{i}.png")))
+                self.assertTrue(np.array_equal(shipped, frame), (name, i))
+
+    def test_weight_options(self):
+        from world import train, video
+        self.assertEqual(train.weights_option(["move=4", "colour=0.5"], "--v", video.EVENTS),
+                         {"move": 4.0, "colour": 0.5})
+        for bad in ("move=x", "run=2", "move"):
+            with self.assertRaises(SystemExit) as e:
+                train.weights_option([bad], "--video-event-weight", video.EVENTS)
+            self.assertIn(f"--video-event-weight {bad}: expected NAME=W", str(e.exception))
+
+
 class ModelTest(unittest.TestCase):
     def test_directory(self):
         import flamingo_ref as ref
