@@ -285,16 +285,11 @@ def flamingo_collate(tok, items):
 
 def video_batch(tok, clips, rng, frames, batch, max_clips=4):
     """A batch of video documents (1..max_clips clips of `frames` frames each,
-    video.ClipPool.document), encoded as encode_document encodes a document:
-    ids, loss weights (the answers) and clip indices [B, N] (-1 pads)."""
+    video.ClipPool.document) through encode_document: ids, loss weights (the
+    answers) and clip indices [B, N] (-1 pads)."""
     items = []
     for _ in range(batch):
         doc = clips.document(rng, frames, rng.randint(1, max_clips))
-        ids, skip = [], []
-        for _i, prefix, answer in doc:
-            start = len(ids)
-            ids += tok.encode(T.IMAGE + prefix)
-            skip += range(start + 1, len(ids))
-            ids += tok.encode((" " if prefix else "") + answer + T.EOC)
+        ids, skip = encode_document(tok, T.Document("video", 0, [T.Chunk(i, p, a) for i, p, a in doc]))
         items.append((ids, [i for i, _, _ in doc], skip))
     return flamingo_collate(tok, items)
