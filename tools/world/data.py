@@ -197,7 +197,7 @@ def task_weights_choice(rng, weights):
         r -= w
         if r < 0:
             return task
-    return task
+    return [t for t, w in weights.items() if w > 0][-1]   # rounding (r may end at 0)
 
 
 def encode_document(tok, doc, mask_new_names=True, answers_only=True, first_weight=None):

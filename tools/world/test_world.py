@@ -446,6 +446,12 @@ class TrainScriptTest(unittest.TestCase):
             with self.assertRaises(SystemExit) as e:
                 train.weights_option([bad], "--video-event-weight", video.EVENTS)
             self.assertIn(f"--video-event-weight {bad}: expected NAME=W", str(e.exception))
+        # a focused phase leaves things out, but something must be left
+        self.assertEqual(train.weights_option([f"{e}=0" for e in video.EVENTS[1:]], "--v", video.EVENTS),
+                         {e: 0.0 for e in video.EVENTS[1:]})
+        with self.assertRaises(SystemExit) as e:
+            train.weights_option([f"{e}=0" for e in video.EVENTS], "--video-event-weight", video.EVENTS)
+        self.assertIn("--video-event-weight: every weight is 0", str(e.exception))
 
 
 class ModelTest(unittest.TestCase):

@@ -35,7 +35,7 @@ from world import tasks as T  # noqa: E402
 log = stages.log
 
 
-PROBE_TASKS = T.TASKS + ["binding3"] + [f"dialogue: {k}" for k in eval_extra.DIALOGUE_KINDS]
+PROBE_TASKS = T.TASKS + ["binding3", "position"] + [f"dialogue: {k}" for k in eval_extra.DIALOGUE_KINDS]
 
 
 def probe_set(seed, per_task, names):
@@ -48,6 +48,11 @@ def probe_set(seed, per_task, names):
         recs += evalset.items(eps[task])
     recs += eval_extra.binding_records(f"probe-{seed}", per_task, names, 3, [3, 6])
     recs += eval_extra.dialogue_records(f"probe-{seed}", per_task)
+    # VQA's weakest question on its own (a sixth of the VQA queries ask it):
+    # the position questions among four times as many queries
+    more = evalset.episodes("vqa", 4 * per_task, f"probe-{seed}",
+                            evalset.general_scenes(f"probe-{seed}", 12 * per_task), names)
+    recs += [dict(r, task="position") for r in evalset.items(more) if r["question"].startswith("Question: Where")]
     return recs
 
 
@@ -70,6 +75,8 @@ def weights_option(items, option, names):
             out[name] = float(w)
         except ValueError:
             sys.exit(f"{option} {item}: expected NAME=W (W a number), NAME one of {', '.join(names)}")
+    if out and not any(out.get(n, 1.0) for n in names):   # the others weigh 1
+        sys.exit(f"{option}: every weight is 0")
     return out
 
 
@@ -114,7 +121,10 @@ def main():
     ap.add_argument("--flamingo-lr", type=float, default=2e-3)
     ap.add_argument("--flamingo-binding", type=float, default=1.5, help="weight of binding documents (others 1)")
     ap.add_argument("--flamingo-dialogue", type=float, default=0.0,
-                    help="weight of conversations in the chat template (tasks.sample_dialogue); not yet trained")
+                    help="weight of conversations in the chat template (tasks.sample_dialogue)")
+    ap.add_argument("--flamingo-task-weight", action="append", default=[], metavar="TASK=W",
+                    help="weight of this task's documents (caption, vqa, classify 1; binding and dialogue as "
+                         "above); 0 leaves a task out, as a focused phase of training does")
     ap.add_argument("--flamingo-video", type=float, default=0.0,
                     help="share of the Flamingo stage's batches that are video clips (video.py)")
     ap.add_argument("--video-event-weight", action="append", default=[], metavar="EVENT=W",
@@ -260,6 +270,11 @@ def main():
     if args.flamingo_dialogue:
         weights["dialogue"] = args.flamingo_dialogue
         fl_tag += f"-dlg{args.flamingo_dialogue}"
+    task_weights = weights_option(args.flamingo_task_weight, "--flamingo-task-weight", list(weights) + ["dialogue"])
+    weights.update(task_weights)
+    fl_tag += "".join(f"-t{k}{w}" for k, w in task_weights.items())
+    if not any(weights.values()):
+        sys.exit("--flamingo-task-weight: every weight is 0")
     if args.flamingo_seed != 4:
         fl_tag += f"-seed{args.flamingo_seed}"
     if args.flamingo_first_weight is not None:
