@@ -17,6 +17,7 @@ the agreement fixture.
 """
 
 import json
+import math
 import os
 import random
 import shutil
@@ -304,6 +305,37 @@ class TrainingDataTest(unittest.TestCase):
         # without first_weight: the items of before, every kept token weighted 1
         ids2, skip2 = data.encode_document(tok, docs[0])
         self.assertEqual((ids2, skip2), (items[0][0], items[0][2]))
+
+    def test_focused_task_and_question_weights(self):
+        """A focused phase (--flamingo-task-weight / --flamingo-question-weight
+        with zeros) draws only what is left: here VQA documents asking where
+        the shapes are."""
+        from world import data
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+
+        class Pool:   # flamingo_items needs scenes and their pool indices only
+            index_of = {}
+
+            @staticmethod
+            def source(rng, **fixed):
+                sc = T.random_scene_source("train")(rng, **fixed)
+                Pool.index_of.setdefault(sc, len(Pool.index_of))
+                return sc
+
+        weights = {"caption": 0.0, "vqa": 1.0, "classify": 0.0, "binding": 0.0, "dialogue": 0.0}
+        questions = {q: 0.0 for q in T.QUESTION_TYPES if q != "position"}
+        items = data.flamingo_items(tok, Pool, T.training_names(), weights, question_weights=questions)(
+            random.Random(3), 40)
+        for ids, _, _, _ in items:
+            text = tok.decode(ids)
+            self.assertEqual(text.count(T.IMAGE), text.count(T.QUESTIONS["position"]), text)
+
+        class Top:   # the largest draw: rounding leaves r at 0 after the last weight
+            @staticmethod
+            def random():
+                return math.nextafter(1.0, 0.0)
+        weights = {"a": 0.4, "b": 1.61, "c": 0.18, "d": 1.75, "e": 0.0}
+        self.assertEqual(data.task_weights_choice(Top, weights), "d")
 
     def test_dialogue_in_the_chat_template(self):
         from world import data
