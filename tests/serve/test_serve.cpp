@@ -536,11 +536,12 @@ TEST_CASE("past the workers and the queue a request gets 503 with Retry-After, a
     const json e = expected_generate();
     const std::string body = generate_body().dump();
     // The long request: a beam search of many beams, far longer (about a second) than sending the
-    // flood below.
+    // flood below. Its length is bounded by max_new_tokens, not by when the beams happen to finish:
+    // with 400 that took 2.7 s on one model and 10.6 s on the next (minutes under ASan).
     const std::string slow = json({{"prompt", "<image>A photo of"},
                                    {"images", {b64_image("yellow_diamond.png")}},
                                    {"num_beams", kSlowBeams},
-                                   {"max_new_tokens", 400}})
+                                   {"max_new_tokens", 60}})
                                  .dump();
 
     struct Answer {
