@@ -35,6 +35,7 @@ from world import tasks as T  # noqa: E402
 log = stages.log
 
 
+FLAMINGO_TASKS = ["caption", "vqa", "classify", "binding", "dialogue"]
 PROBE_TASKS = T.TASKS + ["binding3", "position"] + [f"dialogue: {k}" for k in eval_extra.DIALOGUE_KINDS]
 
 
@@ -142,6 +143,9 @@ def main():
     ap.add_argument("--probe-every", type=int, default=500)
     ap.add_argument("--probe-size", type=int, default=50)
     args = ap.parse_args()
+    # the weight options are checked before any stage runs (the CLIP stage alone takes an hour)
+    task_weights = weights_option(args.flamingo_task_weight, "--flamingo-task-weight", FLAMINGO_TASKS)
+    event_weights = weights_option(args.video_event_weight, "--video-event-weight", video.EVENTS)
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
     t_start = time.time()
@@ -270,7 +274,6 @@ def main():
     if args.flamingo_dialogue:
         weights["dialogue"] = args.flamingo_dialogue
         fl_tag += f"-dlg{args.flamingo_dialogue}"
-    task_weights = weights_option(args.flamingo_task_weight, "--flamingo-task-weight", list(weights) + ["dialogue"])
     weights.update(task_weights)
     fl_tag += "".join(f"-t{k}{w}" for k, w in task_weights.items())
     if not any(weights.values()):
@@ -279,12 +282,10 @@ def main():
         fl_tag += f"-seed{args.flamingo_seed}"
     if args.flamingo_first_weight is not None:
         fl_tag += f"-first{args.flamingo_first_weight}"
-    question_weights = weights_option(args.flamingo_question_weight, "--flamingo-question-weight", T.QUESTION_TYPES)
     fl_tag += "".join(f"-q{k}{w}" for k, w in question_weights.items())
     video_data = None
     if args.flamingo_video:
         fl_tag += f"-video{args.flamingo_video}-{args.video_clips}-f2"
-        event_weights = weights_option(args.video_event_weight, "--video-event-weight", video.EVENTS)
         fl_tag += "".join(f"-v{k}{w}" for k, w in event_weights.items())
         clips = video.ClipPool(args.video_clips, seed + 7, event_weights=event_weights)
 
