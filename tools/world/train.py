@@ -146,6 +146,12 @@ def main():
     # the weight options are checked before any stage runs (the CLIP stage alone takes an hour)
     task_weights = weights_option(args.flamingo_task_weight, "--flamingo-task-weight", FLAMINGO_TASKS)
     event_weights = weights_option(args.video_event_weight, "--video-event-weight", video.EVENTS)
+    weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": args.flamingo_binding}
+    if args.flamingo_dialogue:
+        weights["dialogue"] = args.flamingo_dialogue
+    weights.update(task_weights)
+    if not any(weights.values()):
+        sys.exit("--flamingo-task-weight: every weight is 0")
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
     t_start = time.time()
@@ -269,15 +275,10 @@ def main():
             torch.save(state, path)
             log(f"checkpoint {path}")
 
-    weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": args.flamingo_binding}
     fl_tag = f"{seed}-{args.clip_steps}-{lm_tag}-{args.flamingo_steps}-w{args.flamingo_binding}"
     if args.flamingo_dialogue:
-        weights["dialogue"] = args.flamingo_dialogue
         fl_tag += f"-dlg{args.flamingo_dialogue}"
-    weights.update(task_weights)
     fl_tag += "".join(f"-t{k}{w}" for k, w in task_weights.items())
-    if not any(weights.values()):
-        sys.exit("--flamingo-task-weight: every weight is 0")
     if args.flamingo_seed != 4:
         fl_tag += f"-seed{args.flamingo_seed}"
     if args.flamingo_first_weight is not None:
