@@ -170,14 +170,19 @@ def lm_items(tok, names, max_chunks=8, binding_share=0.25, describe_share=0.0, n
             return [(ids, [1.0] * len(ids)) for ids in
                     (tok.encode(t) for t in T.lm_corpus(rng, n, names, max_chunks, binding_share, describe_share))]
         out = []
-        for _ in range(n):
+        while len(out) < n:
             if rng.random() < copy_share:
                 out.append(copy_document(tok, rng, names, name_weight))
                 continue
             task = "binding" if rng.random() < binding_share else rng.choice(others)
             doc = T.sample_document(rng, task, rng.randint(1, max_chunks), source, names)
-            out.append(encode_lm_document(tok, doc, rng.random() < describe_share, name_weight,
-                                          short_share and rng.random() < short_share))
+            item = encode_lm_document(tok, doc, rng.random() < describe_share, name_weight,
+                                      short_share and rng.random() < short_share)
+            # a binding document that names nothing twice has no token in the loss; batches are
+            # bucketed by length, so in binding-only text these short ones would fill whole
+            # batches whose loss is 0/0 (NaN, and the weights with it)
+            if any(item[1]):
+                out.append(item)
         return out
     return make
 

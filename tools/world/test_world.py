@@ -275,6 +275,16 @@ class TrainingDataTest(unittest.TestCase):
         self.assertEqual(ids[:half], ids[half:])
         self.assertEqual(weights, [0.0] * half + [2.0] * half)
 
+    def test_binding_only_text_has_a_loss_in_every_batch(self):
+        from world import data
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+        make = data.lm_items(tok, T.training_names(), binding_share=1.0, describe_share=1.0, name_weight=3.0,
+                             short_share=1.0)
+        batches = data.stream(random.Random(3), make, 32)
+        for _ in range(40):
+            _ids, mask = data.lm_collate(tok, next(batches))
+            self.assertTrue((mask > 0).sum(axis=1).all())
+
     def test_flamingo_binding_loss_on_repeated_names(self):
         from world import data
         tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
