@@ -15,6 +15,8 @@
 #include <flamingo/chat.hpp>
 #include <flamingo/flamingo.hpp>
 
+namespace test_batcher {  // own names: the area compiles as one translation unit
+
 using namespace flamingo;
 namespace fs = std::filesystem;
 
@@ -419,3 +421,5 @@ TEST_CASE("a batcher refuses what it cannot run") {
     o.max_new_tokens = 0;
     CHECK_THROWS_WITH(b.generate(s, prompt, o), doctest::Contains("max_new_tokens"));
 }
+
+}  // namespace test_batcher

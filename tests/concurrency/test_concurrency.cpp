@@ -13,6 +13,8 @@
 
 #include <flamingo/flamingo.hpp>
 
+namespace test_concurrency {  // own names: the area compiles as one translation unit
+
 using namespace flamingo;
 namespace fs = std::filesystem;
 
@@ -116,3 +118,5 @@ TEST_CASE("a context's executor can be replaced between requests") {
     CHECK(ctx.executor().threads() == 3);
     CHECK(answer(ctx, reqs[1]).tokens == one.tokens);
 }
+
+}  // namespace test_concurrency

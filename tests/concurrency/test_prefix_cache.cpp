@@ -5,6 +5,8 @@
 
 #include "../prefix/prefix_util.hpp"
 
+namespace test_prefix_cache {  // own names: the area compiles as one translation unit
+
 using namespace prefix_test;
 
 TEST_CASE("four threads sharing one prefix cache give the single-threaded answers") {
@@ -44,3 +46,5 @@ TEST_CASE("four threads sharing one prefix cache give the single-threaded answer
         if (budget == std::size_t(1) << 20) CHECK(s.evictions > 0);
     }
 }
+
+}  // namespace test_prefix_cache

@@ -13,6 +13,8 @@
 
 #include <flamingo/flamingo.hpp>
 
+namespace test_bundled_model {  // own names: the area compiles as one translation unit
+
 namespace fs = std::filesystem;
 using namespace flamingo;
 
@@ -70,3 +72,5 @@ TEST_CASE("the bundled model agrees with the PyTorch reference on evaluation pro
     CHECK(generated > 0);
     CHECK(scored > 0);
 }
+
+}  // namespace test_bundled_model

@@ -6,6 +6,8 @@
 #include "flamingo/model/config.hpp"
 #include "../io/io_test_util.hpp"
 
+namespace test_config {  // own names: the area compiles as one translation unit
+
 using namespace flamingo::io;
 using namespace flamingo::model;
 using namespace io_test;
@@ -475,3 +477,5 @@ TEST_CASE("config: chat template, given or the default") {
     j["chat_template"] = {{"stop", {""}}};
     CHECK_CONFIG_ERROR(j, "chat_template.stop: contains an empty string");
 }
+
+}  // namespace test_config

@@ -8,6 +8,8 @@
 
 #include <flamingo/flamingo.hpp>
 
+namespace test_error_kinds {  // own names: the area compiles as one translation unit
+
 using namespace flamingo;
 namespace fs = std::filesystem;
 
@@ -68,3 +70,5 @@ TEST_CASE("error categories") {
     CHECK(kind_of([&] { ctx.set_media({(kCase / "expected" / "images" / "media0_frame0.png").string()}, 2); }) ==
           ErrorKind::Input);  // one frame where two are asked for
 }
+
+}  // namespace test_error_kinds

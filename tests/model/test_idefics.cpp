@@ -12,6 +12,8 @@
 #include <flamingo/kernels/quant.hpp>
 #if defined(FLAMINGO_DISPATCH)
 #include <flamingo/kernels/dispatch.hpp>
+
+namespace test_idefics {  // own names: the area compiles as one translation unit
 #endif
 
 using namespace flamingo;
@@ -371,3 +373,5 @@ TEST_CASE("IDEFICS: the released configs (9B, 80B, base and instruct) load as sh
         CHECK(n < 1.03 * size);
     }
 }
+
+}  // namespace test_idefics

@@ -2,6 +2,8 @@
 // vision tokens, CLIP embeddings, Perceiver output and teacher-forced logits.
 #include "parity_util.hpp"
 
+namespace test_parity {  // own names: the area compiles as one translation unit
+
 using namespace flamingo;
 
 namespace {
@@ -127,3 +129,5 @@ TEST_CASE("F16 checkpoints load (widened to f32 or narrowed to bf16) and stay cl
     }
     std::filesystem::remove_all(dir);
 }
+
+}  // namespace test_parity

@@ -13,6 +13,8 @@
 #include <string>
 #include <tuple>
 
+namespace test_quantized {  // own names: the area compiles as one translation unit
+
 using namespace flamingo;
 namespace fs = std::filesystem;
 
@@ -304,3 +306,5 @@ TEST_CASE("q8 and q4: a non-finite weight, or one beyond f16 scales' range, is a
     CHECK_NOTHROW(model::load_flamingo(d, WeightType::F32));  // float weights are taken as stored
     fs::remove_all(d);
 }
+
+}  // namespace test_quantized

@@ -12,6 +12,8 @@
 
 #include <flamingo/model/quantize.hpp>
 
+namespace test_quantized_files {  // own names: the area compiles as one translation unit
+
 using namespace flamingo;
 namespace fs = std::filesystem;
 
@@ -251,3 +253,5 @@ TEST_CASE("quantised files: inconsistent tensors are one-line errors naming the 
     }
     fs::remove_all(q8.parent_path());
 }
+
+}  // namespace test_quantized_files
