@@ -495,6 +495,28 @@ class TrainScriptTest(unittest.TestCase):
             train.weights_option([f"{e}=0" for e in video.EVENTS], "--video-event-weight", video.EVENTS)
         self.assertIn("--video-event-weight: every weight is 0", str(e.exception))
 
+    def test_weight_options_as_parsed(self):
+        from world import train
+        # the model card's F5 run: position questions and move clips only
+        args = train.parse_args(
+            ["--flamingo-dialogue", "2"] + [f"--flamingo-task-weight={t}=0" for t in ("caption", "classify", "binding",
+                                                                                  "dialogue")]
+            + [f"--flamingo-question-weight={q}=0" for q in ("colour", "shape", "count", "size", "texture")]
+            + [f"--video-event-weight={e}=0" for e in ("appear", "disappear", "colour")])
+        self.assertEqual(args.task_weights, {"caption": 0.0, "vqa": 1.0, "classify": 0.0, "binding": 0.0,
+                                             "dialogue": 0.0})
+        self.assertEqual(args.question_weights, {q: 0.0 for q in ("colour", "shape", "count", "size", "texture")})
+        self.assertEqual(args.event_weights, {"appear": 0.0, "disappear": 0.0, "colour": 0.0})
+        args = train.parse_args(["--flamingo-binding", "3", "--flamingo-question-weight", "position=3"])
+        self.assertEqual(args.task_weights, {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": 3.0})
+        self.assertEqual((args.question_weights, args.event_weights), ({"position": 3.0}, {}))
+        for bad, message in ((["--flamingo-question-weight", "colour"], "--flamingo-question-weight colour: expected"),
+                             ([f"--flamingo-task-weight={t}=0" for t in ("caption", "vqa", "classify", "binding")],
+                              "--flamingo-task-weight: every weight is 0")):
+            with self.assertRaises(SystemExit) as e:
+                train.parse_args(bad)
+            self.assertIn(message, str(e.exception))
+
 
 class ModelTest(unittest.TestCase):
     def test_directory(self):

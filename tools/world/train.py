@@ -81,7 +81,10 @@ def weights_option(items, option, names):
     return out
 
 
-def main():
+def parse_args(argv=None):
+    """The options, with the weight options settled (checked before any stage
+    runs: the CLIP stage alone takes an hour): args.task_weights (every task
+    of the Flamingo stage's mix), args.question_weights, args.event_weights."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(common.REPO, "models", "shapes-flamingo"))
     ap.add_argument("--work", default="/tmp/world-work")
@@ -142,16 +145,22 @@ def main():
                     "(a run that goes on from another's checkpoint needs another one)")
     ap.add_argument("--probe-every", type=int, default=500)
     ap.add_argument("--probe-size", type=int, default=50)
-    args = ap.parse_args()
-    # the weight options are checked before any stage runs (the CLIP stage alone takes an hour)
-    task_weights = weights_option(args.flamingo_task_weight, "--flamingo-task-weight", FLAMINGO_TASKS)
-    event_weights = weights_option(args.video_event_weight, "--video-event-weight", video.EVENTS)
-    weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": args.flamingo_binding}
+    args = ap.parse_args(argv)
+    args.given_task_weights = weights_option(args.flamingo_task_weight, "--flamingo-task-weight", FLAMINGO_TASKS)
+    args.event_weights = weights_option(args.video_event_weight, "--video-event-weight", video.EVENTS)
+    args.question_weights = weights_option(args.flamingo_question_weight, "--flamingo-question-weight",
+                                           T.QUESTION_TYPES)
+    args.task_weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": args.flamingo_binding}
     if args.flamingo_dialogue:
-        weights["dialogue"] = args.flamingo_dialogue
-    weights.update(task_weights)
-    if not any(weights.values()):
+        args.task_weights["dialogue"] = args.flamingo_dialogue
+    args.task_weights.update(args.given_task_weights)
+    if not any(args.task_weights.values()):
         sys.exit("--flamingo-task-weight: every weight is 0")
+    return args
+
+
+def main():
+    args = parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
     t_start = time.time()
@@ -278,17 +287,17 @@ def main():
     fl_tag = f"{seed}-{args.clip_steps}-{lm_tag}-{args.flamingo_steps}-w{args.flamingo_binding}"
     if args.flamingo_dialogue:
         fl_tag += f"-dlg{args.flamingo_dialogue}"
-    fl_tag += "".join(f"-t{k}{w}" for k, w in task_weights.items())
+    fl_tag += "".join(f"-t{k}{w}" for k, w in args.given_task_weights.items())
     if args.flamingo_seed != 4:
         fl_tag += f"-seed{args.flamingo_seed}"
     if args.flamingo_first_weight is not None:
         fl_tag += f"-first{args.flamingo_first_weight}"
-    fl_tag += "".join(f"-q{k}{w}" for k, w in question_weights.items())
+    fl_tag += "".join(f"-q{k}{w}" for k, w in args.question_weights.items())
     video_data = None
     if args.flamingo_video:
         fl_tag += f"-video{args.flamingo_video}-{args.video_clips}-f2"
-        fl_tag += "".join(f"-v{k}{w}" for k, w in event_weights.items())
-        clips = video.ClipPool(args.video_clips, seed + 7, event_weights=event_weights)
+        fl_tag += "".join(f"-v{k}{w}" for k, w in args.event_weights.items())
+        clips = video.ClipPool(args.video_clips, seed + 7, event_weights=args.event_weights)
 
         def video_tokens():
             out = {}
@@ -330,9 +339,9 @@ def main():
 
     def flamingo():
         stages.train_flamingo(model, tok, pool, feats, train_names, args.flamingo_steps, seed + args.flamingo_seed,
-                              lr=args.flamingo_lr, weights=weights, probe=(args.probe_every, probe),
+                              lr=args.flamingo_lr, weights=args.task_weights, probe=(args.probe_every, probe),
                               warm=bool(args.flamingo_from), warmup=50 if args.flamingo_from else 200,
-                              first_weight=args.flamingo_first_weight, question_weights=question_weights,
+                              first_weight=args.flamingo_first_weight, question_weights=args.question_weights,
                               video=video_data)
         stages.round_bf16_(model)
         return model.state_dict()
