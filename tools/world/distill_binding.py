@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flamingo_ref as ref  # noqa: E402
-from world import bpe, common, data, eval_extra, evalset, evaluate, scene as S, tasks as T, train  # noqa: E402
+from world import bpe, common, data, eval_extra, evalset, evaluate, scene as S, stages, tasks as T, train  # noqa: E402
 
 LAYERS = (1, 2, 3, 4)   # decoder layer inputs whose stream is matched
 
@@ -74,14 +74,8 @@ def main():
     torch.manual_seed(args.seed)
     model = ref.load_model_dir(args.model, torch.float32)
     tok = bpe.Tokenizer.load(os.path.join(args.model, "tokenizer.json"))
-    init = ref.load_state_dir(args.init)
-    model.load_state_dict({k: v.float() for k, v in init.items()
-                           if k.startswith("perceiver.") or ".gated_cross_attn_layer." in k}, strict=False)
+    stages.warm_start(model, tok, ref.load_state_dir(args.init))
     lang = model.lang_encoder
-    with torch.no_grad():
-        rows = [tok.token_id(T.IMAGE), tok.token_id(T.EOC)]
-        for name in ("model.embed_tokens.weight", "lm_head.weight"):
-            lang.state_dict()[name][rows] = init["lang_encoder." + name][rows].float()
 
     for p in model.parameters():
         p.requires_grad_(False)

@@ -391,6 +391,25 @@ def assemble(tok, vit, lm):
     return model
 
 
+@torch.no_grad()
+def warm_start(model, tok, tensors):
+    """Perceiver, cross-attention and the rows of <image> / <|endofchunk|>
+    from an earlier Flamingo stage's tensors (a stage file or a model
+    directory, possibly made with another decoder); the rest of model stays."""
+    trained = {k: v.float() for k, v in tensors.items()
+               if k.startswith("perceiver.") or ".gated_cross_attn_layer." in k}
+    missing, unexpected = model.load_state_dict(trained, strict=False)
+    assert not unexpected, unexpected
+    if "perceiver.frame_embs" in missing:
+        # a model trained on pictures only: the first frame (every picture's)
+        # starts at zero so pictures are seen as before; the others apart from it
+        model.perceiver.frame_embs.normal_(0.0, 0.5)
+        model.perceiver.frame_embs[0] = 0
+    rows = [tok.token_id(T.IMAGE), tok.token_id(T.EOC)]
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        model.lang_encoder.state_dict()[name][rows] = tensors["lang_encoder." + name][rows].float()
+
+
 def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-3, weights=None,
                    every=50, probe=None, gate_lr=1e-2, clip=1.0, latent_std=0.02, warm=False, warmup=200,
                    first_weight=None, question_weights=None, video=None):

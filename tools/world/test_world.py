@@ -519,6 +519,28 @@ class TrainScriptTest(unittest.TestCase):
 
 
 class ModelTest(unittest.TestCase):
+    def test_warm_start_takes_the_flamingo_parts_only(self):
+        import torch
+        import flamingo_ref as ref
+        from world import stages
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+        source = ref.load_state_dir(MODEL)
+        model = ref.load_model_dir(MODEL, torch.float32)
+        with torch.no_grad():   # another run's Perceiver and cross-attention, another decoder
+            for p in model.parameters():
+                p.add_(1.0)
+        stages.warm_start(model, tok, source)
+        rows = [tok.token_id(T.IMAGE), tok.token_id(T.EOC)]
+        for k, v in model.state_dict().items():
+            if k.startswith("perceiver.") or ".gated_cross_attn_layer." in k:
+                self.assertTrue(torch.equal(v, source[k].float()), k)
+            elif k.startswith("lang_encoder.") and k.endswith(("embed_tokens.weight", "lm_head.weight")):
+                self.assertTrue(torch.equal(v[rows], source[k][rows].float()), k)
+                other = [i for i in range(len(v)) if i not in rows]
+                self.assertTrue(torch.equal(v[other], source[k][other].float() + 1), k)
+            elif k in source and v.dtype.is_floating_point:
+                self.assertTrue(torch.equal(v, source[k].float() + 1), k)
+
     def test_directory(self):
         import flamingo_ref as ref
         import safetensors_io

@@ -84,7 +84,8 @@ def weights_option(items, option, names):
 def parse_args(argv=None):
     """The options, with the weight options settled (checked before any stage
     runs: the CLIP stage alone takes an hour): args.task_weights (every task
-    of the Flamingo stage's mix), args.question_weights, args.event_weights."""
+    of the Flamingo stage's mix), args.given_task_weights (those given, for
+    the stage files' names), args.question_weights, args.event_weights."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(common.REPO, "models", "shapes-flamingo"))
     ap.add_argument("--work", default="/tmp/world-work")
@@ -319,20 +320,7 @@ def main():
             fl_tag += "-from" + hashlib.sha1(os.path.basename(args.flamingo_from).encode()).hexdigest()[:8]
         else:
             tensors = ref.load_state_dir(args.flamingo_from)
-        trained = {k: v.float() for k, v in tensors.items()
-                   if k.startswith("perceiver.") or ".gated_cross_attn_layer." in k}
-        missing, unexpected = model.load_state_dict(trained, strict=False)
-        assert not unexpected, unexpected
-        if "perceiver.frame_embs" in missing:
-            # a model trained on pictures only: the first frame (every picture's)
-            # starts at zero so pictures are seen as before; the others apart from it
-            with torch.no_grad():
-                model.perceiver.frame_embs.normal_(0.0, 0.5)
-                model.perceiver.frame_embs[0] = 0
-        with torch.no_grad():
-            for name in ("model.embed_tokens.weight", "lm_head.weight"):
-                rows = [tok.token_id(T.IMAGE), tok.token_id(T.EOC)]
-                model.lang_encoder.state_dict()[name][rows] = tensors["lang_encoder." + name][rows].float()
+        stages.warm_start(model, tok, tensors)
         fl_tag += f"-warm-lr{args.flamingo_lr}"
         log(f"Flamingo stage files: flamingo-{fl_tag}*.pt")
         probe(model)
