@@ -273,6 +273,48 @@ def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True,
     return make
 
 
+def binding_pair(tok, doc):
+    """A binding document in Flamingo's format (the student) and written as
+    text with each picture described by its kind ("a red circle\\n"), which
+    a decoder that binds in text answers right (the teacher): the ids of
+    both, the matched positions in each ("This is a" and each name's first
+    token) and the student's positions left out of the loss
+    (encode_document's)."""
+    s_ids, t_ids, s_pos, t_pos, skip, seen = [], [], [], [], [], set()
+    for c in doc.chunks:
+        s_ids += tok.encode(T.IMAGE + c.prefix)
+        prefix = tok.encode(c.prefix)
+        s_pos += range(len(s_ids) - len(prefix), len(s_ids))
+        skip += range(len(s_ids) - len(prefix), len(s_ids))
+        t_ids += tok.encode(f"a {c.scene.colour} {c.scene.shape}\n")
+        t_pos += range(len(t_ids), len(t_ids) + len(prefix))
+        t_ids += prefix
+        name = c.answer[:-1]
+        piece = tok.encode(" " + name)
+        s_pos.append(len(s_ids))
+        t_pos.append(len(t_ids))
+        if name not in seen:   # a name's first saying cannot be predicted
+            skip += range(len(s_ids), len(s_ids) + len(piece))
+            seen.add(name)
+        s_ids += piece + tok.encode("." + T.EOC)
+        t_ids += piece + tok.encode(".\n")
+    return s_ids, t_ids, s_pos, t_pos, skip
+
+
+def stream_batch(tok, pool, names, rng, batch, max_images=5):
+    """A batch of binding documents of 2..max_images pictures from the pool
+    for the stream loss: (student ids, loss mask, pool indices) as
+    flamingo_collate's, teacher ids, and per row the matched positions of
+    the student and of the teacher."""
+    docs = [T.sample_document(rng, "binding", rng.randint(2, max_images), pool.source, names)
+            for _ in range(batch)]
+    pairs = [binding_pair(tok, d) for d in docs]
+    items = [(p[0], [pool.index_of[c.scene] for c in d.chunks], p[4]) for p, d in zip(pairs, docs)]
+    ids, mask, img = flamingo_collate(tok, items)
+    teacher = pad([p[1] for p in pairs], tok.token_id(T.EOT))
+    return ids, mask, img, teacher, [p[2] for p in pairs], [p[3] for p in pairs]
+
+
 def flamingo_collate(tok, items):
     """ids [B, T], the loss weights over targets (text only: never <image>,
     never padding) and pool indices [B, N] (-1 pads)."""

@@ -6,6 +6,9 @@ of decoder layers 1-4 (the matching heads are in layer 4), is pulled towards
 its stream on the same document written as text, each picture described by
 its kind ("a red circle\\nThis is a dax.\\n"), which a decoder that binds in
 text (B2's) answers right. The frozen decoder is its own teacher.
+`train.py --flamingo-stream WEIGHT SHARE` is the same loss inside the
+Flamingo stage (on the pool's pictures, under the stage's bfloat16 autocast,
+beside the other tasks); this script is the run that found it.
 
 Trains the Perceiver and the cross-attention only, on binding documents
 alone (a focused phase: the other tasks need the mix afterwards), and
@@ -31,33 +34,6 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flamingo_ref as ref  # noqa: E402
 from world import bpe, common, data, eval_extra, evalset, evaluate, scene as S, stages, tasks as T, train  # noqa: E402
-
-LAYERS = (1, 2, 3, 4)   # decoder layer inputs whose stream is matched
-
-
-def paired(tok, doc):
-    """The document in Flamingo's format (student) and as described text
-    (teacher): ids of both, the matched positions in each, and the student's
-    positions left out of the loss (as data.encode_document)."""
-    s_ids, t_ids, s_pos, t_pos, skip, seen = [], [], [], [], [], set()
-    for c in doc.chunks:
-        s_ids += tok.encode(T.IMAGE + c.prefix)
-        prefix = tok.encode(c.prefix)
-        skip += range(len(s_ids) - len(prefix), len(s_ids))
-        t_ids += tok.encode(f"a {c.scene.colour} {c.scene.shape}\n")
-        s_pos += range(len(s_ids) - len(prefix), len(s_ids))
-        t_pos += range(len(t_ids), len(t_ids) + len(prefix))
-        t_ids += prefix
-        name = c.answer[:-1]
-        piece = tok.encode(" " + name)
-        s_pos.append(len(s_ids))
-        t_pos.append(len(t_ids))
-        if name not in seen:   # a name's first saying cannot be predicted
-            skip += range(len(s_ids), len(s_ids) + len(piece))
-            seen.add(name)
-        s_ids += piece + tok.encode("." + T.EOC)
-        t_ids += piece + tok.encode(".\n")
-    return s_ids, t_ids, s_pos, t_pos, skip
 
 
 def main():
@@ -95,7 +71,7 @@ def main():
     t0 = time.time()
     for step in range(args.steps):
         docs = [T.sample_document(rng, "binding", rng.randint(2, 5), source, names) for _ in range(args.batch)]
-        pairs = [paired(tok, d) for d in docs]
+        pairs = [data.binding_pair(tok, d) for d in docs]
         s_ids = torch.as_tensor(data.pad([p[0] for p in pairs], eot))
         t_ids = torch.as_tensor(data.pad([p[1] for p in pairs], eot))
         with torch.no_grad():
@@ -127,7 +103,7 @@ def main():
         m = mask[:, 1:].reshape(-1)
         names_loss = (ce * m).sum() / m.sum()
         stream_loss = 0
-        for layer in LAYERS:
+        for layer in stages.STREAM_LAYERS:
             s = torch.cat([stream[layer][i, p[2]] for i, p in enumerate(pairs)])
             t = torch.cat([teacher[layer][i, p[3]] for i, p in enumerate(pairs)])
             stream_loss = stream_loss + ((s - t) ** 2).mean() / (t ** 2).mean()

@@ -410,9 +410,47 @@ def warm_start(model, tok, tensors):
         model.lang_encoder.state_dict()[name][rows] = tensors["lang_encoder." + name][rows].float()
 
 
+STREAM_LAYERS = (1, 2, 3, 4)   # decoder layer inputs; the matching heads are in layer 4
+
+
+def stream_step(model, tok, pool, feats, names, rng, batch, weight):
+    """The loss on one batch of binding documents with the stream loss
+    (train_flamingo's stream): mean squared difference over the teacher's
+    mean square, summed over STREAM_LAYERS."""
+    lang = model.lang_encoder
+    ids, mask, img, t_ids, s_pos, t_pos = data.stream_batch(tok, pool, names, rng, batch)
+    seen = []
+    hooks = [lang.layers[i].decoder_layer.register_forward_pre_hook(lambda m, a: seen.append(a[0].float()))
+             for i in STREAM_LAYERS]
+    try:
+        saved = [layer.gated_cross_attn_layer for layer in lang.layers]
+        for layer in lang.layers:   # the teacher: the described text through the decoder alone
+            layer.gated_cross_attn_layer = None
+        try:
+            with torch.no_grad(), autocast():
+                lang(torch.as_tensor(t_ids), None, None)
+        finally:
+            for layer, g in zip(lang.layers, saved):
+                layer.gated_cross_attn_layer = g
+        teacher, seen[:] = list(seen), []
+        img, ids, mask = torch.as_tensor(img), torch.as_tensor(ids), torch.as_tensor(mask)
+        x = (feats[img.clamp(min=0)].float() * (img >= 0)[..., None, None])[:, :, None]
+        with autocast():
+            logits = model.forward_media(model.perceiver(x), ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    loss = lm_loss(logits, ids, mask)
+    for s, t in zip(seen, teacher):
+        s = torch.cat([s[i, p] for i, p in enumerate(s_pos)])
+        t = torch.cat([t[i, p] for i, p in enumerate(t_pos)])
+        loss = loss + weight * ((s - t) ** 2).mean() / (t ** 2).mean()
+    return loss
+
+
 def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-3, weights=None,
                    every=50, probe=None, gate_lr=1e-2, clip=1.0, latent_std=0.02, warm=False, warmup=200,
-                   first_weight=None, question_weights=None, video=None):
+                   first_weight=None, question_weights=None, video=None, stream=None):
     """Trains Perceiver, gated cross-attention and the rows of <image> and
     <|endofchunk|> in the input and output embeddings; everything else frozen.
     warm: the model's Perceiver, cross-attention and new rows are already
@@ -422,7 +460,14 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-
     question_weights: how often each question type is asked (tasks.pick_question).
     video: (video.ClipPool, {frame count: vision tokens [n, F, v, D]}, share):
     that share of the batches are clips of one frame count, through the
-    Perceiver with its frame embeddings as the paper trains video."""
+    Perceiver with its frame embeddings as the paper trains video.
+    stream: (weight, share): that share of the batches are binding documents
+    with a second loss, weighted, beside the one on the names: the decoder's
+    stream at the inputs of STREAM_LAYERS, at "This is a" and at each name's
+    first token, pulled towards its stream on the same document written as
+    text (data.binding_pair). A frozen decoder that binds in text is its own
+    teacher; the binding loss alone never makes the picture's kind reach the
+    stream where its matching heads look (EXPERIMENTS.md, runs G2 and K1)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     weights = weights or {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": 1.5}
@@ -474,23 +519,29 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-
     batches = data.stream(rng, data.flamingo_items(tok, pool, names, weights, first_weight=first_weight,
                                                     question_weights=question_weights), batch)
     video_rng = random.Random(f"video-{seed}")
+    stream_rng = random.Random(f"stream-{seed}")
     t0 = time.time()
     for step in range(steps):
         set_lr(opt, cosine_lr(step, steps, lr, warmup))
-        if video is not None and video_rng.random() < video[2]:
+        if stream is not None and stream_rng.random() < stream[1]:
+            loss = stream_step(model, tok, pool, feats, names, stream_rng, batch, stream[0])
+        elif video is not None and video_rng.random() < video[2]:
+            loss = None
             frames = video_rng.choice(sorted(video[1]))
             ids, mask, idx = data.video_batch(tok, video[0], video_rng, frames, batch)
             idx = torch.as_tensor(idx)
             x = video[1][frames][idx.clamp(min=0)].float() * (idx >= 0)[..., None, None, None]
         else:
+            loss = None
             ids, mask, img = data.flamingo_collate(tok, next(batches))
             img = torch.as_tensor(img)
             x = (feats[img.clamp(min=0)].float() * (img >= 0)[..., None, None])[:, :, None]
-        ids, mask = torch.as_tensor(ids), torch.as_tensor(mask)
-        with autocast():
-            media = model.perceiver(x)
-            logits = model.forward_media(media, ids)
-        loss = lm_loss(logits, ids, mask)
+        if loss is None:
+            ids, mask = torch.as_tensor(ids), torch.as_tensor(mask)
+            with autocast():
+                media = model.perceiver(x)
+                logits = model.forward_media(media, ids)
+            loss = lm_loss(logits, ids, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip)

@@ -541,6 +541,77 @@ class ModelTest(unittest.TestCase):
             elif k in source and v.dtype.is_floating_point:
                 self.assertTrue(torch.equal(v, source[k].float() + 1), k)
 
+    def test_stream_loss_on_binding_documents(self):
+        """train_flamingo's stream: the student is the document in Flamingo's
+        format, the teacher the same text with each picture described; the
+        matched positions hold the same tokens in both; the loss is the
+        names' loss of the mix's binding documents plus weight times a term
+        whose gradient reaches the Perceiver and cross-attention."""
+        import torch
+        import flamingo_ref as ref
+        from world import data, stages
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+        model = ref.load_model_dir(MODEL, torch.float32)
+        names = T.training_names()
+
+        class Pool:
+            index_of = {}
+
+            @staticmethod
+            def source(rng, **fixed):
+                sc = T.random_scene_source("train")(rng, **fixed)
+                Pool.index_of.setdefault(sc, len(Pool.index_of))
+                return sc
+
+        rng = random.Random(5)
+        docs = [T.sample_document(rng, "binding", rng.randint(2, 5), Pool.source, names) for _ in range(4)]
+        ids, mask, img, t_ids, s_pos, t_pos = data.stream_batch(tok, Pool, names, random.Random(5), 4)
+        eot = tok.token_id(T.EOT)
+
+        def text(row):   # padding left out
+            return tok.decode([int(t) for t in row if t != eot])
+        for row, doc in enumerate(docs):
+            self.assertEqual(text(ids[row]), doc.interleaved())
+            self.assertEqual(text(t_ids[row]), "".join(
+                f"a {c.scene.colour} {c.scene.shape}\n{c.text}\n" for c in doc.chunks))
+            self.assertEqual([int(t) for t in ids[row, s_pos[row]]], [int(t) for t in t_ids[row, t_pos[row]]])
+            self.assertEqual(len(s_pos[row]), len(doc.chunks) * (len(tok.encode(T.BINDING_PREFIX)) + 1))
+        scenes = sorted(Pool.index_of, key=Pool.index_of.get)
+        feats = stages.vision_tokens(model.vision_encoder, np.stack([S.render(sc) for sc in scenes]))
+
+        xattn = [layer.gated_cross_attn_layer for layer in model.lang_encoder.layers]
+        self.assertTrue(any(x is not None for x in xattn))
+
+        def loss(weight):
+            return stages.stream_step(model, tok, Pool, feats, names, random.Random(5), 4, weight)
+        # weight 0: the names' loss as the mix computes it for the same documents
+        items = [(*data.encode_document(tok, d), ) for d in docs]
+        mix_ids, mix_mask, mix_img = data.flamingo_collate(
+            tok, [(i, [Pool.index_of[c.scene] for c in d.chunks], k) for (i, k), d in zip(items, docs)])
+        np.testing.assert_array_equal(mix_ids, ids)
+        np.testing.assert_array_equal(mix_mask, mask)
+        with torch.no_grad():
+            l0, l1, l2 = loss(0.0).item(), loss(1.0).item(), loss(2.0).item()
+        self.assertGreater(l1 - l0, 0.01)
+        self.assertAlmostEqual(l2 - l0, 2 * (l1 - l0), places=4)
+        # the teacher's run took the cross-attention out; it is back
+        self.assertEqual([layer.gated_cross_attn_layer for layer in model.lang_encoder.layers], xattn)
+        # the term's gradient moves the Perceiver and cross-attention towards the teacher
+        for p in model.parameters():
+            p.requires_grad_(False)
+        trained = [p for m in [model.perceiver] + [x for x in xattn if x is not None] for p in m.parameters()]
+        for p in trained:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(trained, lr=1e-3)
+        for _ in range(10):
+            opt.zero_grad()
+            (loss(1.0) - loss(0.0).detach()).backward()
+            opt.step()
+        with torch.no_grad():
+            self.assertLess(loss(1.0).item() - loss(0.0).item(), 0.9 * (l1 - l0))
+
     def test_directory(self):
         import flamingo_ref as ref
         import safetensors_io
