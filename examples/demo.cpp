@@ -4,21 +4,44 @@
 // [{"title", "prompt", "images", "frames"?, "max_new_tokens", "expected"}] (with
 // "frames", each medium is a video: a directory of that many frames), or for a
 // conversation [{"title", "turns": [{"user", "images", "expected"}], "max_new_tokens"}].
+// Ends with how many answers were as expected; with --check, exits 1 unless all were.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
 #include <flamingo/chat.hpp>
 #include <flamingo/flamingo.hpp>
 
+namespace {
+std::string_view trimmed(std::string_view s) {
+    while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
+    while (!s.empty() && s.back() == ' ') s.remove_suffix(1);
+    return s;
+}
+}  // namespace
+
 int main(int argc, char** argv) {
     namespace fs = std::filesystem;
-    const fs::path model = argc > 1 ? fs::path(argv[1]) : fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
+    bool check = false;
+    fs::path model = fs::path(FLAMINGO_SOURCE_DIR) / "models" / "shapes-flamingo";
+    for (int i = 1; i < argc; ++i) {
+        if (std::string_view(argv[i]) == "--check") check = true;
+        else model = argv[i];
+    }
+    int asked = 0, right = 0;
+    const auto judge = [&](const std::string& answer, const nlohmann::json& d) {
+        if (!d.contains("expected")) return;
+        const auto expected = d.at("expected").get<std::string>();
+        std::printf("expected: %s\n", expected.c_str());
+        ++asked;
+        right += trimmed(answer) == trimmed(expected);
+    };
     try {
         const auto t0 = std::chrono::steady_clock::now();
         const auto m = flamingo::Model::load(model);
@@ -45,9 +68,9 @@ int main(int argc, char** argv) {
                     chat.add_user(turn.at("user").get<std::string>(), images);
                     const auto g = chat.reply(o);
                     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
-                    std::printf("user: %s%s\nanswer: %s   (%.0f ms)\nexpected: %s\n", shown.c_str(),
-                                turn.at("user").get<std::string>().c_str(), chat.messages().back().content.c_str(), ms,
-                                turn.value("expected", "").c_str());
+                    std::printf("user: %s%s\nanswer: %s   (%.0f ms)\n", shown.c_str(),
+                                turn.at("user").get<std::string>().c_str(), chat.messages().back().content.c_str(), ms);
+                    judge(chat.messages().back().content, turn);
                 }
                 continue;
             }
@@ -65,11 +88,12 @@ int main(int argc, char** argv) {
             for (std::size_t i = 0; i < shown.size(); ++i) std::printf("%s%s", i ? ", " : "", shown[i].c_str());
             std::printf("\nprompt: %s\nanswer: %s   (%.0f ms)\n", d.at("prompt").get<std::string>().c_str(),
                         g.text.c_str(), ms);
-            if (d.contains("expected"))
-                std::printf("expected: %s\n", d.at("expected").get<std::string>().c_str());
+            judge(g.text, d);
         }
+        std::printf("\n%d of %d answers as expected\n", right, asked);
     } catch (const std::exception& e) {
         std::cerr << "demo: error: " << e.what() << "\n";
         return 1;
     }
+    return check && right != asked ? 1 : 0;
 }

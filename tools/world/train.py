@@ -327,6 +327,10 @@ def main():
             tensors = ref.load_state_dir(args.flamingo_from)
         stages.warm_start(model, tok, tensors)
         fl_tag += f"-warm-lr{args.flamingo_lr}"
+    if len(fl_tag) > 200:   # file names end at 255 bytes: the tag's hash and its last part
+        log(f"Flamingo stage: {fl_tag}")
+        fl_tag = hashlib.sha1(fl_tag.encode()).hexdigest()[:12] + "-" + fl_tag[-180:]
+    if args.flamingo_from:
         log(f"Flamingo stage files: flamingo-{fl_tag}*.pt")
         probe(model)
 
