@@ -224,10 +224,10 @@ def read_pool(support_dir):
 
 
 def read(eval_dir):
+    """{file stem: records} of every .jsonl file in eval_dir, as `flamingo eval --data` reads it."""
     out = {}
-    for task in T.TASKS + ["dialogue", "video"]:
-        path = os.path.join(eval_dir, f"{task}.jsonl")
-        if os.path.exists(path):
-            with open(path) as f:
-                out[task] = [json.loads(line) for line in f if line.strip()]
+    for name in sorted(os.listdir(eval_dir)):
+        if name.endswith(".jsonl"):
+            with open(os.path.join(eval_dir, name)) as f:
+                out[name[:-len(".jsonl")]] = [json.loads(line) for line in f if line.strip()]
     return out

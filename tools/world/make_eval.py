@@ -6,6 +6,7 @@
   tests/data/world/eval/images/*.png                           every picture (queries/ and support/ link to it)
   tests/data/world/eval/dialogue/dialogue.jsonl, images/       conversations, judged turn by turn
   tests/data/world/eval/video/video.jsonl, images/             clips (a directory of frames each), few-shot
+  tests/data/world/eval/binding3/binding3.jsonl, images/       fast binding of 3 made-up names, 3 and 6 shots
 
   /usr/bin/python3 tools/world/make_eval.py [--out tests/data/world/eval] [--per-task 200]
   /usr/bin/python3 tools/world/make_eval.py --dev --out /tmp/dev   # a development split
@@ -37,6 +38,7 @@ def main():
     ap.add_argument("--general", type=int, default=500, help="scenes shared by caption, vqa and classify")
     ap.add_argument("--dialogues", type=int, default=200, help="conversations of the dialogue set")
     ap.add_argument("--video", type=int, default=200, help="queries per video task")
+    ap.add_argument("--binding3", type=int, default=200, help="queries per shot count of 3-way binding")
     ap.add_argument("--dev", action="store_true", help="the development split (another seed)")
     args = ap.parse_args()
     seed = DEV_SEED if args.dev else EVAL_SEED
@@ -51,6 +53,7 @@ def main():
     print(f"{args.out}: {len(files)} images ({size / 1e6:.2f} MB), {pool} support examples")
     write_dialogues(os.path.join(args.out, "dialogue"), seed, args.dialogues)
     write_video(os.path.join(args.out, "video"), seed, args.video)
+    write_binding3(os.path.join(args.out, "binding3"), seed, args.binding3, eval_names)
 
 
 def write_dialogues(out, seed, n):
@@ -78,6 +81,20 @@ def write_video(out, seed, n):
         for rec in recs:
             f.write(json.dumps(rec) + "\n")
     print(f"{out}: {len(recs)} prompts, {len(clip_name.names)} clips")
+
+
+def write_binding3(out, seed, n, names):
+    """3-way fast binding: n queries at 3 and 6 shots, three made-up names
+    for three kinds (eval_extra.binding_records), with their own pictures."""
+    img_dir = os.path.join(out, "images")
+    if os.path.isdir(img_dir):
+        shutil.rmtree(img_dir)
+    image_name = evalset.image_namer(img_dir)
+    recs = eval_extra.binding_records(seed, n, names, 3, [3, 6])
+    with open(os.path.join(out, "binding3.jsonl"), "w") as f:
+        for rec in recs:
+            f.write(json.dumps(dict(rec, images=[image_name(sc) for sc in rec["images"]])) + "\n")
+    print(f"{out}: {len(recs)} prompts, {len(image_name.names)} images")
 
 
 if __name__ == "__main__":

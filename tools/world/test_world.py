@@ -227,10 +227,12 @@ class EvalDataTest(unittest.TestCase):
             with open(os.path.join(tmp, "dialogue", "dialogue.jsonl"), "rb") as a, \
                     open(os.path.join(EVAL, "dialogue", "dialogue.jsonl"), "rb") as b:
                 self.assertEqual(a.read(), b.read(), "dialogue.jsonl")
-            with open(os.path.join(tmp, "video", "video.jsonl"), "rb") as a, \
-                    open(os.path.join(EVAL, "video", "video.jsonl"), "rb") as b:
-                self.assertEqual(a.read(), b.read(), "video.jsonl")
-            for images in ("images", os.path.join("dialogue", "images"), os.path.join("video", "images")):
+            for sub in ("video", "binding3"):
+                with open(os.path.join(tmp, sub, f"{sub}.jsonl"), "rb") as a, \
+                        open(os.path.join(EVAL, sub, f"{sub}.jsonl"), "rb") as b:
+                    self.assertEqual(a.read(), b.read(), f"{sub}.jsonl")
+            for images in ("images", os.path.join("dialogue", "images"), os.path.join("video", "images"),
+                           os.path.join("binding3", "images")):
                 names = sorted(os.path.relpath(os.path.join(d, f), os.path.join(tmp, images))
                                for d, _, fs in os.walk(os.path.join(tmp, images)) for f in fs)
                 self.assertEqual(names, sorted(os.path.relpath(os.path.join(d, f), os.path.join(EVAL, images))
