@@ -125,8 +125,9 @@ TEST_CASE("q8 and q4: the bundled model gives its f32 answers on the evaluation 
         // Where f32 is wrong the model is near chance (0-shot answer styles, binding's
         // names), and any rounding may tip the answer; where it is right, more changed
         // answers than q8 1 / q4 2 is a regression (q4's bound on the whole evaluation
-        // set is 3 points a cell). Measured on the model taught position and move: q8
-        // 20 of 20 alike; q4 19 of 20, 1 changed of the 11 f32 gets right. With video: q8 20 of 20;
+        // set is 3 points a cell). Measured on the model taught fast binding: q8 20 of 20
+        // alike; q4 18 of 20, none changed of the 11 f32 gets right. Taught position and
+        // move: q8 20 of 20 alike; q4 19 of 20, 1 changed of the 11 f32 gets right. With video: q8 20 of 20;
         // q4 18 of 20, 2 changed of the 13 f32 gets right. With conversations: q8 20 of
         // 20; q4 16-17 of 20, 1 changed of 10 (vqa-000-0shot, "top" against "bottom":
         // position, the model's weakest question).
@@ -160,7 +161,9 @@ TEST_CASE("q8 and q4: the bundled model's next-token distributions against f32 o
     };
     const std::size_t vocab = Model::load(dir)->vocab_size();
     const auto f32 = logits(WeightType::F32);
-    // Measured (printed) on the model taught position and move: q8 349 of 349,
+    // Measured (printed) on the model taught fast binding: q8 348 of 349, KL mean
+    // 0.00021, max 0.015; q4 343 of 349 (98.3%), mean 0.0122, max 0.85, hence q4's
+    // mean bound 0.02 (it was 0.012). On the model taught position and move: q8 349 of 349,
     // KL mean 0.00023, max 0.0096; q4 338 of 349 (96.8%), mean 0.0084, max 0.80,
     // the max at the token after an example's <|endofchunk|> (what follows a
     // finished example, never an answer; the next largest is 0.21), hence q4's
@@ -175,7 +178,7 @@ TEST_CASE("q8 and q4: the bundled model's next-token distributions against f32 o
     // were multiplied with f32 activations; with AVX512-VNNI they are rounded to
     // int8 now, kernels/quant.hpp.)
     for (const auto& [w, top1, mean_kl, max_kl] : {std::tuple{WeightType::Q8, 0.99, 0.0005, 0.1},
-                                                  std::tuple{WeightType::Q4, 0.96, 0.012, 1.2}}) {
+                                                  std::tuple{WeightType::Q4, 0.96, 0.02, 1.2}}) {
         const std::string name(model::weight_type_name(w));
         const auto q = logits(w);
         std::size_t same = 0, positions = 0;
