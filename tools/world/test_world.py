@@ -59,6 +59,20 @@ def components(mask):
     return n, label
 
 
+def lazy_pool():
+    """A stand-in for data.ImagePool where only scenes and their indices
+    matter: fresh train-split scenes, each indexed when first drawn."""
+    class Pool:
+        index_of = {}
+
+        @staticmethod
+        def source(rng, **fixed):
+            sc = T.random_scene_source("train")(rng, **fixed)
+            Pool.index_of.setdefault(sc, len(Pool.index_of))
+            return sc
+    return Pool
+
+
 class RendererTest(unittest.TestCase):
     def test_pixels_show_the_ground_truth(self):
         rng = random.Random(11)
@@ -325,15 +339,7 @@ class TrainingDataTest(unittest.TestCase):
         from world import data
         tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
 
-        class Pool:   # flamingo_items needs scenes and their pool indices only
-            index_of = {}
-
-            @staticmethod
-            def source(rng, **fixed):
-                sc = T.random_scene_source("train")(rng, **fixed)
-                Pool.index_of.setdefault(sc, len(Pool.index_of))
-                return sc
-
+        Pool = lazy_pool()
         weights = {"caption": 0.0, "vqa": 1.0, "classify": 0.0, "binding": 0.0, "dialogue": 0.0}
         questions = {q: 0.0 for q in T.QUESTION_TYPES if q != "position"}
         items = data.flamingo_items(tok, Pool, T.training_names(), weights, question_weights=questions)(
@@ -512,9 +518,13 @@ class TrainScriptTest(unittest.TestCase):
         args = train.parse_args(["--flamingo-binding", "3", "--flamingo-question-weight", "position=3"])
         self.assertEqual(args.task_weights, {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": 3.0})
         self.assertEqual((args.question_weights, args.event_weights), ({"position": 3.0}, {}))
+        self.assertEqual(train.parse_args(["--flamingo-stream", "1", "0.15"]).flamingo_stream, [1.0, 0.15])
         for bad, message in ((["--flamingo-question-weight", "colour"], "--flamingo-question-weight colour: expected"),
                              ([f"--flamingo-task-weight={t}=0" for t in ("caption", "vqa", "classify", "binding")],
-                              "--flamingo-task-weight: every weight is 0")):
+                              "--flamingo-task-weight: every weight is 0"),
+                             (["--flamingo-stream", "1", "1.5"], "--flamingo-stream 1.0 1.5: expected"),
+                             (["--flamingo-stream", "-1", "0.2"], "--flamingo-stream -1.0 0.2: expected"),
+                             (["--flamingo-stream", "nan", "0.2"], "--flamingo-stream nan 0.2: expected")):
             with self.assertRaises(SystemExit) as e:
                 train.parse_args(bad)
             self.assertIn(message, str(e.exception))
@@ -558,15 +568,7 @@ class ModelTest(unittest.TestCase):
         model = ref.load_model_dir(MODEL, torch.float32)
         names = T.training_names()
 
-        class Pool:
-            index_of = {}
-
-            @staticmethod
-            def source(rng, **fixed):
-                sc = T.random_scene_source("train")(rng, **fixed)
-                Pool.index_of.setdefault(sc, len(Pool.index_of))
-                return sc
-
+        Pool = lazy_pool()
         rng = random.Random(5)
         docs = [T.sample_document(rng, "binding", rng.randint(2, 5), Pool.source, names) for _ in range(4)]
         ids, mask, img, t_ids, s_pos, t_pos = data.stream_batch(tok, Pool, names, random.Random(5), 4)

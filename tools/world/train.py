@@ -154,6 +154,8 @@ def parse_args(argv=None):
     args.event_weights = weights_option(args.video_event_weight, "--video-event-weight", video.EVENTS)
     args.question_weights = weights_option(args.flamingo_question_weight, "--flamingo-question-weight",
                                            T.QUESTION_TYPES)
+    if args.flamingo_stream and not (args.flamingo_stream[0] >= 0 and 0 < args.flamingo_stream[1] <= 1):
+        sys.exit("--flamingo-stream {} {}: expected WEIGHT >= 0 and 0 < SHARE <= 1".format(*args.flamingo_stream))
     args.task_weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": args.flamingo_binding}
     if args.flamingo_dialogue:
         args.task_weights["dialogue"] = args.flamingo_dialogue
