@@ -16,6 +16,7 @@ the agreement fixture.
   and candidate log-probabilities from the shipped files.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -528,6 +529,21 @@ class TrainScriptTest(unittest.TestCase):
             with self.assertRaises(SystemExit) as e:
                 train.parse_args(bad)
             self.assertIn(message, str(e.exception))
+
+    def test_stage_files_name_where_they_went_on_from(self):
+        from world import train
+        with tempfile.TemporaryDirectory() as d:
+            a, b, f = os.path.join(d, "a"), os.path.join(d, "b"), os.path.join(d, "flamingo-x.pt")
+            for path, content in ((a, b"one"), (b, b"two")):
+                os.mkdir(path)
+                with open(os.path.join(path, "model.safetensors"), "wb") as out:
+                    out.write(content)
+            with open(f, "wb") as out:
+                out.write(b"one")
+            # two directories (e.g. K2 and another K phase) must not name the same stage files
+            self.assertNotEqual(train.from_tag(a), train.from_tag(b))
+            self.assertEqual(train.from_tag(a), "-dir" + hashlib.sha1(b"one").hexdigest()[:8])
+            self.assertEqual(train.from_tag(f), "-from" + hashlib.sha1(b"flamingo-x.pt").hexdigest()[:8])
 
 
 class ModelTest(unittest.TestCase):

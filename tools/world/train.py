@@ -81,6 +81,17 @@ def weights_option(items, option, names):
     return out
 
 
+def from_tag(path):
+    """The part of a stage file's name that says which --flamingo-from it went
+    on from: a stage file by its name (which says how it was made), a model
+    directory by its weights, so that runs from two directories never share
+    (and reuse) each other's stage files."""
+    if os.path.isfile(path):
+        return "-from" + hashlib.sha1(os.path.basename(path).encode()).hexdigest()[:8]
+    with open(os.path.join(path, "model.safetensors"), "rb") as f:
+        return "-dir" + hashlib.sha1(f.read()).hexdigest()[:8]
+
+
 def parse_args(argv=None):
     """The options, with the weight options settled (checked before any stage
     runs: the CLIP stage alone takes an hour): args.task_weights (every task
@@ -324,9 +335,9 @@ def main():
         # stage (e.g. the shipped model, made with the decoder before --bind-steps)
         if os.path.isfile(args.flamingo_from):
             tensors = torch.load(args.flamingo_from)
-            fl_tag += "-from" + hashlib.sha1(os.path.basename(args.flamingo_from).encode()).hexdigest()[:8]
         else:
             tensors = ref.load_state_dir(args.flamingo_from)
+        fl_tag += from_tag(args.flamingo_from)
         stages.warm_start(model, tok, tensors)
         fl_tag += f"-warm-lr{args.flamingo_lr}"
     if len(fl_tag) > 200:   # file names end at 255 bytes: the tag's hash and its last part
