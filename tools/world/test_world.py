@@ -544,6 +544,17 @@ class TrainScriptTest(unittest.TestCase):
             self.assertNotEqual(train.from_tag(a), train.from_tag(b))
             self.assertEqual(train.from_tag(a), "-dir" + hashlib.sha1(b"one").hexdigest()[:8])
             self.assertEqual(train.from_tag(f), "-from" + hashlib.sha1(b"flamingo-x.pt").hexdigest()[:8])
+            # a sharded directory: every shard counts
+            for shard, content in (("model-00001-of-00002.safetensors", b"x"),
+                                   ("model-00002-of-00002.safetensors", b"y")):
+                with open(os.path.join(b, shard), "wb") as out:
+                    out.write(content)
+            os.remove(os.path.join(b, "model.safetensors"))
+            first = train.from_tag(b)
+            self.assertEqual(first, "-dir" + hashlib.sha1(b"xy").hexdigest()[:8])
+            with open(os.path.join(b, "model-00002-of-00002.safetensors"), "wb") as out:
+                out.write(b"z")
+            self.assertNotEqual(train.from_tag(b), first)
 
 
 class ModelTest(unittest.TestCase):

@@ -84,12 +84,16 @@ def weights_option(items, option, names):
 def from_tag(path):
     """The part of a stage file's name that says which --flamingo-from it went
     on from: a stage file by its name (which says how it was made), a model
-    directory by its weights, so that runs from two directories never share
-    (and reuse) each other's stage files."""
+    directory by its weights (every .safetensors file: one, or shards), so
+    that runs from two directories never share (and reuse) each other's
+    stage files."""
     if os.path.isfile(path):
         return "-from" + hashlib.sha1(os.path.basename(path).encode()).hexdigest()[:8]
-    with open(os.path.join(path, "model.safetensors"), "rb") as f:
-        return "-dir" + hashlib.sha1(f.read()).hexdigest()[:8]
+    h = hashlib.sha1()
+    for name in sorted(n for n in os.listdir(path) if n.endswith(".safetensors")):
+        with open(os.path.join(path, name), "rb") as f:
+            h.update(f.read())
+    return "-dir" + h.hexdigest()[:8]
 
 
 def parse_args(argv=None):
