@@ -77,7 +77,11 @@ def vqa_answer_word(sc, qtype):
 
 
 def vqa_answer(sc, qtype, style):
-    word = vqa_answer_word(sc, qtype)
+    return answer_in_style(vqa_answer_word(sc, qtype), style)
+
+
+def answer_in_style(word, style):
+    """A one-word answer in one of the VQA_STYLES: 'red', 'Red.', 'The answer is red.'"""
     if style == 0:
         return word
     if style == 1:

@@ -434,6 +434,8 @@ class VideoTest(unittest.TestCase):
                     self.assertFalse(np.array_equal(frames[0], frames[clip.change_at]))
                     self.assertTrue(np.array_equal(ink[0], ink[-1]))     # same layout, other colour
                 self.assertTrue(video.video_caption(clip).endswith("."))
+                self.assertTrue(video.video_caption(clip, 1)[0].isdigit())
+                self.assertEqual(video.video_caption(clip, 2), video.video_caption(clip).lower()[:-1])
 
     def test_training_batches(self):
         """A video batch: one frame count, each document one event's question
@@ -456,24 +458,50 @@ class VideoTest(unittest.TestCase):
             else:
                 self.assertEqual(trained, "".join(video.video_caption(clips.clips[6][i]) + T.EOC for i in used))
 
+    def test_training_batches_in_styles(self):
+        """With styles, each document keeps one answer style, and the styles vary between documents."""
+        from world import data, video
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+        clips = video.ClipPool(12, 3, styles=True)
+        ids, mask, idx = data.video_batch(tok, clips, random.Random(5), 6, 32)
+        seen = set()
+        chunk_answer = lambda text: (" " if text[0] else "") + text[1]   # what the loss is on
+        for row in range(32):
+            used = [clips.clips[6][int(i)] for i in idx[row] if i >= 0]
+            trained = tok.decode([int(ids[row, p + 1]) for p in range(ids.shape[1] - 1) if mask[row, p + 1] > 0])
+            kind = "question" if "Question:" in tok.decode([int(t) for t in ids[row]]) else "caption"
+            styles = [s for s in range(3)
+                      if trained == "".join(chunk_answer(video.video_chunk_text(c, kind, s)) + T.EOC for c in used)]
+            self.assertEqual(len(styles), 1, trained)
+            seen.add((kind, styles[0]))
+        self.assertGreaterEqual(len(seen), 5)
+
     def test_eval_records(self):
         """Each prompt's clips share its frame count and its event; the answer is the query clip's."""
         from world import video
         recs = video.eval_records("t", 6, lambda c: c)
         self.assertEqual(len(recs), 6 * len(video.TASKS) * 4)
+        seen_styles = set()
         for r in recs:
             clips = r["images"]
             self.assertEqual(len(clips), r["shots"] + 1)
             self.assertTrue(all(c.frames == r["frames"] for c in clips))
             q = clips[-1]
-            if r["task"] == "video caption":
-                self.assertEqual(r["answer"], video.video_caption(q))
+            kind = "caption" if r["task"] == "video caption" else "question"
+            if kind == "caption":
                 self.assertTrue(r["prompt"].endswith(T.IMAGE))
             else:
                 self.assertTrue(all(c.event == r["task"].split()[1] for c in clips))
-                self.assertEqual(r["answer"], video.video_answer(q))
+            # one answer style for the whole prompt: the examples show the query's
+            styles = [s for s in range(3) if r["answer"] == video.video_chunk_text(q, kind, s)[1]]
+            self.assertEqual(len(styles), 1, r)
+            texts = [video.video_chunk_text(c, kind, styles[0]) for c in clips]
+            self.assertEqual(r["prompt"], "".join(f"{T.IMAGE}{video.chunk_text(*t)}{T.EOC}" for t in texts[:-1])
+                             + T.IMAGE + texts[-1][0])
+            seen_styles.add((kind, styles[0]))
             self.assertEqual(r["held_out_pair"], video.held_out(q))
             self.assertFalse(any(c in clips[:-1] for c in clips[-1:]))
+        self.assertGreaterEqual(len(seen_styles), 4)
 
 
 class TrainScriptTest(unittest.TestCase):

@@ -150,6 +150,8 @@ def parse_args(argv=None):
     ap.add_argument("--video-event-weight", action="append", default=[], metavar="EVENT=W",
                     help="ask this video event's question W times as often as the others")
     ap.add_argument("--video-clips", type=int, default=400, help="training clips of each frame count (4 to 8)")
+    ap.add_argument("--video-styles", action="store_true",
+                    help="video documents in a random answer style each (video.py), as the picture tasks")
     ap.add_argument("--flamingo-from", metavar="DIR|FILE",
                     help="start the Flamingo stage from the Perceiver and cross-attention of this model directory, "
                          "or of a Flamingo stage file of --work (a checkpoint written at a probe)")
@@ -320,7 +322,9 @@ def main():
     if args.flamingo_video:
         fl_tag += f"-video{args.flamingo_video}-{args.video_clips}-f2"
         fl_tag += "".join(f"-v{k}{w}" for k, w in args.event_weights.items())
-        clips = video.ClipPool(args.video_clips, seed + 7, event_weights=args.event_weights)
+        fl_tag += "-vstyles" if args.video_styles else ""
+        clips = video.ClipPool(args.video_clips, seed + 7, event_weights=args.event_weights,
+                               styles=args.video_styles)
 
         def video_tokens():
             out = {}

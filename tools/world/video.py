@@ -105,36 +105,48 @@ VIDEO_QUESTIONS = {
 }
 
 
-def video_answer(clip):
+# Answer styles, as the picture tasks have: a question's answer in one of
+# tasks.VQA_STYLES ("left", "Left.", "The answer is left."), a caption in one
+# of these. A prompt keeps one style, so only its examples show which.
+CAPTION_STYLES = 3
+
+
+def video_answer(clip, style=0):
     if clip.event == "move":
-        return clip.direction
-    if clip.event in ("appear", "disappear"):
-        return S.COUNT_WORDS[abs(clip.last_count - clip.first.count)]
-    return clip.new_colour
+        word = clip.direction
+    elif clip.event in ("appear", "disappear"):
+        word = S.COUNT_WORDS[abs(clip.last_count - clip.first.count)]
+    else:
+        word = clip.new_colour
+    return T.answer_in_style(word, style) if style else word
 
 
-def video_caption(clip):
-    """One sentence about the event: 'Two red circles move to the right.'"""
+def video_caption(clip, style=0):
+    """One sentence about the event: 'Two red circles move to the right.'
+    (style 0), '2 red circles move to the right.' (1: the count in digits),
+    'two red circles move to the right' (2: lower case, no full stop)."""
     sc = clip.first
     plural = lambda n: sc.shape if n == 1 else S.PLURALS[sc.shape]
+    count = lambda n: str(n) if style == 1 else S.COUNT_WORDS[n]
     if clip.event == "move":
-        noun = T.noun_phrase(sc).capitalize()
         verb = "moves" if sc.count == 1 else "move"
-        return f"{noun} {verb} to the {clip.direction}."
-    if clip.event in ("appear", "disappear"):
+        text = f"{T.noun_phrase(sc, digits=style == 1)} {verb} to the {clip.direction}"
+    elif clip.event in ("appear", "disappear"):
         n = abs(clip.last_count - sc.count)
         verb = clip.event + ("s" if n == 1 else "")
-        return f"{S.COUNT_WORDS[n].capitalize()} {sc.colour} {plural(n)} {verb}."
-    verb = "turns" if sc.count == 1 else "turn"
-    return f"{T.noun_phrase(sc).capitalize()} {verb} {clip.new_colour}."
+        text = f"{count(n)} {sc.colour} {plural(n)} {verb}"
+    else:
+        verb = "turns" if sc.count == 1 else "turn"
+        text = f"{T.noun_phrase(sc, digits=style == 1)} {verb} {clip.new_colour}"
+    return text if style == 2 else text[0].upper() + text[1:] + "."
 
 
-def video_chunk_text(clip, kind):
+def video_chunk_text(clip, kind, style=0):
     """kind 'question' (the question of the clip's event: few-shot prompts
     keep one event) or 'caption'; (prefix, answer) as tasks.Chunk."""
     if kind == "caption":
-        return "", video_caption(clip)
-    return f"Question: {VIDEO_QUESTIONS[clip.event]} Answer:", video_answer(clip)
+        return "", video_caption(clip, style)
+    return f"Question: {VIDEO_QUESTIONS[clip.event]} Answer:", video_answer(clip, style)
 
 
 def held_out(clip):
@@ -153,8 +165,9 @@ class ClipPool:
     takes its clips from one count, as a video batch has one frame count.
     clips[F]: the clips; by_event[F][event]: their indices by event."""
 
-    def __init__(self, n, seed, split="train", event_weights=None):
+    def __init__(self, n, seed, split="train", event_weights=None, styles=False):
         rng = random.Random(f"clips-{seed}")
+        self.styles = styles   # documents in a random answer style (else style 0 only)
         self.event_weights = [event_weights.get(e, 1.0) for e in EVENTS] if event_weights else None
         self.clips = {f: [sample_clip(rng, split, frames=f) for _ in range(n)] for f in FRAME_COUNTS}
         self.by_event = {f: {e: [i for i, c in enumerate(cs) if c.event == e] for e in EVENTS}
@@ -166,14 +179,16 @@ class ClipPool:
 
     def document(self, rng, f, n_chunks):
         """n_chunks clips of frame count f, all asked the question of one event
-        (drawn by event_weights) or all captioned: [(clip index, prefix, answer)]."""
+        (drawn by event_weights) or all captioned, in one answer style:
+        [(clip index, prefix, answer)]."""
         kind = rng.choice(["question", "caption"])
         if kind == "question":
             event = rng.choices(EVENTS, self.event_weights)[0] if self.event_weights else rng.choice(EVENTS)
             idx = rng.choices(self.by_event[f][event], k=n_chunks)
         else:
             idx = [rng.randrange(len(self.clips[f])) for _ in range(n_chunks)]
-        return [(i, *video_chunk_text(self.clips[f][i], kind)) for i in idx]
+        style = rng.randrange(CAPTION_STYLES if kind == "caption" else T.VQA_STYLES) if self.styles else 0
+        return [(i, *video_chunk_text(self.clips[f][i], kind, style)) for i in idx]
 
 
 # ---- the evaluation set ---------------------------------------------------------------
@@ -206,8 +221,10 @@ def eval_records(seed, n, clip_name, examples_per_count=10):
     (caption: of any event) at a frame count drawn per query (4 to 8), with
     four examples drawn from the task's examples of that frame count (a few
     per count, so the set stays small); at 0, 1, 2 and 4 shots the prompt
-    holds the first k examples."""
+    holds the first k examples. Each query's prompt is in an answer style
+    drawn for it (from its own generator: the clips do not depend on it)."""
     rng = random.Random(f"{seed}-video")
+    style_rng = random.Random(f"{seed}-video-style")
     out = []
     for task in TASKS:
         kind = "caption" if task == "caption" else "question"
@@ -216,7 +233,8 @@ def eval_records(seed, n, clip_name, examples_per_count=10):
         for q in range(n):
             f = rng.choice(FRAME_COUNTS)
             clips = rng.sample(pool[f], 4) + [sample(f)]
-            texts = [video_chunk_text(c, kind) for c in clips]
+            style = style_rng.randrange(CAPTION_STYLES if kind == "caption" else T.VQA_STYLES)
+            texts = [video_chunk_text(c, kind, style) for c in clips]
             for shots in SHOTS:
                 prompt = "".join(f"{T.IMAGE}{chunk_text(*t)}{T.EOC}" for t in texts[:shots])
                 out.append({"id": f"video-{task}-{q:03d}-{shots}shot", "task": f"video {task}", "shots": shots,
