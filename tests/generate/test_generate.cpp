@@ -4,6 +4,7 @@
 
 #include <flamingo/generate/generate.hpp>
 
+#include <algorithm>
 #include <atomic>
 
 using namespace flamingo;
@@ -140,6 +141,31 @@ TEST_CASE("beam search allocates nothing per step, finished hypotheses included"
         const std::size_t few = allocations(3), many = allocations(15);
         CHECK(many == few);
     }
+}
+
+TEST_CASE("beam search with several stop tokens keeps num_beams going, as transformers does") {
+    // Every token but three stops the search: among a step's 2 * num_beams
+    // best candidates fewer than num_beams go on, which threw before; with
+    // (1 + stop tokens) * num_beams candidates, as transformers takes with
+    // several end tokens, three do. The first step's best three are all
+    // stop tokens here, so three hypotheses of one token finish and, with
+    // early stopping, the best is greedy's first token.
+    Fixture f = open("llama");
+    generate::GenerateOptions o;
+    o.max_new_tokens = 1;
+    const std::int32_t first = generate::generate(*f.session, f.prompt, o).tokens.at(0);
+    const std::size_t V = f.session->vocab_size();
+    std::vector<std::int32_t> go_on;
+    for (std::int32_t t = 0; go_on.size() < 3; ++t)
+        if (t != first) go_on.push_back(t);
+    for (std::int32_t t = 0; t < std::int32_t(V); ++t)
+        if (std::find(go_on.begin(), go_on.end(), t) == go_on.end()) o.stop_tokens.push_back(t);
+    o.eos = o.stop_tokens.front();
+    o.num_beams = 3, o.max_new_tokens = 4;
+    o.early_stopping = generate::EarlyStopping::True;
+    const auto r = generate::generate(*f.session, f.prompt, o);
+    CHECK(r.stopped);
+    CHECK(r.tokens == std::vector<std::int32_t>{first});
 }
 
 TEST_CASE("beam search calls on_step before each step, and a throw from it ends the search") {

@@ -145,6 +145,8 @@ public:
           seqs_(B_, std::vector<std::int32_t>(prompt.begin(), prompt.end())), beam_scores_(B_, -1e9),
           logp_(B_ * V_), cand_(B_ * V_), order_(B_ * V_), slot_(B_), new_slot_(B_), taken_(B_), cur_len_(P_) {
         for (std::size_t b = 1; b < B_; ++b) s.cache(b).copy_from(s.cache(0), 0, P_);
+        for (auto it = o.stop_tokens.begin(); it != o.stop_tokens.end(); ++it)
+            stops_ += *it != is_stop_.eos && std::find(o.stop_tokens.begin(), it, *it) == it;
         beam_scores_[0] = 0;
         for (std::size_t b = 0; b < B_; ++b) {
             std::copy(first.begin(), first.end(), logp_.begin() + std::ptrdiff_t(b * V_));
@@ -197,8 +199,11 @@ private:
             ban_repeated_ngrams(seqs_[b], no_repeat_, row);
             for (std::size_t v = 0; v < V_; ++v) cand_[b * V_ + v] = double(row[v]) + beam_scores_[b];
         }
-        // the 2 * num_beams best (beam, token) pairs, best first; ties keep the lower index, as topk
-        const std::size_t K = std::min(2 * B_, B_ * V_);
+        // the (1 + stop tokens) * num_beams best (beam, token) pairs, best first (ties
+        // keep the lower index, as topk): as transformers with several end tokens, so
+        // that num_beams go on even when each beam's best are all stop tokens
+        // (2 * num_beams with one, as the reference)
+        const std::size_t K = std::min((1 + stops_) * B_, B_ * V_);
         std::iota(order_.begin(), order_.end(), 0);
         std::partial_sort(order_.begin(), order_.begin() + std::ptrdiff_t(K), order_.end(),
                           [&](std::size_t a, std::size_t c) {
@@ -248,6 +253,7 @@ private:
     Session& s_;
     detail::StopSet is_stop_;
     std::size_t B_, V_, P_, max_length_, no_repeat_;
+    std::size_t stops_ = 1;  // distinct stop tokens
     detail::Hypotheses hyps_;
     std::vector<std::vector<std::int32_t>> seqs_, new_seqs_;
     std::vector<double> beam_scores_;
