@@ -252,7 +252,7 @@ def encode_dialogue(tok, turns):
 
 
 def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True, first_weight=None,
-                   question_weights=None):
+                   question_weights=None, similar=0.0):
     """Interleaved documents of 1..max_images images drawn from the pool:
     (ids, pool indices, positions left out of the loss, {position: loss
     weight} where it is not 1); first_weight as encode_document's."""
@@ -266,7 +266,7 @@ def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True,
                 out.append((ids, [pool.index_of[sc] for sc, _, _ in turns if sc is not None], skip, {}))
                 continue
             doc = T.sample_document(rng, task, rng.randint(1, max_images), pool.source, names,
-                                    question_weights=question_weights)
+                                    question_weights=question_weights, similar=similar)
             ids, skip, *weighted = encode_document(tok, doc, mask_new_names, first_weight=first_weight)
             out.append((ids, [pool.index_of[c.scene] for c in doc.chunks], skip, weighted[0] if weighted else {}))
         return out

@@ -260,31 +260,50 @@ def pick_question(rng, weights=None):
     return rng.choices(QUESTION_TYPES, [weights.get(q, 1.0) for q in QUESTION_TYPES])[0]
 
 
-def sample_document(rng, task, n_chunks, scene_source, names=None, split="train", question_weights=None):
+SIMILAR_ATTRIBUTES = ["shape", "colour", "texture", "count"]
+
+
+def similar_scenes(rng, n, scene_source, similar):
+    """With probability `similar` (and n > 1), n scenes whose first n - 1 share
+    one to three attributes with the last, as examples picked by RICES look
+    like their query; else None (and no draw from rng)."""
+    if n < 2 or similar <= 0 or rng.random() >= similar:
+        return None
+    query = scene_source(rng)
+    attrs = rng.sample(SIMILAR_ATTRIBUTES, rng.randint(1, 3))
+    return [scene_source(rng, **{a: query.attr(a) for a in attrs}) for _ in range(n - 1)] + [query]
+
+
+def sample_document(rng, task, n_chunks, scene_source, names=None, split="train", question_weights=None,
+                    similar=0.0):
     """A document of one task with n_chunks chunks. scene_source(rng, **fixed)
     returns a scene (or a pool entry) satisfying the fixed attributes; names
     is a list of made-up names or a NameSampler; question_weights as
-    pick_question's."""
+    pick_question's; similar: the share of caption, VQA and classification
+    documents whose earlier pictures resemble the last (similar_scenes)."""
+    if task in ("caption", "vqa", "classify"):
+        scenes = similar_scenes(rng, n_chunks, scene_source, similar)
+        scene = (lambda i: scenes[i]) if scenes else (lambda i: scene_source(rng))
     if task == "caption":
         style = rng.randrange(CAPTION_STYLES)
         chunks = []
-        for _ in range(n_chunks):
-            sc = scene_source(rng)
+        for i in range(n_chunks):
+            sc = scene(i)
             chunks.append(Chunk(sc, "", caption(sc, style)))
         return Document(task, style, chunks)
     if task == "vqa":
         style = rng.randrange(VQA_STYLES)
         chunks = []
-        for _ in range(n_chunks):
-            sc = scene_source(rng)
+        for i in range(n_chunks):
+            sc = scene(i)
             q = pick_question(rng, question_weights)
             chunks.append(Chunk(sc, vqa_prefix(q), vqa_answer(sc, q, style)))
         return Document(task, style, chunks)
     if task == "classify":
         attribute = rng.choice(CLASSIFY_ATTRIBUTES)
         chunks = []
-        for _ in range(n_chunks):
-            sc = scene_source(rng)
+        for i in range(n_chunks):
+            sc = scene(i)
             chunks.append(Chunk(sc, CLASSIFY_PREFIX, sc.attr(attribute)))
         return Document(task, attribute, chunks)
     if task == "binding":

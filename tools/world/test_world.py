@@ -356,6 +356,32 @@ class TrainingDataTest(unittest.TestCase):
         weights = {"a": 0.4, "b": 1.61, "c": 0.18, "d": 1.75, "e": 0.0}
         self.assertEqual(data.task_weights_choice(Top, weights), "d")
 
+    def test_similar_examples(self):
+        """--flamingo-similar 1: in every caption, VQA and classification
+        document of two or more pictures, each earlier picture shares an
+        attribute with the last (as RICES picks examples); without it, many
+        do not. With 0 the documents are drawn as before it existed."""
+        from world import data
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+        Pool = lazy_pool()
+        weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": 0.0, "dialogue": 0.0}
+
+        def unlike(similar):
+            """documents of 2+ pictures, and those with an earlier picture sharing nothing with the last"""
+            items = data.flamingo_items(tok, Pool, T.training_names(), weights, similar=similar)(random.Random(4), 60)
+            scenes = {i: sc for sc, i in Pool.index_of.items()}
+            docs = [[scenes[i] for i in it[1]] for it in items if len(it[1]) > 1]
+            return len(docs), sum(any(all(s.attr(a) != d[-1].attr(a) for a in T.SIMILAR_ATTRIBUTES) for s in d[:-1])
+                                  for d in docs)
+        n, bad = unlike(1.0)
+        self.assertGreater(n, 30)
+        self.assertEqual(bad, 0)
+        n, bad = unlike(0.0)
+        self.assertGreater(bad, n // 10)
+        a = data.flamingo_items(tok, Pool, T.training_names(), weights)(random.Random(4), 20)
+        b = data.flamingo_items(tok, Pool, T.training_names(), weights, similar=0.0)(random.Random(4), 20)
+        self.assertEqual([x[:2] for x in a], [x[:2] for x in b])
+
     def test_dialogue_in_the_chat_template(self):
         from world import data
         tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))

@@ -160,6 +160,8 @@ def parse_args(argv=None):
     ap.add_argument("--flamingo-stream", type=float, nargs=2, metavar=("WEIGHT", "SHARE"),
                     help="that share of the batches are binding documents with the stream loss at that weight "
                          "beside the names' (stages.train_flamingo's stream; the decoder must bind in text)")
+    ap.add_argument("--flamingo-similar", type=float, default=0.0,
+                    help="share of caption/VQA/classify documents whose examples resemble their last picture")
     ap.add_argument("--flamingo-question-weight", action="append", default=[], metavar="TYPE=W",
                     help="ask this question type W times as often as the others (VQA and conversations)")
     ap.add_argument("--flamingo-seed", type=int, default=4, help="offset from --seed of the Flamingo stage's seed "
@@ -316,6 +318,7 @@ def main():
     if args.flamingo_first_weight is not None:
         fl_tag += f"-first{args.flamingo_first_weight}"
     fl_tag += "".join(f"-q{k}{w}" for k, w in args.question_weights.items())
+    fl_tag += f"-similar{args.flamingo_similar}" if args.flamingo_similar else ""
     if args.flamingo_stream:
         fl_tag += "-stream{}-{}".format(*args.flamingo_stream)
     video_data = None
@@ -360,7 +363,7 @@ def main():
                               lr=args.flamingo_lr, weights=args.task_weights, probe=(args.probe_every, probe),
                               warm=bool(args.flamingo_from), warmup=50 if args.flamingo_from else 200,
                               first_weight=args.flamingo_first_weight, question_weights=args.question_weights,
-                              video=video_data, stream=args.flamingo_stream)
+                              video=video_data, stream=args.flamingo_stream, similar=args.flamingo_similar)
         stages.round_bf16_(model)
         return model.state_dict()
 
