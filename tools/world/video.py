@@ -118,7 +118,7 @@ def video_answer(clip, style=0):
         word = S.COUNT_WORDS[abs(clip.last_count - clip.first.count)]
     else:
         word = clip.new_colour
-    return T.answer_in_style(word, style) if style else word
+    return T.answer_in_style(word, style)
 
 
 def video_caption(clip, style=0):
