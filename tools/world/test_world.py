@@ -579,7 +579,9 @@ class TrainScriptTest(unittest.TestCase):
                               "--flamingo-task-weight: every weight is 0"),
                              (["--flamingo-stream", "1", "1.5"], "--flamingo-stream 1.0 1.5: expected"),
                              (["--flamingo-stream", "-1", "0.2"], "--flamingo-stream -1.0 0.2: expected"),
-                             (["--flamingo-stream", "nan", "0.2"], "--flamingo-stream nan 0.2: expected")):
+                             (["--flamingo-stream", "nan", "0.2"], "--flamingo-stream nan 0.2: expected"),
+                             (["--flamingo-similar", "1.5"], "--flamingo-similar 1.5: expected"),
+                             (["--flamingo-similar", "nan"], "--flamingo-similar nan: expected")):
             with self.assertRaises(SystemExit) as e:
                 train.parse_args(bad)
             self.assertIn(message, str(e.exception))

@@ -175,6 +175,8 @@ def parse_args(argv=None):
                                            T.QUESTION_TYPES)
     if args.flamingo_stream and not (args.flamingo_stream[0] >= 0 and 0 < args.flamingo_stream[1] <= 1):
         sys.exit("--flamingo-stream {} {}: expected WEIGHT >= 0 and 0 < SHARE <= 1".format(*args.flamingo_stream))
+    if not 0 <= args.flamingo_similar <= 1:
+        sys.exit(f"--flamingo-similar {args.flamingo_similar}: expected a share from 0 to 1")
     args.task_weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": args.flamingo_binding}
     if args.flamingo_dialogue:
         args.task_weights["dialogue"] = args.flamingo_dialogue
