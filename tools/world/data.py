@@ -8,6 +8,7 @@ import random
 from multiprocessing import Pool as ProcessPool
 
 import numpy as np
+from PIL import Image
 
 from . import scene as S
 from . import tasks as T
@@ -251,11 +252,24 @@ def encode_dialogue(tok, turns):
     return ids, skip
 
 
+def blurred(images):
+    """The pictures shrunk to 12, 16 or 20 pixels a side (by index) and grown
+    back: colour, count, place and size stay, shape and pattern blur."""
+    out = np.empty_like(images)
+    for i, a in enumerate(images):
+        side = (12, 16, 20)[i % 3]
+        small = Image.fromarray(a).resize((side, side), Image.BOX)
+        out[i] = np.asarray(small.resize(a.shape[:2][::-1], Image.BILINEAR))
+    return out
+
+
 def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True, first_weight=None,
-                   question_weights=None, similar=0.0):
+                   question_weights=None, similar=0.0, near=0.0):
     """Interleaved documents of 1..max_images images drawn from the pool:
     (ids, pool indices, positions left out of the loss, {position: loss
-    weight} where it is not 1); first_weight as encode_document's."""
+    weight} where it is not 1); first_weight as encode_document's. A
+    document's blurred last picture (tasks.near_scenes) has index i + len(pool
+    scenes): the vision tokens of blurred(pool.images) follow the pool's."""
     def make(rng, n):
         out = []
         for _ in range(n):
@@ -266,9 +280,12 @@ def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True,
                 out.append((ids, [pool.index_of[sc] for sc, _, _ in turns if sc is not None], skip, {}))
                 continue
             doc = T.sample_document(rng, task, rng.randint(1, max_images), pool.source, names,
-                                    question_weights=question_weights, similar=similar)
+                                    question_weights=question_weights, similar=similar, near=near)
             ids, skip, *weighted = encode_document(tok, doc, mask_new_names, first_weight=first_weight)
-            out.append((ids, [pool.index_of[c.scene] for c in doc.chunks], skip, weighted[0] if weighted else {}))
+            idx = [pool.index_of[c.scene] for c in doc.chunks]
+            if doc.meta.get("blurred"):
+                idx[-1] += len(pool.scenes)
+            out.append((ids, idx, skip, weighted[0] if weighted else {}))
         return out
     return make
 

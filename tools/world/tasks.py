@@ -274,15 +274,47 @@ def similar_scenes(rng, n, scene_source, similar):
     return [scene_source(rng, **{a: query.attr(a) for a in attrs}) for _ in range(n - 1)] + [query]
 
 
+NEAR_ATTRIBUTES = ["shape", "colour", "texture", "count"]
+
+
+def near_scenes(rng, n, scene_source, near, question=None):
+    """With probability `near` (and n > 1), n scenes where one earlier scene,
+    at a random place, is the last one's twin: the same shape, colour,
+    texture and count (and the asked attribute, for position and size
+    questions) in another layout, and the twin's place; else None (and no
+    draw from rng). The document then shows its last picture blurred (meta
+    "blurred"), so that its answer is surer from the twin's text than from
+    the picture: the lesson RICES needs, to lean on an example that looks
+    like the query."""
+    if n < 2 or near <= 0 or rng.random() >= near:
+        return None
+    query = scene_source(rng)
+    fixed = {a: query.attr(a) for a in NEAR_ATTRIBUTES}
+    if question in ("position", "size"):
+        fixed[question] = query.attr(question)
+    twin = rng.randrange(n - 1)
+    return [scene_source(rng, **fixed) if i == twin else scene_source(rng) for i in range(n - 1)] + [query], twin
+
+
 def sample_document(rng, task, n_chunks, scene_source, names=None, split="train", question_weights=None,
-                    similar=0.0):
+                    similar=0.0, near=0.0):
     """A document of one task with n_chunks chunks. scene_source(rng, **fixed)
     returns a scene (or a pool entry) satisfying the fixed attributes; names
     is a list of made-up names or a NameSampler; question_weights as
     pick_question's; similar: the share of caption, VQA and classification
-    documents whose earlier pictures resemble the last (similar_scenes)."""
+    documents whose earlier pictures resemble the last (similar_scenes);
+    near: the share of them with a twin of the last picture and the last
+    picture blurred (near_scenes; a VQA twin is asked the last question)."""
+    meta = {}
     if task in ("caption", "vqa", "classify"):
-        scenes = similar_scenes(rng, n_chunks, scene_source, similar)
+        asked = pick_question(rng, question_weights) if near > 0 and task == "vqa" else None
+        twinned = near_scenes(rng, n_chunks, scene_source, near, asked)
+        if twinned:
+            scenes, twin = twinned
+            meta["blurred"] = True
+        else:
+            asked = None
+            scenes = similar_scenes(rng, n_chunks, scene_source, similar)
         scene = (lambda i: scenes[i]) if scenes else (lambda i: scene_source(rng))
     if task == "caption":
         style = rng.randrange(CAPTION_STYLES)
@@ -290,22 +322,23 @@ def sample_document(rng, task, n_chunks, scene_source, names=None, split="train"
         for i in range(n_chunks):
             sc = scene(i)
             chunks.append(Chunk(sc, "", caption(sc, style)))
-        return Document(task, style, chunks)
+        return Document(task, style, chunks, meta)
     if task == "vqa":
         style = rng.randrange(VQA_STYLES)
         chunks = []
         for i in range(n_chunks):
             sc = scene(i)
-            q = pick_question(rng, question_weights)
+            # the twin and the last picture are asked the same question
+            q = asked if asked and i in (twin, n_chunks - 1) else pick_question(rng, question_weights)
             chunks.append(Chunk(sc, vqa_prefix(q), vqa_answer(sc, q, style)))
-        return Document(task, style, chunks)
+        return Document(task, style, chunks, meta)
     if task == "classify":
         attribute = rng.choice(CLASSIFY_ATTRIBUTES)
         chunks = []
         for i in range(n_chunks):
             sc = scene(i)
             chunks.append(Chunk(sc, CLASSIFY_PREFIX, sc.attr(attribute)))
-        return Document(task, attribute, chunks)
+        return Document(task, attribute, chunks, meta)
     if task == "binding":
         n_kinds = 2 if n_chunks <= 3 or rng.random() < 0.7 else 3
         kinds = binding_kinds(rng, split, n_kinds)

@@ -382,6 +382,50 @@ class TrainingDataTest(unittest.TestCase):
         b = data.flamingo_items(tok, Pool, T.training_names(), weights, similar=0.0)(random.Random(4), 20)
         self.assertEqual([x[:2] for x in a], [x[:2] for x in b])
 
+    def test_near_examples(self):
+        """--flamingo-near 1: every caption, VQA and classification document
+        of two or more pictures has an earlier twin of its last picture (same
+        shape, colour, texture and count; a VQA twin asked the last question,
+        with the same answer), and its last picture is the blurred one (its
+        index past the pool's). With 0 the documents are drawn as before."""
+        from world import data
+        tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
+        Pool = lazy_pool()
+        Pool.scenes = range(10 ** 6)   # blurred pictures are indexed past these
+        weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": 0.0, "dialogue": 0.0}
+        rng = random.Random(6)
+        for task in ("caption", "vqa", "classify"):
+            for _ in range(40):
+                doc = T.sample_document(rng, task, rng.randint(2, 5), Pool.source, near=1.0)
+                self.assertTrue(doc.meta.get("blurred"))
+                last = doc.chunks[-1]
+                same = [c for c in doc.chunks[:-1]
+                        if all(c.scene.attr(a) == last.scene.attr(a) for a in T.NEAR_ATTRIBUTES)]
+                self.assertTrue(same)
+                if task == "vqa":
+                    self.assertTrue(any(c.text == last.text for c in same))
+        items = data.flamingo_items(tok, Pool, T.training_names(), weights, near=1.0)(random.Random(4), 40)
+        for ids, idx, *_ in items:
+            self.assertEqual([i >= 10 ** 6 for i in idx], [len(idx) > 1 and k == len(idx) - 1 for k in range(len(idx))])
+        a = data.flamingo_items(tok, Pool, T.training_names(), weights)(random.Random(4), 20)
+        b = data.flamingo_items(tok, Pool, T.training_names(), weights, near=0.0)(random.Random(4), 20)
+        self.assertEqual([x[:2] for x in a], [x[:2] for x in b])
+
+    def test_blurred_pictures_keep_colour_and_lose_shape(self):
+        """data.blurred: the same mean colour (within a level), but a square
+        and a circle of one colour, count and layout become far more alike."""
+        from world import data
+        rng = random.Random(3)
+        sq = S.sample_scene(rng, shape="square", colour="red", texture="solid", size="large", count=1)
+        ci = S.Scene(**{**sq.__dict__, "shape": "circle"})
+        images = np.stack([S.render(sq), S.render(ci)] * 3)[:4]
+        out = data.blurred(images)
+        self.assertEqual(out.shape, images.shape)
+        self.assertTrue(np.all(np.abs(out.reshape(4, -1, 3).mean(1) - images.reshape(4, -1, 3).mean(1)) < 1.0))
+        sharp = np.abs(images[0].astype(float) - images[1]).sum()
+        soft = np.abs(out[0].astype(float) - out[3]).sum()   # both shrunk to 12 pixels a side
+        self.assertLess(soft, 0.7 * sharp)
+
     def test_dialogue_in_the_chat_template(self):
         from world import data
         tok = bpe.Tokenizer.load(os.path.join(MODEL, "tokenizer.json"))
@@ -581,7 +625,8 @@ class TrainScriptTest(unittest.TestCase):
                              (["--flamingo-stream", "-1", "0.2"], "--flamingo-stream -1.0 0.2: expected"),
                              (["--flamingo-stream", "nan", "0.2"], "--flamingo-stream nan 0.2: expected"),
                              (["--flamingo-similar", "1.5"], "--flamingo-similar 1.5: expected"),
-                             (["--flamingo-similar", "nan"], "--flamingo-similar nan: expected")):
+                             (["--flamingo-similar", "nan"], "--flamingo-similar nan: expected"),
+                             (["--flamingo-near", "-0.1"], "--flamingo-near -0.1: expected")):
             with self.assertRaises(SystemExit) as e:
                 train.parse_args(bad)
             self.assertIn(message, str(e.exception))

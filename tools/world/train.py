@@ -162,6 +162,9 @@ def parse_args(argv=None):
                          "beside the names' (stages.train_flamingo's stream; the decoder must bind in text)")
     ap.add_argument("--flamingo-similar", type=float, default=0.0,
                     help="share of caption/VQA/classify documents whose examples resemble their last picture")
+    ap.add_argument("--flamingo-near", type=float, default=0.0,
+                    help="share of caption/VQA/classify documents with an example twin of their last picture, "
+                         "which is shown blurred (tasks.near_scenes)")
     ap.add_argument("--flamingo-question-weight", action="append", default=[], metavar="TYPE=W",
                     help="ask this question type W times as often as the others (VQA and conversations)")
     ap.add_argument("--flamingo-seed", type=int, default=4, help="offset from --seed of the Flamingo stage's seed "
@@ -175,8 +178,10 @@ def parse_args(argv=None):
                                            T.QUESTION_TYPES)
     if args.flamingo_stream and not (args.flamingo_stream[0] >= 0 and 0 < args.flamingo_stream[1] <= 1):
         sys.exit("--flamingo-stream {} {}: expected WEIGHT >= 0 and 0 < SHARE <= 1".format(*args.flamingo_stream))
-    if not 0 <= args.flamingo_similar <= 1:
-        sys.exit(f"--flamingo-similar {args.flamingo_similar}: expected a share from 0 to 1")
+    for option in ("similar", "near"):
+        share = getattr(args, "flamingo_" + option)
+        if not 0 <= share <= 1:
+            sys.exit(f"--flamingo-{option} {share}: expected a share from 0 to 1")
     args.task_weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": args.flamingo_binding}
     if args.flamingo_dialogue:
         args.task_weights["dialogue"] = args.flamingo_dialogue
@@ -293,6 +298,9 @@ def main():
     t = time.time()
     feats = cached(f"feats-{seed}-{args.clip_steps}-{args.pool}.pt",
                    lambda: stages.vision_tokens(model.vision_encoder, pool.images))
+    if args.flamingo_near:
+        feats = torch.cat([feats, cached(f"feats-blurred-{seed}-{args.clip_steps}-{args.pool}.pt",
+                                         lambda: stages.vision_tokens(model.vision_encoder, data.blurred(pool.images)))])
     log(f"vision tokens {tuple(feats.shape)} ({time.time() - t:.0f}s)")
 
     probe_recs = probe_set(seed, args.probe_size, dev_names)
@@ -321,6 +329,7 @@ def main():
         fl_tag += f"-first{args.flamingo_first_weight}"
     fl_tag += "".join(f"-q{k}{w}" for k, w in args.question_weights.items())
     fl_tag += f"-similar{args.flamingo_similar}" if args.flamingo_similar else ""
+    fl_tag += f"-near{args.flamingo_near}" if args.flamingo_near else ""
     if args.flamingo_stream:
         fl_tag += "-stream{}-{}".format(*args.flamingo_stream)
     video_data = None
@@ -365,7 +374,8 @@ def main():
                               lr=args.flamingo_lr, weights=args.task_weights, probe=(args.probe_every, probe),
                               warm=bool(args.flamingo_from), warmup=50 if args.flamingo_from else 200,
                               first_weight=args.flamingo_first_weight, question_weights=args.question_weights,
-                              video=video_data, stream=args.flamingo_stream, similar=args.flamingo_similar)
+                              video=video_data, stream=args.flamingo_stream, similar=args.flamingo_similar,
+                              near=args.flamingo_near)
         stages.round_bf16_(model)
         return model.state_dict()
 
