@@ -411,6 +411,26 @@ class TrainingDataTest(unittest.TestCase):
         b = data.flamingo_items(tok, Pool, T.training_names(), weights, near=0.0)(random.Random(4), 20)
         self.assertEqual([x[:2] for x in a], [x[:2] for x in b])
 
+    def test_copy_probe_examples(self):
+        """copy_probe: at 1 and 4 shots, two draws per classify query of
+        examples all showing the query's category ("same") and of examples
+        showing none of it ("other"), from the query's own pool; the query
+        picture last."""
+        from world import copy_probe
+        recs = copy_probe.probe_records(EVAL)
+        self.assertEqual(len(recs), 200 * 2 * 2 * 2)
+        pool = {(e["image"], e["text"]) for e in map(json.loads, open(os.path.join(EVAL, "support", "pool.jsonl")))}
+        for r in recs:
+            texts = [t.split(T.EOC)[0] for t in r["prompt"].split(T.IMAGE)[1:-1]]
+            self.assertEqual(len(texts), r["shots"])
+            self.assertEqual(len(r["images"]), r["shots"] + 1)
+            right = [t == T.CLASSIFY_PREFIX + r["answer"] for t in texts]
+            self.assertEqual(right, [r["kind"] == "same"] * r["shots"])
+            for t, image in zip(texts, r["images"]):
+                self.assertIn((os.path.basename(image), t), pool)
+            self.assertTrue(r["prompt"].endswith(T.IMAGE + T.CLASSIFY_PREFIX))
+            self.assertTrue(os.path.isfile(r["images"][-1]))
+
     def test_blurred_pictures_keep_colour_and_lose_shape(self):
         """data.blurred: the same mean colour (within a level), but a square
         and a circle of one colour, count and layout become far more alike."""
