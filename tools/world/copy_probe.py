@@ -70,16 +70,13 @@ def main():
                                     "candidates": r["candidates"]}) + "\n")
         run = subprocess.run([args.flamingo, "batch", "--model", args.model, "--in", tasks, "--out", results,
                               "--threads", str(args.threads)], stderr=subprocess.PIPE, text=True)
-        scores = {}
-        for line in open(results):
-            o = json.loads(line)
-            if "error" in o:
-                sys.exit(f"{o['id']}: {o['error']['message']}")
-        if run.returncode:
-            sys.exit(run.stderr.strip() or f"flamingo batch exited with {run.returncode}")
-        for line in open(results):
-            o = json.loads(line)
-            scores[o["id"]] = {s["candidate"]: s["logprob"] for s in o["result"]["scores"]}
+        out = [json.loads(line) for line in open(results)] if os.path.exists(results) else []
+    failed = next((o for o in out if "error" in o), None)
+    if failed:
+        sys.exit(f"{failed['id']}: {failed['error']['message']}")
+    if run.returncode:
+        sys.exit(run.stderr.strip() or f"flamingo batch exited with {run.returncode}")
+    scores = {o["id"]: {s["candidate"]: s["logprob"] for s in o["result"]["scores"]} for o in out}
     cells = {}
     for r in recs:
         lp = scores[r["id"]]
