@@ -42,6 +42,9 @@ def probe_records(data, seed=1, shots=(1, 4)):
         for k in shots:
             for draw in range(2):
                 for kind, choices in kinds.items():
+                    if len(choices) < k:
+                        sys.exit(f"{q['id']}: pool {q['pool']} has {len(choices)} entries of kind {kind!r}, "
+                                 f"{k} needed")
                     ex = rng.sample(choices, k)
                     out.append({"id": f"{kind}-{k}-{draw}-{q['id']}", "kind": kind, "shots": k,
                                 "prompt": "".join(f"{T.IMAGE}{e['text']}{T.EOC}" for e in ex) + T.IMAGE + q["query"],
@@ -58,6 +61,8 @@ def main():
     ap.add_argument("--flamingo", default=os.path.join(common.REPO, "build", "examples", "flamingo"))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if not os.access(args.flamingo, os.X_OK):
+        sys.exit(f"{args.flamingo}: no flamingo program there (build the project, or give --flamingo BIN)")
     for part in ("support/pool.jsonl", "queries/classify.jsonl"):
         if not os.path.isfile(os.path.join(args.data, part)):
             sys.exit(f"{args.data}: no {part} (expected a query/support split written by make_eval.py)")

@@ -14,6 +14,7 @@ model directory describes is computed from bf16-rounded frozen weights.
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -299,7 +300,9 @@ def main():
     feats = cached(f"feats-{seed}-{args.clip_steps}-{args.pool}.pt",
                    lambda: stages.vision_tokens(model.vision_encoder, pool.images))
     if args.flamingo_near:
-        feats = torch.cat([feats, cached(f"feats-blurred-{seed}-{args.clip_steps}-{args.pool}.pt",
+        # named by data.blurred's code too, so a changed blur does not reuse old tokens
+        blur = hashlib.sha1(inspect.getsource(data.blurred).encode()).hexdigest()[:8]
+        feats = torch.cat([feats, cached(f"feats-blurred{blur}-{seed}-{args.clip_steps}-{args.pool}.pt",
                                          lambda: stages.vision_tokens(model.vision_encoder, data.blurred(pool.images)))])
     log(f"vision tokens {tuple(feats.shape)} ({time.time() - t:.0f}s)")
 
