@@ -264,12 +264,13 @@ def blurred(images):
 
 
 def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True, first_weight=None,
-                   question_weights=None, similar=0.0, near=0.0):
+                   question_weights=None, similar=0.0, near=0.0, blur=True):
     """Interleaved documents of 1..max_images images drawn from the pool:
     (ids, pool indices, positions left out of the loss, {position: loss
-    weight} where it is not 1); first_weight as encode_document's. A
-    document's blurred last picture (tasks.near_scenes) has index i + len(pool
-    scenes): the vision tokens of blurred(pool.images) follow the pool's."""
+    weight} where it is not 1); first_weight as encode_document's. With
+    blur, a document with a twin of its last picture (tasks.near_scenes)
+    shows that picture blurred, index i + len(pool scenes): the vision
+    tokens of blurred(pool.images) follow the pool's."""
     def make(rng, n):
         out = []
         for _ in range(n):
@@ -283,7 +284,7 @@ def flamingo_items(tok, pool, names, weights, max_images=5, mask_new_names=True,
                                     question_weights=question_weights, similar=similar, near=near)
             ids, skip, *weighted = encode_document(tok, doc, mask_new_names, first_weight=first_weight)
             idx = [pool.index_of[c.scene] for c in doc.chunks]
-            if doc.meta.get("blurred"):
+            if blur and "twin" in doc.meta:
                 idx[-1] += len(pool.scenes)
             out.append((ids, idx, skip, weighted[0] if weighted else {}))
         return out

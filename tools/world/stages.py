@@ -451,7 +451,7 @@ def stream_step(model, tok, pool, feats, names, rng, batch, weight):
 def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-3, weights=None,
                    every=50, probe=None, gate_lr=1e-2, clip=1.0, latent_std=0.02, warm=False, warmup=200,
                    first_weight=None, question_weights=None, video=None, stream=None, similar=0.0,
-                   near=0.0):
+                   near=0.0, blur=True):
     """Trains Perceiver, gated cross-attention and the rows of <image> and
     <|endofchunk|> in the input and output embeddings; everything else frozen.
     warm: the model's Perceiver, cross-attention and new rows are already
@@ -461,9 +461,9 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-
     question_weights: how often each question type is asked (tasks.pick_question).
     similar: the share of caption, VQA and classification documents whose
     examples look like their last picture (tasks.similar_scenes).
-    near: the share of them with a twin of their blurred last picture
-    (tasks.near_scenes); feats then holds the blurred pool's tokens after
-    the pool's (data.flamingo_items).
+    near: the share of them with a twin of their last picture
+    (tasks.near_scenes), shown blurred with blur; feats then holds the
+    blurred pool's tokens after the pool's (data.flamingo_items).
     video: (video.ClipPool, {frame count: vision tokens [n, F, v, D]}, share):
     that share of the batches are clips of one frame count, through the
     Perceiver with its frame embeddings as the paper trains video.
@@ -524,7 +524,7 @@ def train_flamingo(model, tok, pool, feats, names, steps, seed, batch=32, lr=2e-
     model.train()
     batches = data.stream(rng, data.flamingo_items(tok, pool, names, weights, first_weight=first_weight,
                                                     question_weights=question_weights, similar=similar,
-                                                    near=near), batch)
+                                                    near=near, blur=blur), batch)
     video_rng = random.Random(f"video-{seed}")
     stream_rng = random.Random(f"stream-{seed}")
     t0 = time.time()

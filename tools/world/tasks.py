@@ -282,10 +282,10 @@ def near_scenes(rng, n, scene_source, near, question=None):
     at a random place, is the last one's twin: the same shape, colour,
     texture and count (and the asked attribute, for position and size
     questions) in another layout, and the twin's place; else None (and no
-    draw from rng). The document then shows its last picture blurred (meta
-    "blurred"), so that its answer is surer from the twin's text than from
-    the picture: the lesson RICES needs, to lean on an example that looks
-    like the query."""
+    draw from rng). The document's meta "twin" marks it; training may show
+    its last picture blurred (data.flamingo_items), so that its answer is
+    surer from the twin's text than from the picture: the lesson RICES
+    needs, to lean on an example that looks like the query."""
     if n < 2 or near <= 0 or rng.random() >= near:
         return None
     query = scene_source(rng)
@@ -303,15 +303,15 @@ def sample_document(rng, task, n_chunks, scene_source, names=None, split="train"
     is a list of made-up names or a NameSampler; question_weights as
     pick_question's; similar: the share of caption, VQA and classification
     documents whose earlier pictures resemble the last (similar_scenes);
-    near: the share of them with a twin of the last picture and the last
-    picture blurred (near_scenes; a VQA twin is asked the last question)."""
+    near: the share of them with a twin of the last picture (near_scenes; a
+    VQA twin is asked the last question)."""
     meta = {}
     if task in ("caption", "vqa", "classify"):
         asked = pick_question(rng, question_weights) if near > 0 and task == "vqa" else None
         twinned = near_scenes(rng, n_chunks, scene_source, near, asked)
         if twinned:
             scenes, twin = twinned
-            meta["blurred"] = True
+            meta["twin"] = twin
         else:
             asked = None
             scenes = similar_scenes(rng, n_chunks, scene_source, similar)

@@ -397,7 +397,7 @@ class TrainingDataTest(unittest.TestCase):
         for task in ("caption", "vqa", "classify"):
             for _ in range(40):
                 doc = T.sample_document(rng, task, rng.randint(2, 5), Pool.source, near=1.0)
-                self.assertTrue(doc.meta.get("blurred"))
+                self.assertIn("twin", doc.meta)
                 last = doc.chunks[-1]
                 same = [c for c in doc.chunks[:-1]
                         if all(c.scene.attr(a) == last.scene.attr(a) for a in T.NEAR_ATTRIBUTES)]
@@ -407,6 +407,10 @@ class TrainingDataTest(unittest.TestCase):
         items = data.flamingo_items(tok, Pool, T.training_names(), weights, near=1.0)(random.Random(4), 40)
         for ids, idx, *_ in items:
             self.assertEqual([i >= 10 ** 6 for i in idx], [len(idx) > 1 and k == len(idx) - 1 for k in range(len(idx))])
+        # --flamingo-near-clear: the same documents, every picture clear
+        clear = data.flamingo_items(tok, Pool, T.training_names(), weights, near=1.0, blur=False)(random.Random(4), 40)
+        self.assertEqual([x[0] for x in clear], [x[0] for x in items])
+        self.assertEqual([[i % 10 ** 6 for i in x[1]] for x in items], [x[1] for x in clear])
         a = data.flamingo_items(tok, Pool, T.training_names(), weights)(random.Random(4), 20)
         b = data.flamingo_items(tok, Pool, T.training_names(), weights, near=0.0)(random.Random(4), 20)
         self.assertEqual([x[:2] for x in a], [x[:2] for x in b])

@@ -166,6 +166,8 @@ def parse_args(argv=None):
     ap.add_argument("--flamingo-near", type=float, default=0.0,
                     help="share of caption/VQA/classify documents with an example twin of their last picture, "
                          "which is shown blurred (tasks.near_scenes)")
+    ap.add_argument("--flamingo-near-clear", action="store_true",
+                    help="--flamingo-near's last pictures shown clear, not blurred")
     ap.add_argument("--flamingo-question-weight", action="append", default=[], metavar="TYPE=W",
                     help="ask this question type W times as often as the others (VQA and conversations)")
     ap.add_argument("--flamingo-seed", type=int, default=4, help="offset from --seed of the Flamingo stage's seed "
@@ -299,7 +301,7 @@ def main():
     t = time.time()
     feats = cached(f"feats-{seed}-{args.clip_steps}-{args.pool}.pt",
                    lambda: stages.vision_tokens(model.vision_encoder, pool.images))
-    if args.flamingo_near:
+    if args.flamingo_near and not args.flamingo_near_clear:
         # named by data.blurred's code too, so a changed blur does not reuse old tokens
         blur = hashlib.sha1(inspect.getsource(data.blurred).encode()).hexdigest()[:8]
         feats = torch.cat([feats, cached(f"feats-blurred{blur}-{seed}-{args.clip_steps}-{args.pool}.pt",
@@ -333,6 +335,7 @@ def main():
     fl_tag += "".join(f"-q{k}{w}" for k, w in args.question_weights.items())
     fl_tag += f"-similar{args.flamingo_similar}" if args.flamingo_similar else ""
     fl_tag += f"-near{args.flamingo_near}" if args.flamingo_near else ""
+    fl_tag += "-clear" if args.flamingo_near and args.flamingo_near_clear else ""
     if args.flamingo_stream:
         fl_tag += "-stream{}-{}".format(*args.flamingo_stream)
     video_data = None
@@ -378,7 +381,7 @@ def main():
                               warm=bool(args.flamingo_from), warmup=50 if args.flamingo_from else 200,
                               first_weight=args.flamingo_first_weight, question_weights=args.question_weights,
                               video=video_data, stream=args.flamingo_stream, similar=args.flamingo_similar,
-                              near=args.flamingo_near)
+                              near=args.flamingo_near, blur=not args.flamingo_near_clear)
         stages.round_bf16_(model)
         return model.state_dict()
 
