@@ -58,6 +58,7 @@ struct Outcome {
     std::string prediction;
     bool held_out = false;              // the record's "held_out_pair"
     std::vector<std::size_t> examples;  // query records: the pool entries picked, in prompt order
+    std::uint64_t seed = 0;             // random examples: the seed they were drawn with
 };
 
 // The records `run` evaluates, in its order: every record of every

@@ -54,9 +54,10 @@ const Command kCommands[] = {
     {"tokenize", "--prompt TEXT", "the prompt's token ids, as JSON (no images needed)"},
     {"embed", "--out FILE.npy", "CLIP embeddings [images, dim] of the --image files as float32 .npy"},
     {"eval", "--data DIR [--limit N] [--out TABLE.md] [--predictions FILE.jsonl] [--held-out]\n"
-             "           [--support DIR [--shots random|rices] [--seed S]]",
+             "           [--support DIR [--shots random|rices] [--seed S] [--trials N]]",
      "few-shot accuracy per task and shot count on an evaluation set; query records take\n"
-     "           their examples from the --support pool, at random or by CLIP similarity (RICES)"},
+     "           their examples from the --support pool, at random or by CLIP similarity (RICES);\n"
+     "           random: N draws (seeds S..S+N-1), each cell over all of them"},
     {"chat", "[--image PATH ...] [generation options of generate]",
      "a conversation on stdin, one message per line (/image PATH, /reset, /quit)"},
     {"batch", "[--in FILE.jsonl] [--out FILE.jsonl] [--parallel N] [--resume] [--prefix-cache MB] [--batch N]",
@@ -126,6 +127,7 @@ const Option kOptions[] = {
     {"predictions", "FILE", "eval", nullptr},
     {"support", "DIR", "eval", nullptr},
     {"shots", "random|rices", "eval", nullptr},
+    {"trials", "N", "eval", nullptr},
     {"held-out", nullptr, "eval", nullptr},
 };
 
@@ -305,6 +307,9 @@ int run(int argc, char** argv) {
     if (a.has("shots") && !a.has("support")) fail("--shots needs --support (the pool the examples come from)");
     if (const std::string* s = a.get("shots"); s && *s != "random" && *s != "rices")
         fail("--shots must be random or rices, not '", *s, "'");
+    const auto trials = std::uint64_t(integer(a, "trials", 1, 1, 1000));
+    if (a.has("trials") && (!a.has("support") || (a.has("shots") && *a.get("shots") == "rices")))
+        fail("--trials needs --support and random examples (RICES picks the same examples every time)");
     std::optional<flamingo::fewshot::Support> support;  // read (and checked) before the model loads
     if (const std::string* dir = a.get("support"); dir && cmd == "eval") support.emplace(*dir);
     [[maybe_unused]] const int port = int(integer(a, "port", 8080, 0, 65535));
@@ -386,19 +391,26 @@ int run(int argc, char** argv) {
     if (cmd == "eval") {
         const std::size_t limit = std::size_t(integer(a, "limit", 0, 0, 1ll << 40));
         t0 = clock_type::now();
-        std::optional<flamingo::fewshot::Examples> examples;
-        if (support) {
-            const std::string* rule = a.get("shots");
-            const auto seed = std::uint64_t(integer(a, "seed", 0, 0, std::numeric_limits<long long>::max()));
-            examples.emplace(*support, rule && *rule == "rices" ? flamingo::fewshot::ShotRule::Rices
-                                                                 : flamingo::fewshot::ShotRule::Random, seed);
+        const bool rices = a.has("shots") && *a.get("shots") == "rices";
+        const auto seed = std::uint64_t(integer(a, "seed", 0, 0, std::numeric_limits<long long>::max()));
+        // Random examples are one draw of many: --trials runs the records once
+        // per seed (OpenFlamingo's --num_trials) and the table pools them.
+        std::vector<flamingo::fewshot::Outcome> outcomes;
+        for (std::uint64_t t = 0; t < trials; ++t) {
+            std::optional<flamingo::fewshot::Examples> examples;
+            if (support)
+                examples.emplace(*support, rices ? flamingo::fewshot::ShotRule::Rices
+                                                 : flamingo::fewshot::ShotRule::Random, seed + t);
+            const std::size_t before = outcomes.size();
+            auto trial = flamingo::fewshot::run(
+                ctx, required(a, "data"), limit, frames,
+                [&](std::size_t n) {
+                    if (progress) std::cerr << "\33[2Kevaluated " << before + n << " prompts\r" << std::flush;
+                },
+                examples ? &*examples : nullptr, verbose);
+            for (auto& o : trial) o.seed = seed + t;
+            outcomes.insert(outcomes.end(), std::make_move_iterator(trial.begin()), std::make_move_iterator(trial.end()));
         }
-        auto outcomes = flamingo::fewshot::run(
-            ctx, required(a, "data"), limit, frames,
-            [&](std::size_t n) {
-                if (progress) std::cerr << "\33[2Kevaluated " << n << " prompts\r" << std::flush;
-            },
-            examples ? &*examples : nullptr, verbose);
         if (progress) std::cerr << "\33[2K" << std::flush;
         if (verbose) std::cerr << "eval: " << outcomes.size() << " prompts in " << since(t0) << " s\n";
         std::string t = flamingo::fewshot::table(outcomes);
@@ -420,6 +432,7 @@ int run(int argc, char** argv) {
                 nlohmann::json line = {{"id", o.id}, {"task", o.task}, {"shots", o.shots}, {"prediction", o.prediction},
                                        {"correct", o.correct}};
                 if (support) line["examples"] = o.examples;
+                if (trials > 1) line["seed"] = o.seed;
                 f << line.dump() << "\n";
             }
             if (!f) fail(ErrorKind::File, "cannot write ", *pred);

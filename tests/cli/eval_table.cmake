@@ -3,7 +3,8 @@
 # With -DSUPPORT=DIR -DSHOTS=random|rices the query records of DATA take their
 # examples from the pool in DIR (read through a copy of its pool.jsonl next to
 # OUT, so that the embedding cache is written there, not into the sources),
-# and -DHELD_OUT=1 appends the held-out pairs' table.
+# -DTRIALS=N pools N random draws (seeds 0..N-1), and -DHELD_OUT=1 appends the
+# held-out pairs' table.
 # One thread, so that the sums (and so every near-tie) come out the same on
 # every run; the expected table comes from the PyTorch reference
 # (tools/world/evaluate.py --weights ... --limit ... --cli-table).
@@ -22,6 +23,9 @@ if(DEFINED SUPPORT)
   file(COPY ${SUPPORT}/pool.jsonl DESTINATION ${pool_copy})
   file(CREATE_LINK ${SUPPORT}/images ${pool_copy}/images SYMBOLIC)
   list(APPEND args --support ${pool_copy} --shots ${SHOTS})
+endif()
+if(DEFINED TRIALS)
+  list(APPEND args --trials ${TRIALS})
 endif()
 if(HELD_OUT)
   list(APPEND args --held-out)

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <map>
 #include <set>
 #include <sstream>
@@ -714,6 +715,45 @@ TEST_CASE("eval --support: the embedding cache is per model and pool; a stale on
     fs::remove_all(support);
 }
 
+TEST_CASE("eval --trials N: the records once per seed S..S+N-1, each outcome tagged with its seed") {
+    // One VQA query (0 to 4 shots) and twelve examples of its pool, so that the seeds pick differently.
+    auto queries = json_lines(kEval / "queries" / "vqa.jsonl");
+    queries.resize(4);
+    std::vector<nlohmann::json> pool;
+    for (const auto& e : json_lines(kEval / "support" / "pool.jsonl"))
+        if (e["pool"] == queries[0]["pool"] && pool.size() < 12) pool.push_back(e);
+    const fs::path data = world_dir("trials_queries", "vqa.jsonl", queries);
+    const fs::path support = world_dir("trials_support", "pool.jsonl", pool, true);
+    std::vector<nlohmann::json> want;
+    for (const std::string seed : {"5", "6"}) {
+        const fs::path p = scratch() / ("trials_seed" + seed + ".jsonl");
+        const Result r = run(eval_args(data, support, "random", p, {"--seed", seed}));
+        INFO("stderr: " << r.err);
+        REQUIRE(r.status == 0);
+        for (auto line : json_lines(p)) {
+            line["seed"] = std::stoi(seed);
+            want.push_back(line);
+        }
+    }
+    CHECK(want[2]["examples"] != want[6]["examples"]);  // 2 shots: seeds 5 and 6 draw differently
+    const fs::path p = scratch() / "trials.jsonl", table = scratch() / "trials.md";
+    const Result r = run(eval_args(data, support, "random", p, {"--seed", "5", "--trials", "2", "--out", table.string()}));
+    INFO("stderr: " << r.err);
+    REQUIRE(r.status == 0);
+    CHECK(json_lines(p) == want);
+    // each cell over both draws: 2 prompts per shot count
+    std::ostringstream row;
+    row << "| vqa |" << std::fixed << std::setprecision(1);
+    for (int shots : {0, 1, 2, 4}) {
+        int right = 0;
+        for (const auto& w : want) right += w["shots"] == shots && w["correct"].get<bool>();
+        row << " " << 50.0 * right << " (n=2) |";
+    }
+    CHECK(slurp(table).find(row.str() + "\n") != std::string::npos);
+    fs::remove_all(data);
+    fs::remove_all(support);
+}
+
 TEST_CASE("eval --support: bad support directories and query records give one-line errors") {
     auto queries = json_lines(kEval / "queries" / "vqa.jsonl");
     queries.resize(4);  // one query, 0 to 4 shots
@@ -763,6 +803,13 @@ TEST_CASE("eval --support: bad support directories and query records give one-li
     expect_error(run({"eval", "--model", kBundled.string(), "--data", data.string(), "--seed", "3"}),
                  "--seed needs --support");
     expect_error(run(eval_args(data, support_with(pool), "nearest", p)), "--shots must be random or rices");
+    // --trials repeats random draws: RICES or no pool has nothing to repeat.
+    expect_error(run({"eval", "--model", kBundled.string(), "--data", data.string(), "--trials", "3"}),
+                 "--trials needs --support and random examples");
+    expect_error(run(eval_args(data, support_with(pool), "rices", p, {"--trials", "2"})),
+                 "--trials needs --support and random examples");
+    expect_error(run(eval_args(data, support_with(pool), "random", p, {"--trials", "0"})),
+                 "--trials must be between 1 and 1000, got 0");
     fs::remove_all(data);
     fs::remove_all(d2);
     fs::remove_all(scratch() / "bad_support");

@@ -323,9 +323,13 @@ def main():
     ap.add_argument("--support", help="support pool directory: query records draw their examples from it")
     ap.add_argument("--shots", choices=("random", "rices"), default="random", help="how examples are picked")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random picks")
+    ap.add_argument("--trials", type=int, default=1,
+                    help="random picks: run the records with seeds SEED..SEED+N-1, the table over all of them")
     ap.add_argument("--held-out", action="store_true", help="--cli-table: append the held-out pairs' table")
     ap.add_argument("--selection", help="write both rules' picks for the first --limit queries (no evaluation)")
     args = ap.parse_args()
+    if args.trials < 1 or (args.trials > 1 and (not args.support or args.shots != "random")):
+        ap.error("--trials N needs N >= 1, --support and --shots random")
     torch.set_num_threads(args.threads)
 
     model = ref.load_model_dir(args.model, torch.float32)  # bf16 weights, exact, computed in float32
@@ -357,23 +361,24 @@ def main():
     if args.selection:
         write_selection(args.selection, data, support, args.seed, emb, args.limit)
         return
-    results, outputs = {}, {}
+    results, outputs = {}, []
     t0 = time.time()
-    for task, recs in data.items():
-        seen = {}
-        for rec in recs:
-            key = (rec["task"], rec["shots"])   # as flamingo eval's --limit (a file may hold several tasks)
-            seen[key] = seen.get(key, 0) + 1
-            if args.limit and seen[key] > args.limit and task != "dialogue":
-                continue
-            if "prompt" not in rec:
-                if not support:
-                    raise SystemExit(f"{rec['id']}: a query record (no prompt): give --support")
-                rec = with_examples(rec, support, select(rec, support, args.shots, args.seed, emb)[0])
-            ok, out, extra = run_record(model, tok, images, rec)
-            results.setdefault(rec["task"], []).append((rec["shots"], ok, rec.get("held_out_pair", False)))
-            outputs[rec["id"]] = (rec, ok, out, extra)
-        print(f"{task}: {sum(seen.values())} records ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+    for seed in range(args.seed, args.seed + args.trials):
+        for task, recs in data.items():
+            seen = {}
+            for rec in recs:
+                key = (rec["task"], rec["shots"])   # as flamingo eval's --limit (a file may hold several tasks)
+                seen[key] = seen.get(key, 0) + 1
+                if args.limit and seen[key] > args.limit and task != "dialogue":
+                    continue
+                if "prompt" not in rec:
+                    if not support:
+                        raise SystemExit(f"{rec['id']}: a query record (no prompt): give --support")
+                    rec = with_examples(rec, support, select(rec, support, args.shots, seed, emb)[0])
+                ok, out, extra = run_record(model, tok, images, rec)
+                results.setdefault(rec["task"], []).append((rec["shots"], ok, rec.get("held_out_pair", False)))
+                outputs.append((rec, ok, out, extra, seed))
+            print(f"{task}: {sum(seen.values())} records ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
     what = "bf16 weights" if args.weights == "f32" else f"{args.weights} weights (dequantised, activations rounded)"
     md = (f"Accuracy (PyTorch reference, {what} computed in float32):\n\n" + table(results) + "\n\n"
           + held_out_table(results) + "\n")
@@ -389,14 +394,16 @@ def main():
                 f.write(cli_table({t: [r for r in rs if r[2]] for t, rs in results.items() if any(r[2] for r in rs)}))
     if args.predictions:
         with open(args.predictions, "w") as f:
-            for rec, ok, out, _extra in outputs.values():
+            for rec, ok, out, _extra, seed in outputs:
                 line = {"id": rec["id"], "task": rec["task"], "shots": rec["shots"],
                         "prediction": out, "correct": bool(ok)}
                 if "examples" in rec:
                     line["examples"] = rec["examples"]
+                if args.trials > 1:
+                    line["seed"] = seed
                 f.write(json.dumps(line) + "\n")
     if args.agreement:
-        write_agreement(args.agreement, data, outputs, args.agreement_per_task)
+        write_agreement(args.agreement, data, {o[0]["id"]: o[:4] for o in outputs}, args.agreement_per_task)
 
 
 def write_selection(path, data, support, seed, emb, limit):
