@@ -650,7 +650,8 @@ class TrainScriptTest(unittest.TestCase):
                              (["--flamingo-stream", "nan", "0.2"], "--flamingo-stream nan 0.2: expected"),
                              (["--flamingo-similar", "1.5"], "--flamingo-similar 1.5: expected"),
                              (["--flamingo-similar", "nan"], "--flamingo-similar nan: expected"),
-                             (["--flamingo-near", "-0.1"], "--flamingo-near -0.1: expected")):
+                             (["--flamingo-near", "-0.1"], "--flamingo-near -0.1: expected"),
+                             (["--flamingo-near-clear"], "--flamingo-near-clear: give --flamingo-near")):
             with self.assertRaises(SystemExit) as e:
                 train.parse_args(bad)
             self.assertIn(message, str(e.exception))

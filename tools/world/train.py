@@ -185,6 +185,8 @@ def parse_args(argv=None):
         share = getattr(args, "flamingo_" + option)
         if not 0 <= share <= 1:
             sys.exit(f"--flamingo-{option} {share}: expected a share from 0 to 1")
+    if args.flamingo_near_clear and not args.flamingo_near:
+        sys.exit("--flamingo-near-clear: give --flamingo-near P, the share of documents with a twin")
     args.task_weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": args.flamingo_binding}
     if args.flamingo_dialogue:
         args.task_weights["dialogue"] = args.flamingo_dialogue
