@@ -1,0 +1,74 @@
+"""What a model's frozen vision encoder shows of a scene, by linear probes
+(EXPERIMENTS.md, "What the vision encoder shows"): a softmax regression per
+attribute on its patch tokens (their mean beside all 64 flattened: what is
+anywhere, and what is where), fitted on train-split
+scenes (no held-out (shape, colour) pair) and scored on fresh train-split
+scenes and on scenes of the held-out pairs. A probe that holds on the
+training pairs and drops on the held-out ones says the encoder's features
+tie shape to colour, which no later stage can take apart linearly.
+
+    /usr/bin/python3 tools/world/vit_probe.py MODEL_DIR [--fit 6000] [--test 1000]"""
+
+import argparse
+import os
+import random
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import flamingo_ref as ref  # noqa: E402
+from world import scene as S, stages  # noqa: E402
+
+
+def tokens(vit, scenes):
+    with torch.no_grad():
+        t = stages.vision_tokens(vit, np.stack([S.render(s) for s in scenes])).float()
+    return torch.cat([t.mean(1), t.flatten(1)], 1)
+
+
+def probe(x_fit, y_fit, x_test, classes, steps=300, lr=0.01, decay=1e-4):
+    """Predicted class indices of x_test after a standardised softmax regression."""
+    mu, sd = x_fit.mean(0), x_fit.std(0) + 1e-5
+    x_fit, x_test = (x_fit - mu) / sd, (x_test - mu) / sd
+    w = torch.zeros(x_fit.shape[1], classes, requires_grad=True)
+    b = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        (F.cross_entropy(x_fit @ w + b, y_fit) + decay * (w ** 2).sum()).backward()
+        opt.step()
+    return (x_test @ w + b).argmax(1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--fit", type=int, default=6000, help="train-split scenes the probes are fitted on")
+    ap.add_argument("--test", type=int, default=1000, help="test scenes of each kind")
+    ap.add_argument("--seed", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if not os.path.isfile(os.path.join(args.model, "config.json")):
+        sys.exit(f"{args.model}: not a model directory (no config.json)")
+    vit = ref.load_model_dir(args.model, torch.float32).vision_encoder.eval()
+    rng = random.Random(args.seed)
+    pairs = sorted(S.HELD_OUT_PAIRS)
+    fit = [S.sample_scene(rng, "train") for _ in range(args.fit)]
+    seen = [S.sample_scene(rng, "train") for _ in range(args.test)]
+    held = [S.sample_scene(rng, "eval", **dict(zip(("shape", "colour"), rng.choice(pairs))))
+            for _ in range(args.test)]
+    x_fit, x_seen, x_held = tokens(vit, fit), tokens(vit, seen), tokens(vit, held)
+    print("| attribute | training pairs | held-out pairs |\n|---|---:|---:|")
+    for attr in ("shape", "colour", "count", "texture", "size"):
+        classes = sorted({s.attr(attr) for s in fit + seen + held}, key=str)
+        label = lambda scenes: torch.tensor([classes.index(s.attr(attr)) for s in scenes])  # noqa: E731
+        pred = probe(x_fit, label(fit), torch.cat([x_seen, x_held]), len(classes))
+        ok = (pred == label(seen + held)).float() * 100
+        print(f"| {attr} | {ok[:len(seen)].mean():.1f} | {ok[len(seen):].mean():.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
