@@ -323,13 +323,14 @@ def main():
     ap.add_argument("--support", help="support pool directory: query records draw their examples from it")
     ap.add_argument("--shots", choices=("random", "rices"), default="random", help="how examples are picked")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random picks")
-    ap.add_argument("--trials", type=int, default=1,
+    ap.add_argument("--trials", type=int,
                     help="random picks: run the records with seeds SEED..SEED+N-1, the table over all of them")
     ap.add_argument("--held-out", action="store_true", help="--cli-table: append the held-out pairs' table")
     ap.add_argument("--selection", help="write both rules' picks for the first --limit queries (no evaluation)")
     args = ap.parse_args()
-    if args.trials < 1 or (args.trials > 1 and (not args.support or args.shots != "random")):
-        ap.error("--trials N needs N >= 1, --support and --shots random")
+    if args.trials is not None and (args.trials < 1 or not args.support or args.shots != "random"):
+        ap.error("--trials N needs N >= 1, --support and --shots random (as flamingo eval)")
+    args.trials = args.trials or 1
     torch.set_num_threads(args.threads)
 
     model = ref.load_model_dir(args.model, torch.float32)  # bf16 weights, exact, computed in float32
