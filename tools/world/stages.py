@@ -130,8 +130,31 @@ def make_vit():
     return vit
 
 
-def train_clip(pool, tok, steps, seed, families=64, family_size=4, lr=1e-3, every=50):
-    """Returns the trained open_clip VisionTransformer (reference module)."""
+class AttributeHeads(nn.Module):
+    """Linear classifiers of each scene attribute, on the mean of the patch
+    tokens (what the Perceiver reads) and on the pooled embedding (what RICES
+    compares). Trained beside the contrastive loss, they ask for one direction
+    per attribute value, the same whatever the other attributes are, which the
+    whole-caption contrast does not ask for; discarded after training."""
+
+    def __init__(self, width, embed_dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.tokens = nn.ModuleDict({a: nn.Linear(width, len(S.ATTRIBUTES[a])) for a in data.VARIED})
+        self.pooled = nn.ModuleDict({a: nn.Linear(embed_dim, len(S.ATTRIBUTES[a])) for a in data.VARIED})
+
+    def loss(self, pooled, tokens, scenes):
+        mean = self.norm(tokens.float().mean(1))
+        total = 0.0
+        for a in data.VARIED:
+            y = torch.tensor([S.ATTRIBUTES[a].index(sc.attr(a)) for sc in scenes])
+            total = total + F.cross_entropy(self.tokens[a](mean), y) + F.cross_entropy(self.pooled[a](pooled), y)
+        return total / (2 * len(data.VARIED))
+
+
+def train_clip(pool, tok, steps, seed, families=64, family_size=4, lr=1e-3, every=50, attribute_weight=0.0):
+    """Returns the trained open_clip VisionTransformer (reference module).
+    attribute_weight > 0 adds AttributeHeads' loss with that weight."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     vit = make_vit()
@@ -142,6 +165,10 @@ def train_clip(pool, tok, steps, seed, families=64, family_size=4, lr=1e-3, ever
     logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     decay, keep = split_decay(vit)
     d2, k2 = split_decay(text)
+    heads = AttributeHeads(common.VISION["width"], common.EMBED_DIM) if attribute_weight else None
+    if heads is not None:
+        d3, k3 = split_decay(heads)
+        decay, keep = decay + d3, keep + k3
     opt = adamw(decay + d2, keep + k2 + [logit_scale], lr, 0.1)
     eot = tok.token_id(T.EOT)
     caption_ids = {}
@@ -162,21 +189,26 @@ def train_clip(pool, tok, steps, seed, families=64, family_size=4, lr=1e-3, ever
         same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
         target = same / same.sum(1, keepdim=True)
         with autocast():
-            img_emb, _ = vit(images)
+            img_emb, tokens = vit(images)
             txt_emb = text(text_ids, lengths)
+        attr_loss = heads.loss(img_emb.float(), tokens, [pool.scenes[i] for i in ids]) if heads else None
         img_emb = F.normalize(img_emb.float(), dim=-1)
         txt_emb = F.normalize(txt_emb.float(), dim=-1)
         logits = logit_scale.clamp(max=math.log(100)).exp() * img_emb @ txt_emb.t()
         loss = (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
                 + torch.sum(-target * F.log_softmax(logits.t(), 1), 1).mean()) / 2
+        if attr_loss is not None:
+            loss = loss + attribute_weight * attr_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(vit.parameters()) + list(text.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_(list(vit.parameters()) + list(text.parameters())
+                                       + (list(heads.parameters()) if heads else []), 1.0)
         opt.step()
         if step % every == 0 or step == steps - 1:
             with torch.no_grad():
                 exact = (same[torch.arange(len(ids)), logits.argmax(1)] > 0).float().mean()
-            log(f"clip step {step}/{steps} loss {loss.item():.4f} i2t-acc {exact.item():.3f} "
+            attr = f" attributes {attr_loss.item():.4f}" if attr_loss is not None else ""
+            log(f"clip step {step}/{steps} loss {loss.item():.4f}{attr} i2t-acc {exact.item():.3f} "
                 f"scale {logit_scale.exp().item():.1f} ({time.time() - t0:.0f}s)")
     vit.eval()
     text.eval()

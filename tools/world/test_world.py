@@ -642,6 +642,7 @@ class TrainScriptTest(unittest.TestCase):
         self.assertEqual(args.task_weights, {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": 3.0})
         self.assertEqual((args.question_weights, args.event_weights), ({"position": 3.0}, {}))
         self.assertEqual(train.parse_args(["--flamingo-stream", "1", "0.15"]).flamingo_stream, [1.0, 0.15])
+        self.assertEqual(train.parse_args(["--clip-attribute-weight", "1"]).clip_attribute_weight, 1.0)
         for bad, message in ((["--flamingo-question-weight", "colour"], "--flamingo-question-weight colour: expected"),
                              ([f"--flamingo-task-weight={t}=0" for t in ("caption", "vqa", "classify", "binding")],
                               "--flamingo-task-weight: every weight is 0"),
@@ -651,7 +652,9 @@ class TrainScriptTest(unittest.TestCase):
                              (["--flamingo-similar", "1.5"], "--flamingo-similar 1.5: expected"),
                              (["--flamingo-similar", "nan"], "--flamingo-similar nan: expected"),
                              (["--flamingo-near", "-0.1"], "--flamingo-near -0.1: expected"),
-                             (["--flamingo-near-clear"], "--flamingo-near-clear: give --flamingo-near")):
+                             (["--flamingo-near-clear"], "--flamingo-near-clear: give --flamingo-near"),
+                             (["--clip-attribute-weight", "-1"], "--clip-attribute-weight -1.0: expected"),
+                             (["--clip-attribute-weight", "nan"], "--clip-attribute-weight nan: expected")):
             with self.assertRaises(SystemExit) as e:
                 train.parse_args(bad)
             self.assertIn(message, str(e.exception))
@@ -705,6 +708,42 @@ class ModelTest(unittest.TestCase):
                 self.assertTrue(torch.equal(v[other], source[k][other].float() + 1), k)
             elif k in source and v.dtype.is_floating_point:
                 self.assertTrue(torch.equal(v, source[k].float() + 1), k)
+
+    def test_attribute_heads_read_each_attribute(self):
+        """AttributeHeads' labels: features that spell each attribute's value
+        out (a one-hot block per attribute) and heads that read the blocks
+        give a loss near 0; the same features under other scenes' labels
+        give a large one, and the gradient reaches the features."""
+        import torch
+        from world import data, stages
+        rng = random.Random(3)
+        scenes = [S.sample_scene(rng, "train") for _ in range(40)]
+        offsets, at = {}, 0
+        for a in data.VARIED:
+            offsets[a], at = at, at + len(S.ATTRIBUTES[a])
+
+        def spelled(scs):
+            x = torch.zeros(len(scs), 128)
+            for i, sc in enumerate(scs):
+                for a in data.VARIED:
+                    x[i, offsets[a] + S.ATTRIBUTES[a].index(sc.attr(a))] = 1.0
+            return x
+
+        heads = stages.AttributeHeads(128, 128)
+        with torch.no_grad():
+            for a in data.VARIED:
+                for linear in (heads.tokens[a], heads.pooled[a]):
+                    linear.weight.zero_()
+                    linear.bias.zero_()
+                    for j in range(len(S.ATTRIBUTES[a])):
+                        linear.weight[j, offsets[a] + j] = 50.0
+        pooled = spelled(scenes).requires_grad_()
+        tokens = spelled(scenes)[:, None, :].repeat(1, 64, 1)
+        loss = heads.loss(pooled, tokens, scenes)
+        self.assertLess(loss.item(), 1e-3)
+        loss.backward()
+        self.assertIsNotNone(pooled.grad)
+        self.assertGreater(heads.loss(pooled, tokens, scenes[1:] + scenes[:1]).item(), 5.0)
 
     def test_stream_loss_on_binding_documents(self):
         """train_flamingo's stream: the student is the document in Flamingo's

@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import inspect
 import json
+import math
 import os
 import sys
 import time
@@ -110,6 +111,9 @@ def parse_args(argv=None):
     ap.add_argument("--fresh", action="store_true", help="ignore finished stages in --work")
     ap.add_argument("--pool", type=int, default=40000, help="rendered training images")
     ap.add_argument("--clip-steps", type=int, default=1500)
+    ap.add_argument("--clip-attribute-weight", type=float, default=0.0,
+                    help="weight of a loss of linear attribute classifiers on the vision encoder's tokens and "
+                         "embedding beside the contrastive one (stages.AttributeHeads)")
     ap.add_argument("--vit-from", metavar="DIR",
                     help="take the contrastively trained vision encoder from this model directory (made by this "
                          "script with the same seed and --clip-steps) instead of training it: saves ~53 minutes")
@@ -185,6 +189,8 @@ def parse_args(argv=None):
         share = getattr(args, "flamingo_" + option)
         if not 0 <= share <= 1:
             sys.exit(f"--flamingo-{option} {share}: expected a share from 0 to 1")
+    if not args.clip_attribute_weight >= 0 or math.isinf(args.clip_attribute_weight):
+        sys.exit(f"--clip-attribute-weight {args.clip_attribute_weight}: expected a weight >= 0")
     if args.flamingo_near_clear and not args.flamingo_near:
         sys.exit("--flamingo-near-clear: give --flamingo-near P, the share of documents with a twin")
     args.task_weights = {"caption": 1.0, "vqa": 1.0, "classify": 1.0, "binding": args.flamingo_binding}
@@ -225,7 +231,8 @@ def main():
     log(f"image pool: {len(pool.scenes)} scenes ({time.time() - t:.0f}s)")
 
     def clip():
-        vit, _text = stages.train_clip(pool, tok, args.clip_steps, seed + 2)
+        vit, _text = stages.train_clip(pool, tok, args.clip_steps, seed + 2,
+                                       attribute_weight=args.clip_attribute_weight)
         stages.round_bf16_(vit)
         return vit.state_dict()
 
@@ -237,7 +244,9 @@ def main():
         prefix = "vision_encoder."
         return {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
 
-    vit_state = cached(f"vit-{seed}-{args.clip_steps}.pt", vit_from_dir if args.vit_from else clip)
+    # names the vision encoder in every file made from it (its tokens, the Flamingo stage)
+    vit_tag = f"{args.clip_steps}" + (f"-a{args.clip_attribute_weight}" if args.clip_attribute_weight else "")
+    vit_state = cached(f"vit-{seed}-{vit_tag}.pt", vit_from_dir if args.vit_from else clip)
     if args.stop_after == "clip":
         return
 
@@ -301,12 +310,12 @@ def main():
     model = stages.assemble(tok, vit, lang)
 
     t = time.time()
-    feats = cached(f"feats-{seed}-{args.clip_steps}-{args.pool}.pt",
+    feats = cached(f"feats-{seed}-{vit_tag}-{args.pool}.pt",
                    lambda: stages.vision_tokens(model.vision_encoder, pool.images))
     if args.flamingo_near and not args.flamingo_near_clear:
         # named by data.blurred's code too, so a changed blur does not reuse old tokens
         blur = hashlib.sha1(inspect.getsource(data.blurred).encode()).hexdigest()[:8]
-        feats = torch.cat([feats, cached(f"feats-blurred{blur}-{seed}-{args.clip_steps}-{args.pool}.pt",
+        feats = torch.cat([feats, cached(f"feats-blurred{blur}-{seed}-{vit_tag}-{args.pool}.pt",
                                          lambda: stages.vision_tokens(model.vision_encoder, data.blurred(pool.images)))])
     log(f"vision tokens {tuple(feats.shape)} ({time.time() - t:.0f}s)")
 
@@ -326,7 +335,7 @@ def main():
             torch.save(state, path)
             log(f"checkpoint {path}")
 
-    fl_tag = f"{seed}-{args.clip_steps}-{lm_tag}-{args.flamingo_steps}-w{args.flamingo_binding}"
+    fl_tag = f"{seed}-{vit_tag}-{lm_tag}-{args.flamingo_steps}-w{args.flamingo_binding}"
     if args.flamingo_dialogue:
         fl_tag += f"-dlg{args.flamingo_dialogue}"
     fl_tag += "".join(f"-t{k}{w}" for k, w in args.given_task_weights.items())
@@ -357,7 +366,7 @@ def main():
             return out
 
         t = time.time()
-        video_data = (clips, cached(f"video-feats-{seed}-{args.clip_steps}-{args.video_clips}.pt", video_tokens),
+        video_data = (clips, cached(f"video-feats-{seed}-{vit_tag}-{args.video_clips}.pt", video_tokens),
                       args.flamingo_video)
         log(f"video clips: {args.video_clips} of each frame count ({time.time() - t:.0f}s)")
     if args.flamingo_from:

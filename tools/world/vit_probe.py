@@ -7,7 +7,10 @@ scenes and on scenes of the held-out pairs. A probe that holds on the
 training pairs and drops on the held-out ones says the encoder's features
 tie shape to colour, which no later stage can take apart linearly.
 
-    /usr/bin/python3 tools/world/vit_probe.py MODEL_DIR [--fit 6000] [--test 1000]"""
+    /usr/bin/python3 tools/world/vit_probe.py MODEL_DIR|VIT_FILE [--fit 6000] [--test 1000]
+
+VIT_FILE is a vision-encoder stage file of train.py's --work (vit-*.pt), to
+probe a new encoder before any Flamingo stage is trained on it."""
 
 import argparse
 import os
@@ -45,15 +48,23 @@ def probe(x_fit, y_fit, x_test, classes, steps=300, lr=0.01, decay=1e-4):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model")
+    ap.add_argument("model", help="a model directory, or a vit-*.pt stage file of train.py's --work")
     ap.add_argument("--fit", type=int, default=6000, help="train-split scenes the probes are fitted on")
     ap.add_argument("--test", type=int, default=1000, help="test scenes of each kind")
     ap.add_argument("--seed", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    if not os.path.isfile(os.path.join(args.model, "config.json")):
-        sys.exit(f"{args.model}: not a model directory (no config.json)")
-    vit = ref.load_model_dir(args.model, torch.float32).vision_encoder.eval()
+    if os.path.isfile(args.model):
+        vit = stages.make_vit()
+        try:
+            vit.load_state_dict(torch.load(args.model))
+        except Exception as e:  # noqa: BLE001 - any unreadable or mismatched file is the same error to the user
+            sys.exit(f"{args.model}: not a vision-encoder stage file ({str(e).splitlines()[0]})")
+        vit.eval()
+    elif os.path.isfile(os.path.join(args.model, "config.json")):
+        vit = ref.load_model_dir(args.model, torch.float32).vision_encoder.eval()
+    else:
+        sys.exit(f"{args.model}: neither a model directory (no config.json) nor a file")
     rng = random.Random(args.seed)
     pairs = sorted(S.HELD_OUT_PAIRS)
     fit = [S.sample_scene(rng, "train") for _ in range(args.fit)]
