@@ -7,6 +7,12 @@ scenes and on scenes of the held-out pairs. A probe that holds on the
 training pairs and drops on the held-out ones says the encoder's features
 tie shape to colour, which no later stage can take apart linearly.
 
+Then what RICES would retrieve: for the same test scenes, the share of their
+4 most similar scenes (cosine of the pooled CLIP embeddings) in a pool of
+1,500 train-split scenes that share the query's shape, colour, count or
+texture. A held-out pair's neighbours can share its shape or its colour,
+never both.
+
     /usr/bin/python3 tools/world/vit_probe.py MODEL_DIR|VIT_FILE [--fit 6000] [--test 1000]
 
 VIT_FILE is a vision-encoder stage file of train.py's --work (vit-*.pt), to
@@ -23,7 +29,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import flamingo_ref as ref  # noqa: E402
-from world import scene as S, stages  # noqa: E402
+from world import common, scene as S, stages  # noqa: E402
+
+
+def held_out_scenes(rng, n):
+    pairs = sorted(S.HELD_OUT_PAIRS)
+    return [S.sample_scene(rng, "eval", **dict(zip(("shape", "colour"), rng.choice(pairs)))) for _ in range(n)]
 
 
 def tokens(vit, scenes):
@@ -66,11 +77,9 @@ def main():
     else:
         sys.exit(f"{args.model}: neither a model directory (no config.json) nor a file")
     rng = random.Random(args.seed)
-    pairs = sorted(S.HELD_OUT_PAIRS)
     fit = [S.sample_scene(rng, "train") for _ in range(args.fit)]
     seen = [S.sample_scene(rng, "train") for _ in range(args.test)]
-    held = [S.sample_scene(rng, "eval", **dict(zip(("shape", "colour"), rng.choice(pairs))))
-            for _ in range(args.test)]
+    held = held_out_scenes(rng, args.test)
     x_fit, x_seen, x_held = tokens(vit, fit), tokens(vit, seen), tokens(vit, held)
     print("| attribute | training pairs | held-out pairs |\n|---|---:|---:|")
     for attr in ("shape", "colour", "count", "texture", "size"):
@@ -79,6 +88,25 @@ def main():
         pred = probe(x_fit, label(fit), torch.cat([x_seen, x_held]), len(classes))
         ok = (pred == label(seen + held)).float() * 100
         print(f"| {attr} | {ok[:len(seen)].mean():.1f} | {ok[len(seen):].mean():.1f} |", flush=True)
+    neighbours(vit, rng)
+
+
+def neighbours(vit, rng, pool_size=1500, queries=300, k=4):
+    pool = [S.sample_scene(rng, "train") for _ in range(pool_size)]
+    seen = [S.sample_scene(rng, "train") for _ in range(queries)]
+    held = held_out_scenes(rng, queries)
+
+    def embed(scenes):
+        with torch.no_grad():
+            return F.normalize(vit(common.preprocess(np.stack([S.render(s) for s in scenes])))[0], dim=-1)
+
+    keys = embed(pool)
+    attrs = ("shape", "colour", "count", "texture")
+    print(f"\n| RICES's {k} nearest share the query's | " + " | ".join(attrs) + " |\n|---|" + "---:|" * len(attrs))
+    for name, q in (("training pairs", seen), ("held-out pairs", held)):
+        top = (embed(q) @ keys.t()).topk(k, dim=1).indices.tolist()
+        cells = [100 * np.mean([[pool[j].attr(a) == s.attr(a) for j in row] for s, row in zip(q, top)]) for a in attrs]
+        print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
