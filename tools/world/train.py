@@ -116,7 +116,8 @@ def parse_args(argv=None):
                          "embedding beside the contrastive one (stages.AttributeHeads)")
     ap.add_argument("--vit-from", metavar="DIR",
                     help="take the contrastively trained vision encoder from this model directory (made by this "
-                         "script with the same seed and --clip-steps) instead of training it: saves ~53 minutes")
+                         "script with the same seed, --clip-steps and --clip-attribute-weight, which name the files made from "
+                         "it) instead of training it")
     ap.add_argument("--lm-steps", type=int, default=2000)
     ap.add_argument("--describe", type=float, default=0.7,
                     help="share of language-model documents that describe their pictures in words")
