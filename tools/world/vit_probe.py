@@ -68,9 +68,10 @@ def main():
     if os.path.isfile(args.model):
         vit = stages.make_vit()
         try:
-            vit.load_state_dict(torch.load(args.model))
+            vit.load_state_dict(torch.load(args.model, weights_only=True))
         except Exception as e:  # noqa: BLE001 - any unreadable or mismatched file is the same error to the user
-            sys.exit(f"{args.model}: not a vision-encoder stage file ({str(e).splitlines()[0]})")
+            # tensors only: a file's pickled code is never run
+            sys.exit(f"{args.model}: not a vision-encoder stage file (train.py's vit-*.pt; {type(e).__name__})")
         vit.eval()
     elif os.path.isfile(os.path.join(args.model, "config.json")):
         vit = ref.load_model_dir(args.model, torch.float32).vision_encoder.eval()
