@@ -41,6 +41,28 @@ def binding_records(seed, n, names, kinds_n, shots_list):
     return out
 
 
+def binding_support(records, shots_list):
+    """Query records and support pool ({"pool", "image", "text"} entries, as
+    evalset.write_queries writes them) of a fixed binding set: the queries of
+    its prompts with the most shots, each drawing from a pool of its own
+    examples (`<task>-NNN`), since the made-up names exist only inside one
+    query's prompt; a query record per count in shots_list."""
+    most = max(r["shots"] for r in records)
+    queries, pool = [], []
+    for rec in records:
+        if rec["shots"] != most:
+            continue
+        name = rec["id"].rsplit("-", 1)[0]
+        *examples, query = rec["prompt"].split(T.EOC)
+        for image, text in zip(rec["images"], examples):
+            pool.append({"pool": name, "image": image, "text": text[len(T.IMAGE):]})
+        for shots in shots_list:
+            q = {k: v for k, v in rec.items() if k != "prompt"}
+            q.update(id=f"{name}-{shots}shot", shots=shots, images=rec["images"][-1:],
+                     query=query[len(T.IMAGE):], pool=name)
+            queries.append(q)
+    return queries, pool
+
 
 DIALOGUE_KINDS = ["first question", "follow-up", "new picture"]
 

@@ -7,6 +7,7 @@
   tests/data/world/eval/dialogue/dialogue.jsonl, images/       conversations, judged turn by turn
   tests/data/world/eval/video/video.jsonl, images/             clips (a directory of frames each), few-shot
   tests/data/world/eval/binding3/binding3.jsonl, images/       fast binding of 3 made-up names, 3 and 6 shots
+  tests/data/world/eval/binding3/{queries,support}/           its 6-shot queries drawing examples from their own
 
   /usr/bin/python3 tools/world/make_eval.py [--out tests/data/world/eval] [--per-task 200]
   /usr/bin/python3 tools/world/make_eval.py --dev --out /tmp/dev   # a development split
@@ -90,11 +91,22 @@ def write_binding3(out, seed, n, names):
     if os.path.isdir(img_dir):
         shutil.rmtree(img_dir)
     image_name = evalset.image_namer(img_dir)
-    recs = eval_extra.binding_records(seed, n, names, 3, [3, 6])
+    recs = [dict(rec, images=[image_name(sc) for sc in rec["images"]])
+            for rec in eval_extra.binding_records(seed, n, names, 3, [3, 6])]
     with open(os.path.join(out, "binding3.jsonl"), "w") as f:
         for rec in recs:
-            f.write(json.dumps(dict(rec, images=[image_name(sc) for sc in rec["images"]])) + "\n")
-    print(f"{out}: {len(recs)} prompts, {len(image_name.names)} images")
+            f.write(json.dumps(rec) + "\n")
+    queries, pool = eval_extra.binding_support(recs, [3, 6])
+    for sub, lines in (("queries", queries), ("support", pool)):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+        link = os.path.join(out, sub, "images")
+        if not os.path.lexists(link):
+            os.symlink(os.path.join("..", "images"), link)
+        with open(os.path.join(out, sub, "binding3.jsonl" if sub == "queries" else "pool.jsonl"), "w") as f:
+            for line in lines:
+                f.write(json.dumps(line) + "\n")
+    print(f"{out}: {len(recs)} prompts, {len(image_name.names)} images; "
+          f"{len(queries)} query records drawing from {len(pool)} support examples")
 
 
 if __name__ == "__main__":

@@ -227,6 +227,27 @@ class EvalDataTest(unittest.TestCase):
                             tail = lambda t: "is" if "The answer is" in t else ("." if t.endswith(".") else "")
                             self.assertTrue(all(tail(e["text"]) == tail(ex) for e in pool), r["id"])
 
+    def test_binding3_queries_and_support_pool(self):
+        """3-way binding's query records are its 6-shot prompts' queries, at 3
+        and 6 shots, each drawing from a pool of exactly that prompt's six
+        examples (every name among them)."""
+        b3 = os.path.join(EVAL, "binding3")
+        six = {r["id"].rsplit("-", 1)[0]: r for r in evalset.read(b3)["binding3"] if r["shots"] == 6}
+        by_pool = {}
+        for e in evalset.read_pool(os.path.join(b3, "support")):
+            self.assertTrue(os.path.exists(os.path.join(b3, "support", "images", e["image"])), e)
+            by_pool.setdefault(e["pool"], []).append(e)
+        recs = evalset.read(os.path.join(b3, "queries"))["binding3"]
+        self.assertEqual(sorted((r["pool"], r["shots"]) for r in recs), sorted((p, k) for p in six for k in (3, 6)))
+        for r in recs:
+            f, pool = six[r["pool"]], by_pool[r["pool"]]
+            self.assertEqual([e["image"] for e in pool] + r["images"], f["images"])
+            self.assertEqual("".join(f"{T.IMAGE}{e['text']}{T.EOC}" for e in pool) + T.IMAGE + r["query"],
+                             f["prompt"])
+            self.assertEqual((r["answer"], r["held_out_pair"]), (f["answer"], f["held_out_pair"]))
+            self.assertEqual(len({e["text"] for e in pool}), 3)
+            self.assertIn(f"{T.BINDING_PREFIX} {r['answer']}", {e["text"] for e in pool})
+
     def test_regenerated_files_are_identical(self):
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "make_eval.py"),
@@ -242,10 +263,10 @@ class EvalDataTest(unittest.TestCase):
             with open(os.path.join(tmp, "dialogue", "dialogue.jsonl"), "rb") as a, \
                     open(os.path.join(EVAL, "dialogue", "dialogue.jsonl"), "rb") as b:
                 self.assertEqual(a.read(), b.read(), "dialogue.jsonl")
-            for sub in ("video", "binding3"):
-                with open(os.path.join(tmp, sub, f"{sub}.jsonl"), "rb") as a, \
-                        open(os.path.join(EVAL, sub, f"{sub}.jsonl"), "rb") as b:
-                    self.assertEqual(a.read(), b.read(), f"{sub}.jsonl")
+            for path in ("video/video.jsonl", "binding3/binding3.jsonl", "binding3/queries/binding3.jsonl",
+                         "binding3/support/pool.jsonl"):
+                with open(os.path.join(tmp, path), "rb") as a, open(os.path.join(EVAL, path), "rb") as b:
+                    self.assertEqual(a.read(), b.read(), path)
             for images in ("images", os.path.join("dialogue", "images"), os.path.join("video", "images"),
                            os.path.join("binding3", "images")):
                 names = sorted(os.path.relpath(os.path.join(d, f), os.path.join(tmp, images))
