@@ -199,14 +199,19 @@ def support_pool(seed, general, eps_by_task, image_name):
     return out
 
 
-def write_queries(out_dir, seed, general, eps_by_task, image_name):
-    """<out_dir>/queries/<task>.jsonl and <out_dir>/support/pool.jsonl; both
-    name pictures in <out_dir>/images (each holds an `images` link to it)."""
+def link_images(out_dir):
+    """<out_dir>/queries and <out_dir>/support, each with an `images` link to <out_dir>/images."""
     for sub in ("queries", "support"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
         link = os.path.join(out_dir, sub, "images")
         if not os.path.lexists(link):
             os.symlink(os.path.join("..", "images"), link)
+
+
+def write_queries(out_dir, seed, general, eps_by_task, image_name):
+    """<out_dir>/queries/<task>.jsonl and <out_dir>/support/pool.jsonl; both
+    name pictures in <out_dir>/images (each holds an `images` link to it)."""
+    link_images(out_dir)
     for task in EVAL_TASKS:
         with open(os.path.join(out_dir, "queries", f"{task}.jsonl"), "w") as f:
             for rec in query_items(eps_by_task[task], image_name):

@@ -97,12 +97,9 @@ def write_binding3(out, seed, n, names):
         for rec in recs:
             f.write(json.dumps(rec) + "\n")
     queries, pool = eval_extra.binding_support(recs, [3, 6])
-    for sub, lines in (("queries", queries), ("support", pool)):
-        os.makedirs(os.path.join(out, sub), exist_ok=True)
-        link = os.path.join(out, sub, "images")
-        if not os.path.lexists(link):
-            os.symlink(os.path.join("..", "images"), link)
-        with open(os.path.join(out, sub, "binding3.jsonl" if sub == "queries" else "pool.jsonl"), "w") as f:
+    evalset.link_images(out)
+    for path, lines in (("queries/binding3.jsonl", queries), ("support/pool.jsonl", pool)):
+        with open(os.path.join(out, path), "w") as f:
             for line in lines:
                 f.write(json.dumps(line) + "\n")
     print(f"{out}: {len(recs)} prompts, {len(image_name.names)} images; "
